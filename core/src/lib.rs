@@ -1,0 +1,14 @@
+//! Offst wallet core.
+//!
+//! - [`protocol`]: the credit-switching protocol as pure state machines (no I/O, no clock, no
+//!   randomness): identities, mutual-credit channels, payments along chains, resync.
+//! - [`sim`]: a seeded network simulator that runs many nodes over a delaying, reordering,
+//!   duplicating network with offline periods, and checks the invariants afterwards.
+//!
+//! See `docs/architecture.md` for the map and `docs/protocol.md` for the rules.
+
+#![deny(missing_docs)]
+
+pub mod protocol;
+pub mod sim;
+pub mod story;

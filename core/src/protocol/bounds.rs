@@ -1,0 +1,45 @@
+//! Every bound of the protocol, in one place.
+//!
+//! Each constant is enforced where input arrives and has a test that shows the over-limit case
+//! gets a typed error (`core/tests/bounds.rs`). `docs/protocol.md` lists them with the reasons.
+
+/// Operations one move may carry. Keeps a move well under [`MAX_MESSAGE_SIZE`] even when every
+/// operation is a request over a route of [`MAX_ROUTE_LEN`] nodes.
+pub const MAX_OPS_PER_MOVE: usize = 32;
+
+/// Pending (frozen) requests one channel may hold, both directions together. A friend can never
+/// make us track more than this.
+pub const MAX_PENDING_REQUESTS: usize = 256;
+
+/// Largest amount, limit or fee anywhere in the protocol (2^62). Keeps every sum of a route's
+/// fees and every balance far from overflow; anything larger is refused.
+pub const MAX_AMOUNT: u64 = 1 << 62;
+
+/// Frozen credit one friend may hold against us in one currency, per direction, on top of the
+/// limit check (which already caps it at the limit). Equal to [`MAX_AMOUNT`]: the real cap is
+/// the limit the owner set, this constant only bounds the arithmetic.
+pub const MAX_FROZEN_PER_FRIEND: u64 = MAX_AMOUNT;
+
+/// Nodes on one route, buyer and seller included (so at most 14 mediators).
+pub const MAX_ROUTE_LEN: usize = 16;
+
+/// Routes that one payment may be split across.
+pub const MAX_ROUTES_PER_PAYMENT: usize = 16;
+
+/// Largest encoded message, in bytes. Anything bigger is refused before it is parsed. Sized for
+/// the largest resync offer: a full channel state with [`MAX_PENDING_REQUESTS`] requests over
+/// the longest routes, plus a full move (a test builds that worst case).
+pub const MAX_MESSAGE_SIZE: usize = 512 * 1024;
+
+/// Longest invoice memo, in bytes of UTF-8.
+pub const MAX_MEMO_LEN: usize = 256;
+
+/// Longest currency name, in bytes (ASCII letters, digits, `-`, `_`, `.`).
+pub const MAX_CURRENCY_LEN: usize = 16;
+
+/// Currencies one pair of friends may keep.
+pub const MAX_CURRENCIES_PER_FRIEND: usize = 16;
+
+/// Resolved requests a node remembers so that it can tell a friend who restored an old backup
+/// how they ended. The oldest are forgotten first.
+pub const MAX_REMEMBERED_OUTCOMES: usize = 65_536;

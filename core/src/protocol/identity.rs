@@ -1,0 +1,228 @@
+//! Identities: ed25519 keys, node ids and their text form, hashes and signatures.
+//!
+//! Everything signed is signed over *canonical bytes*: a domain tag followed by the postcard
+//! encoding of a typed value (postcard has exactly one encoding per value). Verifiers re-encode
+//! the parsed value, so no signature ever depends on how a peer happened to lay out its bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Canonical bytes of `value` behind a domain tag; what signatures and hashes cover.
+pub fn canonical_bytes<T: Serialize>(domain: &str, value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(domain.as_bytes());
+    out.push(0);
+    // Serializing our own in-memory types into a Vec cannot fail: postcard only fails on
+    // unsupported serde features (none used) or a full fixed buffer (a Vec grows).
+    match postcard::to_extend(value, out) {
+        Ok(v) => v,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A 32-byte BLAKE3 hash.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
+    pub fn of<T: Serialize>(domain: &'static str, value: &T) -> Hash {
+        let mut hasher = blake3::Hasher::new_derive_key(domain);
+        let bytes = match postcard::to_allocvec(value) {
+            Ok(b) => b,
+            Err(_) => Vec::new(),
+        };
+        hasher.update(&bytes);
+        Hash(*hasher.finalize().as_bytes())
+    }
+
+    /// Hash of raw bytes under a domain.
+    pub fn of_bytes(domain: &'static str, bytes: &[u8]) -> Hash {
+        let mut hasher = blake3::Hasher::new_derive_key(domain);
+        hasher.update(bytes);
+        Hash(*hasher.finalize().as_bytes())
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", hex_prefix(&self.0))
+    }
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// An ed25519 signature (64 bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}…)", hex_prefix(&self.0))
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Two fixed 32-byte halves: serde derives arrays only up to 32 elements, and a tuple
+        // keeps postcard's encoding at exactly 64 bytes with no length prefix.
+        let mut a = [0u8; 32];
+        let mut b = [0u8; 32];
+        a.copy_from_slice(&self.0[..32]);
+        b.copy_from_slice(&self.0[32..]);
+        (a, b).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (a, b): ([u8; 32], [u8; 32]) = Deserialize::deserialize(d)?;
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&a);
+        out[32..].copy_from_slice(&b);
+        Ok(Signature(out))
+    }
+}
+
+/// A signature did not verify under the claimed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("signature does not verify under the key of {0}")]
+pub struct BadSignature(pub NodeId);
+
+/// A node's identity on the network: its ed25519 public key.
+///
+/// The text form is the 32 bytes in lowercase RFC 4648 base32 without padding (52 characters),
+/// the same alphabet as the other Offst text forms.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId([u8; 32]);
+
+impl NodeId {
+    /// The id for raw public-key bytes. Does not check the bytes are a curve point; use
+    /// [`NodeId::from_str`] for untrusted text, which does.
+    pub const fn from_bytes(bytes: [u8; 32]) -> NodeId {
+        NodeId(bytes)
+    }
+
+    /// The raw public key.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first 8 characters of the text form, for logs and tables.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+
+    /// Verify `signature` over `canonical_bytes(domain, value)` by this node.
+    pub fn verify<T: Serialize>(
+        &self,
+        domain: &str,
+        value: &T,
+        signature: &Signature,
+    ) -> Result<(), BadSignature> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature(*self))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        key.verify_strict(&canonical_bytes(domain, value), &sig)
+            .map_err(|_| BadSignature(*self))
+    }
+}
+
+const BASE32_LOWER: data_encoding::Encoding = data_encoding::BASE32_NOPAD_NOCASE;
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&BASE32_LOWER.encode(&self.0).to_ascii_lowercase())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.short())
+    }
+}
+
+/// Why a node id's text form was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseNodeIdError {
+    /// The text has the wrong number of characters.
+    #[error("a node id is 52 base32 characters, this one has {0}")]
+    WrongLength(usize),
+    /// A character outside a–z and 2–7.
+    #[error("a node id uses only the letters a-z and the digits 2-7; found {0:?}")]
+    BadCharacter(char),
+    /// Decodes to 32 bytes that are not an ed25519 public key.
+    #[error("those 32 bytes are not an ed25519 public key")]
+    NotAKey,
+}
+
+impl FromStr for NodeId {
+    type Err = ParseNodeIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.len() != 52 {
+            return Err(ParseNodeIdError::WrongLength(s.chars().count()));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | 'A'..='Z' | '2'..='7'))
+        {
+            return Err(ParseNodeIdError::BadCharacter(c));
+        }
+        let bytes = BASE32_LOWER
+            .decode(s.as_bytes())
+            .map_err(|_| ParseNodeIdError::NotAKey)?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| ParseNodeIdError::WrongLength(s.len()))?;
+        VerifyingKey::from_bytes(&arr).map_err(|_| ParseNodeIdError::NotAKey)?;
+        Ok(NodeId(arr))
+    }
+}
+
+/// A node's secret signing key together with its public id.
+///
+/// Created from 32 bytes of seed supplied by the caller: the protocol has no randomness of its
+/// own (see `docs/architecture.md`).
+#[derive(Clone)]
+pub struct Identity {
+    key: SigningKey,
+    id: NodeId,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.id.short())
+    }
+}
+
+impl Identity {
+    /// The identity whose ed25519 secret key is `seed`.
+    pub fn from_seed(seed: [u8; 32]) -> Identity {
+        let key = SigningKey::from_bytes(&seed);
+        let id = NodeId(key.verifying_key().to_bytes());
+        Identity { key, id }
+    }
+
+    /// The secret seed, for storing the identity (encrypted) at rest.
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// This identity's public id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Sign `canonical_bytes(domain, value)`.
+    pub fn sign<T: Serialize>(&self, domain: &str, value: &T) -> Signature {
+        Signature(self.key.sign(&canonical_bytes(domain, value)).to_bytes())
+    }
+}

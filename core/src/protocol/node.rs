@@ -1,0 +1,1352 @@
+//! A node: one person's side of every friendship, plus the payments it makes, forwards and
+//! receives. Pure: inputs are method calls carrying the time and any randomness, outputs are
+//! messages to send and events for the user.
+//!
+//! Roles on a route `[buyer, mediators.., seller]`:
+//! - the **buyer** signs one request per route, commits once responses cover the invoice, and
+//!   ends with a receipt or with every route cancelled;
+//! - a **mediator** forwards a request if its quoted fee covers its rate and the next hop has
+//!   room, else cancels it; afterwards it only passes answers back. It never cancels on a timer;
+//! - the **seller** answers requests for an open invoice, collects the committed routes, and
+//!   cancels everything once the invoice expires without a commit.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::amount::{Currency, Rate};
+use super::bounds::{MAX_AMOUNT, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT};
+use super::channel::{
+    Channel, ChannelError, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
+};
+use super::identity::{Hash, Identity, NodeId};
+use super::message::{Message, Offer, Outcome, Resolution};
+use super::payment::{
+    Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, PaymentError, PlainLock, Receipt,
+    Request, RequestId, RequestTerms, Response,
+};
+
+/// Something the node wants done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `message` to `to` (through the relays). Sending twice is always harmless.
+    Send {
+        /// The recipient.
+        to: NodeId,
+        /// The message.
+        message: Message,
+    },
+    /// Tell the user.
+    Event(Event),
+}
+
+/// What the user is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A friend changed how much it lets us owe it.
+    LimitChanged {
+        /// The friend.
+        friend: NodeId,
+        /// The currency.
+        currency: Currency,
+        /// The new limit.
+        limit: u64,
+    },
+    /// A limit change we asked for could not be made (what is owed grew meanwhile).
+    LimitNotSet {
+        /// The friend.
+        friend: NodeId,
+        /// Why.
+        reason: OpError,
+    },
+    /// A payment we made is done and paid in full.
+    PaymentCompleted {
+        /// The receipt, checked.
+        receipt: Receipt,
+    },
+    /// A payment we made was cancelled on every route; nothing moved.
+    PaymentCancelled {
+        /// The invoice.
+        invoice_id: InvoiceId,
+    },
+    /// An invoice of ours was committed; collecting is under way.
+    InvoicePaid {
+        /// The invoice.
+        invoice_id: InvoiceId,
+        /// What the committed routes deliver.
+        amount: u64,
+    },
+    /// An invoice of ours expired without a commit and was cancelled.
+    InvoiceCancelled {
+        /// The invoice.
+        invoice_id: InvoiceId,
+    },
+    /// A channel recovered from a disagreement to the last state both friends signed.
+    Resynced {
+        /// The friend.
+        friend: NodeId,
+        /// The move both logs now end with.
+        counter: u64,
+    },
+}
+
+/// Why a user action was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Adding yourself as a friend.
+    #[error("you can't be your own friend")]
+    SelfFriend,
+    /// Adding a friend twice.
+    #[error("{0} is already your friend")]
+    AlreadyFriend(NodeId),
+    /// A friend we do not have.
+    #[error("{0} is not your friend; add them first")]
+    UnknownFriend(NodeId),
+    /// A payment object was refused.
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    /// The invoice expired.
+    #[error(
+        "the invoice expired at {expires_at_ms} ms (now {now_ms} ms); ask the seller for a new one"
+    )]
+    InvoiceExpired {
+        /// Expiry.
+        expires_at_ms: u64,
+        /// Now.
+        now_ms: u64,
+    },
+    /// Paying the same invoice twice.
+    #[error("this invoice is already being paid")]
+    AlreadyPaying(InvoiceId),
+    /// The routes deliver less than the invoice asks.
+    #[error("the routes deliver {delivered} but the invoice asks for {amount}")]
+    RoutesShort {
+        /// Sum of the routes' deliveries.
+        delivered: u64,
+        /// The invoice amount.
+        amount: u64,
+    },
+    /// A route that does not start here or end at the seller.
+    #[error("each route must start with you and end with the seller")]
+    RouteEnds,
+    /// Not enough room with the first friend on a route.
+    #[error(
+        "{friend} can take only {available} {currency} more from you right now, {needed} needed"
+    )]
+    InsufficientCapacity {
+        /// The friend.
+        friend: NodeId,
+        /// The currency.
+        currency: Currency,
+        /// What the routes through this friend need.
+        needed: u64,
+        /// What can be sent now.
+        available: u64,
+    },
+    /// A limit change that would go below what is owed.
+    #[error(transparent)]
+    Limit(OpError),
+}
+
+/// Why a received message was refused. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A channel message from someone who is not a friend.
+    #[error("{0} is not a friend; its channel messages are ignored")]
+    NotAFriend(NodeId),
+    /// The friend's move or offer was refused.
+    #[error("refused a message from {friend}: {error}")]
+    Channel {
+        /// The friend.
+        friend: NodeId,
+        /// Why.
+        error: ChannelError,
+    },
+    /// A commit for an invoice we never issued.
+    #[error("commit for an invoice this node did not issue")]
+    UnknownInvoice,
+    /// A commit for an invoice that is cancelled or expired.
+    #[error("commit arrived after the invoice closed (expired or cancelled)")]
+    InvoiceClosed,
+    /// A commit whose lock does not open the requests' lock.
+    #[error("commit reveals a lock that does not match the payment's requests")]
+    WrongCommitLock,
+    /// A commit naming routes that do not cover the invoice.
+    #[error("commit names routes that deliver {delivered}, the invoice asks {amount}")]
+    CommitShort {
+        /// Delivered by the named, answered routes.
+        delivered: u64,
+        /// Asked.
+        amount: u64,
+    },
+}
+
+/// One route a buyer wants to pay over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Buyer (this node), mediators, seller.
+    pub route: Vec<NodeId>,
+    /// The fee quoted to each mediator, in route order.
+    pub fees: Vec<u64>,
+    /// What this route delivers to the seller.
+    pub dest_payment: u64,
+}
+
+/// Where a payment we make stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Routes are still out.
+    InFlight,
+    /// Paid; receipt in hand.
+    Completed,
+    /// Every route cancelled; nothing moved.
+    Cancelled,
+}
+
+/// Where an invoice of ours stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvoiceStatus {
+    /// Waiting for requests and a commit.
+    Open,
+    /// Committed; these routes are (being) collected.
+    Paid(BTreeSet<RequestId>),
+    /// Expired without a commit.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RouteStatus {
+    Sent,
+    Responded(Response),
+    Cancelled,
+    Collected,
+}
+
+#[derive(Clone, Debug)]
+struct RouteState {
+    request: Request,
+    status: RouteStatus,
+}
+
+#[derive(Clone, Debug)]
+struct Buying {
+    invoice: Invoice,
+    src_plain_lock: PlainLock,
+    routes: BTreeMap<RequestId, RouteState>,
+    committed: Option<Vec<RequestId>>,
+    receipt: Option<Receipt>,
+    status: PaymentStatus,
+}
+
+#[derive(Clone, Debug)]
+struct Selling {
+    invoice: Invoice,
+    dest_plain_lock: PlainLock,
+    src_hashed_lock: Option<HashedLock>,
+    /// The buyer's secret, once committed.
+    src_plain_lock: Option<PlainLock>,
+    /// Answered requests.
+    routes: BTreeMap<RequestId, SoldRoute>,
+    status: InvoiceStatus,
+}
+
+#[derive(Clone, Debug)]
+struct SoldRoute {
+    friend: NodeId,
+    dest_payment: u64,
+    response: Response,
+}
+
+/// One person's protocol state.
+#[derive(Clone, Debug)]
+pub struct Node {
+    identity: Identity,
+    rate: Rate,
+    friends: BTreeMap<NodeId, Channel>,
+    buying: BTreeMap<InvoiceId, Buying>,
+    selling: BTreeMap<InvoiceId, Selling>,
+    outcomes: BTreeMap<RequestId, Outcome>,
+    outcome_order: VecDeque<RequestId>,
+    out: Vec<Output>,
+    dirty: BTreeSet<NodeId>,
+}
+
+impl Node {
+    /// A node with no friends that charges `rate` for forwarding.
+    pub fn new(identity: Identity, rate: Rate) -> Node {
+        Node {
+            identity,
+            rate,
+            friends: BTreeMap::new(),
+            buying: BTreeMap::new(),
+            selling: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            outcome_order: VecDeque::new(),
+            out: Vec::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// The forwarding rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Change the forwarding rate (applies to requests that arrive from now on).
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.rate = rate;
+    }
+
+    /// The friends.
+    pub fn friends(&self) -> impl Iterator<Item = &NodeId> {
+        self.friends.keys()
+    }
+
+    /// The channel with `friend`.
+    pub fn channel(&self, friend: &NodeId) -> Option<&Channel> {
+        self.friends.get(friend)
+    }
+
+    /// Our balance with `friend` in `currency`: what they owe us (negative: we owe them), with
+    /// the full credit line.
+    pub fn balance(&self, friend: &NodeId, currency: &Currency) -> Option<(i128, CreditLine)> {
+        let ch = self.friends.get(friend)?;
+        let line = ch.state().lines.get(currency)?;
+        Some((line.balance_of(ch.local_side()), line.clone()))
+    }
+
+    /// Where a payment we make stands, with its receipt once completed.
+    pub fn payment(&self, invoice: &InvoiceId) -> Option<(PaymentStatus, Option<&Receipt>)> {
+        let b = self.buying.get(invoice)?;
+        Some((b.status, b.receipt.as_ref()))
+    }
+
+    /// The routes of a payment we made that were collected (what actually moved).
+    pub fn collected_routes(&self, invoice: &InvoiceId) -> Vec<&RequestTerms> {
+        self.buying.get(invoice).map_or_else(Vec::new, |b| {
+            b.routes
+                .values()
+                .filter(|r| r.status == RouteStatus::Collected)
+                .map(|r| &r.request.terms)
+                .collect()
+        })
+    }
+
+    /// Operations waiting to be sent, over all channels.
+    pub fn queued_ops(&self) -> usize {
+        self.friends.values().map(|ch| ch.queue().len()).sum()
+    }
+
+    /// Where an invoice of ours stands.
+    pub fn invoice_status(&self, invoice: &InvoiceId) -> Option<&InvoiceStatus> {
+        self.selling.get(invoice).map(|s| &s.status)
+    }
+
+    /// Add a friend. Both friends must add each other; no message is needed until one of them
+    /// sets a limit.
+    pub fn add_friend(&mut self, friend: NodeId) -> Result<(), NodeError> {
+        if friend == self.id() {
+            return Err(NodeError::SelfFriend);
+        }
+        if self.friends.contains_key(&friend) {
+            return Err(NodeError::AlreadyFriend(friend));
+        }
+        self.friends.insert(friend, Channel::new(self.id(), friend));
+        Ok(())
+    }
+
+    /// Set how much `friend` may owe us in `currency` (`md{me,friend}`). The friend sees it.
+    pub fn set_limit(
+        &mut self,
+        friend: NodeId,
+        currency: Currency,
+        limit: u64,
+    ) -> Result<Vec<Output>, NodeError> {
+        let ch = self
+            .friends
+            .get_mut(&friend)
+            .ok_or(NodeError::UnknownFriend(friend))?;
+        let op = Op::SetLimit { currency, limit };
+        // Refuse now what would be refused when sent, so the user learns it at once.
+        let mut probe = ch.state().clone();
+        probe
+            .apply(&op, ch.local_side(), ch.parties(), false)
+            .map_err(NodeError::Limit)?;
+        ch.enqueue(op);
+        self.dirty.insert(friend);
+        Ok(self.finish())
+    }
+
+    /// Issue an invoice. `entropy` is 32 random bytes from the caller; the invoice id and the
+    /// seller's secret are derived from it.
+    pub fn create_invoice(
+        &mut self,
+        currency: Currency,
+        amount: u64,
+        expires_at_ms: u64,
+        memo: String,
+        entropy: [u8; 32],
+    ) -> Result<Invoice, NodeError> {
+        let terms = InvoiceTerms {
+            id: InvoiceId(derive(&entropy, "invoice id")),
+            seller: self.id(),
+            currency,
+            amount,
+            expires_at_ms,
+            memo,
+        };
+        let invoice = Invoice::sign(&self.identity, terms)?;
+        self.selling.insert(
+            invoice.terms.id,
+            Selling {
+                invoice: invoice.clone(),
+                dest_plain_lock: PlainLock(derive(&entropy, "seller lock")),
+                src_hashed_lock: None,
+                src_plain_lock: None,
+                routes: BTreeMap::new(),
+                status: InvoiceStatus::Open,
+            },
+        );
+        Ok(invoice)
+    }
+
+    /// Pay `invoice` over `routes`. `entropy` is 32 random bytes from the caller.
+    pub fn pay(
+        &mut self,
+        now_ms: u64,
+        invoice: &Invoice,
+        routes: Vec<RoutePlan>,
+        entropy: [u8; 32],
+    ) -> Result<Vec<Output>, NodeError> {
+        invoice.verify()?;
+        let terms = &invoice.terms;
+        if now_ms >= terms.expires_at_ms {
+            return Err(NodeError::InvoiceExpired {
+                expires_at_ms: terms.expires_at_ms,
+                now_ms,
+            });
+        }
+        if self.buying.contains_key(&terms.id) {
+            return Err(NodeError::AlreadyPaying(terms.id));
+        }
+        if routes.is_empty() || routes.len() > MAX_ROUTES_PER_PAYMENT {
+            return Err(PaymentError::TooManyRoutes(routes.len()).into());
+        }
+        let src_plain_lock = PlainLock(derive(&entropy, "buyer lock"));
+        let mut delivered: u64 = 0;
+        let mut needed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut requests = Vec::new();
+        for (i, plan) in routes.into_iter().enumerate() {
+            if plan.route.first() != Some(&self.id()) || plan.route.last() != Some(&terms.seller) {
+                return Err(NodeError::RouteEnds);
+            }
+            let mut seed = entropy.to_vec();
+            seed.extend_from_slice(&(i as u64).to_le_bytes());
+            let request_terms = RequestTerms {
+                request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
+                invoice_id: terms.id,
+                currency: terms.currency.clone(),
+                src_hashed_lock: src_plain_lock.hashed(),
+                route: plan.route,
+                fees: plan.fees,
+                dest_payment: plan.dest_payment,
+                total_dest_payment: terms.amount,
+            };
+            let request = Request::sign(&self.identity, request_terms)?;
+            let first_hop = request
+                .terms
+                .route
+                .get(1)
+                .copied()
+                .ok_or(NodeError::RouteEnds)?;
+            if !self.friends.contains_key(&first_hop) {
+                return Err(NodeError::UnknownFriend(first_hop));
+            }
+            let amount = request
+                .terms
+                .hop_amount(0)
+                .ok_or(PaymentError::AmountOverflow)?;
+            let entry = needed.entry(first_hop).or_default();
+            *entry = entry
+                .checked_add(amount)
+                .filter(|a| *a <= MAX_AMOUNT)
+                .ok_or(PaymentError::AmountOverflow)?;
+            delivered = delivered
+                .checked_add(plan.dest_payment)
+                .ok_or(PaymentError::AmountOverflow)?;
+            requests.push((first_hop, request));
+        }
+        if delivered < terms.amount {
+            return Err(NodeError::RoutesShort {
+                delivered,
+                amount: terms.amount,
+            });
+        }
+        for (friend, need) in &needed {
+            let ch = self
+                .friends
+                .get(friend)
+                .ok_or(NodeError::UnknownFriend(*friend))?;
+            let available = ch
+                .state()
+                .lines
+                .get(&terms.currency)
+                .map_or(0, |l| l.can_send(ch.local_side()));
+            if *need > available {
+                return Err(NodeError::InsufficientCapacity {
+                    friend: *friend,
+                    currency: terms.currency.clone(),
+                    needed: *need,
+                    available,
+                });
+            }
+        }
+        let mut states = BTreeMap::new();
+        for (friend, request) in requests {
+            states.insert(
+                request.terms.request_id,
+                RouteState {
+                    request: request.clone(),
+                    status: RouteStatus::Sent,
+                },
+            );
+            if let Some(ch) = self.friends.get_mut(&friend) {
+                ch.enqueue(Op::Request(request));
+            }
+            self.dirty.insert(friend);
+        }
+        self.buying.insert(
+            terms.id,
+            Buying {
+                invoice: invoice.clone(),
+                src_plain_lock,
+                routes: states,
+                committed: None,
+                receipt: None,
+                status: PaymentStatus::InFlight,
+            },
+        );
+        Ok(self.finish())
+    }
+
+    /// Let time pass: invoices past their expiry with no commit are cancelled.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let expired: Vec<InvoiceId> = self
+            .selling
+            .iter()
+            .filter(|(_, s)| {
+                s.status == InvoiceStatus::Open && now_ms >= s.invoice.terms.expires_at_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let Some(s) = self.selling.get_mut(&id) else {
+                continue;
+            };
+            s.status = InvoiceStatus::Cancelled;
+            let routes: Vec<(RequestId, NodeId)> =
+                s.routes.iter().map(|(r, sold)| (*r, sold.friend)).collect();
+            for (request_id, friend) in routes {
+                self.send_cancel(friend, request_id);
+            }
+            self.out
+                .push(Output::Event(Event::InvoiceCancelled { invoice_id: id }));
+        }
+        self.finish()
+    }
+
+    /// Resend whatever may not have arrived: our last move in each channel, token requests, and
+    /// commits of unfinished payments. Call after reconnecting; receivers drop duplicates.
+    pub fn resend(&mut self) -> Vec<Output> {
+        for (friend, ch) in &self.friends {
+            if let Some(m) = ch.last_own_move() {
+                self.out.push(Output::Send {
+                    to: *friend,
+                    message: Message::Move(m.clone()),
+                });
+            } else if !ch.queue().is_empty() {
+                self.out.push(Output::Send {
+                    to: *friend,
+                    message: Message::RequestToken {
+                        counter: ch.counter(),
+                    },
+                });
+            }
+        }
+        self.resend_commits();
+        self.finish()
+    }
+
+    /// Call after restoring this node from an older copy: every channel is resynced with its
+    /// friend before anything in it is acted on.
+    pub fn restored(&mut self) -> Vec<Output> {
+        let friends: Vec<NodeId> = self.friends.keys().copied().collect();
+        for friend in friends {
+            if let Some(ch) = self.friends.get_mut(&friend) {
+                ch.set_unconfirmed();
+            }
+            self.send_offer(friend, Vec::new(), true);
+        }
+        self.finish()
+    }
+
+    /// Handle a message from `from`. On error nothing changed.
+    pub fn handle_message(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        message: Message,
+    ) -> Result<Vec<Output>, ProtocolError> {
+        match message {
+            Message::Move(m) => self.on_move(now_ms, from, m)?,
+            Message::RequestToken { counter } => {
+                let ch = self
+                    .friends
+                    .get(&from)
+                    .ok_or(ProtocolError::NotAFriend(from))?;
+                let ours = ch.counter();
+                if ch.holds_token() {
+                    self.flush(from, true);
+                } else if counter > ours {
+                    // Their request overtook their own latest move: answer once it arrives.
+                    if let Some(ch) = self.friends.get_mut(&from) {
+                        ch.set_peer_waiting();
+                    }
+                } else if let Some(own) = ch.last_own_move().filter(|m| counter < m.header.counter)
+                {
+                    // They have not seen our last move yet: it may be lost, send it again.
+                    let m = own.clone();
+                    self.out.push(Output::Send {
+                        to: from,
+                        message: Message::Move(m),
+                    });
+                }
+            }
+            Message::Offer(offer) => self.on_offer(now_ms, from, offer)?,
+            Message::Commit(commit) => self.on_commit(now_ms, commit)?,
+        }
+        Ok(self.finish())
+    }
+
+    fn finish(&mut self) -> Vec<Output> {
+        while let Some(friend) = self.dirty.pop_first() {
+            self.flush(friend, false);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// Send what is queued for `friend` if we hold the token (an empty move if `force`), or
+    /// ask for the token.
+    fn flush(&mut self, friend: NodeId, force: bool) {
+        self.dirty.remove(&friend);
+        let Some(ch) = self.friends.get_mut(&friend) else {
+            return;
+        };
+        if !ch.confirmed() {
+            return;
+        }
+        if ch.holds_token() {
+            let built = ch.build_move(&self.identity, force);
+            if let Some(m) = built.message {
+                self.out.push(Output::Send {
+                    to: friend,
+                    message: Message::Move(m),
+                });
+            }
+            for (op, reason) in built.dropped {
+                self.on_dropped(friend, op, reason);
+            }
+        } else if !ch.queue().is_empty() && !ch.token_requested() {
+            ch.set_token_requested();
+            let counter = ch.counter();
+            self.out.push(Output::Send {
+                to: friend,
+                message: Message::RequestToken { counter },
+            });
+        }
+    }
+
+    fn on_move(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        m: super::channel::Move,
+    ) -> Result<(), ProtocolError> {
+        let ch = self
+            .friends
+            .get_mut(&from)
+            .ok_or(ProtocolError::NotAFriend(from))?;
+        let was_confirmed = ch.confirmed();
+        match ch.receive_move(m).map_err(|error| ProtocolError::Channel {
+            friend: from,
+            error,
+        })? {
+            Received::Duplicate => {}
+            Received::OutOfStep => self.send_offer(from, Vec::new(), true),
+            Received::Applied(ops) => {
+                let carried_request = ops.iter().any(|op| matches!(op, Op::Request(_)));
+                let waiting = self
+                    .friends
+                    .get_mut(&from)
+                    .is_some_and(Channel::take_peer_waiting);
+                let ack = waiting || (!ops.is_empty() && !carried_request);
+                for op in ops {
+                    self.on_op(now_ms, from, op);
+                }
+                if !was_confirmed {
+                    self.reconcile();
+                }
+                // Acknowledge a move that settled something, so both signatures cover it. After
+                // a request we keep the token: our answer is what comes next.
+                self.flush(from, ack);
+            }
+        }
+        Ok(())
+    }
+
+    /// Act on an operation the friend `from` made in our channel.
+    fn on_op(&mut self, now_ms: u64, from: NodeId, op: Op) {
+        let me = self.id();
+        match op {
+            Op::SetLimit { currency, limit } => {
+                self.out.push(Output::Event(Event::LimitChanged {
+                    friend: from,
+                    currency,
+                    limit,
+                }));
+            }
+            Op::Request(request) => self.on_request(now_ms, from, request),
+            Op::Response {
+                request_id,
+                response,
+            } => {
+                let Some(p) = self.pending_in(&from, &request_id, false) else {
+                    return;
+                };
+                let terms = &p.request.terms;
+                if terms.buyer() == Some(me) {
+                    if let Some(route) = self
+                        .buying
+                        .get_mut(&terms.invoice_id)
+                        .and_then(|b| b.routes.get_mut(&request_id))
+                    {
+                        route.status = RouteStatus::Responded(response);
+                    }
+                    self.try_commit(terms.invoice_id);
+                } else if let Some(prev) = upstream_of(terms, &me) {
+                    self.enqueue(
+                        prev,
+                        Op::Response {
+                            request_id,
+                            response,
+                        },
+                    );
+                }
+            }
+            Op::Cancel { request_id } => {
+                let Some(p) = self.pending_in(&from, &request_id, true) else {
+                    return;
+                };
+                let terms = &p.request.terms;
+                if terms.buyer() == Some(me) {
+                    self.route_done(terms.invoice_id, request_id, RouteStatus::Cancelled, None);
+                } else if let Some(prev) = upstream_of(terms, &me) {
+                    self.send_cancel(prev, request_id);
+                }
+            }
+            Op::Collect {
+                request_id,
+                src_plain_lock,
+                dest_plain_lock,
+            } => {
+                let Some(p) = self.pending_in(&from, &request_id, true) else {
+                    return;
+                };
+                let Some(response) = p.response.clone() else {
+                    return;
+                };
+                let terms = &p.request.terms;
+                if terms.buyer() == Some(me) {
+                    let receipt = Receipt {
+                        seller: terms.seller().unwrap_or(me),
+                        terms: Response::terms_for(terms, response.dest_hashed_lock),
+                        signature: response.signature,
+                        src_plain_lock,
+                        dest_plain_lock,
+                    };
+                    self.route_done(
+                        terms.invoice_id,
+                        request_id,
+                        RouteStatus::Collected,
+                        Some(receipt),
+                    );
+                } else if let Some(prev) = upstream_of(terms, &me) {
+                    self.send_collect(prev, request_id, src_plain_lock, dest_plain_lock, response);
+                }
+            }
+        }
+    }
+
+    /// The pending request `id` in the channel with `friend` that we sent; `before` looks at the
+    /// state before the friend's last move (for operations that removed it).
+    fn pending_in(&self, friend: &NodeId, id: &RequestId, before: bool) -> Option<Pending> {
+        let ch = self.friends.get(friend)?;
+        let state = if before {
+            &ch.tip().prev_state
+        } else {
+            ch.state()
+        };
+        state.pending.get(id).cloned()
+    }
+
+    fn on_request(&mut self, now_ms: u64, from: NodeId, request: Request) {
+        let me = self.id();
+        let terms = &request.terms;
+        let request_id = terms.request_id;
+        let Some(pos) = terms.position(&me) else {
+            return self.send_cancel(from, request_id);
+        };
+        if pos + 1 == terms.route.len() {
+            return self.sell(now_ms, from, &request);
+        }
+        self.forward(from, pos, request);
+    }
+
+    /// As a mediator at `pos` on the route: forward if our quoted fee covers our rate and the
+    /// next hop has room, else cancel back to `from`.
+    fn forward(&mut self, from: NodeId, pos: usize, request: Request) {
+        let terms = &request.terms;
+        let request_id = terms.request_id;
+        // A mediator: forward if our quoted fee covers our rate and the next hop has room.
+        let quoted = terms.fees.get(pos.wrapping_sub(1)).copied().unwrap_or(0);
+        let fee_ok = self
+            .rate
+            .fee(terms.dest_payment)
+            .is_some_and(|f| f <= quoted);
+        let Some(next) = terms.route.get(pos + 1).copied() else {
+            return self.send_cancel(from, request_id);
+        };
+        let room = self.friends.get(&next).and_then(|ch| {
+            let line = ch.state().lines.get(&terms.currency)?;
+            Some(line.can_send(ch.local_side()))
+        });
+        let amount = terms.hop_amount(pos).unwrap_or(u64::MAX);
+        if fee_ok && room.is_some_and(|r| r >= amount) {
+            self.enqueue(next, Op::Request(request));
+        } else {
+            self.send_cancel(from, request_id);
+        }
+    }
+
+    /// As the seller: answer a request for an open invoice, cancel anything else.
+    fn sell(&mut self, now_ms: u64, from: NodeId, request: &Request) {
+        let terms = &request.terms;
+        let request_id = terms.request_id;
+        let Some(s) = self.selling.get_mut(&terms.invoice_id) else {
+            return self.send_cancel(from, request_id);
+        };
+        let inv = &s.invoice.terms;
+        let lock_ok = s.src_hashed_lock.is_none_or(|l| l == terms.src_hashed_lock);
+        if s.status != InvoiceStatus::Open
+            || now_ms >= inv.expires_at_ms
+            || terms.currency != inv.currency
+            || terms.total_dest_payment != inv.amount
+            || !lock_ok
+        {
+            return self.send_cancel(from, request_id);
+        }
+        s.src_hashed_lock = Some(terms.src_hashed_lock);
+        let response = Response::sign(&self.identity, terms, s.dest_plain_lock.hashed());
+        s.routes.insert(
+            request_id,
+            SoldRoute {
+                friend: from,
+                dest_payment: terms.dest_payment,
+                response: response.clone(),
+            },
+        );
+        self.enqueue(
+            from,
+            Op::Response {
+                request_id,
+                response,
+            },
+        );
+    }
+
+    fn on_commit(&mut self, now_ms: u64, commit: Commit) -> Result<(), ProtocolError> {
+        let s = self
+            .selling
+            .get_mut(&commit.invoice_id)
+            .ok_or(ProtocolError::UnknownInvoice)?;
+        let lock_ok = s.src_hashed_lock == Some(commit.src_plain_lock.hashed());
+        match &s.status {
+            InvoiceStatus::Paid(_) if lock_ok => return Ok(()), // a duplicate commit
+            InvoiceStatus::Open => {}
+            _ => return Err(ProtocolError::InvoiceClosed),
+        }
+        if !lock_ok {
+            return Err(ProtocolError::WrongCommitLock);
+        }
+        if now_ms >= s.invoice.terms.expires_at_ms {
+            return Err(ProtocolError::InvoiceClosed);
+        }
+        let named: BTreeSet<RequestId> = commit
+            .request_ids
+            .iter()
+            .filter(|r| s.routes.contains_key(r))
+            .copied()
+            .take(MAX_ROUTES_PER_PAYMENT)
+            .collect();
+        let delivered = named
+            .iter()
+            .filter_map(|r| s.routes.get(r).map(|sold| sold.dest_payment))
+            .try_fold(0u64, u64::checked_add)
+            .unwrap_or(u64::MAX);
+        if delivered < s.invoice.terms.amount {
+            return Err(ProtocolError::CommitShort {
+                delivered,
+                amount: s.invoice.terms.amount,
+            });
+        }
+        s.status = InvoiceStatus::Paid(named.clone());
+        s.src_plain_lock = Some(commit.src_plain_lock);
+        let dest = s.dest_plain_lock;
+        let invoice_id = commit.invoice_id;
+        let routes: Vec<(RequestId, SoldRoute)> = s
+            .routes
+            .iter()
+            .map(|(r, sold)| (*r, sold.clone()))
+            .collect();
+        for (request_id, sold) in routes {
+            if named.contains(&request_id) {
+                self.send_collect(
+                    sold.friend,
+                    request_id,
+                    commit.src_plain_lock,
+                    dest,
+                    sold.response,
+                );
+            } else {
+                self.send_cancel(sold.friend, request_id);
+            }
+        }
+        self.out.push(Output::Event(Event::InvoicePaid {
+            invoice_id,
+            amount: delivered,
+        }));
+        Ok(())
+    }
+
+    fn try_commit(&mut self, invoice_id: InvoiceId) {
+        let Some(b) = self.buying.get_mut(&invoice_id) else {
+            return;
+        };
+        if b.committed.is_some() || b.status != PaymentStatus::InFlight {
+            return;
+        }
+        let answered: Vec<(RequestId, u64)> = b
+            .routes
+            .iter()
+            .filter(|(_, r)| matches!(r.status, RouteStatus::Responded(_)))
+            .map(|(id, r)| (*id, r.request.terms.dest_payment))
+            .collect();
+        let delivered = answered
+            .iter()
+            .try_fold(0u64, |acc, (_, d)| acc.checked_add(*d))
+            .unwrap_or(u64::MAX);
+        if delivered < b.invoice.terms.amount {
+            return;
+        }
+        b.committed = Some(answered.into_iter().map(|(id, _)| id).collect());
+        self.resend_commit(invoice_id);
+    }
+
+    fn resend_commit(&mut self, invoice_id: InvoiceId) {
+        let Some(b) = self.buying.get(&invoice_id) else {
+            return;
+        };
+        let Some(ids) = &b.committed else {
+            return;
+        };
+        self.out.push(Output::Send {
+            to: b.invoice.terms.seller,
+            message: Message::Commit(Commit {
+                invoice_id,
+                src_plain_lock: b.src_plain_lock,
+                request_ids: ids.clone(),
+            }),
+        });
+    }
+
+    fn resend_commits(&mut self) {
+        let open: Vec<InvoiceId> = self
+            .buying
+            .iter()
+            .filter(|(_, b)| b.status == PaymentStatus::InFlight && b.committed.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
+            self.resend_commit(id);
+        }
+    }
+
+    fn route_done(
+        &mut self,
+        invoice_id: InvoiceId,
+        request_id: RequestId,
+        status: RouteStatus,
+        receipt: Option<Receipt>,
+    ) {
+        let Some(b) = self.buying.get_mut(&invoice_id) else {
+            return;
+        };
+        if let Some(r) = b.routes.get_mut(&request_id) {
+            r.status = status;
+        }
+        if b.receipt.is_none() {
+            b.receipt = receipt.filter(|r| r.verify().is_ok());
+        }
+        if b.status != PaymentStatus::InFlight {
+            return;
+        }
+        let open = b
+            .routes
+            .values()
+            .any(|r| matches!(r.status, RouteStatus::Sent | RouteStatus::Responded(_)));
+        if open {
+            return;
+        }
+        match b.receipt.clone() {
+            Some(receipt) => {
+                b.status = PaymentStatus::Completed;
+                self.out
+                    .push(Output::Event(Event::PaymentCompleted { receipt }));
+            }
+            None => {
+                b.status = PaymentStatus::Cancelled;
+                self.out
+                    .push(Output::Event(Event::PaymentCancelled { invoice_id }));
+            }
+        }
+    }
+
+    /// A queued operation no longer applied when we came to send it.
+    fn on_dropped(&mut self, friend: NodeId, op: Op, reason: OpError) {
+        let me = self.id();
+        match op {
+            Op::Request(request) => {
+                let terms = &request.terms;
+                if terms.buyer() == Some(me) {
+                    self.route_done(
+                        terms.invoice_id,
+                        terms.request_id,
+                        RouteStatus::Cancelled,
+                        None,
+                    );
+                } else if let Some(prev) = upstream_of(terms, &me) {
+                    self.send_cancel(prev, terms.request_id);
+                }
+            }
+            Op::SetLimit { .. } => self
+                .out
+                .push(Output::Event(Event::LimitNotSet { friend, reason })),
+            // Answers to requests that are gone: nothing left to do.
+            Op::Response { .. } | Op::Cancel { .. } | Op::Collect { .. } => {}
+        }
+    }
+
+    fn enqueue(&mut self, friend: NodeId, op: Op) {
+        if let Some(ch) = self.friends.get_mut(&friend) {
+            ch.enqueue(op);
+            self.dirty.insert(friend);
+        }
+    }
+
+    fn send_cancel(&mut self, friend: NodeId, request_id: RequestId) {
+        self.remember(request_id, Outcome::Cancelled);
+        self.enqueue(friend, Op::Cancel { request_id });
+    }
+
+    fn send_collect(
+        &mut self,
+        friend: NodeId,
+        request_id: RequestId,
+        src_plain_lock: PlainLock,
+        dest_plain_lock: PlainLock,
+        response: Response,
+    ) {
+        self.remember(
+            request_id,
+            Outcome::Collected {
+                src_plain_lock,
+                dest_plain_lock,
+                response,
+            },
+        );
+        self.enqueue(
+            friend,
+            Op::Collect {
+                request_id,
+                src_plain_lock,
+                dest_plain_lock,
+            },
+        );
+    }
+
+    fn remember(&mut self, request_id: RequestId, outcome: Outcome) {
+        if self.outcomes.insert(request_id, outcome).is_none() {
+            self.outcome_order.push_back(request_id);
+            while self.outcome_order.len() > MAX_REMEMBERED_OUTCOMES {
+                if let Some(old) = self.outcome_order.pop_front() {
+                    self.outcomes.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn send_offer(&mut self, friend: NodeId, resolutions: Vec<Resolution>, reply_wanted: bool) {
+        if let Some(ch) = self.friends.get(&friend) {
+            self.out.push(Output::Send {
+                to: friend,
+                message: Message::Offer(Offer {
+                    tip: ch.tip().clone(),
+                    resolutions,
+                    reply_wanted,
+                }),
+            });
+        }
+    }
+
+    fn on_offer(&mut self, now_ms: u64, from: NodeId, offer: Offer) -> Result<(), ProtocolError> {
+        let ch = self
+            .friends
+            .get_mut(&from)
+            .ok_or(ProtocolError::NotAFriend(from))?;
+        let was_confirmed = ch.confirmed();
+        // Requests the friend still holds as pending, so we can tell them how they ended.
+        let mut theirs: BTreeSet<RequestId> =
+            offer.tip.prev_state.pending.keys().copied().collect();
+        if let Some(last) = &offer.tip.last {
+            theirs.extend(last.ops.iter().filter_map(|op| match op {
+                Op::Request(r) => Some(r.terms.request_id),
+                _ => None,
+            }));
+        }
+        // Learn how requests we held ended, before the state that forgets them replaces ours.
+        let ours_before = ch.state().pending.clone();
+        let outcome = ch
+            .receive_offer(offer.tip)
+            .map_err(|error| ProtocolError::Channel {
+                friend: from,
+                error,
+            })?;
+        for r in offer.resolutions {
+            let Some(p) = ours_before.get(&r.request_id) else {
+                continue;
+            };
+            let valid = match &r.outcome {
+                Outcome::Collected {
+                    src_plain_lock,
+                    response,
+                    dest_plain_lock,
+                } => {
+                    src_plain_lock.hashed() == p.request.terms.src_hashed_lock
+                        && dest_plain_lock.hashed() == response.dest_hashed_lock
+                        && response.verify(&p.request.terms).is_ok()
+                }
+                Outcome::Cancelled => true,
+            };
+            if valid && !self.outcomes.contains_key(&r.request_id) {
+                self.remember(r.request_id, r.outcome);
+            }
+        }
+        let resolutions = |node: &Node, ch: &Channel| -> Vec<Resolution> {
+            theirs
+                .iter()
+                .filter(|id| !ch.state().pending.contains_key(id))
+                .filter_map(|id| {
+                    node.outcomes.get(id).map(|o| Resolution {
+                        request_id: *id,
+                        outcome: o.clone(),
+                    })
+                })
+                .collect()
+        };
+        match outcome {
+            OfferOutcome::InSync => {
+                if offer.reply_wanted {
+                    self.send_offer(from, Vec::new(), false);
+                }
+            }
+            OfferOutcome::Adopted { ref new_ops, .. } => {
+                for op in new_ops.clone() {
+                    self.on_op(now_ms, from, op);
+                }
+                let counter = self.friends.get(&from).map_or(0, Channel::counter);
+                self.out.push(Output::Event(Event::Resynced {
+                    friend: from,
+                    counter,
+                }));
+                if offer.reply_wanted {
+                    self.send_offer(from, Vec::new(), false);
+                }
+            }
+            OfferOutcome::OursIsAhead => {
+                let Some(ch) = self.friends.get(&from) else {
+                    return Ok(());
+                };
+                let res = resolutions(self, ch);
+                let want = !ch.confirmed();
+                self.send_offer(from, res, want);
+            }
+        }
+        let confirmed = self.friends.get(&from).is_some_and(Channel::confirmed);
+        if confirmed && (!was_confirmed || matches!(outcome, OfferOutcome::Adopted { .. })) {
+            self.reconcile();
+        }
+        self.dirty.insert(from);
+        Ok(())
+    }
+
+    /// After a resync, make sure every request we hold from a friend is on its way to an end:
+    /// answered, forwarded, collected or cancelled, from what this node knows.
+    fn reconcile(&mut self) {
+        let me = self.id();
+        let friends: Vec<NodeId> = self.friends.keys().copied().collect();
+        for friend in friends {
+            let Some(ch) = self.friends.get(&friend) else {
+                continue;
+            };
+            if !ch.confirmed() {
+                continue;
+            }
+            let local = ch.local_side();
+            let incoming: Vec<Pending> = ch
+                .state()
+                .pending
+                .values()
+                .filter(|p| p.payer != local)
+                .cloned()
+                .collect();
+            for p in incoming {
+                self.reconcile_incoming(me, friend, p);
+            }
+        }
+        self.resend_commits();
+    }
+
+    fn queued_for(&self, friend: &NodeId, id: &RequestId) -> bool {
+        self.friends
+            .get(friend)
+            .is_some_and(|ch| ch.queue().iter().any(|op| op.request_id() == Some(*id)))
+    }
+
+    fn reconcile_incoming(&mut self, me: NodeId, from: NodeId, p: Pending) {
+        let terms = p.request.terms.clone();
+        let id = terms.request_id;
+        if self.queued_for(&from, &id) {
+            return;
+        }
+        if let Some(outcome) = self.outcomes.get(&id).cloned() {
+            match outcome {
+                Outcome::Collected {
+                    src_plain_lock,
+                    dest_plain_lock,
+                    response,
+                } => {
+                    if p.response.is_none() {
+                        self.enqueue(
+                            from,
+                            Op::Response {
+                                request_id: id,
+                                response: response.clone(),
+                            },
+                        );
+                    }
+                    self.send_collect(from, id, src_plain_lock, dest_plain_lock, response);
+                }
+                Outcome::Cancelled => self.send_cancel(from, id),
+            }
+            return;
+        }
+        if terms.seller() == Some(me) {
+            let Some(s) = self.selling.get(&terms.invoice_id) else {
+                return self.send_cancel(from, id);
+            };
+            let response = match s.routes.get(&id) {
+                Some(sold) => sold.response.clone(),
+                None => Response::sign(&self.identity, &terms, s.dest_plain_lock.hashed()),
+            };
+            let answer = p.response.is_none().then(|| Op::Response {
+                request_id: id,
+                response: response.clone(),
+            });
+            match (&s.status, s.src_plain_lock) {
+                (InvoiceStatus::Open, _) => {
+                    if s.routes.contains_key(&id) {
+                        if let Some(op) = answer {
+                            self.enqueue(from, op);
+                        }
+                    } else {
+                        // Not on record (we were restored): treat it as new.
+                        self.sell(0, from, &p.request);
+                    }
+                }
+                (InvoiceStatus::Paid(named), Some(src)) if named.contains(&id) => {
+                    let dest = s.dest_plain_lock;
+                    if let Some(op) = answer {
+                        self.enqueue(from, op);
+                    }
+                    self.send_collect(from, id, src, dest, response);
+                }
+                _ => self.send_cancel(from, id),
+            }
+            return;
+        }
+        let Some(pos) = terms.position(&me) else {
+            return self.send_cancel(from, id);
+        };
+        let Some(next) = terms.route.get(pos + 1).copied() else {
+            return;
+        };
+        let Some(nch) = self.friends.get(&next) else {
+            return self.send_cancel(from, id);
+        };
+        if !nch.confirmed() {
+            return;
+        }
+        if let Some(np) = nch.state().pending.get(&id) {
+            if let (Some(response), None) = (np.response.clone(), &p.response) {
+                self.enqueue(
+                    from,
+                    Op::Response {
+                        request_id: id,
+                        response,
+                    },
+                );
+            }
+            return;
+        }
+        if self.queued_for(&next, &id) {
+            return;
+        }
+        self.forward(from, pos, p.request);
+    }
+}
+
+/// The friend before `me` on a request's route.
+fn upstream_of(terms: &RequestTerms, me: &NodeId) -> Option<NodeId> {
+    let pos = terms.position(me)?;
+    pos.checked_sub(1).and_then(|p| terms.route.get(p).copied())
+}
+
+fn derive(entropy: &[u8; 32], what: &'static str) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("offst node derive v1");
+    hasher.update(what.as_bytes());
+    hasher.update(entropy);
+    *hasher.finalize().as_bytes()
+}

@@ -1,0 +1,808 @@
+//! A seeded network simulator for the protocol.
+//!
+//! It builds a random friend graph, runs payments over routes it finds from the nodes' own
+//! channel states, and delivers messages the way relays would: each after a random delay (so
+//! they reorder), some twice, and those for an offline node held until it comes back. Nodes can
+//! also be restored from an older snapshot of themselves, as after restoring a backup.
+//!
+//! After quiescence it checks that every payment has a valid receipt or was cancelled, every
+//! pair of friends holds the same log and state, balances sum to zero in every currency, no
+//! credit is left frozen, every limit holds, and (without restores) that every node's balance is
+//! exactly what its completed payments and fees say. A failure report names the seed, and the
+//! same seed replays the same run.
+
+pub mod local;
+mod rng;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+use serde::Serialize;
+
+pub use self::rng::SimRng;
+use crate::protocol::amount::{Currency, Rate};
+use crate::protocol::identity::{Identity, NodeId};
+use crate::protocol::message::Message;
+use crate::protocol::node::{
+    Event, InvoiceStatus, Node, Output, PaymentStatus, ProtocolError, RoutePlan,
+};
+use crate::protocol::payment::InvoiceId;
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Number of payments.
+    pub payments: usize,
+    /// The seed; the same seed replays the same run.
+    pub seed: u64,
+    /// Fraction of the time each node is offline during the payment phase (0 to 0.95).
+    pub offline_fraction: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate_fraction: f64,
+    /// Longest delivery delay, in ms of simulated time.
+    pub max_delay_ms: u64,
+    /// Fraction of nodes restored once from an older snapshot of themselves.
+    pub restore_fraction: f64,
+    /// Extra friendships per node beyond the spanning tree that keeps the graph connected.
+    pub extra_friends_per_node: usize,
+    /// Number of currencies every pair of friends keeps.
+    pub currencies: usize,
+    /// How long invoices stay open, in ms.
+    pub invoice_ttl_ms: u64,
+    /// Time between two payments, in ms.
+    pub payment_interval_ms: u64,
+    /// Most routes one payment is split across.
+    pub max_routes: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 50,
+            payments: 1000,
+            seed: 1,
+            offline_fraction: 0.3,
+            duplicate_fraction: 0.05,
+            max_delay_ms: 300,
+            restore_fraction: 0.0,
+            extra_friends_per_node: 1,
+            currencies: 2,
+            invoice_ttl_ms: 30_000,
+            payment_interval_ms: 20,
+            max_routes: 3,
+        }
+    }
+}
+
+/// What a simulation found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SimReport {
+    /// The seed that replays this run.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Friendships (edges).
+    pub friendships: usize,
+    /// Payments attempted.
+    pub payments: usize,
+    /// Payments that ended with a valid receipt.
+    pub completed: usize,
+    /// Payments that ended with nothing moved (refused up front, or every route cancelled).
+    pub cancelled: usize,
+    /// Of the cancelled: refused before any credit froze (no route with enough capacity).
+    pub refused: usize,
+    /// Completed payments that used more than one route.
+    pub completed_multi_route: usize,
+    /// Broken invariants (the first few are described in `violations`).
+    pub invariant_violations: usize,
+    /// Pairs of friends whose logs or states differ.
+    pub disagreeing_pairs: usize,
+    /// Sum over every node and friend of the node's balance (0 when nothing is created or lost).
+    pub sum_of_balances: i128,
+    /// Credit still frozen in pending requests at the end.
+    pub frozen_left: u128,
+    /// Messages sent.
+    pub messages: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Channel moves sent.
+    pub moves: u64,
+    /// Channels that resynced.
+    pub resyncs: u64,
+    /// Commits that reached the seller after the invoice expired (refused; the routes are
+    /// cancelled, as the seller decides).
+    pub late_commits: u64,
+    /// Nodes restored from a snapshot.
+    pub restores: u64,
+    /// Simulated time, in ms.
+    pub simulated_ms: u64,
+    /// Wall-clock time, in ms (filled by the caller).
+    pub elapsed_ms: u64,
+    /// Descriptions of the first violations.
+    pub violations: Vec<String>,
+}
+
+enum Ev {
+    Deliver {
+        to: usize,
+        from: usize,
+        bytes: Vec<u8>,
+    },
+    Online(usize),
+    Offline(usize),
+    Tick(usize),
+    Pay(usize),
+    Snapshot(usize),
+    Restore(usize),
+}
+
+struct PaymentRecord {
+    buyer: usize,
+    seller: usize,
+    invoice: Option<InvoiceId>,
+    routes: usize,
+}
+
+/// A simulation in progress.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: SimRng,
+    nodes: Vec<Node>,
+    ids: Vec<NodeId>,
+    index: HashMap<NodeId, usize>,
+    adj: Vec<Vec<usize>>,
+    currencies: Vec<Currency>,
+    online: Vec<bool>,
+    mailbox: Vec<Vec<(usize, Vec<u8>)>>,
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Ev>,
+    seq: u64,
+    now: u64,
+    in_flight: u64,
+    snapshots: Vec<Option<Node>>,
+    restored: Vec<bool>,
+    payments: Vec<PaymentRecord>,
+    payment_end: u64,
+    last_expiry: u64,
+    report: SimReport,
+}
+
+const MAX_VIOLATION_NOTES: usize = 20;
+const TICK_MS: u64 = 1000;
+
+impl Sim {
+    /// Build the network and its friendships for `cfg`.
+    pub fn new(cfg: SimConfig) -> Sim {
+        let mut rng = SimRng::new(cfg.seed);
+        let n = cfg.nodes.max(2);
+        let mut nodes = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let rate = Rate {
+                base: rng.range(0, 2),
+                ppm: rng.range(0, 20_000) as u32,
+            };
+            let node = Node::new(Identity::from_seed(rng.bytes32()), rate);
+            ids.push(node.id());
+            nodes.push(node);
+        }
+        let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let currencies = (0..cfg.currencies.max(1))
+            .filter_map(|i| Currency::new(["hours", "EUR", "loaves", "USD"][i % 4]).ok())
+            .collect();
+        let mut sim = Sim {
+            report: SimReport {
+                seed: cfg.seed,
+                nodes: n,
+                payments: cfg.payments,
+                ..SimReport::default()
+            },
+            cfg,
+            rng,
+            nodes,
+            ids,
+            index,
+            adj: vec![Vec::new(); n],
+            currencies,
+            online: vec![true; n],
+            mailbox: vec![Vec::new(); n],
+            heap: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            now: 0,
+            in_flight: 0,
+            snapshots: vec![None; n],
+            restored: vec![false; n],
+            payments: Vec::new(),
+            payment_end: 0,
+            last_expiry: 0,
+        };
+        sim.build_graph();
+        sim
+    }
+
+    fn build_graph(&mut self) {
+        let n = self.nodes.len();
+        let mut edges = Vec::new();
+        for i in 1..n {
+            let j = self.rng.below(i as u64) as usize;
+            edges.push((i, j));
+        }
+        for i in 0..n {
+            for _ in 0..self.cfg.extra_friends_per_node {
+                let j = self.rng.below(n as u64) as usize;
+                if j != i
+                    && !edges
+                        .iter()
+                        .any(|&(a, b)| (a, b) == (i, j) || (a, b) == (j, i))
+                {
+                    edges.push((i, j));
+                }
+            }
+        }
+        for &(a, b) in &edges {
+            self.adj[a].push(b);
+            self.adj[b].push(a);
+            let (ia, ib) = (self.ids[a], self.ids[b]);
+            let ok = self.nodes[a].add_friend(ib).is_ok() && self.nodes[b].add_friend(ia).is_ok();
+            if !ok {
+                self.violation(format!("could not befriend {a} and {b}"));
+            }
+        }
+        self.report.friendships = edges.len();
+        // Limits, both ways, in every currency.
+        for &(a, b) in &edges {
+            for (x, y) in [(a, b), (b, a)] {
+                for c in self.currencies.clone() {
+                    let limit = self.rng.range(50, 300);
+                    let friend = self.ids[y];
+                    match self.nodes[x].set_limit(friend, c, limit) {
+                        Ok(out) => self.emit(x, out),
+                        Err(e) => self.violation(format!("set_limit: {e}")),
+                    }
+                }
+            }
+        }
+        // Let the limits settle with everyone online.
+        self.run_until(u64::MAX, true);
+    }
+
+    fn violation(&mut self, what: String) {
+        self.report.invariant_violations += 1;
+        if self.report.violations.len() < MAX_VIOLATION_NOTES {
+            self.report.violations.push(what);
+        }
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        if matches!(ev, Ev::Deliver { .. }) {
+            self.in_flight += 1;
+        }
+        self.events.insert(self.seq, ev);
+        self.heap.push(Reverse((at, self.seq)));
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.rng.range(1, self.cfg.max_delay_ms.max(1))
+    }
+
+    fn emit(&mut self, from: usize, outputs: Vec<Output>) {
+        for out in outputs {
+            match out {
+                Output::Send { to, message } => {
+                    let Some(&to) = self.index.get(&to) else {
+                        self.violation(format!("node {from} sent to an unknown node"));
+                        continue;
+                    };
+                    if matches!(message, Message::Move(_)) {
+                        self.report.moves += 1;
+                    }
+                    let bytes = match message.encode() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            self.violation(format!("node {from} could not encode: {e}"));
+                            continue;
+                        }
+                    };
+                    self.report.messages += 1;
+                    self.report.bytes += bytes.len() as u64;
+                    if self.rng.chance(self.cfg.duplicate_fraction) {
+                        let at = self.now + self.delay();
+                        self.schedule(
+                            at,
+                            Ev::Deliver {
+                                to,
+                                from,
+                                bytes: bytes.clone(),
+                            },
+                        );
+                    }
+                    let at = self.now + self.delay();
+                    self.schedule(at, Ev::Deliver { to, from, bytes });
+                }
+                Output::Event(Event::Resynced { .. }) => self.report.resyncs += 1,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    /// Process events until `until`; with `drain`, stop as soon as no message is in flight.
+    fn run_until(&mut self, until: u64, drain: bool) {
+        while let Some(Reverse((at, seq))) = self.heap.peek().copied() {
+            if at > until || (drain && self.in_flight == 0) {
+                break;
+            }
+            self.heap.pop();
+            self.now = self.now.max(at);
+            let Some(ev) = self.events.remove(&seq) else {
+                continue;
+            };
+            self.step(ev);
+        }
+    }
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, from, bytes } => {
+                self.in_flight -= 1;
+                if !self.online[to] {
+                    self.mailbox[to].push((from, bytes));
+                    return;
+                }
+                let message = match Message::decode(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => return self.violation(format!("decode at {to}: {e}")),
+                };
+                let sender = self.ids[from];
+                match self.nodes[to].handle_message(self.now, sender, message) {
+                    Ok(out) => self.emit(to, out),
+                    Err(ProtocolError::InvoiceClosed) => self.report.late_commits += 1,
+                    Err(e) => {
+                        let note = format!("node {to} refused a message from {from}: {e}");
+                        if !(self.restored[to] || self.restored[from]) {
+                            self.violation(note);
+                        }
+                    }
+                }
+            }
+            Ev::Online(n) => {
+                self.online[n] = true;
+                // The relay hands over held mail; it arrives in no particular order.
+                for (from, bytes) in std::mem::take(&mut self.mailbox[n]) {
+                    let at = self.now + self.delay();
+                    self.schedule(at, Ev::Deliver { to: n, from, bytes });
+                }
+            }
+            Ev::Offline(n) => {
+                if self.now < self.payment_end {
+                    self.online[n] = false;
+                }
+            }
+            Ev::Tick(n) => {
+                if self.online[n] {
+                    let out = self.nodes[n].tick(self.now);
+                    self.emit(n, out);
+                }
+                if self.now <= self.last_expiry + 2 * TICK_MS || self.now < self.payment_end {
+                    self.schedule(self.now + TICK_MS, Ev::Tick(n));
+                }
+            }
+            Ev::Pay(i) => self.pay(i),
+            Ev::Snapshot(n) => self.snapshots[n] = Some(self.nodes[n].clone()),
+            Ev::Restore(n) => {
+                if let Some(old) = self.snapshots[n].take() {
+                    self.nodes[n] = old;
+                    self.restored[n] = true;
+                    self.report.restores += 1;
+                    let out = self.nodes[n].restored();
+                    self.emit(n, out);
+                }
+            }
+        }
+    }
+
+    fn pay(&mut self, i: usize) {
+        let n = self.nodes.len() as u64;
+        let buyer = self.rng.below(n) as usize;
+        let mut seller = self.rng.below(n - 1) as usize;
+        if seller >= buyer {
+            seller += 1;
+        }
+        let currency =
+            self.currencies[self.rng.below(self.currencies.len() as u64) as usize].clone();
+        let amount = self.rng.range(1, 40);
+        let expires = self.now + self.cfg.invoice_ttl_ms;
+        self.last_expiry = self.last_expiry.max(expires);
+        let entropy = self.rng.bytes32();
+        let invoice = match self.nodes[seller].create_invoice(
+            currency.clone(),
+            amount,
+            expires,
+            format!("payment {i}"),
+            entropy,
+        ) {
+            Ok(inv) => inv,
+            Err(e) => return self.violation(format!("create_invoice: {e}")),
+        };
+        let plans = self.plan_routes(buyer, seller, amount, &currency);
+        let routes = plans.len();
+        let entropy = self.rng.bytes32();
+        let result = if plans.is_empty() {
+            None
+        } else {
+            self.nodes[buyer]
+                .pay(self.now, &invoice, plans, entropy)
+                .ok()
+        };
+        let paid = result.is_some();
+        if let Some(out) = result {
+            self.emit(buyer, out);
+        }
+        self.payments.push(PaymentRecord {
+            buyer,
+            seller,
+            invoice: paid.then_some(invoice.terms.id),
+            routes,
+        });
+    }
+
+    /// Capacity left for `a` to send to `b`, from `a`'s own view of the channel.
+    fn capacity(&self, a: usize, b: usize, currency: &Currency) -> u64 {
+        self.nodes[a]
+            .channel(&self.ids[b])
+            .and_then(|ch| {
+                let line = ch.state().lines.get(currency)?;
+                Some(line.can_send(ch.local_side()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Routes that together deliver `amount`, fees quoted from each mediator's rate; empty if
+    /// none are found. Sometimes splits on purpose so that multi-route payments are common.
+    fn plan_routes(
+        &mut self,
+        buyer: usize,
+        seller: usize,
+        amount: u64,
+        c: &Currency,
+    ) -> Vec<RoutePlan> {
+        let mut used: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+        let mut plans = Vec::new();
+        let mut remaining = amount;
+        let split = if self.rng.chance(0.25) {
+            self.rng.range(2, 3)
+        } else {
+            1
+        };
+        let per_route_cap = amount.div_ceil(split);
+        let mut blocked: Vec<(usize, usize)> = Vec::new();
+        let mut attempts = 0;
+        while remaining > 0 && plans.len() < self.cfg.max_routes && attempts < 8 {
+            attempts += 1;
+            let Some(path) = self.bfs(buyer, seller, c, &used, &blocked) else {
+                break;
+            };
+            let cap = |sim: &Sim, a: usize, b: usize| {
+                sim.capacity(a, b, c)
+                    .saturating_sub(used.get(&(a, b)).copied().unwrap_or(0))
+            };
+            let fees_for = |dest: u64| -> Option<Vec<u64>> {
+                path[1..path.len() - 1]
+                    .iter()
+                    .map(|&m| self.nodes[m].rate().fee(dest))
+                    .collect()
+            };
+            let fits = |dest: u64| -> bool {
+                let Some(fees) = fees_for(dest) else {
+                    return false;
+                };
+                (0..path.len() - 1).all(|k| {
+                    let need: u64 = dest + fees[k..].iter().sum::<u64>();
+                    cap(self, path[k], path[k + 1]) >= need
+                })
+            };
+            let (mut lo, mut hi) = (0, remaining.min(per_route_cap));
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if fits(mid) { lo = mid } else { hi = mid - 1 }
+            }
+            if lo == 0 {
+                // The narrowest hop can't carry anything: avoid it and look again.
+                let narrow = (0..path.len() - 1)
+                    .min_by_key(|&k| cap(self, path[k], path[k + 1]))
+                    .unwrap_or(0);
+                blocked.push((path[narrow], path[narrow + 1]));
+                continue;
+            }
+            let Some(fees) = fees_for(lo) else { break };
+            for k in 0..path.len() - 1 {
+                let need = lo + fees[k..].iter().sum::<u64>();
+                *used.entry((path[k], path[k + 1])).or_default() += need;
+            }
+            remaining -= lo;
+            plans.push(RoutePlan {
+                route: path.iter().map(|&i| self.ids[i]).collect(),
+                fees,
+                dest_payment: lo,
+            });
+        }
+        if remaining > 0 {
+            return Vec::new();
+        }
+        plans
+    }
+
+    /// A shortest path with some capacity on every hop, neighbours visited in random order.
+    fn bfs(
+        &mut self,
+        from: usize,
+        to: usize,
+        c: &Currency,
+        used: &BTreeMap<(usize, usize), u64>,
+        blocked: &[(usize, usize)],
+    ) -> Option<Vec<usize>> {
+        let n = self.nodes.len();
+        let mut prev = vec![usize::MAX; n];
+        let mut depth = vec![0usize; n];
+        prev[from] = from;
+        let mut queue = VecDeque::from([from]);
+        while let Some(a) = queue.pop_front() {
+            if a == to {
+                break;
+            }
+            if depth[a] + 2 > 10 {
+                continue;
+            }
+            let mut next = self.adj[a].clone();
+            for i in (1..next.len()).rev() {
+                let j = self.rng.below(i as u64 + 1) as usize;
+                next.swap(i, j);
+            }
+            for b in next {
+                let room = self
+                    .capacity(a, b, c)
+                    .saturating_sub(used.get(&(a, b)).copied().unwrap_or(0));
+                if prev[b] == usize::MAX && room > 0 && !blocked.contains(&(a, b)) {
+                    prev[b] = a;
+                    depth[b] = depth[a] + 1;
+                    queue.push_back(b);
+                }
+            }
+        }
+        if prev[to] == usize::MAX {
+            return None;
+        }
+        let mut path = vec![to];
+        while let Some(&last) = path.last() {
+            if last == from {
+                break;
+            }
+            path.push(prev[last]);
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// Schedule payments, offline periods, restores and ticks, run to quiescence and check.
+    pub fn run(mut self) -> SimReport {
+        let n = self.nodes.len();
+        let start = self.now + 1000;
+        let interval = self.cfg.payment_interval_ms.max(1);
+        self.payment_end = start + interval * self.cfg.payments as u64 + 1;
+        for i in 0..self.cfg.payments {
+            self.schedule(start + interval * i as u64, Ev::Pay(i));
+        }
+        let f = self.cfg.offline_fraction.clamp(0.0, 0.95);
+        if f > 0.0 {
+            let cycle = 10_000.0;
+            for node in 0..n {
+                let mut t = start + self.rng.below(cycle as u64);
+                while t < self.payment_end {
+                    let off = (cycle * f * (0.5 + self.rng.below(1000) as f64 / 1000.0)) as u64;
+                    let on =
+                        (cycle * (1.0 - f) * (0.5 + self.rng.below(1000) as f64 / 1000.0)) as u64;
+                    self.schedule(t, Ev::Offline(node));
+                    self.schedule(t + off.max(1), Ev::Online(node));
+                    t += off.max(1) + on.max(1);
+                }
+            }
+        }
+        let restores = (self.cfg.restore_fraction.clamp(0.0, 1.0) * n as f64).round() as usize;
+        for _ in 0..restores {
+            let node = self.rng.below(n as u64) as usize;
+            let span = self.payment_end - start;
+            let snap = start + self.rng.below(span / 2 + 1);
+            let back = snap + self.rng.below(span / 2 + 1) + 1;
+            self.schedule(snap, Ev::Snapshot(node));
+            self.schedule(back, Ev::Restore(node));
+        }
+        for node in 0..n {
+            let at = start + self.rng.below(TICK_MS);
+            self.schedule(at, Ev::Tick(node));
+        }
+        self.run_until(self.payment_end, false);
+        // Quiescence: everyone comes online for good, time runs past every expiry.
+        for node in 0..n {
+            self.schedule(self.now, Ev::Online(node));
+        }
+        self.run_until(u64::MAX, false);
+        self.report.simulated_ms = self.now;
+        self.check();
+        self.report
+    }
+
+    fn check(&mut self) {
+        let n = self.nodes.len();
+        let any_restore = self.restored.iter().any(|r| *r);
+        // Friends agree.
+        let mut notes: Vec<String> = Vec::new();
+        let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();
+        for a in 0..n {
+            for &b in &self.adj[a].clone() {
+                let (ia, ib) = (self.ids[a], self.ids[b]);
+                let (Some(x), Some(y)) = (self.nodes[a].channel(&ib), self.nodes[b].channel(&ia))
+                else {
+                    continue;
+                };
+                if a < b {
+                    if x.counter() != y.counter()
+                        || x.last_hash() != y.last_hash()
+                        || x.state() != y.state()
+                    {
+                        self.report.disagreeing_pairs += 1;
+                        let note = format!(
+                            "friends {a} and {b} disagree: moves {} vs {}",
+                            x.counter(),
+                            y.counter()
+                        );
+                        notes.push(note);
+                    }
+                    let frozen: u128 = x
+                        .state()
+                        .pending
+                        .values()
+                        .map(|p| u128::from(p.amount))
+                        .sum();
+                    self.report.frozen_left += frozen;
+                }
+                let side = x.local_side();
+                let mut bad_limits = Vec::new();
+                for (c, line) in &x.state().lines {
+                    *sums.entry(c.clone()).or_default() += line.balance_of(side);
+                    if !line.limits_hold() {
+                        bad_limits.push(format!("limits broken between {a} and {b} in {c}"));
+                    }
+                }
+                notes.extend(bad_limits);
+                if !x.queue().is_empty() {
+                    notes.push(format!(
+                        "node {a} still has {} operations queued for {b} (moves {} / {}, token {} / {}, asked {})",
+                        x.queue().len(), x.counter(), y.counter(), x.holds_token(), y.holds_token(), x.token_requested()
+                    ));
+                }
+            }
+        }
+        for note in notes.drain(..) {
+            self.violation(note);
+        }
+        self.report.sum_of_balances = sums.values().sum();
+        for (c, s) in sums {
+            if s != 0 {
+                self.violation(format!("balances in {c} sum to {s}, not 0"));
+            }
+        }
+        // Every payment ended, consistently at buyer and seller.
+        let mut expected: Vec<BTreeMap<Currency, i128>> = vec![BTreeMap::new(); n];
+        for i in 0..self.payments.len() {
+            let (buyer, seller, routes) = (
+                self.payments[i].buyer,
+                self.payments[i].seller,
+                self.payments[i].routes,
+            );
+            let Some(invoice) = self.payments[i].invoice else {
+                self.report.cancelled += 1;
+                self.report.refused += 1;
+                continue;
+            };
+            let sold = self.nodes[seller].invoice_status(&invoice).cloned();
+            let bought = self.nodes[buyer]
+                .payment(&invoice)
+                .map(|(s, r)| (s, r.cloned()));
+            match bought {
+                Some((PaymentStatus::Completed, Some(receipt))) => {
+                    self.report.completed += 1;
+                    if routes > 1 {
+                        self.report.completed_multi_route += 1;
+                    }
+                    if receipt.verify().is_err() || receipt.invoice_id() != invoice {
+                        self.violation(format!("payment {i}: receipt does not verify"));
+                    }
+                    if !matches!(sold, Some(InvoiceStatus::Paid(_))) && !self.restored[seller] {
+                        self.violation(format!("payment {i}: receipt but seller shows {sold:?}"));
+                    }
+                    for terms in self.nodes[buyer].collected_routes(&invoice) {
+                        let c = &terms.currency;
+                        for (k, node) in terms.route.iter().enumerate() {
+                            let idx = self.index[node];
+                            let inflow = if k == 0 {
+                                0
+                            } else {
+                                terms.hop_amount(k - 1).unwrap_or(0)
+                            };
+                            let outflow = if k + 1 == terms.route.len() {
+                                0
+                            } else {
+                                terms.hop_amount(k).unwrap_or(0)
+                            };
+                            *expected[idx].entry(c.clone()).or_default() +=
+                                i128::from(inflow) - i128::from(outflow);
+                        }
+                    }
+                }
+                Some((PaymentStatus::Cancelled, _)) => {
+                    self.report.cancelled += 1;
+                    if matches!(sold, Some(InvoiceStatus::Paid(_))) && !any_restore {
+                        self.violation(format!(
+                            "payment {i}: cancelled at the buyer but paid at the seller"
+                        ));
+                    }
+                }
+                other => {
+                    if self.restored[buyer] {
+                        // The buyer forgot this payment with its old snapshot; the seller's view
+                        // tells how it ended.
+                        if matches!(sold, Some(InvoiceStatus::Paid(_))) {
+                            self.report.completed += 1;
+                        } else {
+                            self.report.cancelled += 1;
+                        }
+                    } else {
+                        self.violation(format!(
+                            "payment {i} did not end: {:?}",
+                            other.map(|o| o.0)
+                        ));
+                    }
+                }
+            }
+        }
+        // Every balance is exactly what the completed payments say.
+        if !any_restore {
+            for (a, exp) in expected.iter().enumerate() {
+                let mut actual: BTreeMap<Currency, i128> = BTreeMap::new();
+                for &b in &self.adj[a] {
+                    if let Some(ch) = self.nodes[a].channel(&self.ids[b]) {
+                        for (c, line) in &ch.state().lines {
+                            *actual.entry(c.clone()).or_default() +=
+                                line.balance_of(ch.local_side());
+                        }
+                    }
+                }
+                for c in &self.currencies {
+                    let want = exp.get(c).copied().unwrap_or(0);
+                    let got = actual.get(c).copied().unwrap_or(0);
+                    if want != got {
+                        notes.push(format!("node {a} holds {got} {c}, its payments say {want}"));
+                    }
+                }
+            }
+        }
+        for note in notes {
+            self.violation(note);
+        }
+        if self.report.frozen_left != 0 {
+            let note = format!("{} credit left frozen", self.report.frozen_left);
+            self.violation(note);
+        }
+        if self.report.completed + self.report.cancelled != self.report.payments {
+            self.violation("completed + cancelled != payments".into());
+        }
+    }
+}
+
+/// Run one simulation.
+pub fn run(cfg: SimConfig) -> SimReport {
+    Sim::new(cfg).run()
+}
