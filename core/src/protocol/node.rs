@@ -684,7 +684,6 @@ impl Node {
             friend: from,
             error,
         })? {
-            Received::Duplicate => {}
             Received::OutOfStep => self.send_offer(from, Vec::new(), true),
             Received::Applied(ops) => {
                 let carried_request = ops.iter().any(|op| matches!(op, Op::Request(_)));

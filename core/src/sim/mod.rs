@@ -21,6 +21,7 @@ use serde::Serialize;
 
 pub use self::rng::SimRng;
 use crate::protocol::amount::{Currency, Rate};
+use crate::protocol::channel::ChannelError;
 use crate::protocol::identity::{Identity, NodeId};
 use crate::protocol::message::Message;
 use crate::protocol::node::{
@@ -55,6 +56,9 @@ pub struct SimConfig {
     pub payment_interval_ms: u64,
     /// Most routes one payment is split across.
     pub max_routes: usize,
+    /// Probability that the network loses a message. Relays never lose mail they accepted, so
+    /// this is 0 except in the test that shows the invariant checks catch a broken network.
+    pub drop_fraction: f64,
 }
 
 impl Default for SimConfig {
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             invoice_ttl_ms: 30_000,
             payment_interval_ms: 20,
             max_routes: 3,
+            drop_fraction: 0.0,
         }
     }
 }
@@ -114,6 +119,10 @@ pub struct SimReport {
     /// Commits that reached the seller after the invoice expired (refused; the routes are
     /// cancelled, as the seller decides).
     pub late_commits: u64,
+    /// Copies of moves that arrived twice and were dropped as replays.
+    pub copies_dropped: u64,
+    /// Messages the network lost (only with `drop_fraction`, to show the checks catch it).
+    pub messages_lost: u64,
     /// Nodes restored from a snapshot.
     pub restores: u64,
     /// Simulated time, in ms.
@@ -309,6 +318,10 @@ impl Sim {
                     };
                     self.report.messages += 1;
                     self.report.bytes += bytes.len() as u64;
+                    if self.cfg.drop_fraction > 0.0 && self.rng.chance(self.cfg.drop_fraction) {
+                        self.report.messages_lost += 1;
+                        continue;
+                    }
                     if self.rng.chance(self.cfg.duplicate_fraction) {
                         let at = self.now + self.delay();
                         self.schedule(
@@ -360,6 +373,10 @@ impl Sim {
                 match self.nodes[to].handle_message(self.now, sender, message) {
                     Ok(out) => self.emit(to, out),
                     Err(ProtocolError::InvoiceClosed) => self.report.late_commits += 1,
+                    Err(ProtocolError::Channel {
+                        error: ChannelError::Replayed { .. },
+                        ..
+                    }) => self.report.copies_dropped += 1,
                     Err(e) => {
                         let note = format!("node {to} refused a message from {from}: {e}");
                         if !(self.restored[to] || self.restored[from]) {

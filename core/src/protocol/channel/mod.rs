@@ -88,6 +88,39 @@ pub struct Tip {
     pub last: Option<Move>,
 }
 
+impl Tip {
+    /// Check a tip offline with nothing but the two friends' ids: both signatures, the chain,
+    /// and the last move's operations. On success [`Tip::mutually_signed_state`] is a debt note
+    /// both friends signed.
+    pub fn verify(&self, a: NodeId, b: NodeId) -> Result<TipView, ChannelError> {
+        Channel::new(a, b).verify_tip(self)
+    }
+
+    /// The last state both friends signed: the state before the last move (the last move
+    /// countersigns it). `None` before any move.
+    pub fn mutually_signed_state(&self) -> Option<&ChannelState> {
+        self.last.as_ref().map(|_| &self.prev_state)
+    }
+}
+
+impl Move {
+    /// Sign a move as given, without checking its operations. For tests of hostile input and
+    /// for tools; honest code builds moves with [`Channel::build_move`].
+    pub fn sign_unchecked(identity: &Identity, header: MoveHeader, ops: Vec<Op>) -> Move {
+        let signature = identity.sign(MOVE_DOMAIN, &header);
+        Move {
+            header,
+            ops,
+            signature,
+        }
+    }
+
+    /// The hash of a list of operations, as a header carries it.
+    pub fn ops_hash(ops: &[Op]) -> Hash {
+        ops_hash(ops)
+    }
+}
+
 /// A verified tip: where it leaves the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TipView {
@@ -135,6 +168,12 @@ pub enum ChannelError {
     /// A tip whose parts do not chain together.
     #[error("resync offer is inconsistent: {0}")]
     BadTip(&'static str),
+    /// A copy of a move already applied (a retransmission or a replay). Ignored.
+    #[error("move {counter} was already applied; this copy is ignored")]
+    Replayed {
+        /// The move's counter.
+        counter: u64,
+    },
 }
 
 /// What became of a received move.
@@ -142,8 +181,6 @@ pub enum ChannelError {
 pub enum Received {
     /// Applied; the token is now ours. The operations are returned for the node to act on.
     Applied(Vec<Op>),
-    /// A copy of a move we already have. Nothing changed.
-    Duplicate,
     /// The move does not extend our log: the friends disagree and must resync.
     OutOfStep,
 }
@@ -403,14 +440,13 @@ impl Channel {
             } else if n + 1 == c {
                 self.tip.prev_header.as_ref().map(|h| h.header.hash())
             } else {
-                // Older than anything we keep: a late duplicate of history.
-                return Ok(Received::Duplicate);
+                // Older than anything we keep: a late copy of history.
+                return Err(ChannelError::Replayed { counter: n });
             };
-            return Ok(if known == Some(m.header.hash()) {
-                Received::Duplicate
-            } else {
-                Received::OutOfStep
-            });
+            if known == Some(m.header.hash()) {
+                return Err(ChannelError::Replayed { counter: n });
+            }
+            return Ok(Received::OutOfStep);
         }
         if n > c + 1 || self.signer(n) == self.local_side() || m.header.prev != self.last_hash() {
             return Ok(Received::OutOfStep);
@@ -518,6 +554,9 @@ impl Channel {
     /// Either way the result is a state both signed plus one valid move.
     pub fn receive_offer(&mut self, theirs: Tip) -> Result<OfferOutcome, ChannelError> {
         let view = self.verify_tip(&theirs)?;
+        // The friend was out of step: a token request we sent may have been lost with its old
+        // state. Forget that we asked, so that we ask again if we still need the token.
+        self.token_requested = false;
         let (c, ours) = (self.counter(), self.last_hash());
         if view.counter == c && view.last_hash == ours {
             self.confirmed = true;
