@@ -615,15 +615,9 @@ impl Node {
                     if let Some(ch) = self.friends.get_mut(&from) {
                         ch.set_peer_waiting();
                     }
-                } else if let Some(own) = ch.last_own_move().filter(|m| counter < m.header.counter)
-                {
-                    // They have not seen our last move yet: it may be lost, send it again.
-                    let m = own.clone();
-                    self.out.push(Output::Send {
-                        to: from,
-                        message: Message::Move(m),
-                    });
                 }
+                // Otherwise our last move, which passes them the token, is on its way: relays
+                // do not lose mail, and `resend` covers a reconnect.
             }
             Message::Offer(offer) => self.on_offer(now_ms, from, offer)?,
             Message::Commit(commit) => self.on_commit(now_ms, commit)?,
@@ -805,6 +799,11 @@ impl Node {
         let me = self.id();
         let terms = &request.terms;
         let request_id = terms.request_id;
+        if self.outcomes.contains_key(&request_id) {
+            // We already saw this request end: this is a replay (a friend restored from an
+            // old backup sent it again). Carrying it out twice would make someone pay twice.
+            return self.enqueue(from, Op::Cancel { request_id });
+        }
         let Some(pos) = terms.position(&me) else {
             return self.send_cancel(from, request_id);
         };
@@ -1037,6 +1036,8 @@ impl Node {
     fn on_dropped(&mut self, friend: NodeId, op: Op, reason: OpError) {
         let me = self.id();
         match op {
+            // Already pending with that friend (sent before a resync): it is on its way.
+            Op::Request(_) if matches!(reason, OpError::DuplicateRequest(_)) => {}
             Op::Request(request) => {
                 let terms = &request.terms;
                 if terms.buyer() == Some(me) {
@@ -1096,8 +1097,10 @@ impl Node {
         );
     }
 
+    /// Remember how a request ended. The first outcome recorded stands: a request ends once.
     fn remember(&mut self, request_id: RequestId, outcome: Outcome) {
-        if self.outcomes.insert(request_id, outcome).is_none() {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.outcomes.entry(request_id) {
+            slot.insert(outcome);
             self.outcome_order.push_back(request_id);
             while self.outcome_order.len() > MAX_REMEMBERED_OUTCOMES {
                 if let Some(old) = self.outcome_order.pop_front() {

@@ -176,6 +176,43 @@ pub struct Sim {
     payment_end: u64,
     last_expiry: u64,
     report: SimReport,
+    /// Nodes whose messages to each other are printed (`OFFST_SIM_TRACE=3,17`).
+    trace: Vec<usize>,
+}
+
+/// A one-line summary of a message, for traces.
+fn describe(m: &Message) -> String {
+    use crate::protocol::channel::Op;
+    let ops = |ops: &[Op]| -> String {
+        ops.iter()
+            .map(|op| {
+                let id = op
+                    .request_id()
+                    .map(|r| format!("{:02x}{:02x}", r.0[0], r.0[1]))
+                    .unwrap_or_default();
+                match op {
+                    Op::SetLimit { .. } => "limit".to_string(),
+                    Op::Request(_) => format!("req {id}"),
+                    Op::Response { .. } => format!("resp {id}"),
+                    Op::Cancel { .. } => format!("cancel {id}"),
+                    Op::Collect { .. } => format!("collect {id}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match m {
+        Message::Move(mv) => format!("move {} [{}]", mv.header.counter, ops(&mv.ops)),
+        Message::RequestToken { counter } => format!("token? (has {counter})"),
+        Message::Offer(o) => format!(
+            "offer tip {} [{}] reply {} resolutions {}",
+            o.tip.last.as_ref().map_or(0, |l| l.header.counter),
+            o.tip.last.as_ref().map_or(String::new(), |l| ops(&l.ops)),
+            o.reply_wanted,
+            o.resolutions.len()
+        ),
+        Message::Commit(c) => format!("commit ({} routes)", c.request_ids.len()),
+    }
 }
 
 const MAX_VIOLATION_NOTES: usize = 20;
@@ -227,6 +264,9 @@ impl Sim {
             payments: Vec::new(),
             payment_end: 0,
             last_expiry: 0,
+            trace: std::env::var("OFFST_SIM_TRACE")
+                .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default(),
         };
         sim.build_graph();
         sim
@@ -276,6 +316,10 @@ impl Sim {
         }
         // Let the limits settle with everyone online.
         self.run_until(u64::MAX, true);
+    }
+
+    fn traced(&self, a: usize, b: usize) -> bool {
+        self.trace.contains(&a) && self.trace.contains(&b)
     }
 
     fn violation(&mut self, what: String) {
@@ -370,6 +414,13 @@ impl Sim {
                     Err(e) => return self.violation(format!("decode at {to}: {e}")),
                 };
                 let sender = self.ids[from];
+                if self.traced(from, to) {
+                    eprintln!(
+                        "{:>7} {from:>3} -> {to:>3} {}",
+                        self.now,
+                        describe(&message)
+                    );
+                }
                 match self.nodes[to].handle_message(self.now, sender, message) {
                     Ok(out) => self.emit(to, out),
                     Err(ProtocolError::InvoiceClosed) => self.report.late_commits += 1,
@@ -411,6 +462,9 @@ impl Sim {
             Ev::Snapshot(n) => self.snapshots[n] = Some(self.nodes[n].clone()),
             Ev::Restore(n) => {
                 if let Some(old) = self.snapshots[n].take() {
+                    if self.trace.contains(&n) {
+                        eprintln!("{:>7} node {n} restored from its snapshot", self.now);
+                    }
                     self.nodes[n] = old;
                     self.restored[n] = true;
                     self.report.restores += 1;
@@ -684,6 +738,30 @@ impl Sim {
                         .map(|p| u128::from(p.amount))
                         .sum();
                     self.report.frozen_left += frozen;
+                    for p in x.state().pending.values() {
+                        let route: Vec<String> = p
+                            .request
+                            .terms
+                            .route
+                            .iter()
+                            .map(|id| {
+                                let i = self.index[id];
+                                if self.restored[i] {
+                                    format!("{i}*")
+                                } else {
+                                    i.to_string()
+                                }
+                            })
+                            .collect();
+                        let payer = self.index[&x.parties().id(p.payer)];
+                        notes.push(format!(
+                            "request {:02x}{:02x} frozen between {a} and {b} (payer {payer}, answered {}), route {} (* = restored)",
+                            p.request.terms.request_id.0[0],
+                            p.request.terms.request_id.0[1],
+                            p.response.is_some(),
+                            route.join("-")
+                        ));
+                    }
                 }
                 let side = x.local_side();
                 let mut bad_limits = Vec::new();

@@ -1,0 +1,285 @@
+//! Property tests: random operation sequences between two friends, with messages delivered out
+//! of order and twice, and time passing. After every step:
+//! - both friends' limits hold;
+//! - frozen credit equals the sum of pending requests, per payer and currency;
+//! - when both logs end at the same move, both hold the same signed state (so `d{AB} = -d{BA}`)
+//!   and the exported tip verifies offline with only the two public keys.
+//!
+//! At the end, once everything is delivered and invoices expired: nothing is frozen, every
+//! payment ended, and each balance equals exactly the receipts (balance plus frozen credit is
+//! conserved: credit only moves by settlement).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::identity;
+use offst_core::protocol::amount::{Currency, Rate};
+use offst_core::protocol::channel::{ChannelError, ChannelState, Side, Tip};
+use offst_core::protocol::identity::NodeId;
+use offst_core::protocol::message::Message;
+use offst_core::protocol::node::{Node, PaymentStatus, ProtocolError, RoutePlan};
+use offst_core::protocol::payment::InvoiceId;
+use offst_core::sim::local::entropy;
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Action {
+    SetLimit {
+        by_a: bool,
+        currency: usize,
+        limit: u64,
+    },
+    Pay {
+        by_a: bool,
+        currency: usize,
+        amount: u64,
+    },
+    Deliver {
+        pick: usize,
+    },
+    Duplicate {
+        pick: usize,
+    },
+    Wait {
+        ms: u64,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        2 => (any::<bool>(), 0..2usize, 0..120u64).prop_map(|(by_a, currency, limit)| Action::SetLimit { by_a, currency, limit }),
+        3 => (any::<bool>(), 0..2usize, 1..50u64).prop_map(|(by_a, currency, amount)| Action::Pay { by_a, currency, amount }),
+        6 => any::<usize>().prop_map(|pick| Action::Deliver { pick }),
+        1 => any::<usize>().prop_map(|pick| Action::Duplicate { pick }),
+        1 => (0..40_000u64).prop_map(|ms| Action::Wait { ms }),
+    ]
+}
+
+struct World {
+    a: Node,
+    b: Node,
+    ids: [NodeId; 2],
+    now: u64,
+    queue: Vec<(usize, Message)>, // (recipient index, message)
+    delivered: Vec<(usize, Message)>,
+    payments: Vec<(usize, InvoiceId, Currency, u64)>, // (buyer index, invoice, currency, amount)
+    nonce: u64,
+}
+
+impl World {
+    fn node(&mut self, i: usize) -> &mut Node {
+        if i == 0 { &mut self.a } else { &mut self.b }
+    }
+
+    fn absorb(&mut self, from: usize, out: Vec<offst_core::protocol::node::Output>) {
+        for o in out {
+            if let offst_core::protocol::node::Output::Send { message, .. } = o {
+                self.queue.push((1 - from, message));
+            }
+        }
+    }
+
+    fn deliver(&mut self, to: usize, m: Message, copy: bool) -> Result<(), TestCaseError> {
+        let from = self.ids[1 - to];
+        let now = self.now;
+        match self.node(to).handle_message(now, from, m.clone()) {
+            Ok(out) => self.absorb(to, out),
+            Err(ProtocolError::Channel {
+                error: ChannelError::Replayed { .. },
+                ..
+            }) if copy => {}
+            Err(ProtocolError::InvoiceClosed) => {}
+            Err(e) => return Err(TestCaseError::fail(format!("honest message refused: {e}"))),
+        }
+        self.delivered.push((to, m));
+        Ok(())
+    }
+
+    fn step(&mut self, action: Action, currencies: &[Currency]) -> Result<(), TestCaseError> {
+        match action {
+            Action::SetLimit {
+                by_a,
+                currency,
+                limit,
+            } => {
+                let (i, friend) = if by_a {
+                    (0, self.ids[1])
+                } else {
+                    (1, self.ids[0])
+                };
+                // May be refused (below what is owed): then nothing changes.
+                if let Ok(out) = self
+                    .node(i)
+                    .set_limit(friend, currencies[currency].clone(), limit)
+                {
+                    self.absorb(i, out);
+                }
+            }
+            Action::Pay {
+                by_a,
+                currency,
+                amount,
+            } => {
+                let (buyer, seller) = if by_a { (0, 1) } else { (1, 0) };
+                self.nonce += 1;
+                let expires = self.now + 30_000;
+                let (e1, e2) = (entropy(self.nonce, 1), entropy(self.nonce, 2));
+                let invoice = self
+                    .node(seller)
+                    .create_invoice(
+                        currencies[currency].clone(),
+                        amount,
+                        expires,
+                        String::new(),
+                        e1,
+                    )
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let plan = RoutePlan {
+                    route: vec![self.ids[buyer], self.ids[seller]],
+                    fees: vec![],
+                    dest_payment: amount,
+                };
+                let now = self.now;
+                if let Ok(out) = self.node(buyer).pay(now, &invoice, vec![plan], e2) {
+                    self.absorb(buyer, out);
+                    self.payments.push((
+                        buyer,
+                        invoice.terms.id,
+                        currencies[currency].clone(),
+                        amount,
+                    ));
+                }
+            }
+            Action::Deliver { pick } => {
+                if !self.queue.is_empty() {
+                    let (to, m) = self.queue.remove(pick % self.queue.len());
+                    self.deliver(to, m, false)?;
+                }
+            }
+            Action::Duplicate { pick } => {
+                if !self.delivered.is_empty() {
+                    let (to, m) = self.delivered[pick % self.delivered.len()].clone();
+                    self.deliver(to, m, true)?;
+                }
+            }
+            Action::Wait { ms } => {
+                self.now += ms;
+                let now = self.now;
+                for i in 0..2 {
+                    let out = self.node(i).tick(now);
+                    self.absorb(i, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), TestCaseError> {
+        let x = self.a.channel(&self.ids[1]).expect("friend");
+        let y = self.b.channel(&self.ids[0]).expect("friend");
+        for state in [
+            x.state(),
+            y.state(),
+            &x.tip().prev_state,
+            &y.tip().prev_state,
+        ] {
+            check_state(state)?;
+        }
+        if x.counter() == y.counter() {
+            prop_assert_eq!(x.last_hash(), y.last_hash(), "same move, different hash");
+            prop_assert_eq!(x.state(), y.state(), "same move, different state");
+            for (c, line) in &x.state().lines {
+                let ours = line.balance_of(x.local_side());
+                let theirs = y.state().lines[c].balance_of(y.local_side());
+                prop_assert_eq!(ours, -theirs, "d(AB) != -d(BA)");
+            }
+            let tip: &Tip = x.tip();
+            let view = tip
+                .verify(self.ids[0], self.ids[1])
+                .map_err(|e| TestCaseError::fail(format!("exported tip does not verify: {e}")))?;
+            prop_assert_eq!(&view.state, x.state());
+        }
+        Ok(())
+    }
+}
+
+fn check_state(state: &ChannelState) -> Result<(), TestCaseError> {
+    let mut frozen: BTreeMap<(Currency, bool), u64> = BTreeMap::new();
+    for p in state.pending.values() {
+        *frozen
+            .entry((p.request.terms.currency.clone(), p.payer == Side::First))
+            .or_default() += p.amount;
+    }
+    for (c, line) in &state.lines {
+        prop_assert!(line.limits_hold(), "limits broken in {}: {:?}", c, line);
+        let by_first = frozen.get(&(c.clone(), true)).copied().unwrap_or(0);
+        let by_second = frozen.get(&(c.clone(), false)).copied().unwrap_or(0);
+        prop_assert_eq!(
+            line.frozen_by_first,
+            by_first,
+            "frozen credit != pending requests"
+        );
+        prop_assert_eq!(
+            line.frozen_by_second,
+            by_second,
+            "frozen credit != pending requests"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn two_friends_stay_consistent(actions in prop::collection::vec(action(), 1..60)) {
+        let currencies = [Currency::new("hours").unwrap(), Currency::new("EUR").unwrap()];
+        let a = Node::new(identity(1), Rate::default());
+        let b = Node::new(identity(2), Rate::default());
+        let ids = [a.id(), b.id()];
+        let mut w = World { a, b, ids, now: 0, queue: vec![], delivered: vec![], payments: vec![], nonce: 0 };
+        w.a.add_friend(ids[1]).unwrap();
+        w.b.add_friend(ids[0]).unwrap();
+        for c in &currencies {
+            let out = w.a.set_limit(ids[1], c.clone(), 60).unwrap();
+            w.absorb(0, out);
+            let out = w.b.set_limit(ids[0], c.clone(), 60).unwrap();
+            w.absorb(1, out);
+        }
+        for act in actions {
+            w.step(act, &currencies)?;
+            w.check()?;
+        }
+        // Quiescence: deliver everything, let every invoice expire, deliver again.
+        for _ in 0..3 {
+            while !w.queue.is_empty() {
+                w.step(Action::Deliver { pick: 0 }, &currencies)?;
+                w.check()?;
+            }
+            w.step(Action::Wait { ms: 31_000 }, &currencies)?;
+        }
+        let x = w.a.channel(&ids[1]).unwrap();
+        prop_assert!(x.state().pending.is_empty(), "credit left frozen");
+        prop_assert_eq!(x.counter(), w.b.channel(&ids[0]).unwrap().counter());
+        let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
+        for (buyer, invoice, currency, amount) in &w.payments {
+            let node = if *buyer == 0 { &w.a } else { &w.b };
+            let (status, receipt) = node.payment(invoice).expect("payment known");
+            match status {
+                PaymentStatus::Completed => {
+                    let receipt = receipt.expect("receipt");
+                    prop_assert!(receipt.verify().is_ok());
+                    let signed = if *buyer == 0 { -i128::from(*amount) } else { i128::from(*amount) };
+                    *expected.entry(currency.clone()).or_default() += signed;
+                }
+                PaymentStatus::Cancelled => {}
+                PaymentStatus::InFlight => prop_assert!(false, "payment did not end"),
+            }
+        }
+        for c in &currencies {
+            let got = w.a.balance(&ids[1], c).map_or(0, |(b, _)| b);
+            prop_assert_eq!(got, expected.get(c).copied().unwrap_or(0), "balance != receipts in {}", c);
+        }
+    }
+}

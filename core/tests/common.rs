@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use offst_core::protocol::amount::{Currency, Rate};
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::sim::local::LocalNet;
+
+pub fn hours() -> Currency {
+    Currency::new("hours").expect("valid")
+}
+
+/// The identity LocalNet::add_node(seed, ..) uses.
+pub fn identity(seed: u8) -> Identity {
+    Identity::from_seed([seed; 32])
+}
+
+/// A chain of `n` friends (seeds 1..=n), limit `limit` both ways, every mediator charging
+/// `rate`.
+pub fn chain(n: u8, limit: u64, rate: Rate) -> (LocalNet, Vec<NodeId>) {
+    let mut net = LocalNet::new();
+    net.encode = true;
+    let ids: Vec<NodeId> = (1..=n).map(|s| net.add_node(s, rate)).collect();
+    for w in ids.windows(2) {
+        net.befriend(w[0], w[1], &hours(), limit).expect("befriend");
+    }
+    (net, ids)
+}
