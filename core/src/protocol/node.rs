@@ -1162,9 +1162,36 @@ impl Node {
                 }
                 Outcome::Cancelled => true,
             };
-            if valid && !self.outcomes.contains_key(&r.request_id) {
-                self.remember(r.request_id, r.outcome);
+            if !valid {
+                continue;
             }
+            // Our own payment's route ended while we were behind: settle our record of it.
+            let terms = &p.request.terms;
+            let still_pending = self
+                .friends
+                .get(&from)
+                .is_some_and(|ch| ch.state().pending.contains_key(&r.request_id));
+            if terms.buyer() == Some(self.id()) && !still_pending {
+                let (status, receipt) = match &r.outcome {
+                    Outcome::Collected {
+                        src_plain_lock,
+                        dest_plain_lock,
+                        response,
+                    } => (
+                        RouteStatus::Collected,
+                        terms.seller().map(|seller| Receipt {
+                            seller,
+                            terms: Response::terms_for(terms, response.dest_hashed_lock),
+                            signature: response.signature,
+                            src_plain_lock: *src_plain_lock,
+                            dest_plain_lock: *dest_plain_lock,
+                        }),
+                    ),
+                    Outcome::Cancelled => (RouteStatus::Cancelled, None),
+                };
+                self.route_done(terms.invoice_id, r.request_id, status, receipt);
+            }
+            self.remember(r.request_id, r.outcome);
         }
         let resolutions = |node: &Node, ch: &Channel| -> Vec<Resolution> {
             theirs
@@ -1241,16 +1268,28 @@ impl Node {
         self.resend_commits();
     }
 
-    fn queued_for(&self, friend: &NodeId, id: &RequestId) -> bool {
-        self.friends
-            .get(friend)
-            .is_some_and(|ch| ch.queue().iter().any(|op| op.request_id() == Some(*id)))
+    /// Whether a collect or cancel for `id` already waits in our queue for `friend`.
+    fn settling_queued(&self, friend: &NodeId, id: &RequestId) -> bool {
+        self.friends.get(friend).is_some_and(|ch| {
+            ch.queue().iter().any(|op| {
+                matches!(op, Op::Cancel { request_id } | Op::Collect { request_id, .. } if request_id == id)
+            })
+        })
+    }
+
+    /// Whether a request `id` already waits in our queue for `friend`.
+    fn request_queued(&self, friend: &NodeId, id: &RequestId) -> bool {
+        self.friends.get(friend).is_some_and(|ch| {
+            ch.queue()
+                .iter()
+                .any(|op| matches!(op, Op::Request(r) if r.terms.request_id == *id))
+        })
     }
 
     fn reconcile_incoming(&mut self, me: NodeId, from: NodeId, p: Pending) {
         let terms = p.request.terms.clone();
         let id = terms.request_id;
-        if self.queued_for(&from, &id) {
+        if self.settling_queued(&from, &id) {
             return;
         }
         if let Some(outcome) = self.outcomes.get(&id).cloned() {
@@ -1333,7 +1372,7 @@ impl Node {
             }
             return;
         }
-        if self.queued_for(&next, &id) {
+        if self.request_queued(&next, &id) {
             return;
         }
         self.forward(from, pos, p.request);

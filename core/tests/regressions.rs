@@ -1,0 +1,220 @@
+//! Bugs found by the simulator, each pinned by the smallest test that shows it.
+
+mod common;
+
+use common::{hours, identity};
+use offst_core::protocol::amount::Rate;
+use offst_core::protocol::message::Message;
+use offst_core::protocol::node::{Event, Node, Output, PaymentStatus, RoutePlan};
+use offst_core::sim::local::{LocalNet, entropy};
+
+fn sends(out: &[Output]) -> Vec<&Message> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { message, .. } => Some(message),
+            Output::Event(_) => None,
+        })
+        .collect()
+}
+
+/// A token request can overtake the move sent just before it. The friend must pass the token
+/// back as soon as that move arrives, even though the move carried a request (after which it
+/// would normally keep the token to answer).
+#[test]
+fn token_request_that_overtakes_its_move_is_honoured() {
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate::default());
+    let c = net.add_node(3, Rate::default());
+    net.befriend(a, b, &hours(), 100).unwrap();
+    net.befriend(b, c, &hours(), 100).unwrap();
+    // Make sure `a` holds the token with `b`.
+    if !net.node(&a).unwrap().channel(&b).unwrap().holds_token() {
+        let counter = net.node(&a).unwrap().channel(&b).unwrap().counter();
+        let out = net
+            .node_mut(&b)
+            .unwrap()
+            .handle_message(0, a, Message::RequestToken { counter })
+            .unwrap();
+        net.absorb(b, out);
+        net.run().unwrap();
+    }
+    // `a` pays `c` through `b` (a move with a request), then wants to send more.
+    let invoice = net.invoice(c, &hours(), 5, 1).unwrap();
+    let plan = net.plan(&[a, b, c], 5).unwrap();
+    let out1 = net
+        .node_mut(&a)
+        .unwrap()
+        .pay(0, &invoice, vec![plan], entropy(1, 2))
+        .unwrap();
+    let out2 = net.node_mut(&a).unwrap().set_limit(b, hours(), 90).unwrap();
+    let (m1, m2) = (sends(&out1), sends(&out2));
+    assert!(matches!(m1.as_slice(), [Message::Move(_)]));
+    assert!(matches!(m2.as_slice(), [Message::RequestToken { .. }]));
+    // Deliver them to `b` in the wrong order.
+    let nb = net.node_mut(&b).unwrap();
+    let out = nb.handle_message(0, a, m2[0].clone()).unwrap();
+    assert!(
+        sends(&out).is_empty(),
+        "b cannot pass a token it does not hold yet"
+    );
+    let out = nb.handle_message(0, a, m1[0].clone()).unwrap();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send { to, message: Message::Move(_) } if *to == a)),
+        "b must pass the token back to a: {out:?}"
+    );
+}
+
+/// When a node adopts its friend's tip in a resync, the friend's last move may hold operations
+/// the node never saw (here: the seller's cancel). The node must act on them.
+#[test]
+fn operations_in_an_adopted_tip_are_acted_on() {
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate::default());
+    net.befriend(a, b, &hours(), 100).unwrap();
+    let mut invoice_node = net.node(&b).unwrap().clone();
+    let _ = &mut invoice_node;
+    // The invoice expires at 10 ms; the request reaches the seller at 20 ms, so it cancels.
+    let invoice = net
+        .node_mut(&b)
+        .unwrap()
+        .create_invoice(hours(), 5, 10, String::new(), entropy(7, 1))
+        .unwrap();
+    let plan = RoutePlan {
+        route: vec![a, b],
+        fees: vec![],
+        dest_payment: 5,
+    };
+    let out = net
+        .node_mut(&a)
+        .unwrap()
+        .pay(0, &invoice, vec![plan], entropy(7, 2))
+        .unwrap();
+    net.absorb(a, out);
+    net.now_ms = 20;
+    // Deliver until the seller's cancel is on its way to `a`, then snapshot `a`.
+    while let Some((from, to, msg)) = net.queue.pop_front() {
+        if to == a && matches!(&msg, Message::Move(m) if !m.ops.is_empty()) {
+            let snapshot = net.node(&a).unwrap().clone();
+            // `a` gets the cancel, then is restored to before it and resyncs.
+            let out = net
+                .node_mut(&a)
+                .unwrap()
+                .handle_message(20, from, msg)
+                .unwrap();
+            net.absorb(a, out);
+            net.run().unwrap();
+            *net.node_mut(&a).unwrap() = snapshot;
+            break;
+        }
+        let out = net
+            .node_mut(&to)
+            .unwrap()
+            .handle_message(20, from, msg)
+            .unwrap();
+        net.absorb(to, out);
+    }
+    assert_eq!(
+        net.node(&a).unwrap().payment(&invoice.terms.id).unwrap().0,
+        PaymentStatus::InFlight
+    );
+    let out = net.node_mut(&a).unwrap().restored();
+    net.absorb(a, out);
+    net.run().unwrap();
+    let (status, _) = net.node(&a).unwrap().payment(&invoice.terms.id).unwrap();
+    assert_eq!(status, PaymentStatus::Cancelled);
+    assert!(
+        net.node(&a)
+            .unwrap()
+            .channel(&b)
+            .unwrap()
+            .state()
+            .pending
+            .is_empty()
+    );
+}
+
+/// A buyer restored from a snapshot in which a request was still queued sends it again after
+/// it completed. Its friend must refuse the replay: carrying it out again would make someone
+/// pay twice.
+#[test]
+fn a_replayed_request_is_refused() {
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate { base: 1, ppm: 0 });
+    let c = net.add_node(3, Rate::default());
+    net.befriend(a, b, &hours(), 100).unwrap();
+    net.befriend(b, c, &hours(), 100).unwrap();
+    // Make `b` hold the token with `a`, so that `a`'s request waits in its queue.
+    if net.node(&a).unwrap().channel(&b).unwrap().holds_token() {
+        let counter = net.node(&b).unwrap().channel(&a).unwrap().counter();
+        let out = net
+            .node_mut(&a)
+            .unwrap()
+            .handle_message(0, b, Message::RequestToken { counter })
+            .unwrap();
+        net.absorb(a, out);
+        net.run().unwrap();
+    }
+    let invoice = net.invoice(c, &hours(), 10, 3).unwrap();
+    let plan = net.plan(&[a, b, c], 10).unwrap();
+    let out = net
+        .node_mut(&a)
+        .unwrap()
+        .pay(0, &invoice, vec![plan], entropy(3, 2))
+        .unwrap();
+    assert!(
+        net.node(&a).unwrap().channel(&b).unwrap().queue().len() == 1,
+        "request waits for the token"
+    );
+    let snapshot = net.node(&a).unwrap().clone();
+    net.absorb(a, out);
+    net.run().unwrap();
+    assert_eq!(
+        net.node(&a).unwrap().payment(&invoice.terms.id).unwrap().0,
+        PaymentStatus::Completed
+    );
+    let (ba, bb, bc) = (
+        net.net(&a, &hours()),
+        net.net(&b, &hours()),
+        net.net(&c, &hours()),
+    );
+    assert_eq!((ba, bb, bc), (-11, 1, 10));
+    // Restore `a` from the snapshot with the request still queued, and let it resync.
+    *net.node_mut(&a).unwrap() = snapshot;
+    let out = net.node_mut(&a).unwrap().restored();
+    net.absorb(a, out);
+    net.run().unwrap();
+    net.now_ms = 120_000;
+    for id in [a, b, c] {
+        let out = net.node_mut(&id).unwrap().tick(120_000);
+        net.absorb(id, out);
+    }
+    net.run().unwrap();
+    assert_eq!(
+        (
+            net.net(&a, &hours()),
+            net.net(&b, &hours()),
+            net.net(&c, &hours())
+        ),
+        (ba, bb, bc),
+        "nobody may pay twice"
+    );
+    for (x, y) in [(a, b), (b, c)] {
+        assert!(
+            net.node(&x)
+                .unwrap()
+                .channel(&y)
+                .unwrap()
+                .state()
+                .pending
+                .is_empty(),
+            "credit left frozen"
+        );
+    }
+    let events = net.events.get(&a).cloned().unwrap_or_default();
+    assert!(events.iter().any(|e| matches!(e, Event::Resynced { .. })));
+    let _ = (Node::new(identity(9), Rate::default()), 0);
+}
