@@ -11,11 +11,17 @@
 //!   3. D buys 6 from F through E (E mediates for free);
 //!   4. E buys 2 from F.
 
+// The stories index the fixed lists of people they build.
+#![allow(clippy::indexing_slicing)]
+
 use std::fmt;
 
 use crate::protocol::amount::{Currency, Rate};
 use crate::protocol::identity::NodeId;
 use crate::sim::local::{LocalNet, LocalNetError};
+
+/// One row of a balance table: name, total, and the balance with each friend by name.
+pub type StoryRow = (String, i128, Vec<(String, i128)>);
 
 /// A balance table: each person's total and their balance with each friend.
 #[derive(Clone, Debug)]
@@ -25,7 +31,7 @@ pub struct StoryTable {
     /// What happened, in order.
     pub steps: Vec<String>,
     /// (name, total, [(friend name, balance)]).
-    pub rows: Vec<(String, i128, Vec<(String, i128)>)>,
+    pub rows: Vec<StoryRow>,
     /// The currency.
     pub currency: Currency,
 }

@@ -1,6 +1,14 @@
 //! Hostile input: each is refused with a typed error and leaves the receiver's state exactly as
 //! it was.
 
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod common;
 
 use common::{chain, hours, identity};

@@ -2,6 +2,14 @@
 //! settings and for the settings under which earlier bugs showed up; runs replay from their
 //! seed; and the checks do catch a broken network.
 
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 use offst_core::sim::{self, SimConfig, SimReport};
 
 fn check(report: &SimReport) {

@@ -17,10 +17,7 @@ pub fn canonical_bytes<T: Serialize>(domain: &str, value: &T) -> Vec<u8> {
     out.push(0);
     // Serializing our own in-memory types into a Vec cannot fail: postcard only fails on
     // unsupported serde features (none used) or a full fixed buffer (a Vec grows).
-    match postcard::to_extend(value, out) {
-        Ok(v) => v,
-        Err(_) => Vec::new(),
-    }
+    postcard::to_extend(value, out).unwrap_or_default()
 }
 
 /// A 32-byte BLAKE3 hash.
@@ -31,10 +28,7 @@ impl Hash {
     /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
     pub fn of<T: Serialize>(domain: &'static str, value: &T) -> Hash {
         let mut hasher = blake3::Hasher::new_derive_key(domain);
-        let bytes = match postcard::to_allocvec(value) {
-            Ok(b) => b,
-            Err(_) => Vec::new(),
-        };
+        let bytes = postcard::to_allocvec(value).unwrap_or_default();
         hasher.update(&bytes);
         Hash(*hasher.finalize().as_bytes())
     }

@@ -25,8 +25,8 @@ pub enum Message {
         /// The sender's last move counter.
         counter: u64,
     },
-    /// A resync offer: the sender's tip.
-    Offer(Offer),
+    /// A resync offer: the sender's tip (boxed: it carries a whole channel state).
+    Offer(Box<Offer>),
     /// The buyer's commit, sent to the seller.
     Commit(Commit),
 }

@@ -60,7 +60,7 @@ pub enum Event {
     /// A payment we made is done and paid in full.
     PaymentCompleted {
         /// The receipt, checked.
-        receipt: Receipt,
+        receipt: Box<Receipt>,
     },
     /// A payment we made was cancelled on every route; nothing moved.
     PaymentCancelled {
@@ -619,7 +619,7 @@ impl Node {
                 // Otherwise our last move, which passes them the token, is on its way: relays
                 // do not lose mail, and `resend` covers a reconnect.
             }
-            Message::Offer(offer) => self.on_offer(now_ms, from, offer)?,
+            Message::Offer(offer) => self.on_offer(now_ms, from, *offer)?,
             Message::Commit(commit) => self.on_commit(now_ms, commit)?,
         }
         Ok(self.finish())
@@ -1021,8 +1021,9 @@ impl Node {
         match b.receipt.clone() {
             Some(receipt) => {
                 b.status = PaymentStatus::Completed;
-                self.out
-                    .push(Output::Event(Event::PaymentCompleted { receipt }));
+                self.out.push(Output::Event(Event::PaymentCompleted {
+                    receipt: Box::new(receipt),
+                }));
             }
             None => {
                 b.status = PaymentStatus::Cancelled;
@@ -1114,11 +1115,11 @@ impl Node {
         if let Some(ch) = self.friends.get(&friend) {
             self.out.push(Output::Send {
                 to: friend,
-                message: Message::Offer(Offer {
+                message: Message::Offer(Box::new(Offer {
                     tip: ch.tip().clone(),
                     resolutions,
                     reply_wanted,
-                }),
+                })),
             });
         }
     }

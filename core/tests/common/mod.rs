@@ -1,4 +1,12 @@
 //! Helpers shared by the integration tests.
+
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 #![allow(dead_code)]
 
 use offst_core::protocol::amount::{Currency, Rate};

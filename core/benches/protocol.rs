@@ -1,0 +1,88 @@
+//! Protocol benchmarks (single thread, no I/O, no storage):
+//! - signing a move (state hash + ed25519 signature), as the sender does;
+//! - verifying and applying a move, as the receiver does;
+//! - whole payments through a 4-hop chain (buyer, 3 mediators, seller) on an in-process
+//!   network that encodes and decodes every message.
+//!
+//! `cargo bench -p offst-core`; figures and method in `docs/benchmarks.md`.
+
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use offst_core::protocol::amount::{Currency, Rate};
+use offst_core::protocol::channel::{Channel, Op};
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::sim::local::LocalNet;
+
+fn pair() -> (Identity, Identity) {
+    let a = Identity::from_seed([1; 32]);
+    let b = Identity::from_seed([2; 32]);
+    // Move 1 is sent by the smaller id.
+    if a.id() < b.id() { (a, b) } else { (b, a) }
+}
+
+fn moves(c: &mut Criterion) {
+    let (first, second) = pair();
+    let hours = Currency::new("hours").expect("currency");
+    let op = Op::SetLimit {
+        currency: hours,
+        limit: 100,
+    };
+    let mut g = c.benchmark_group("move");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sign (build one-operation move)", |b| {
+        b.iter_batched(
+            || {
+                let mut ch = Channel::new(first.id(), second.id());
+                ch.enqueue(op.clone());
+                ch
+            },
+            |mut ch| ch.build_move(&first, false),
+            BatchSize::SmallInput,
+        )
+    });
+    let mut sender = Channel::new(first.id(), second.id());
+    sender.enqueue(op.clone());
+    let m = sender.build_move(&first, false).message.expect("a move");
+    g.bench_function("verify and apply one-operation move", |b| {
+        b.iter_batched(
+            || (Channel::new(second.id(), first.id()), m.clone()),
+            |(mut ch, m)| ch.receive_move(m).expect("valid"),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn chain_payments(c: &mut Criterion) {
+    let hours = Currency::new("hours").expect("currency");
+    let mut net = LocalNet::new();
+    net.encode = true;
+    let path: Vec<NodeId> = (1..=5u8)
+        .map(|s| net.add_node(s, Rate { base: 1, ppm: 1000 }))
+        .collect();
+    for w in path.windows(2) {
+        net.befriend(w[0], w[1], &hours, u64::MAX >> 3)
+            .expect("befriend");
+    }
+    let mut nonce = 0u64;
+    let mut g = c.benchmark_group("payment");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(30);
+    g.bench_function("4-hop chain, in-process", |b| {
+        b.iter(|| {
+            nonce += 1;
+            net.buy_along(&path, &hours, 10, nonce).expect("payment")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, moves, chain_payments);
+criterion_main!(benches);

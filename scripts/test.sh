@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every test Offst has, in the order a failure is cheapest to find. The README's test command;
+# CI (.ci/run) runs exactly this. Needs only the Rust toolchain (cargo, rustfmt, clippy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain (rustup) with rustfmt and clippy" >&2; exit 1; }
+done
+
+step "format (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "lint (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit, property, hostile-input, bounds, regression and simulator tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+passed=$(grep -Eo 'test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+
+step "benchmarks build"
+cargo bench --workspace --locked --no-run
+
+step "seed story (the main job)"
+cargo run --release --locked -q -p offst-core --example simulate -- --story seed
+
+step "simulator acceptance run: 200 nodes, 20000 payments, seed 7 (about a minute)"
+# Exits non-zero on any broken invariant; prints one JSON object as its last line.
+cargo run --release --locked -q -p offst-core --example simulate -- \
+  --nodes 200 --payments 20000 --seed 7 --json | tail -n 1
+
+step "simulator with restored backups: 40 nodes, 800 payments, 30% of nodes restored"
+cargo run --release --locked -q -p offst-core --example simulate -- \
+  --nodes 40 --payments 800 --seed 2026 --restore-fraction 0.3 --offline-fraction 0.6 \
+  --duplicate-fraction 0.2 --json | tail -n 1
+
+printf '\nall checks passed\n%s passed, %s failed\n' "$passed" "$failed"
