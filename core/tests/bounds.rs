@@ -66,6 +66,7 @@ fn max_ops_per_move() {
     };
     let header = MoveHeader {
         channel: ch.id(),
+        epoch: 0,
         counter: 1,
         prev: receiver.last_hash(),
         ops_hash: Move::ops_hash(&ops),
@@ -224,6 +225,7 @@ fn max_message_size() {
             prev_state: ChannelState::default(),
             prev_header: None,
             last: None,
+            reset: None,
         },
         resolutions: huge_memo_resolutions,
         reply_wanted: false,
@@ -282,6 +284,7 @@ fn the_largest_legitimate_offer_fits_in_a_message() {
         .collect();
     let header = MoveHeader {
         channel: Default::default(),
+        epoch: 0,
         counter: u64::MAX,
         prev: Default::default(),
         ops_hash: Default::default(),
@@ -293,6 +296,7 @@ fn the_largest_legitimate_offer_fits_in_a_message() {
             prev_state: state,
             prev_header: None,
             last: Some(last),
+            reset: None,
         },
         resolutions,
         reply_wanted: true,

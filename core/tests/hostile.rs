@@ -36,6 +36,7 @@ fn hostile_move(net: &LocalNet, seed: u8, attacker: NodeId, victim: NodeId, ops:
         .expect("friends");
     let header = MoveHeader {
         channel: ch.id(),
+        epoch: ch.epoch(),
         counter: ch.counter() + 1,
         prev: ch.last_hash(),
         ops_hash: Move::ops_hash(&ops),
@@ -103,6 +104,7 @@ fn forged_signature_is_refused() {
         let ch = net.node(&b).unwrap().channel(&a).unwrap();
         let header = MoveHeader {
             channel: ch.id(),
+            epoch: ch.epoch(),
             counter: ch.counter() + 1,
             prev: ch.last_hash(),
             ops_hash: Move::ops_hash(&[]),

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::bounds::MAX_MESSAGE_SIZE;
-use super::channel::{Move, Tip};
+use super::channel::{Move, ResetCertificate, ResetProposal, Tip};
 use super::payment::{Commit, PlainLock, RequestId, Response};
 
 /// The version this code writes.
@@ -29,6 +29,10 @@ pub enum Message {
     Offer(Box<Offer>),
     /// The buyer's commit, sent to the seller.
     Commit(Commit),
+    /// A manual reset proposal (boxed: it carries a whole channel state).
+    ResetProposal(Box<ResetProposal>),
+    /// The friend accepted our reset proposal: the certificate signed by both.
+    ResetAccept(Box<ResetCertificate>),
 }
 
 /// A resync offer.

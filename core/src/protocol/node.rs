@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use super::amount::{Currency, Rate};
 use super::bounds::{MAX_AMOUNT, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT};
 use super::channel::{
-    Channel, ChannelError, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
+    Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
+    ResetCertificate, ResetError, ResetProposal,
 };
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
@@ -79,6 +80,23 @@ pub enum Event {
         /// The invoice.
         invoice_id: InvoiceId,
     },
+    /// A friend proposes a manual reset of our channel. Nothing changes unless we accept it
+    /// ([`Node::accept_reset`]); `changes` says exactly what accepting would change for us.
+    ResetProposed {
+        /// The friend.
+        friend: NodeId,
+        /// How the proposed state differs from ours.
+        changes: ResetChanges,
+    },
+    /// Our channel with a friend was reset by both of us to the state we agreed on.
+    ChannelReset {
+        /// The friend.
+        friend: NodeId,
+        /// The new epoch.
+        epoch: u64,
+        /// How the agreed state differs from what we held just before.
+        changes: ResetChanges,
+    },
     /// A channel recovered from a disagreement to the last state both friends signed.
     Resynced {
         /// The friend.
@@ -86,6 +104,82 @@ pub enum Event {
         /// The move both logs now end with.
         counter: u64,
     },
+}
+
+/// A change of the two limits in one currency, from our side: (ours, theirs) before and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitChange {
+    /// The currency.
+    pub currency: Currency,
+    /// Our limit for the friend and theirs for us, now.
+    pub now: (u64, u64),
+    /// The same after the reset.
+    pub after: (u64, u64),
+}
+
+/// How a proposed reset state differs from ours, from our side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResetChanges {
+    /// Per currency: (currency, our balance now, our balance after the reset). Only currencies
+    /// whose balance would change.
+    pub balances: Vec<(Currency, i128, i128)>,
+    /// Per currency whose limits would change.
+    pub limits: Vec<LimitChange>,
+    /// Pending requests we hold that the reset state does not.
+    pub requests_dropped: Vec<RequestId>,
+    /// Pending requests the reset state holds that we do not.
+    pub requests_added: Vec<RequestId>,
+}
+
+impl ResetChanges {
+    /// Whether accepting changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.balances.is_empty()
+            && self.limits.is_empty()
+            && self.requests_dropped.is_empty()
+            && self.requests_added.is_empty()
+    }
+
+    fn between(ch: &Channel, now: &ChannelState, after: &ChannelState) -> ResetChanges {
+        let side = ch.local_side();
+        let mut out = ResetChanges::default();
+        let currencies: BTreeSet<&Currency> = now.lines.keys().chain(after.lines.keys()).collect();
+        for c in currencies {
+            let view = |s: &ChannelState| {
+                s.lines.get(c).map_or((0, (0, 0)), |l| {
+                    (
+                        l.balance_of(side),
+                        (l.limit_of(side), l.limit_of(side.other())),
+                    )
+                })
+            };
+            let (b0, l0) = view(now);
+            let (b1, l1) = view(after);
+            if b0 != b1 {
+                out.balances.push((c.clone(), b0, b1));
+            }
+            if l0 != l1 {
+                out.limits.push(LimitChange {
+                    currency: c.clone(),
+                    now: l0,
+                    after: l1,
+                });
+            }
+        }
+        out.requests_dropped = now
+            .pending
+            .keys()
+            .filter(|k| !after.pending.contains_key(k))
+            .copied()
+            .collect();
+        out.requests_added = after
+            .pending
+            .keys()
+            .filter(|k| !now.pending.contains_key(k))
+            .copied()
+            .collect();
+        out
+    }
 }
 
 /// Why a user action was refused. Nothing changed.
@@ -144,6 +238,9 @@ pub enum NodeError {
     /// A limit change that would go below what is owed.
     #[error(transparent)]
     Limit(OpError),
+    /// Accepting a reset nobody proposed.
+    #[error("{0} has not proposed a reset (or it was withdrawn)")]
+    NoResetProposed(NodeId),
 }
 
 /// Why a received message was refused. Nothing changed.
@@ -169,6 +266,14 @@ pub enum ProtocolError {
     /// A commit whose lock does not open the requests' lock.
     #[error("commit reveals a lock that does not match the payment's requests")]
     WrongCommitLock,
+    /// A reset message was refused.
+    #[error("refused a reset from {friend}: {error}")]
+    Reset {
+        /// The friend.
+        friend: NodeId,
+        /// Why.
+        error: ResetError,
+    },
     /// A commit naming routes that do not cover the invoice.
     #[error("commit names routes that deliver {delivered}, the invoice asks {amount}")]
     CommitShort {
@@ -255,6 +360,15 @@ struct SoldRoute {
     response: Response,
 }
 
+/// A manual reset under way with one friend.
+#[derive(Clone, Debug)]
+enum PendingReset {
+    /// We proposed; we send no moves to that friend until it answers.
+    Ours(ResetProposal),
+    /// They proposed; waiting for our user.
+    Theirs(ResetProposal),
+}
+
 /// One person's protocol state.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -265,6 +379,9 @@ pub struct Node {
     selling: BTreeMap<InvoiceId, Selling>,
     outcomes: BTreeMap<RequestId, Outcome>,
     outcome_order: VecDeque<RequestId>,
+    resets: BTreeMap<NodeId, PendingReset>,
+    /// The latest time any input carried; used where an action is not driven by one.
+    now_ms: u64,
     out: Vec<Output>,
     dirty: BTreeSet<NodeId>,
 }
@@ -280,6 +397,8 @@ impl Node {
             selling: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             outcome_order: VecDeque::new(),
+            resets: BTreeMap::new(),
+            now_ms: 0,
             out: Vec::new(),
             dirty: BTreeSet::new(),
         }
@@ -421,6 +540,7 @@ impl Node {
         routes: Vec<RoutePlan>,
         entropy: [u8; 32],
     ) -> Result<Vec<Output>, NodeError> {
+        self.now_ms = self.now_ms.max(now_ms);
         invoice.verify()?;
         let terms = &invoice.terms;
         if now_ms >= terms.expires_at_ms {
@@ -534,6 +654,7 @@ impl Node {
 
     /// Let time pass: invoices past their expiry with no commit are cancelled.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        self.now_ms = self.now_ms.max(now_ms);
         let expired: Vec<InvoiceId> = self
             .selling
             .iter()
@@ -593,6 +714,170 @@ impl Node {
         self.finish()
     }
 
+    /// Propose to `friend` that our channel restart, in a new epoch, from our current view of
+    /// its state. The last resort when our logs can no longer be reconciled: the friend's user
+    /// sees exactly what would change and must accept. Until they answer we send no moves to
+    /// them.
+    pub fn propose_reset(&mut self, friend: NodeId) -> Result<Vec<Output>, NodeError> {
+        let ch = self
+            .friends
+            .get(&friend)
+            .ok_or(NodeError::UnknownFriend(friend))?;
+        let proposal = ResetProposal::sign(&self.identity, ch.reset_terms());
+        self.out.push(Output::Send {
+            to: friend,
+            message: Message::ResetProposal(Box::new(proposal.clone())),
+        });
+        self.resets.insert(friend, PendingReset::Ours(proposal));
+        Ok(self.finish())
+    }
+
+    /// The reset `friend` proposed, if one waits for our answer, with what it would change.
+    pub fn reset_proposed_by(&self, friend: &NodeId) -> Option<ResetChanges> {
+        let (Some(PendingReset::Theirs(p)), Some(ch)) =
+            (self.resets.get(friend), self.friends.get(friend))
+        else {
+            return None;
+        };
+        Some(ResetChanges::between(ch, ch.state(), &p.terms.state))
+    }
+
+    /// Accept the reset `friend` proposed: both logs restart from its state.
+    pub fn accept_reset(&mut self, friend: NodeId) -> Result<Vec<Output>, NodeError> {
+        let Some(PendingReset::Theirs(proposal)) = self.resets.get(&friend).cloned() else {
+            return Err(NodeError::NoResetProposed(friend));
+        };
+        let ch = self
+            .friends
+            .get(&friend)
+            .ok_or(NodeError::UnknownFriend(friend))?;
+        let cert = proposal.accept(&self.identity, ch.parties());
+        self.start_epoch(friend, cert.clone())
+            .map_err(|_| NodeError::NoResetProposed(friend))?;
+        self.out.push(Output::Send {
+            to: friend,
+            message: Message::ResetAccept(Box::new(cert)),
+        });
+        Ok(self.finish())
+    }
+
+    /// Decline (forget) the reset `friend` proposed.
+    pub fn decline_reset(&mut self, friend: NodeId) -> Result<(), NodeError> {
+        match self.resets.get(&friend) {
+            Some(PendingReset::Theirs(_)) => {
+                self.resets.remove(&friend);
+                Ok(())
+            }
+            _ => Err(NodeError::NoResetProposed(friend)),
+        }
+    }
+
+    fn on_reset_proposal(
+        &mut self,
+        from: NodeId,
+        proposal: ResetProposal,
+    ) -> Result<(), ProtocolError> {
+        let err = |error| ProtocolError::Reset {
+            friend: from,
+            error,
+        };
+        let ch = self
+            .friends
+            .get(&from)
+            .ok_or(ProtocolError::NotAFriend(from))?;
+        if proposal.proposer != from {
+            return Err(err(ResetError::BadSignature(from)));
+        }
+        proposal.verify().map_err(err)?;
+        if proposal.terms.channel != ch.id() {
+            return Err(err(ResetError::WrongChannel));
+        }
+        let expected = ch.epoch() + 1;
+        if proposal.terms.epoch != expected {
+            return Err(err(ResetError::WrongEpoch {
+                got: proposal.terms.epoch,
+                expected,
+            }));
+        }
+        // Both proposed at once: the proposal of the friend with the smaller id stands.
+        if matches!(self.resets.get(&from), Some(PendingReset::Ours(_))) && self.id() < from {
+            return Ok(());
+        }
+        let changes = ResetChanges::between(ch, ch.state(), &proposal.terms.state);
+        self.resets.insert(from, PendingReset::Theirs(proposal));
+        self.out.push(Output::Event(Event::ResetProposed {
+            friend: from,
+            changes,
+        }));
+        Ok(())
+    }
+
+    fn on_reset_accept(
+        &mut self,
+        from: NodeId,
+        cert: ResetCertificate,
+    ) -> Result<(), ProtocolError> {
+        let err = |error| ProtocolError::Reset {
+            friend: from,
+            error,
+        };
+        match self.resets.get(&from) {
+            Some(PendingReset::Ours(p)) if p.terms == cert.terms => {}
+            _ => return Err(err(ResetError::NothingProposed)),
+        }
+        self.start_epoch(from, cert).map_err(err)
+    }
+
+    /// Start the epoch `cert` opens with `friend`, then settle what the new state no longer
+    /// holds and reconcile what it holds.
+    fn start_epoch(&mut self, friend: NodeId, cert: ResetCertificate) -> Result<(), ResetError> {
+        let me = self.id();
+        let ch = self
+            .friends
+            .get_mut(&friend)
+            .ok_or(ResetError::NothingProposed)?;
+        let before = ch.state().clone();
+        ch.apply_reset(cert)?;
+        let epoch = ch.epoch();
+        let local = ch.local_side();
+        let changes = ResetChanges::between(ch, &before, ch.state());
+        self.resets.remove(&friend);
+        // Requests we sent this friend that the agreed state no longer holds are over in this
+        // channel: nothing moved for them.
+        let gone: Vec<Pending> = before
+            .pending
+            .values()
+            .filter(|p| {
+                p.payer == local
+                    && changes
+                        .requests_dropped
+                        .contains(&p.request.terms.request_id)
+            })
+            .cloned()
+            .collect();
+        for p in gone {
+            let terms = &p.request.terms;
+            if terms.buyer() == Some(me) {
+                self.route_done(
+                    terms.invoice_id,
+                    terms.request_id,
+                    RouteStatus::Cancelled,
+                    None,
+                );
+            } else if let Some(prev) = upstream_of(terms, &me) {
+                self.send_cancel(prev, terms.request_id);
+            }
+        }
+        self.out.push(Output::Event(Event::ChannelReset {
+            friend,
+            epoch,
+            changes,
+        }));
+        self.reconcile();
+        self.dirty.insert(friend);
+        Ok(())
+    }
+
     /// Handle a message from `from`. On error nothing changed.
     pub fn handle_message(
         &mut self,
@@ -600,6 +885,7 @@ impl Node {
         from: NodeId,
         message: Message,
     ) -> Result<Vec<Output>, ProtocolError> {
+        self.now_ms = self.now_ms.max(now_ms);
         match message {
             Message::Move(m) => self.on_move(now_ms, from, m)?,
             Message::RequestToken { counter } => {
@@ -621,6 +907,8 @@ impl Node {
             }
             Message::Offer(offer) => self.on_offer(now_ms, from, *offer)?,
             Message::Commit(commit) => self.on_commit(now_ms, commit)?,
+            Message::ResetProposal(p) => self.on_reset_proposal(from, *p)?,
+            Message::ResetAccept(cert) => self.on_reset_accept(from, *cert)?,
         }
         Ok(self.finish())
     }
@@ -636,6 +924,9 @@ impl Node {
     /// ask for the token.
     fn flush(&mut self, friend: NodeId, force: bool) {
         self.dirty.remove(&friend);
+        if matches!(self.resets.get(&friend), Some(PendingReset::Ours(_))) {
+            return;
+        }
         let Some(ch) = self.friends.get_mut(&friend) else {
             return;
         };
@@ -1335,7 +1626,7 @@ impl Node {
                         }
                     } else {
                         // Not on record (we were restored): treat it as new.
-                        self.sell(0, from, &p.request);
+                        self.sell(self.now_ms, from, &p.request);
                     }
                 }
                 (InvoiceStatus::Paid(named), Some(src)) if named.contains(&id) => {

@@ -216,6 +216,8 @@ fn describe(m: &Message) -> String {
             o.resolutions.len()
         ),
         Message::Commit(c) => format!("commit ({} routes)", c.request_ids.len()),
+        Message::ResetProposal(p) => format!("reset proposal (epoch {})", p.terms.epoch),
+        Message::ResetAccept(c) => format!("reset accepted (epoch {})", c.terms.epoch),
     }
 }
 

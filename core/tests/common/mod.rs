@@ -33,3 +33,28 @@ pub fn chain(n: u8, limit: u64, rate: Rate) -> (LocalNet, Vec<NodeId>) {
     }
     (net, ids)
 }
+
+/// Make `holder` hold the token in its channel with `other` (so its next operation is sent at
+/// once rather than queued).
+pub fn give_token(net: &mut LocalNet, holder: NodeId, other: NodeId) {
+    use offst_core::protocol::message::Message;
+    let ch = net.node(&holder).unwrap().channel(&other).unwrap();
+    if ch.holds_token() {
+        return;
+    }
+    let counter = ch.counter();
+    let out = net
+        .node_mut(&other)
+        .unwrap()
+        .handle_message(0, holder, Message::RequestToken { counter })
+        .unwrap();
+    net.absorb(other, out);
+    net.run().unwrap();
+    assert!(
+        net.node(&holder)
+            .unwrap()
+            .channel(&other)
+            .unwrap()
+            .holds_token()
+    );
+}

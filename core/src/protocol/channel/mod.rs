@@ -11,12 +11,14 @@
 //!   [`Tip`] carries exactly that: the last state both signed plus the move after it, which
 //!   anyone with both public keys can check offline ([`Tip::verify`]).
 
+mod reset;
 mod state;
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::reset::{ResetCertificate, ResetError, ResetProposal, ResetTerms};
 pub use self::state::{ChannelState, CreditLine, Op, OpError, Parties, Pending, Side};
 use super::bounds::MAX_OPS_PER_MOVE;
 use super::identity::{Hash, Identity, NodeId, Signature};
@@ -28,6 +30,8 @@ const MOVE_DOMAIN: &str = "offst move v1";
 pub struct MoveHeader {
     /// Which channel (hash of both ids).
     pub channel: Hash,
+    /// Which epoch of the channel (0, or the number of manual resets).
+    pub epoch: u64,
     /// Position in the log, from 1.
     pub counter: u64,
     /// Hash of the previous header (or the channel's genesis hash).
@@ -84,8 +88,10 @@ pub struct Tip {
     pub prev_state: ChannelState,
     /// The header of the move that produced `prev_state` (`None` at the genesis).
     pub prev_header: Option<SignedHeader>,
-    /// The last move (`None` when no move was ever made).
+    /// The last move (`None` when no move was made in this epoch).
     pub last: Option<Move>,
+    /// The certificate that started this epoch (`None` in epoch 0).
+    pub reset: Option<ResetCertificate>,
 }
 
 impl Tip {
@@ -99,7 +105,16 @@ impl Tip {
     /// The last state both friends signed: the state before the last move (the last move
     /// countersigns it). `None` before any move.
     pub fn mutually_signed_state(&self) -> Option<&ChannelState> {
-        self.last.as_ref().map(|_| &self.prev_state)
+        match (&self.last, &self.reset) {
+            (Some(_), _) => Some(&self.prev_state),
+            (None, Some(cert)) => Some(&cert.terms.state),
+            (None, None) => None,
+        }
+    }
+
+    /// The epoch this tip belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.reset.as_ref().map_or(0, |c| c.terms.epoch)
     }
 }
 
@@ -124,6 +139,8 @@ impl Move {
 /// A verified tip: where it leaves the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TipView {
+    /// The epoch.
+    pub epoch: u64,
     /// Counter of the last move.
     pub counter: u64,
     /// Hash of the last header.
@@ -168,6 +185,17 @@ pub enum ChannelError {
     /// A tip whose parts do not chain together.
     #[error("resync offer is inconsistent: {0}")]
     BadTip(&'static str),
+    /// A move from an epoch that a manual reset closed.
+    #[error("move from epoch {epoch}, but this channel was reset to epoch {current}")]
+    OldEpoch {
+        /// The move's epoch.
+        epoch: u64,
+        /// The channel's epoch.
+        current: u64,
+    },
+    /// A reset certificate in a tip did not verify.
+    #[error("resync offer carries an invalid reset: {0}")]
+    BadReset(ResetError),
     /// A copy of a move already applied (a retransmission or a replay). Ignored.
     #[error("move {counter} was already applied; this copy is ignored")]
     Replayed {
@@ -243,6 +271,7 @@ impl Channel {
                 prev_state: ChannelState::default(),
                 prev_header: None,
                 last: None,
+                reset: None,
             },
             state: ChannelState::default(),
             queue: VecDeque::new(),
@@ -293,10 +322,10 @@ impl Channel {
 
     /// Hash of the last header (the genesis hash before any move).
     pub fn last_hash(&self) -> Hash {
-        self.tip
-            .last
-            .as_ref()
-            .map_or_else(|| genesis_hash(&self.id), |m| m.header.hash())
+        self.tip.last.as_ref().map_or_else(
+            || genesis_hash(&self.id, self.tip.reset.as_ref()),
+            |m| m.header.hash(),
+        )
     }
 
     /// Who signs move `counter`.
@@ -399,6 +428,7 @@ impl Channel {
         }
         let header = MoveHeader {
             channel: self.id,
+            epoch: self.epoch(),
             counter: self.counter() + 1,
             prev: self.last_hash(),
             ops_hash: ops_hash(&ops),
@@ -424,13 +454,63 @@ impl Channel {
             prev_state,
             prev_header,
             last: Some(m),
+            reset: self.tip.reset.take(),
         };
+    }
+
+    /// The epoch: 0, or the number of manual resets.
+    pub fn epoch(&self) -> u64 {
+        self.tip.epoch()
+    }
+
+    /// The terms of a reset to our current view of the state, in the next epoch.
+    pub fn reset_terms(&self) -> ResetTerms {
+        ResetTerms {
+            channel: self.id,
+            epoch: self.epoch() + 1,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Start the epoch a certificate signed by both friends opens. Our queue is kept and checked
+    /// again when we next hold the token.
+    pub fn apply_reset(&mut self, cert: ResetCertificate) -> Result<(), ResetError> {
+        cert.verify(&self.id, &self.parties)?;
+        let expected = self.epoch() + 1;
+        if cert.terms.epoch != expected {
+            return Err(ResetError::WrongEpoch {
+                got: cert.terms.epoch,
+                expected,
+            });
+        }
+        self.state = cert.terms.state.clone();
+        self.tip = Tip {
+            prev_state: cert.terms.state.clone(),
+            prev_header: None,
+            last: None,
+            reset: Some(cert),
+        };
+        self.token_requested = false;
+        self.peer_waiting = false;
+        self.confirmed = true;
+        Ok(())
     }
 
     /// Take a move from the friend.
     pub fn receive_move(&mut self, m: Move) -> Result<Received, ChannelError> {
         if m.header.channel != self.id {
             return Err(ChannelError::WrongChannel);
+        }
+        let epoch = self.epoch();
+        if m.header.epoch < epoch {
+            return Err(ChannelError::OldEpoch {
+                epoch: m.header.epoch,
+                current: epoch,
+            });
+        }
+        if m.header.epoch > epoch {
+            // The friend is in an epoch we have not seen the certificate of yet.
+            return Ok(Received::OutOfStep);
         }
         let c = self.counter();
         let n = m.header.counter;
@@ -494,33 +574,47 @@ impl Channel {
     /// Check a tip offline: both signatures, the chain, and that the last move's operations
     /// turn the signed state into the claimed one.
     pub fn verify_tip(&self, tip: &Tip) -> Result<TipView, ChannelError> {
+        let (epoch, genesis_state) = match &tip.reset {
+            None => (0, ChannelState::default()),
+            Some(cert) => {
+                cert.verify(&self.id, &self.parties)
+                    .map_err(ChannelError::BadReset)?;
+                if cert.terms.epoch == 0 {
+                    return Err(ChannelError::BadTip("a reset starts epoch 1 or later"));
+                }
+                (cert.terms.epoch, cert.terms.state.clone())
+            }
+        };
+        let genesis = genesis_hash(&self.id, tip.reset.as_ref());
         let Some(last) = &tip.last else {
-            if tip.prev_header.is_some() || tip.prev_state != ChannelState::default() {
+            if tip.prev_header.is_some() || tip.prev_state != genesis_state {
                 return Err(ChannelError::BadTip(
                     "a tip with no move must be the genesis",
                 ));
             }
             return Ok(TipView {
+                epoch,
                 counter: 0,
-                last_hash: genesis_hash(&self.id),
-                state: ChannelState::default(),
+                last_hash: genesis,
+                state: genesis_state,
             });
         };
         if last.header.channel != self.id {
             return Err(ChannelError::WrongChannel);
         }
+        if last.header.epoch != epoch {
+            return Err(ChannelError::BadTip("the last move is from another epoch"));
+        }
         let counter = last.header.counter;
         match (&tip.prev_header, counter) {
             (None, 1) => {
-                if tip.prev_state != ChannelState::default()
-                    || last.header.prev != genesis_hash(&self.id)
-                {
+                if tip.prev_state != genesis_state || last.header.prev != genesis {
                     return Err(ChannelError::BadTip("move 1 must follow the genesis"));
                 }
             }
             (Some(prev), c) if c >= 2 => {
                 let pc = prev.header.counter;
-                if pc + 1 != c || prev.header.channel != self.id {
+                if pc + 1 != c || prev.header.channel != self.id || prev.header.epoch != epoch {
                     return Err(ChannelError::BadTip("headers are not consecutive"));
                 }
                 let signer = self.parties.id(self.signer(pc));
@@ -543,6 +637,7 @@ impl Channel {
         }
         let state = self.check_move(&tip.prev_state, last)?;
         Ok(TipView {
+            epoch,
             counter,
             last_hash: last.header.hash(),
             state,
@@ -557,20 +652,26 @@ impl Channel {
         // The friend was out of step: a token request we sent may have been lost with its old
         // state. Forget that we asked, so that we ask again if we still need the token.
         self.token_requested = false;
-        let (c, ours) = (self.counter(), self.last_hash());
-        if view.counter == c && view.last_hash == ours {
+        let (epoch, c, ours) = (self.epoch(), self.counter(), self.last_hash());
+        if view.epoch == epoch && view.counter == c && view.last_hash == ours {
             self.confirmed = true;
             return Ok(OfferOutcome::InSync);
         }
-        let theirs_wins =
-            view.counter > c || (view.counter == c && self.signer(c) == self.local_side());
+        // A later epoch wins outright: both friends signed its start.
+        let theirs_wins = view.epoch > epoch
+            || (view.epoch == epoch
+                && (view.counter > c
+                    || (view.counter == c && self.signer(c) == self.local_side())));
         if !theirs_wins {
             return Ok(OfferOutcome::OursIsAhead);
         }
         // Our own move that their log does not contain goes back in the queue, to be checked
         // again when we next hold the token.
         let mut requeued = 0;
-        if let Some(own) = self.last_own_move() {
+        if let Some(own) = self
+            .last_own_move()
+            .filter(|m| m.header.epoch == view.epoch)
+        {
             let in_theirs = theirs
                 .last
                 .as_ref()
@@ -602,8 +703,13 @@ impl Channel {
     }
 }
 
-fn genesis_hash(channel: &Hash) -> Hash {
-    Hash::of("offst channel genesis v1", channel)
+/// The hash move 1 of an epoch chains to: the channel, and the certificate that opened the
+/// epoch (none for epoch 0).
+fn genesis_hash(channel: &Hash, reset: Option<&ResetCertificate>) -> Hash {
+    match reset {
+        None => Hash::of("offst channel genesis v1", channel),
+        Some(cert) => Hash::of("offst channel genesis v1", &(channel, cert.hash())),
+    }
 }
 
 fn ops_hash(ops: &[Op]) -> Hash {
