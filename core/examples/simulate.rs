@@ -43,6 +43,10 @@ struct Args {
     /// Fraction of nodes restored once from an older snapshot (a backup) mid-run.
     #[arg(long, default_value_t = 0.0)]
     restore_fraction: f64,
+    /// Fraction of friendships reset by hand mid-run (proposed by one friend, accepted by the
+    /// other).
+    #[arg(long, default_value_t = 0.0)]
+    reset_fraction: f64,
     /// Longest message delay, in simulated ms.
     #[arg(long, default_value_t = 300)]
     max_delay_ms: u64,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         offline_fraction: args.offline_fraction,
         duplicate_fraction: args.duplicate_fraction,
         restore_fraction: args.restore_fraction,
+        reset_fraction: args.reset_fraction,
         max_delay_ms: args.max_delay_ms,
         ..SimConfig::default()
     };
@@ -113,8 +118,13 @@ fn main() -> ExitCode {
             report.completed, report.completed_multi_route, report.cancelled, report.refused
         );
         println!(
-            "messages {}  bytes {}  moves {}  resyncs {}  restores {}",
-            report.messages, report.bytes, report.moves, report.resyncs, report.restores
+            "messages {}  bytes {}  moves {}  resyncs {}  restores {}  resets {}",
+            report.messages,
+            report.bytes,
+            report.moves,
+            report.resyncs,
+            report.restores,
+            report.resets
         );
         println!(
             "invariant violations {}  disagreeing pairs {}  sum of balances {}  frozen left {}",

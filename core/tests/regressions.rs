@@ -226,3 +226,92 @@ fn a_replayed_request_is_refused() {
     assert!(events.iter().any(|e| matches!(e, Event::Resynced { .. })));
     let _ = (Node::new(identity(9), Rate::default()), 0);
 }
+
+/// After a reset or a restore a seller may answer a request and collect it in one move. The
+/// buyer must see the answer given earlier in the same move, or it never learns it was paid.
+#[test]
+fn an_answer_and_a_collect_in_one_move_complete_the_payment() {
+    use offst_core::protocol::channel::{Move, MoveHeader, Op};
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate::default());
+    net.befriend(a, b, &hours(), 100).unwrap();
+    common::give_token(&mut net, a, b);
+    let invoice = net.invoice(b, &hours(), 7, 11).unwrap();
+    let plan = RoutePlan {
+        route: vec![a, b],
+        fees: vec![],
+        dest_payment: 7,
+    };
+    let out = net
+        .node_mut(&a)
+        .unwrap()
+        .pay(0, &invoice, vec![plan], entropy(11, 2))
+        .unwrap();
+    let request_move = sends(&out)[0].clone();
+    // The seller answers at once; that answer never reaches the real buyer.
+    let out = net
+        .node_mut(&b)
+        .unwrap()
+        .handle_message(0, a, request_move)
+        .unwrap();
+    let answer = sends(&out)[0].clone();
+    // Learn the secrets by letting copies of both play the payment out.
+    let (mut a2, mut b2) = (net.node(&a).unwrap().clone(), net.node(&b).unwrap().clone());
+    let mut queue: Vec<(bool, Message)> = vec![(true, answer)]; // (to_a, message)
+    let mut ops_seen: Vec<Op> = Vec::new();
+    while let Some((to_a, m)) = queue.pop() {
+        if let Message::Move(mv) = &m {
+            ops_seen.extend(mv.ops.clone());
+        }
+        let out = if to_a {
+            a2.handle_message(0, b, m).unwrap()
+        } else {
+            b2.handle_message(0, a, m).unwrap()
+        };
+        for m in sends(&out) {
+            queue.push((!to_a, m.clone()));
+        }
+    }
+    let id = invoice.terms.id;
+    assert_eq!(
+        a2.payment(&id).unwrap().0,
+        PaymentStatus::Completed,
+        "the copies completed"
+    );
+    let response = ops_seen
+        .iter()
+        .find(|op| matches!(op, Op::Response { .. }))
+        .unwrap()
+        .clone();
+    let collect = ops_seen
+        .iter()
+        .find(|op| matches!(op, Op::Collect { .. }))
+        .unwrap()
+        .clone();
+    // Now the real buyer gets both in one move from the seller.
+    let ch = net.node(&a).unwrap().channel(&b).unwrap();
+    let ops = vec![response, collect];
+    let mut state = ch.state().clone();
+    for op in &ops {
+        state
+            .apply(op, ch.local_side().other(), ch.parties(), true)
+            .unwrap();
+    }
+    let header = MoveHeader {
+        channel: ch.id(),
+        epoch: ch.epoch(),
+        counter: ch.counter() + 1,
+        prev: ch.last_hash(),
+        ops_hash: Move::ops_hash(&ops),
+        state_hash: state.hash(),
+    };
+    let m = Move::sign_unchecked(&identity(2), header, ops);
+    net.node_mut(&a)
+        .unwrap()
+        .handle_message(0, b, Message::Move(m))
+        .unwrap();
+    let (status, receipt) = net.node(&a).unwrap().payment(&id).unwrap();
+    assert_eq!(status, PaymentStatus::Completed);
+    assert!(receipt.unwrap().verify().is_ok());
+}

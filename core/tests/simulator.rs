@@ -74,6 +74,28 @@ fn restored_nodes_resync() {
     }
 }
 
+#[test]
+fn friends_reset_their_channels_by_hand() {
+    // Seeds 2 and 8 found a collect stranded by a reset and an answer-and-collect move the
+    // buyer did not understand.
+    for seed in [2, 8] {
+        let r = sim::run(SimConfig {
+            reset_fraction: 0.2,
+            ..cfg(40, 800, seed)
+        });
+        check(&r);
+        assert!(r.resets > 0);
+    }
+    let r = sim::run(SimConfig {
+        reset_fraction: 0.2,
+        restore_fraction: 0.2,
+        offline_fraction: 0.5,
+        duplicate_fraction: 0.2,
+        ..cfg(40, 600, 9)
+    });
+    check(&r);
+}
+
 /// The settings under which the token-request reordering deadlock first showed.
 #[test]
 fn regression_small_network_seed_1() {

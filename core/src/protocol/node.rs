@@ -363,7 +363,8 @@ struct SoldRoute {
 /// A manual reset under way with one friend.
 #[derive(Clone, Debug)]
 enum PendingReset {
-    /// We proposed; we send no moves to that friend until it answers.
+    /// We proposed. The channel keeps working meanwhile: if the friend accepts a proposal older
+    /// than our latest moves, reconcile settles what the agreed state lacks.
     Ours(ResetProposal),
     /// They proposed; waiting for our user.
     Theirs(ResetProposal),
@@ -716,8 +717,7 @@ impl Node {
 
     /// Propose to `friend` that our channel restart, in a new epoch, from our current view of
     /// its state. The last resort when our logs can no longer be reconciled: the friend's user
-    /// sees exactly what would change and must accept. Until they answer we send no moves to
-    /// them.
+    /// sees exactly what would change and must accept.
     pub fn propose_reset(&mut self, friend: NodeId) -> Result<Vec<Output>, NodeError> {
         let ch = self
             .friends
@@ -828,31 +828,43 @@ impl Node {
         self.start_epoch(from, cert).map_err(err)
     }
 
-    /// Start the epoch `cert` opens with `friend`, then settle what the new state no longer
-    /// holds and reconcile what it holds.
+    /// Start the epoch `cert` opens with `friend`.
     fn start_epoch(&mut self, friend: NodeId, cert: ResetCertificate) -> Result<(), ResetError> {
-        let me = self.id();
         let ch = self
             .friends
             .get_mut(&friend)
             .ok_or(ResetError::NothingProposed)?;
         let before = ch.state().clone();
         ch.apply_reset(cert)?;
+        self.epoch_started(friend, &before);
+        Ok(())
+    }
+
+    /// A new epoch started with `friend` (we accepted, they accepted, or we adopted it in a
+    /// resync): requests we sent that its agreed starting state does not hold are over in this
+    /// channel, with nothing moved, unless we already know how they ended; then reconcile what
+    /// it holds.
+    fn epoch_started(&mut self, friend: NodeId, before: &ChannelState) {
+        let me = self.id();
+        let Some(ch) = self.friends.get(&friend) else {
+            return;
+        };
         let epoch = ch.epoch();
         let local = ch.local_side();
-        let changes = ResetChanges::between(ch, &before, ch.state());
+        let genesis = ch
+            .tip()
+            .reset
+            .as_ref()
+            .map_or_else(ChannelState::default, |c| c.terms.state.clone());
+        let changes = ResetChanges::between(ch, before, &genesis);
         self.resets.remove(&friend);
-        // Requests we sent this friend that the agreed state no longer holds are over in this
-        // channel: nothing moved for them.
         let gone: Vec<Pending> = before
             .pending
             .values()
             .filter(|p| {
-                p.payer == local
-                    && changes
-                        .requests_dropped
-                        .contains(&p.request.terms.request_id)
+                p.payer == local && !genesis.pending.contains_key(&p.request.terms.request_id)
             })
+            .filter(|p| !self.outcomes.contains_key(&p.request.terms.request_id))
             .cloned()
             .collect();
         for p in gone {
@@ -875,7 +887,6 @@ impl Node {
         }));
         self.reconcile();
         self.dirty.insert(friend);
-        Ok(())
     }
 
     /// Handle a message from `from`. On error nothing changed.
@@ -924,9 +935,6 @@ impl Node {
     /// ask for the token.
     fn flush(&mut self, friend: NodeId, force: bool) {
         self.dirty.remove(&friend);
-        if matches!(self.resets.get(&friend), Some(PendingReset::Ours(_))) {
-            return;
-        }
         let Some(ch) = self.friends.get_mut(&friend) else {
             return;
         };
@@ -977,9 +985,7 @@ impl Node {
                     .get_mut(&from)
                     .is_some_and(Channel::take_peer_waiting);
                 let ack = waiting || (!ops.is_empty() && !carried_request);
-                for op in ops {
-                    self.on_op(now_ms, from, op);
-                }
+                self.on_ops(now_ms, from, ops);
                 if !was_confirmed {
                     self.reconcile();
                 }
@@ -991,8 +997,31 @@ impl Node {
         Ok(())
     }
 
-    /// Act on an operation the friend `from` made in our channel.
-    fn on_op(&mut self, now_ms: u64, from: NodeId, op: Op) {
+    /// Act on the operations of one move the friend `from` made, in order. A move may answer a
+    /// request and collect it at once: a later operation sees the answers of earlier ones.
+    fn on_ops(&mut self, now_ms: u64, from: NodeId, ops: Vec<Op>) {
+        let mut answered: BTreeMap<RequestId, Response> = BTreeMap::new();
+        for op in ops {
+            if let Op::Response {
+                request_id,
+                response,
+            } = &op
+            {
+                answered.insert(*request_id, response.clone());
+            }
+            self.on_op(now_ms, from, op, &answered);
+        }
+    }
+
+    /// Act on an operation the friend `from` made in our channel. `answered`: responses given
+    /// earlier in the same move.
+    fn on_op(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        op: Op,
+        answered: &BTreeMap<RequestId, Response>,
+    ) {
         let me = self.id();
         match op {
             Op::SetLimit { currency, limit } => {
@@ -1007,7 +1036,8 @@ impl Node {
                 request_id,
                 response,
             } => {
-                let Some(p) = self.pending_in(&from, &request_id, false) else {
+                // Look before the move: the same move may already have collected it.
+                let Some(p) = self.pending_in(&from, &request_id, true) else {
                     return;
                 };
                 let terms = &p.request.terms;
@@ -1049,7 +1079,11 @@ impl Node {
                 let Some(p) = self.pending_in(&from, &request_id, true) else {
                     return;
                 };
-                let Some(response) = p.response.clone() else {
+                let Some(response) = p
+                    .response
+                    .clone()
+                    .or_else(|| answered.get(&request_id).cloned())
+                else {
                     return;
                 };
                 let terms = &p.request.terms;
@@ -1376,7 +1410,7 @@ impl Node {
             Outcome::Collected {
                 src_plain_lock,
                 dest_plain_lock,
-                response,
+                response: response.clone(),
             },
         );
         self.enqueue(
@@ -1387,6 +1421,32 @@ impl Node {
                 dest_plain_lock,
             },
         );
+        self.ensure_answered(friend, request_id, response);
+    }
+
+    /// A collect needs the seller's answer in the channel first. If the friend's request has no
+    /// answer in our state and none is queued (a reset or resync dropped it), queue it ahead of
+    /// the collect.
+    fn ensure_answered(&mut self, friend: NodeId, request_id: RequestId, response: Response) {
+        let Some(ch) = self.friends.get_mut(&friend) else {
+            return;
+        };
+        let unanswered = ch
+            .state()
+            .pending
+            .get(&request_id)
+            .is_some_and(|p| p.response.is_none());
+        let queued = ch
+            .queue()
+            .iter()
+            .any(|op| matches!(op, Op::Response { request_id: r, .. } if *r == request_id));
+        if unanswered && !queued {
+            ch.enqueue_before_same_request(Op::Response {
+                request_id,
+                response,
+            });
+            self.dirty.insert(friend);
+        }
     }
 
     /// Remember how a request ended. The first outcome recorded stands: a request ends once.
@@ -1432,6 +1492,7 @@ impl Node {
         }
         // Learn how requests we held ended, before the state that forgets them replaces ours.
         let ours_before = ch.state().pending.clone();
+        let (epoch_before, state_before) = (ch.epoch(), ch.state().clone());
         let outcome = ch
             .receive_offer(offer.tip)
             .map_err(|error| ProtocolError::Channel {
@@ -1504,9 +1565,15 @@ impl Node {
                 }
             }
             OfferOutcome::Adopted { ref new_ops, .. } => {
-                for op in new_ops.clone() {
-                    self.on_op(now_ms, from, op);
+                if self
+                    .friends
+                    .get(&from)
+                    .is_some_and(|ch| ch.epoch() > epoch_before)
+                {
+                    // The friend reset the channel with us and we missed the certificate.
+                    self.epoch_started(from, &state_before);
                 }
+                self.on_ops(now_ms, from, new_ops.clone());
                 let counter = self.friends.get(&from).map_or(0, Channel::counter);
                 self.out.push(Output::Event(Event::Resynced {
                     friend: from,
@@ -1582,6 +1649,9 @@ impl Node {
         let terms = p.request.terms.clone();
         let id = terms.request_id;
         if self.settling_queued(&from, &id) {
+            if let Some(Outcome::Collected { response, .. }) = self.outcomes.get(&id).cloned() {
+                self.ensure_answered(from, id, response);
+            }
             return;
         }
         if let Some(outcome) = self.outcomes.get(&id).cloned() {
@@ -1590,18 +1660,7 @@ impl Node {
                     src_plain_lock,
                     dest_plain_lock,
                     response,
-                } => {
-                    if p.response.is_none() {
-                        self.enqueue(
-                            from,
-                            Op::Response {
-                                request_id: id,
-                                response: response.clone(),
-                            },
-                        );
-                    }
-                    self.send_collect(from, id, src_plain_lock, dest_plain_lock, response);
-                }
+                } => self.send_collect(from, id, src_plain_lock, dest_plain_lock, response),
                 Outcome::Cancelled => self.send_cancel(from, id),
             }
             return;
@@ -1631,9 +1690,6 @@ impl Node {
                 }
                 (InvoiceStatus::Paid(named), Some(src)) if named.contains(&id) => {
                     let dest = s.dest_plain_lock;
-                    if let Some(op) = answer {
-                        self.enqueue(from, op);
-                    }
                     self.send_collect(from, id, src, dest, response);
                 }
                 _ => self.send_cancel(from, id),

@@ -25,11 +25,11 @@ use serde::Serialize;
 
 pub use self::rng::SimRng;
 use crate::protocol::amount::{Currency, Rate};
-use crate::protocol::channel::ChannelError;
+use crate::protocol::channel::{ChannelError, ResetError};
 use crate::protocol::identity::{Identity, NodeId};
 use crate::protocol::message::Message;
 use crate::protocol::node::{
-    Event, InvoiceStatus, Node, Output, PaymentStatus, ProtocolError, RoutePlan,
+    Event, InvoiceStatus, Node, NodeError, Output, PaymentStatus, ProtocolError, RoutePlan,
 };
 use crate::protocol::payment::InvoiceId;
 
@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub max_delay_ms: u64,
     /// Fraction of nodes restored once from an older snapshot of themselves.
     pub restore_fraction: f64,
+    /// Fraction of friendships that go through a manual reset mid-run (one friend proposes its
+    /// view, the other accepts at once).
+    pub reset_fraction: f64,
     /// Extra friendships per node beyond the spanning tree that keeps the graph connected.
     pub extra_friends_per_node: usize,
     /// Number of currencies every pair of friends keeps.
@@ -75,6 +78,7 @@ impl Default for SimConfig {
             duplicate_fraction: 0.05,
             max_delay_ms: 300,
             restore_fraction: 0.0,
+            reset_fraction: 0.0,
             extra_friends_per_node: 1,
             currencies: 2,
             invoice_ttl_ms: 30_000,
@@ -129,6 +133,11 @@ pub struct SimReport {
     pub messages_lost: u64,
     /// Nodes restored from a snapshot.
     pub restores: u64,
+    /// Channels reset by both friends.
+    pub resets: u64,
+    /// Messages refused because a reset overtook them (moves of a closed epoch, superseded
+    /// proposals).
+    pub stale_after_reset: u64,
     /// Simulated time, in ms.
     pub simulated_ms: u64,
     /// Wall-clock time, in ms (filled by the caller).
@@ -149,6 +158,7 @@ enum Ev {
     Pay(usize),
     Snapshot(usize),
     Restore(usize),
+    ProposeReset(usize, usize),
 }
 
 struct PaymentRecord {
@@ -176,6 +186,8 @@ pub struct Sim {
     in_flight: u64,
     snapshots: Vec<Option<Node>>,
     restored: Vec<bool>,
+    edges: Vec<(usize, usize)>,
+    accepts: Vec<(usize, NodeId)>,
     payments: Vec<PaymentRecord>,
     payment_end: u64,
     last_expiry: u64,
@@ -267,6 +279,8 @@ impl Sim {
             in_flight: 0,
             snapshots: vec![None; n],
             restored: vec![false; n],
+            edges: Vec::new(),
+            accepts: Vec::new(),
             payments: Vec::new(),
             payment_end: 0,
             last_expiry: 0,
@@ -307,6 +321,7 @@ impl Sim {
             }
         }
         self.report.friendships = edges.len();
+        self.edges = edges.clone();
         // Limits, both ways, in every currency.
         for &(a, b) in &edges {
             for (x, y) in [(a, b), (b, a)] {
@@ -387,6 +402,10 @@ impl Sim {
                     self.schedule(at, Ev::Deliver { to, from, bytes });
                 }
                 Output::Event(Event::Resynced { .. }) => self.report.resyncs += 1,
+                Output::Event(Event::ResetProposed { friend, .. }) => {
+                    self.accepts.push((from, friend))
+                }
+                Output::Event(Event::ChannelReset { .. }) => self.report.resets += 1,
                 Output::Event(_) => {}
             }
         }
@@ -404,6 +423,15 @@ impl Sim {
                 continue;
             };
             self.step(ev);
+            // A proposed reset is accepted by the simulated user as soon as it is shown.
+            while let Some((who, friend)) = self.accepts.pop() {
+                match self.nodes[who].accept_reset(friend) {
+                    Ok(out) => self.emit(who, out),
+                    // Superseded by a crossing proposal: nothing to accept.
+                    Err(NodeError::NoResetProposed(_)) => {}
+                    Err(e) => self.violation(format!("accept_reset: {e}")),
+                }
+            }
         }
     }
 
@@ -434,6 +462,16 @@ impl Sim {
                         error: ChannelError::Replayed { .. },
                         ..
                     }) => self.report.copies_dropped += 1,
+                    // Moves of an epoch a reset closed, and proposals overtaken by another
+                    // reset, are refused by design.
+                    Err(ProtocolError::Channel {
+                        error: ChannelError::OldEpoch { .. },
+                        ..
+                    })
+                    | Err(ProtocolError::Reset {
+                        error: ResetError::WrongEpoch { .. } | ResetError::NothingProposed,
+                        ..
+                    }) => self.report.stale_after_reset += 1,
                     Err(e) => {
                         let note = format!("node {to} refused a message from {from}: {e}");
                         if !(self.restored[to] || self.restored[from]) {
@@ -465,6 +503,13 @@ impl Sim {
                 }
             }
             Ev::Pay(i) => self.pay(i),
+            Ev::ProposeReset(a, b) => {
+                let friend = self.ids[b];
+                match self.nodes[a].propose_reset(friend) {
+                    Ok(out) => self.emit(a, out),
+                    Err(e) => self.violation(format!("propose_reset: {e}")),
+                }
+            }
             Ev::Snapshot(n) => self.snapshots[n] = Some(self.nodes[n].clone()),
             Ev::Restore(n) => {
                 if let Some(old) = self.snapshots[n].take() {
@@ -696,6 +741,14 @@ impl Sim {
             self.schedule(snap, Ev::Snapshot(node));
             self.schedule(back, Ev::Restore(node));
         }
+        let resets =
+            (self.cfg.reset_fraction.clamp(0.0, 1.0) * self.edges.len() as f64).round() as usize;
+        for _ in 0..resets {
+            let (a, b) = self.edges[self.rng.below(self.edges.len() as u64) as usize];
+            let (a, b) = if self.rng.chance(0.5) { (a, b) } else { (b, a) };
+            let at = start + self.rng.below(self.payment_end - start);
+            self.schedule(at, Ev::ProposeReset(a, b));
+        }
         for node in 0..n {
             let at = start + self.rng.below(TICK_MS);
             self.schedule(at, Ev::Tick(node));
@@ -713,7 +766,9 @@ impl Sim {
 
     fn check(&mut self) {
         let n = self.nodes.len();
-        let any_restore = self.restored.iter().any(|r| *r);
+        // Restores and resets may legitimately change what one side believes it is owed, so
+        // the per-node accounting check only applies without them.
+        let any_restore = self.restored.iter().any(|r| *r) || self.report.resets > 0;
         // Friends agree.
         let mut notes: Vec<String> = Vec::new();
         let mut sums: BTreeMap<Currency, i128> = BTreeMap::new();

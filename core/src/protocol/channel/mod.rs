@@ -352,6 +352,20 @@ impl Channel {
         self.queue.push_back(op);
     }
 
+    /// Queue an operation ahead of the first queued operation about the same request (at the
+    /// back if there is none): an answer must go before the collect that needs it.
+    pub fn enqueue_before_same_request(&mut self, op: Op) {
+        let id = op.request_id();
+        match self
+            .queue
+            .iter()
+            .position(|q| id.is_some() && q.request_id() == id)
+        {
+            Some(i) => self.queue.insert(i, op),
+            None => self.queue.push_back(op),
+        }
+    }
+
     /// Whether we asked the friend for the token and are waiting for it.
     pub fn token_requested(&self) -> bool {
         self.token_requested
