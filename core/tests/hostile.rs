@@ -64,7 +64,7 @@ fn give_token_to(net: &mut LocalNet, attacker: NodeId, victim: NodeId) {
         let out = net
             .node_mut(&victim)
             .expect("victim")
-            .handle_message(now, attacker, Message::RequestToken { counter })
+            .handle_message(now, attacker, Message::RequestToken { epoch: 0, counter })
             .expect("token request");
         net.absorb(victim, out);
         net.run().expect("run");
@@ -413,7 +413,14 @@ fn messages_from_strangers_and_unknown_commits_are_refused() {
     let err = net
         .node_mut(&a)
         .unwrap()
-        .handle_message(0, stranger, Message::RequestToken { counter: 0 })
+        .handle_message(
+            0,
+            stranger,
+            Message::RequestToken {
+                epoch: 0,
+                counter: 0,
+            },
+        )
         .unwrap_err();
     assert_eq!(err, ProtocolError::NotAFriend(stranger));
     let err = net

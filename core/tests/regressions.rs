@@ -42,7 +42,7 @@ fn token_request_that_overtakes_its_move_is_honoured() {
         let out = net
             .node_mut(&b)
             .unwrap()
-            .handle_message(0, a, Message::RequestToken { counter })
+            .handle_message(0, a, Message::RequestToken { epoch: 0, counter })
             .unwrap();
         net.absorb(b, out);
         net.run().unwrap();
@@ -161,7 +161,7 @@ fn a_replayed_request_is_refused() {
         let out = net
             .node_mut(&a)
             .unwrap()
-            .handle_message(0, b, Message::RequestToken { counter })
+            .handle_message(0, b, Message::RequestToken { epoch: 0, counter })
             .unwrap();
         net.absorb(a, out);
         net.run().unwrap();

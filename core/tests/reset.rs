@@ -250,3 +250,32 @@ fn forged_and_out_of_date_resets_are_refused() {
     );
     assert!(net.node(&b).unwrap().reset_proposed_by(&a).is_none());
 }
+
+#[test]
+fn a_friend_that_missed_the_certificate_catches_up() {
+    // a proposes twice; b accepts the first. a's later proposal does not matter: the
+    // certificate carries a's signature. Even if the certificate itself is lost, the next token
+    // request shows the epochs differ and the tips settle it.
+    let (mut net, ids) = chain(2, 100, Rate::default());
+    let (a, b) = (ids[0], ids[1]);
+    let first = net.node_mut(&a).unwrap().propose_reset(b).unwrap();
+    net.buy_along(&[a, b], &hours(), 5, 21).unwrap();
+    let second = net.node_mut(&a).unwrap().propose_reset(b).unwrap();
+    drop(second);
+    net.absorb(a, first);
+    // Deliver the first proposal to b; b accepts; the certificate to a is lost.
+    net.run().unwrap();
+    let _lost = net.node_mut(&b).unwrap().accept_reset(a).unwrap();
+    assert_eq!(net.node(&b).unwrap().channel(&a).unwrap().epoch(), 1);
+    assert_eq!(net.node(&a).unwrap().channel(&b).unwrap().epoch(), 0);
+    // b has something to send and asks a for the token, from epoch 1.
+    net.buy_along(&[b, a], &hours(), 3, 22).unwrap();
+    for (x, y) in [(a, b), (b, a)] {
+        let ch = net.node(&x).unwrap().channel(&y).unwrap();
+        assert_eq!(ch.epoch(), 1, "both in the new epoch");
+    }
+    let x = net.node(&a).unwrap().channel(&b).unwrap();
+    let y = net.node(&b).unwrap().channel(&a).unwrap();
+    assert_eq!((x.counter(), x.last_hash()), (y.counter(), y.last_hash()));
+    assert!(x.state().pending.is_empty());
+}

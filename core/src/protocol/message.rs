@@ -20,8 +20,12 @@ pub const MIN_PROTOCOL_VERSION: u8 = 1;
 pub enum Message {
     /// A move in the friends' channel.
     Move(Move),
-    /// "I have operations to send; please pass the token." `counter` is the sender's last move.
+    /// "I have operations to send; please pass the token." Carries where the sender's log ends,
+    /// so that a friend in another epoch (after a reset one of them missed) answers with its
+    /// tip instead.
     RequestToken {
+        /// The sender's epoch.
+        epoch: u64,
         /// The sender's last move counter.
         counter: u64,
     },

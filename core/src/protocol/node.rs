@@ -365,7 +365,7 @@ struct SoldRoute {
 enum PendingReset {
     /// We proposed. The channel keeps working meanwhile: if the friend accepts a proposal older
     /// than our latest moves, reconcile settles what the agreed state lacks.
-    Ours(ResetProposal),
+    Ours,
     /// They proposed; waiting for our user.
     Theirs(ResetProposal),
 }
@@ -693,6 +693,7 @@ impl Node {
                 self.out.push(Output::Send {
                     to: *friend,
                     message: Message::RequestToken {
+                        epoch: ch.epoch(),
                         counter: ch.counter(),
                     },
                 });
@@ -728,7 +729,7 @@ impl Node {
             to: friend,
             message: Message::ResetProposal(Box::new(proposal.clone())),
         });
-        self.resets.insert(friend, PendingReset::Ours(proposal));
+        self.resets.insert(friend, PendingReset::Ours);
         Ok(self.finish())
     }
 
@@ -800,7 +801,7 @@ impl Node {
             }));
         }
         // Both proposed at once: the proposal of the friend with the smaller id stands.
-        if matches!(self.resets.get(&from), Some(PendingReset::Ours(_))) && self.id() < from {
+        if matches!(self.resets.get(&from), Some(PendingReset::Ours)) && self.id() < from {
             return Ok(());
         }
         let changes = ResetChanges::between(ch, ch.state(), &proposal.terms.state);
@@ -812,6 +813,8 @@ impl Node {
         Ok(())
     }
 
+    /// The friend accepted a proposal of ours. Any certificate for the next epoch that both
+    /// signed stands, even if we proposed again since: we agreed to its terms when we signed.
     fn on_reset_accept(
         &mut self,
         from: NodeId,
@@ -821,10 +824,6 @@ impl Node {
             friend: from,
             error,
         };
-        match self.resets.get(&from) {
-            Some(PendingReset::Ours(p)) if p.terms == cert.terms => {}
-            _ => return Err(err(ResetError::NothingProposed)),
-        }
         self.start_epoch(from, cert).map_err(err)
     }
 
@@ -899,13 +898,17 @@ impl Node {
         self.now_ms = self.now_ms.max(now_ms);
         match message {
             Message::Move(m) => self.on_move(now_ms, from, m)?,
-            Message::RequestToken { counter } => {
+            Message::RequestToken { epoch, counter } => {
                 let ch = self
                     .friends
                     .get(&from)
                     .ok_or(ProtocolError::NotAFriend(from))?;
                 let ours = ch.counter();
-                if ch.holds_token() {
+                if epoch != ch.epoch() {
+                    // One of us missed a reset: our tips (with their certificates) settle it.
+                    let behind = epoch > ch.epoch();
+                    self.send_offer(from, Vec::new(), behind);
+                } else if ch.holds_token() {
                     self.flush(from, true);
                 } else if counter > ours {
                     // Their request overtook their own latest move: answer once it arrives.
@@ -954,10 +957,10 @@ impl Node {
             }
         } else if !ch.queue().is_empty() && !ch.token_requested() {
             ch.set_token_requested();
-            let counter = ch.counter();
+            let (epoch, counter) = (ch.epoch(), ch.counter());
             self.out.push(Output::Send {
                 to: friend,
-                message: Message::RequestToken { counter },
+                message: Message::RequestToken { epoch, counter },
             });
         }
     }

@@ -219,7 +219,7 @@ fn describe(m: &Message) -> String {
     };
     match m {
         Message::Move(mv) => format!("move {} [{}]", mv.header.counter, ops(&mv.ops)),
-        Message::RequestToken { counter } => format!("token? (has {counter})"),
+        Message::RequestToken { epoch, counter } => format!("token? (has {epoch}.{counter})"),
         Message::Offer(o) => format!(
             "offer tip {} [{}] reply {} resolutions {}",
             o.tip.last.as_ref().map_or(0, |l| l.header.counter),
@@ -790,7 +790,8 @@ impl Sim {
                             x.counter(),
                             y.counter()
                         );
-                        notes.push(note);
+                        // A disagreement explains the rest: report it first.
+                        notes.insert(0, note);
                     }
                     let frozen: u128 = x
                         .state()

@@ -46,7 +46,7 @@ pub fn give_token(net: &mut LocalNet, holder: NodeId, other: NodeId) {
     let out = net
         .node_mut(&other)
         .unwrap()
-        .handle_message(0, holder, Message::RequestToken { counter })
+        .handle_message(0, holder, Message::RequestToken { epoch: 0, counter })
         .unwrap();
     net.absorb(other, out);
     net.run().unwrap();
