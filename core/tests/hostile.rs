@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{chain, hours, identity};
+use common::{chain, give_token, hours, identity};
 use offst_core::protocol::amount::Rate;
 use offst_core::protocol::channel::{ChannelError, Move, MoveHeader, Op, OpError};
 use offst_core::protocol::identity::{NodeId, Signature};
@@ -45,32 +45,6 @@ fn hostile_move(net: &LocalNet, seed: u8, attacker: NodeId, victim: NodeId, ops:
     Move::sign_unchecked(&identity(seed), header, ops)
 }
 
-/// Hand the token to `attacker` so that its next move is the one the victim expects.
-fn give_token_to(net: &mut LocalNet, attacker: NodeId, victim: NodeId) {
-    let holds = net
-        .node(&attacker)
-        .expect("attacker")
-        .channel(&victim)
-        .expect("friends")
-        .holds_token();
-    if !holds {
-        let counter = net
-            .node(&attacker)
-            .expect("a")
-            .channel(&victim)
-            .expect("f")
-            .counter();
-        let now = net.now_ms;
-        let out = net
-            .node_mut(&victim)
-            .expect("victim")
-            .handle_message(now, attacker, Message::RequestToken { epoch: 0, counter })
-            .expect("token request");
-        net.absorb(victim, out);
-        net.run().expect("run");
-    }
-}
-
 fn deliver(net: &mut LocalNet, from: NodeId, to: NodeId, m: Move) -> Result<(), ProtocolError> {
     let now = net.now_ms;
     net.node_mut(&to)
@@ -83,7 +57,7 @@ fn deliver(net: &mut LocalNet, from: NodeId, to: NodeId, m: Move) -> Result<(), 
 fn forged_signature_is_refused() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
-    give_token_to(&mut net, a, b);
+    give_token(&mut net, a, b);
     let mut m = hostile_move(&net, 1, a, b, vec![]);
     m.signature = Signature([7; 64]);
     let before = snapshot(&net, &b, &a);
@@ -175,7 +149,7 @@ fn request(buyer_seed: u8, route: Vec<NodeId>, fees: Vec<u64>, dest: u64, id: u8
 fn over_limit_request_is_refused() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
-    give_token_to(&mut net, a, b);
+    give_token(&mut net, a, b);
     let r = request(1, vec![a, b], vec![], 101, 1);
     let m = hostile_move(&net, 1, a, b, vec![Op::Request(r)]);
     let before = snapshot(&net, &b, &a);
@@ -217,7 +191,7 @@ fn mediator_taking_more_than_its_fee_is_refused() {
     let honest = request(1, vec![a, b, c], vec![2], 10, 3);
     let mut greedy = honest.clone();
     greedy.terms.dest_payment = 7; // C would freeze 7 instead of 10; B would keep 5.
-    give_token_to(&mut net, b, c);
+    give_token(&mut net, b, c);
     let m = hostile_move(&net, 2, b, c, vec![Op::Request(greedy)]);
     let before = snapshot(&net, &c, &b);
     let err = deliver(&mut net, b, c, m).unwrap_err();
@@ -281,7 +255,7 @@ fn wrong_lock_preimage_is_refused() {
     let Message::Commit(commit) = Message::decode(&commit).unwrap() else {
         panic!("not a commit")
     };
-    give_token_to(&mut net, b, a);
+    give_token(&mut net, b, a);
     // The right buyer's lock (as if committed) but a made-up seller's lock.
     let m = hostile_move(
         &net,
@@ -331,7 +305,7 @@ fn collect_without_a_commit_is_refused() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
     let (id, _commit_never_sent) = answered_but_uncommitted(&mut net, a, b);
-    give_token_to(&mut net, b, a);
+    give_token(&mut net, b, a);
     // Without the commit the seller does not know the buyer's secret: it can only guess.
     let m = hostile_move(
         &net,
@@ -370,7 +344,7 @@ fn collect_without_a_commit_is_refused() {
 fn collect_before_the_seller_answered_is_refused() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
-    give_token_to(&mut net, a, b);
+    give_token(&mut net, a, b);
     let r = request(1, vec![a, b], vec![], 10, 4);
     let id = r.terms.request_id;
     let m = hostile_move(&net, 1, a, b, vec![Op::Request(r)]);

@@ -36,17 +36,7 @@ fn token_request_that_overtakes_its_move_is_honoured() {
     let c = net.add_node(3, Rate::default());
     net.befriend(a, b, &hours(), 100).unwrap();
     net.befriend(b, c, &hours(), 100).unwrap();
-    // Make sure `a` holds the token with `b`.
-    if !net.node(&a).unwrap().channel(&b).unwrap().holds_token() {
-        let counter = net.node(&a).unwrap().channel(&b).unwrap().counter();
-        let out = net
-            .node_mut(&b)
-            .unwrap()
-            .handle_message(0, a, Message::RequestToken { epoch: 0, counter })
-            .unwrap();
-        net.absorb(b, out);
-        net.run().unwrap();
-    }
+    common::give_token(&mut net, a, b);
     // `a` pays `c` through `b` (a move with a request), then wants to send more.
     let invoice = net.invoice(c, &hours(), 5, 1).unwrap();
     let plan = net.plan(&[a, b, c], 5).unwrap();
@@ -156,16 +146,7 @@ fn a_replayed_request_is_refused() {
     net.befriend(a, b, &hours(), 100).unwrap();
     net.befriend(b, c, &hours(), 100).unwrap();
     // Make `b` hold the token with `a`, so that `a`'s request waits in its queue.
-    if net.node(&a).unwrap().channel(&b).unwrap().holds_token() {
-        let counter = net.node(&b).unwrap().channel(&a).unwrap().counter();
-        let out = net
-            .node_mut(&a)
-            .unwrap()
-            .handle_message(0, b, Message::RequestToken { epoch: 0, counter })
-            .unwrap();
-        net.absorb(a, out);
-        net.run().unwrap();
-    }
+    common::give_token(&mut net, b, a);
     let invoice = net.invoice(c, &hours(), 10, 3).unwrap();
     let plan = net.plan(&[a, b, c], 10).unwrap();
     let out = net

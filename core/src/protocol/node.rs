@@ -844,7 +844,6 @@ impl Node {
     /// channel, with nothing moved, unless we already know how they ended; then reconcile what
     /// it holds.
     fn epoch_started(&mut self, friend: NodeId, before: &ChannelState) {
-        let me = self.id();
         let Some(ch) = self.friends.get(&friend) else {
             return;
         };
@@ -867,17 +866,7 @@ impl Node {
             .cloned()
             .collect();
         for p in gone {
-            let terms = &p.request.terms;
-            if terms.buyer() == Some(me) {
-                self.route_done(
-                    terms.invoice_id,
-                    terms.request_id,
-                    RouteStatus::Cancelled,
-                    None,
-                );
-            } else if let Some(prev) = upstream_of(terms, &me) {
-                self.send_cancel(prev, terms.request_id);
-            }
+            self.sent_request_ended(&p.request.terms);
         }
         self.out.push(Output::Event(Event::ChannelReset {
             friend,
@@ -1064,14 +1053,8 @@ impl Node {
                 }
             }
             Op::Cancel { request_id } => {
-                let Some(p) = self.pending_in(&from, &request_id, true) else {
-                    return;
-                };
-                let terms = &p.request.terms;
-                if terms.buyer() == Some(me) {
-                    self.route_done(terms.invoice_id, request_id, RouteStatus::Cancelled, None);
-                } else if let Some(prev) = upstream_of(terms, &me) {
-                    self.send_cancel(prev, request_id);
+                if let Some(p) = self.pending_in(&from, &request_id, true) {
+                    self.sent_request_ended(&p.request.terms);
                 }
             }
             Op::Collect {
@@ -1361,25 +1344,29 @@ impl Node {
         }
     }
 
+    /// A request we sent ended in its channel with nothing moved (cancelled downstream, refused
+    /// when we came to send it, or dropped by a reset): the buyer's route is over; a mediator
+    /// cancels upstream.
+    fn sent_request_ended(&mut self, terms: &RequestTerms) {
+        let me = self.id();
+        if terms.buyer() == Some(me) {
+            self.route_done(
+                terms.invoice_id,
+                terms.request_id,
+                RouteStatus::Cancelled,
+                None,
+            );
+        } else if let Some(prev) = upstream_of(terms, &me) {
+            self.send_cancel(prev, terms.request_id);
+        }
+    }
+
     /// A queued operation no longer applied when we came to send it.
     fn on_dropped(&mut self, friend: NodeId, op: Op, reason: OpError) {
-        let me = self.id();
         match op {
             // Already pending with that friend (sent before a resync): it is on its way.
             Op::Request(_) if matches!(reason, OpError::DuplicateRequest(_)) => {}
-            Op::Request(request) => {
-                let terms = &request.terms;
-                if terms.buyer() == Some(me) {
-                    self.route_done(
-                        terms.invoice_id,
-                        terms.request_id,
-                        RouteStatus::Cancelled,
-                        None,
-                    );
-                } else if let Some(prev) = upstream_of(terms, &me) {
-                    self.send_cancel(prev, terms.request_id);
-                }
-            }
+            Op::Request(request) => self.sent_request_ended(&request.terms),
             Op::SetLimit { .. } => self
                 .out
                 .push(Output::Event(Event::LimitNotSet { friend, reason })),
