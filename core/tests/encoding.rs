@@ -1,0 +1,168 @@
+//! Text forms, wire decoding and offline receipt checks: every bad input has its own error.
+
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::{chain, hours, identity};
+use offst_core::protocol::amount::Rate;
+use offst_core::protocol::identity::{NodeId, ParseNodeIdError};
+use offst_core::protocol::message::{DecodeError, Message, PROTOCOL_VERSION};
+use offst_core::protocol::node::PaymentStatus;
+use offst_core::protocol::payment::{PaymentError, PlainLock};
+
+#[test]
+fn node_id_text_form_round_trips_and_names_each_mistake() {
+    let id = identity(5).id();
+    let text = id.to_string();
+    assert_eq!(text.len(), 52);
+    assert!(
+        text.chars()
+            .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
+    );
+    assert_eq!(text.parse::<NodeId>().unwrap(), id);
+    assert_eq!(
+        text.to_uppercase().parse::<NodeId>().unwrap(),
+        id,
+        "case does not matter"
+    );
+    assert_eq!(
+        text[..51].parse::<NodeId>().unwrap_err(),
+        ParseNodeIdError::WrongLength(51)
+    );
+    let mut bad = text.clone();
+    bad.replace_range(3..4, "1");
+    assert_eq!(
+        bad.parse::<NodeId>().unwrap_err(),
+        ParseNodeIdError::BadCharacter('1')
+    );
+    // 32 bytes that are not a curve point.
+    let not_a_key = data_not_a_point();
+    assert_eq!(
+        not_a_key.parse::<NodeId>().unwrap_err(),
+        ParseNodeIdError::NotAKey
+    );
+    // Messages a person can act on.
+    assert!(
+        ParseNodeIdError::WrongLength(51)
+            .to_string()
+            .contains("52 base32 characters")
+    );
+}
+
+fn data_not_a_point() -> String {
+    // Search a few candidates for bytes that do not decompress to a point.
+    for b in 0u8..=255 {
+        let mut bytes = [b; 32];
+        bytes[31] = 0x7f;
+        let id = NodeId::from_bytes(bytes);
+        let text = id.to_string();
+        if text.parse::<NodeId>() == Err(ParseNodeIdError::NotAKey) {
+            return text;
+        }
+    }
+    panic!("no invalid point found")
+}
+
+#[test]
+fn wire_decoding_refuses_bad_input_with_specific_errors() {
+    let m = Message::RequestToken {
+        epoch: 0,
+        counter: 7,
+    };
+    let bytes = m.encode().unwrap();
+    assert_eq!(bytes[0], PROTOCOL_VERSION);
+    assert_eq!(Message::decode(&bytes).unwrap(), m);
+    assert_eq!(Message::decode(&[]).unwrap_err(), DecodeError::Empty);
+    let mut future = bytes.clone();
+    future[0] = PROTOCOL_VERSION + 1;
+    assert_eq!(
+        Message::decode(&future).unwrap_err(),
+        DecodeError::UnsupportedVersion {
+            got: PROTOCOL_VERSION + 1
+        }
+    );
+    assert!(
+        Message::decode(&future)
+            .unwrap_err()
+            .to_string()
+            .contains("update the app")
+    );
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(
+        Message::decode(&trailing).unwrap_err(),
+        DecodeError::Malformed(_)
+    ));
+    assert!(matches!(
+        Message::decode(&[PROTOCOL_VERSION, 200, 1]).unwrap_err(),
+        DecodeError::Malformed(_)
+    ));
+    // Truncations of a real move never decode into something else silently.
+    let (mut net, ids) = chain(2, 100, Rate::default());
+    net.buy_along(&[ids[0], ids[1]], &hours(), 5, 1).unwrap();
+    let mv = net
+        .node(&ids[0])
+        .unwrap()
+        .channel(&ids[1])
+        .unwrap()
+        .tip()
+        .last
+        .clone()
+        .unwrap();
+    let full = Message::Move(mv).encode().unwrap();
+    for cut in 1..full.len() {
+        assert!(
+            Message::decode(&full[..cut]).is_err(),
+            "a move cut at {cut} bytes decoded"
+        );
+    }
+}
+
+#[test]
+fn receipts_verify_offline_and_any_tampering_is_caught() {
+    let (mut net, ids) = chain(3, 100, Rate { base: 1, ppm: 500 });
+    let invoice = net.buy_along(&ids, &hours(), 20, 2).unwrap();
+    let (status, receipt) = net
+        .node(&ids[0])
+        .unwrap()
+        .payment(&invoice.terms.id)
+        .unwrap();
+    assert_eq!(status, PaymentStatus::Completed);
+    let receipt = receipt.unwrap().clone();
+    receipt.verify().unwrap();
+    assert_eq!(receipt.amount(), 20);
+    assert_eq!(receipt.invoice_id(), invoice.terms.id);
+    let mut r = receipt.clone();
+    r.dest_plain_lock = PlainLock([0; 32]);
+    assert_eq!(r.verify().unwrap_err(), PaymentError::WrongLock("seller's"));
+    let mut r = receipt.clone();
+    r.src_plain_lock = PlainLock([0; 32]);
+    assert_eq!(r.verify().unwrap_err(), PaymentError::WrongLock("buyer's"));
+    let mut r = receipt.clone();
+    r.terms.total_dest_payment = 2000;
+    assert!(matches!(
+        r.verify().unwrap_err(),
+        PaymentError::BadSignature(_)
+    ));
+    let mut r = receipt;
+    r.seller = identity(9).id();
+    assert!(matches!(
+        r.verify().unwrap_err(),
+        PaymentError::BadSignature(_)
+    ));
+    // The invoice itself verifies, and tampering with it does not.
+    invoice.verify().unwrap();
+    let mut forged = invoice.clone();
+    forged.terms.amount = 1;
+    assert!(matches!(
+        forged.verify().unwrap_err(),
+        PaymentError::BadSignature(_)
+    ));
+}
