@@ -47,6 +47,9 @@ struct Args {
     /// other).
     #[arg(long, default_value_t = 0.0)]
     reset_fraction: f64,
+    /// Fraction of payments whose buyer gives up at a random moment before committing.
+    #[arg(long, default_value_t = 0.0)]
+    abandon_fraction: f64,
     /// Longest message delay, in simulated ms.
     #[arg(long, default_value_t = 300)]
     max_delay_ms: u64,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         duplicate_fraction: args.duplicate_fraction,
         restore_fraction: args.restore_fraction,
         reset_fraction: args.reset_fraction,
+        abandon_fraction: args.abandon_fraction,
         max_delay_ms: args.max_delay_ms,
         ..SimConfig::default()
     };

@@ -402,3 +402,39 @@ fn max_routes_per_payment() {
         NodeError::Payment(PaymentError::TooManyRoutes(MAX_ROUTES_PER_PAYMENT + 1))
     );
 }
+
+#[test]
+fn max_early_abandons_per_invoice() {
+    use offst_core::protocol::message::Message;
+    use offst_core::protocol::node::ProtocolError;
+    use offst_core::protocol::payment::{Abandon, AbandonTerms};
+    let mut seller = Node::new(identity(1), Rate::default());
+    let invoice = seller
+        .create_invoice(hours(), 5, 60_000, String::new(), [7; 32])
+        .unwrap();
+    let abandon = |i: u8| {
+        Abandon::sign(
+            &identity(50 + i),
+            AbandonTerms {
+                invoice_id: invoice.terms.id,
+                src_hashed_lock: HashedLock([i; 32]),
+            },
+        )
+    };
+    for i in 0..MAX_EARLY_ABANDONS_PER_INVOICE as u8 {
+        seller
+            .handle_message(0, identity(50 + i).id(), Message::Abandon(abandon(i)))
+            .unwrap();
+    }
+    let extra = MAX_EARLY_ABANDONS_PER_INVOICE as u8;
+    assert_eq!(
+        seller
+            .handle_message(
+                0,
+                identity(50 + extra).id(),
+                Message::Abandon(abandon(extra))
+            )
+            .unwrap_err(),
+        ProtocolError::TooManyAbandons
+    );
+}

@@ -99,6 +99,16 @@ fn friends_reset_their_channels_by_hand() {
     }
 }
 
+#[test]
+fn buyers_walk_away() {
+    let r = sim::run(SimConfig {
+        abandon_fraction: 0.3,
+        ..cfg(40, 600, 12)
+    });
+    check(&r);
+    assert!(r.abandoned > 0);
+}
+
 /// The settings under which the token-request reordering deadlock first showed.
 #[test]
 fn regression_small_network_seed_1() {

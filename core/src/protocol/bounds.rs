@@ -43,3 +43,8 @@ pub const MAX_CURRENCIES_PER_FRIEND: usize = 16;
 /// Resolved requests a node remembers so that it can tell a friend who restored an old backup
 /// how they ended. The oldest are forgotten first.
 pub const MAX_REMEMBERED_OUTCOMES: usize = 65_536;
+
+/// Abandons a seller remembers for one invoice before any request of theirs arrived (an abandon
+/// travels directly and can overtake the requests). Each names the buyer and lock whose
+/// requests to cancel on arrival.
+pub const MAX_EARLY_ABANDONS_PER_INVOICE: usize = 8;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bounds::MAX_MESSAGE_SIZE;
 use super::channel::{Move, ResetCertificate, ResetProposal, Tip};
-use super::payment::{Commit, PlainLock, RequestId, Response};
+use super::payment::{Abandon, Commit, PlainLock, RequestId, Response};
 
 /// The version this code writes.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -33,6 +33,8 @@ pub enum Message {
     Offer(Box<Offer>),
     /// The buyer's commit, sent to the seller.
     Commit(Commit),
+    /// The buyer gives up a payment it has not committed, sent to the seller.
+    Abandon(Abandon),
     /// A manual reset proposal (boxed: it carries a whole channel state).
     ResetProposal(Box<ResetProposal>),
     /// The friend accepted our reset proposal: the certificate signed by both.

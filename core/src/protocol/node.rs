@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::amount::{Currency, Rate};
-use super::bounds::{MAX_AMOUNT, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT};
+use super::bounds::{
+    MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
+};
 use super::channel::{
     Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
     ResetCertificate, ResetError, ResetProposal,
@@ -21,8 +23,8 @@ use super::channel::{
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
 use super::payment::{
-    Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, PaymentError, PlainLock, Receipt,
-    Request, RequestId, RequestTerms, Response,
+    Abandon, AbandonTerms, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, PaymentError,
+    PlainLock, Receipt, Request, RequestId, RequestTerms, Response,
 };
 
 /// Something the node wants done.
@@ -238,6 +240,12 @@ pub enum NodeError {
     /// A limit change that would go below what is owed.
     #[error(transparent)]
     Limit(OpError),
+    /// Abandoning a payment we do not know.
+    #[error("no payment of this invoice is under way")]
+    UnknownPayment(InvoiceId),
+    /// Abandoning a payment already committed: it can no longer be called off.
+    #[error("the payment is already committed to the seller and can no longer be called off")]
+    AlreadyCommitted(InvoiceId),
     /// Accepting a reset nobody proposed.
     #[error("{0} has not proposed a reset (or it was withdrawn)")]
     NoResetProposed(NodeId),
@@ -263,6 +271,12 @@ pub enum ProtocolError {
     /// A commit for an invoice that is cancelled or expired.
     #[error("commit arrived after the invoice closed (expired or cancelled)")]
     InvoiceClosed,
+    /// An abandon not signed by the buyer the invoice is bound to.
+    #[error("abandon is not signed by the buyer of this invoice")]
+    NotTheBuyer,
+    /// Too many abandons for an invoice no buyer has sent requests for yet.
+    #[error("too many abandons for this invoice before any request arrived")]
+    TooManyAbandons,
     /// A commit whose lock does not open the requests' lock.
     #[error("commit reveals a lock that does not match the payment's requests")]
     WrongCommitLock,
@@ -337,6 +351,8 @@ struct Buying {
     src_plain_lock: PlainLock,
     routes: BTreeMap<RequestId, RouteState>,
     committed: Option<Vec<RequestId>>,
+    /// We gave up before committing: never commit after this.
+    abandoned: bool,
     receipt: Option<Receipt>,
     status: PaymentStatus,
 }
@@ -346,6 +362,10 @@ struct Selling {
     invoice: Invoice,
     dest_plain_lock: PlainLock,
     src_hashed_lock: Option<HashedLock>,
+    /// The buyer whose lock the invoice is bound to.
+    buyer: Option<NodeId>,
+    /// Abandons that arrived before their buyer's requests: (lock, buyer) to cancel on arrival.
+    early_abandons: Vec<(HashedLock, NodeId)>,
     /// The buyer's secret, once committed.
     src_plain_lock: Option<PlainLock>,
     /// Answered requests.
@@ -525,6 +545,8 @@ impl Node {
                 invoice: invoice.clone(),
                 dest_plain_lock: PlainLock(derive(&entropy, "seller lock")),
                 src_hashed_lock: None,
+                buyer: None,
+                early_abandons: Vec::new(),
                 src_plain_lock: None,
                 routes: BTreeMap::new(),
                 status: InvoiceStatus::Open,
@@ -646,6 +668,7 @@ impl Node {
                 src_plain_lock,
                 routes: states,
                 committed: None,
+                abandoned: false,
                 receipt: None,
                 status: PaymentStatus::InFlight,
             },
@@ -714,6 +737,73 @@ impl Node {
             self.send_offer(friend, Vec::new(), true);
         }
         self.finish()
+    }
+
+    /// Give up a payment that is not committed: ask the seller to cancel its routes now instead
+    /// of at the invoice's expiry, and never commit it. Routes the seller has not seen yet are
+    /// cancelled when they reach it.
+    pub fn abandon_payment(&mut self, invoice_id: InvoiceId) -> Result<Vec<Output>, NodeError> {
+        let b = self
+            .buying
+            .get_mut(&invoice_id)
+            .ok_or(NodeError::UnknownPayment(invoice_id))?;
+        if b.committed.is_some() {
+            return Err(NodeError::AlreadyCommitted(invoice_id));
+        }
+        if b.status == PaymentStatus::InFlight {
+            b.abandoned = true;
+            let abandon = Abandon::sign(
+                &self.identity,
+                AbandonTerms {
+                    invoice_id,
+                    src_hashed_lock: b.src_plain_lock.hashed(),
+                },
+            );
+            self.out.push(Output::Send {
+                to: b.invoice.terms.seller,
+                message: Message::Abandon(abandon),
+            });
+        }
+        Ok(self.finish())
+    }
+
+    fn on_abandon(&mut self, abandon: Abandon) -> Result<(), ProtocolError> {
+        let terms = &abandon.terms;
+        let s = self
+            .selling
+            .get_mut(&terms.invoice_id)
+            .ok_or(ProtocolError::UnknownInvoice)?;
+        abandon.verify().map_err(|_| ProtocolError::NotTheBuyer)?;
+        let claim = (terms.src_hashed_lock, abandon.buyer);
+        match (s.buyer, s.src_hashed_lock) {
+            (Some(buyer), Some(lock)) if (lock, buyer) == claim => {}
+            (Some(_), _) => return Err(ProtocolError::NotTheBuyer),
+            (None, _) => {
+                // No request from that buyer yet: cancel its requests when they arrive.
+                if !s.early_abandons.contains(&claim) {
+                    if s.early_abandons.len() >= MAX_EARLY_ABANDONS_PER_INVOICE {
+                        return Err(ProtocolError::TooManyAbandons);
+                    }
+                    s.early_abandons.push(claim);
+                }
+                return Ok(());
+            }
+        }
+        match s.status {
+            InvoiceStatus::Cancelled => return Ok(()),
+            InvoiceStatus::Paid(_) => return Err(ProtocolError::InvoiceClosed),
+            InvoiceStatus::Open => {}
+        }
+        s.status = InvoiceStatus::Cancelled;
+        let routes: Vec<(RequestId, NodeId)> =
+            s.routes.iter().map(|(r, sold)| (*r, sold.friend)).collect();
+        for (request_id, friend) in routes {
+            self.send_cancel(friend, request_id);
+        }
+        self.out.push(Output::Event(Event::InvoiceCancelled {
+            invoice_id: terms.invoice_id,
+        }));
+        Ok(())
     }
 
     /// Propose to `friend` that our channel restart, in a new epoch, from our current view of
@@ -910,6 +1000,7 @@ impl Node {
             }
             Message::Offer(offer) => self.on_offer(now_ms, from, *offer)?,
             Message::Commit(commit) => self.on_commit(now_ms, commit)?,
+            Message::Abandon(abandon) => self.on_abandon(abandon)?,
             Message::ResetProposal(p) => self.on_reset_proposal(from, *p)?,
             Message::ResetAccept(cert) => self.on_reset_accept(from, *cert)?,
         }
@@ -1159,15 +1250,20 @@ impl Node {
         };
         let inv = &s.invoice.terms;
         let lock_ok = s.src_hashed_lock.is_none_or(|l| l == terms.src_hashed_lock);
+        let abandoned = terms
+            .buyer()
+            .is_some_and(|b| s.early_abandons.contains(&(terms.src_hashed_lock, b)));
         if s.status != InvoiceStatus::Open
             || now_ms >= inv.expires_at_ms
             || terms.currency != inv.currency
             || terms.total_dest_payment != inv.amount
             || !lock_ok
+            || abandoned
         {
             return self.send_cancel(from, request_id);
         }
         s.src_hashed_lock = Some(terms.src_hashed_lock);
+        s.buyer = terms.buyer();
         let response = Response::sign(&self.identity, terms, s.dest_plain_lock.hashed());
         s.routes.insert(
             request_id,
@@ -1254,7 +1350,7 @@ impl Node {
         let Some(b) = self.buying.get_mut(&invoice_id) else {
             return;
         };
-        if b.committed.is_some() || b.status != PaymentStatus::InFlight {
+        if b.committed.is_some() || b.abandoned || b.status != PaymentStatus::InFlight {
             return;
         }
         let answered: Vec<(RequestId, u64)> = b

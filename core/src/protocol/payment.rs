@@ -22,6 +22,7 @@ use super::identity::{BadSignature, Hash, Identity, NodeId, Signature};
 const INVOICE_DOMAIN: &str = "offst invoice v1";
 const REQUEST_DOMAIN: &str = "offst request v1";
 const RESPONSE_DOMAIN: &str = "offst response v1";
+const ABANDON_DOMAIN: &str = "offst abandon v1";
 
 macro_rules! id32 {
     ($(#[$doc:meta])* $name:ident) => {
@@ -355,6 +356,47 @@ pub struct Commit {
     pub src_plain_lock: PlainLock,
     /// The routes (requests) that pay the invoice.
     pub request_ids: Vec<RequestId>,
+}
+
+/// What a buyer signs to give up a payment it has not committed: the invoice and the lock its
+/// requests carry (which binds the signature to this buyer's attempt).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbandonTerms {
+    /// The invoice.
+    pub invoice_id: InvoiceId,
+    /// The buyer's hashed lock.
+    pub src_hashed_lock: HashedLock,
+}
+
+/// Sent by the buyer directly to the seller: "I will not commit; cancel my routes now rather
+/// than at expiry". Signed by the buyer, so nobody else can cancel a payment in progress. The
+/// seller still decides: an invoice already committed stays committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abandon {
+    /// The terms.
+    pub terms: AbandonTerms,
+    /// Who signs: the buyer, whose key signed the requests carrying this lock.
+    pub buyer: NodeId,
+    /// The buyer's signature.
+    pub signature: Signature,
+}
+
+impl Abandon {
+    /// Sign as the buyer.
+    pub fn sign(buyer: &Identity, terms: AbandonTerms) -> Abandon {
+        Abandon {
+            signature: buyer.sign(ABANDON_DOMAIN, &terms),
+            buyer: buyer.id(),
+            terms,
+        }
+    }
+
+    /// Check the signature of the claimed buyer.
+    pub fn verify(&self) -> Result<(), PaymentError> {
+        self.buyer
+            .verify(ABANDON_DOMAIN, &self.terms, &self.signature)?;
+        Ok(())
+    }
 }
 
 /// Proof that a seller was paid: the seller's signed response to one route of the payment and

@@ -50,6 +50,9 @@ pub struct SimConfig {
     pub max_delay_ms: u64,
     /// Fraction of nodes restored once from an older snapshot of themselves.
     pub restore_fraction: f64,
+    /// Fraction of payments whose buyer gives up (abandons) at a random moment before the
+    /// invoice expires.
+    pub abandon_fraction: f64,
     /// Fraction of friendships that go through a manual reset mid-run (one friend proposes its
     /// view, the other accepts at once).
     pub reset_fraction: f64,
@@ -79,6 +82,7 @@ impl Default for SimConfig {
             max_delay_ms: 300,
             restore_fraction: 0.0,
             reset_fraction: 0.0,
+            abandon_fraction: 0.0,
             extra_friends_per_node: 1,
             currencies: 2,
             invoice_ttl_ms: 30_000,
@@ -135,6 +139,8 @@ pub struct SimReport {
     pub restores: u64,
     /// Channels reset by both friends.
     pub resets: u64,
+    /// Payments the buyer gave up before committing.
+    pub abandoned: u64,
     /// Messages refused because a reset overtook them (moves of a closed epoch, superseded
     /// proposals).
     pub stale_after_reset: u64,
@@ -159,6 +165,7 @@ enum Ev {
     Snapshot(usize),
     Restore(usize),
     ProposeReset(usize, usize),
+    Abandon(usize, InvoiceId),
 }
 
 struct PaymentRecord {
@@ -228,6 +235,7 @@ fn describe(m: &Message) -> String {
             o.resolutions.len()
         ),
         Message::Commit(c) => format!("commit ({} routes)", c.request_ids.len()),
+        Message::Abandon(_) => "abandon".to_string(),
         Message::ResetProposal(p) => format!("reset proposal (epoch {})", p.terms.epoch),
         Message::ResetAccept(c) => format!("reset accepted (epoch {})", c.terms.epoch),
     }
@@ -503,6 +511,15 @@ impl Sim {
                 }
             }
             Ev::Pay(i) => self.pay(i),
+            Ev::Abandon(buyer, invoice) => match self.nodes[buyer].abandon_payment(invoice) {
+                Ok(out) => {
+                    self.report.abandoned += 1;
+                    self.emit(buyer, out);
+                }
+                // Too late (committed) or the buyer forgot it (restored): nothing to do.
+                Err(NodeError::AlreadyCommitted(_) | NodeError::UnknownPayment(_)) => {}
+                Err(e) => self.violation(format!("abandon: {e}")),
+            },
             Ev::ProposeReset(a, b) => {
                 let friend = self.ids[b];
                 match self.nodes[a].propose_reset(friend) {
@@ -562,6 +579,10 @@ impl Sim {
         let paid = result.is_some();
         if let Some(out) = result {
             self.emit(buyer, out);
+            if self.rng.chance(self.cfg.abandon_fraction) {
+                let at = self.now + self.rng.below(self.cfg.invoice_ttl_ms);
+                self.schedule(at, Ev::Abandon(buyer, invoice.terms.id));
+            }
         }
         self.payments.push(PaymentRecord {
             buyer,
