@@ -296,3 +296,41 @@ fn an_answer_and_a_collect_in_one_move_complete_the_payment() {
     assert_eq!(status, PaymentStatus::Completed);
     assert!(receipt.unwrap().verify().is_ok());
 }
+
+/// A friend's token request overtakes its move, and we then learn that move from its resync
+/// offer rather than from the move itself (which later arrives as a copy). We must still pass
+/// the token, or both wait for each other forever (simulator seed 121 with resets and restores).
+#[test]
+fn a_waiting_friend_gets_the_token_after_we_adopt_its_tip() {
+    use offst_core::protocol::message::Offer;
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate::default());
+    net.befriend(a, b, &hours(), 100).unwrap();
+    common::give_token(&mut net, b, a);
+    // b makes a move, then has more to send and asks for the token.
+    let out1 = net.node_mut(&b).unwrap().set_limit(a, hours(), 90).unwrap();
+    let out2 = net.node_mut(&b).unwrap().set_limit(a, hours(), 80).unwrap();
+    let (m1, m2) = (sends(&out1), sends(&out2));
+    assert!(matches!(m1.as_slice(), [Message::Move(_)]));
+    assert!(matches!(m2.as_slice(), [Message::RequestToken { .. }]));
+    let tip = net.node(&b).unwrap().channel(&a).unwrap().tip().clone();
+    let na = net.node_mut(&a).unwrap();
+    // The request first, then b's tip in an offer; the move itself comes last.
+    assert!(sends(&na.handle_message(0, b, m2[0].clone()).unwrap()).is_empty());
+    let offer = Message::Offer(Box::new(Offer {
+        tip,
+        resolutions: vec![],
+        reply_wanted: false,
+    }));
+    let out = na.handle_message(0, b, offer).unwrap();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send { to, message: Message::Move(_) } if *to == b)),
+        "a must pass the token to b: {out:?}"
+    );
+    assert!(
+        na.handle_message(0, b, m1[0].clone()).is_err(),
+        "the move is now a copy"
+    );
+}

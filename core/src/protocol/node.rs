@@ -1682,7 +1682,17 @@ impl Node {
         if confirmed && (!was_confirmed || matches!(outcome, OfferOutcome::Adopted { .. })) {
             self.reconcile();
         }
-        self.dirty.insert(from);
+        // The friend asked for the token before the move we just adopted reached us: now that
+        // we hold it, pass it (the move itself will arrive as a copy and change nothing).
+        let waiting = self
+            .friends
+            .get_mut(&from)
+            .is_some_and(|ch| ch.holds_token() && ch.take_peer_waiting());
+        if waiting {
+            self.flush(from, true);
+        } else {
+            self.dirty.insert(from);
+        }
         Ok(())
     }
 
