@@ -122,10 +122,11 @@ fn main() -> ExitCode {
             report.completed, report.completed_multi_route, report.cancelled, report.refused
         );
         println!(
-            "messages {}  bytes {}  moves {}  resyncs {}  restores {}  resets {}",
+            "messages {}  bytes {}  moves {}  offers {}  resyncs {}  restores {}  resets {}",
             report.messages,
             report.bytes,
             report.moves,
+            report.offers,
             report.resyncs,
             report.restores,
             report.resets

@@ -126,6 +126,8 @@ pub struct SimReport {
     pub bytes: u64,
     /// Channel moves sent.
     pub moves: u64,
+    /// Resync offers sent.
+    pub offers: u64,
     /// Channels that resynced.
     pub resyncs: u64,
     /// Commits that reached the seller after the invoice expired (refused; the routes are
@@ -379,8 +381,10 @@ impl Sim {
                         self.violation(format!("node {from} sent to an unknown node"));
                         continue;
                     };
-                    if matches!(message, Message::Move(_)) {
-                        self.report.moves += 1;
+                    match message {
+                        Message::Move(_) => self.report.moves += 1,
+                        Message::Offer(_) => self.report.offers += 1,
+                        _ => {}
                     }
                     let bytes = match message.encode() {
                         Ok(b) => b,
