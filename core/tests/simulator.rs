@@ -100,6 +100,21 @@ fn friends_reset_their_channels_by_hand() {
 }
 
 #[test]
+fn every_fault_at_once() {
+    // Seed 1131 found a buyer that learned how its route ended but never recorded it, because a
+    // reset then dropped the request.
+    let r = sim::run(SimConfig {
+        reset_fraction: 0.15,
+        restore_fraction: 0.2,
+        abandon_fraction: 0.2,
+        offline_fraction: 0.5,
+        duplicate_fraction: 0.2,
+        ..cfg(40, 800, 1131)
+    });
+    check(&r);
+}
+
+#[test]
 fn buyers_walk_away() {
     let r = sim::run(SimConfig {
         abandon_fraction: 0.3,

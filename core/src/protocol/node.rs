@@ -952,11 +952,16 @@ impl Node {
             .filter(|p| {
                 p.payer == local && !genesis.pending.contains_key(&p.request.terms.request_id)
             })
-            .filter(|p| !self.outcomes.contains_key(&p.request.terms.request_id))
             .cloned()
             .collect();
         for p in gone {
-            self.sent_request_ended(&p.request.terms);
+            let terms = &p.request.terms;
+            match self.outcomes.get(&terms.request_id).cloned() {
+                // We already know how it ended: our own route records that; as a mediator,
+                // reconcile settles upstream from the same knowledge.
+                Some(outcome) => self.settle_own_route(terms, &outcome),
+                None => self.sent_request_ended(terms),
+            }
         }
         self.out.push(Output::Event(Event::ChannelReset {
             friend,
@@ -1440,6 +1445,32 @@ impl Node {
         }
     }
 
+    /// If `terms` is one of our own payment's routes, record how it ended (with the receipt if it
+    /// was collected). Used when we learn the outcome other than from the move that ended it.
+    fn settle_own_route(&mut self, terms: &RequestTerms, outcome: &Outcome) {
+        if terms.buyer() != Some(self.id()) {
+            return;
+        }
+        let (status, receipt) = match outcome {
+            Outcome::Collected {
+                src_plain_lock,
+                dest_plain_lock,
+                response,
+            } => (
+                RouteStatus::Collected,
+                terms.seller().map(|seller| Receipt {
+                    seller,
+                    terms: Response::terms_for(terms, response.dest_hashed_lock),
+                    signature: response.signature,
+                    src_plain_lock: *src_plain_lock,
+                    dest_plain_lock: *dest_plain_lock,
+                }),
+            ),
+            Outcome::Cancelled => (RouteStatus::Cancelled, None),
+        };
+        self.route_done(terms.invoice_id, terms.request_id, status, receipt);
+    }
+
     /// A request we sent ended in its channel with nothing moved (cancelled downstream, refused
     /// when we came to send it, or dropped by a reset): the buyer's route is over; a mediator
     /// cancels upstream.
@@ -1610,25 +1641,8 @@ impl Node {
                 .friends
                 .get(&from)
                 .is_some_and(|ch| ch.state().pending.contains_key(&r.request_id));
-            if terms.buyer() == Some(self.id()) && !still_pending {
-                let (status, receipt) = match &r.outcome {
-                    Outcome::Collected {
-                        src_plain_lock,
-                        dest_plain_lock,
-                        response,
-                    } => (
-                        RouteStatus::Collected,
-                        terms.seller().map(|seller| Receipt {
-                            seller,
-                            terms: Response::terms_for(terms, response.dest_hashed_lock),
-                            signature: response.signature,
-                            src_plain_lock: *src_plain_lock,
-                            dest_plain_lock: *dest_plain_lock,
-                        }),
-                    ),
-                    Outcome::Cancelled => (RouteStatus::Cancelled, None),
-                };
-                self.route_done(terms.invoice_id, r.request_id, status, receipt);
+            if !still_pending {
+                self.settle_own_route(terms, &r.outcome);
             }
             self.remember(r.request_id, r.outcome);
         }
@@ -1719,6 +1733,35 @@ impl Node {
             for p in incoming {
                 self.reconcile_incoming(me, friend, p);
             }
+        }
+        // Our own routes that left their first channel in a way we did not see (an adopted tip,
+        // a reset) but whose outcome we learned: record it.
+        let mut learned = Vec::new();
+        for b in self
+            .buying
+            .values()
+            .filter(|b| b.status == PaymentStatus::InFlight)
+        {
+            for (id, route) in &b.routes {
+                if !matches!(route.status, RouteStatus::Sent | RouteStatus::Responded(_)) {
+                    continue;
+                }
+                let Some(outcome) = self.outcomes.get(id) else {
+                    continue;
+                };
+                let first = route.request.terms.route.get(1).copied();
+                let gone = first.and_then(|f| self.friends.get(&f)).is_some_and(|ch| {
+                    ch.confirmed()
+                        && !ch.state().pending.contains_key(id)
+                        && !ch.queue().iter().any(|op| op.request_id() == Some(*id))
+                });
+                if gone {
+                    learned.push((route.request.terms.clone(), outcome.clone()));
+                }
+            }
+        }
+        for (terms, outcome) in learned {
+            self.settle_own_route(&terms, &outcome);
         }
         self.resend_commits();
     }

@@ -943,7 +943,7 @@ impl Sim {
                         }
                     } else {
                         self.violation(format!(
-                            "payment {i} did not end: {:?}",
+                            "payment {i} (buyer {buyer}, seller {seller}) did not end: {:?}",
                             other.map(|o| o.0)
                         ));
                     }
