@@ -27,6 +27,28 @@ fn pair() -> (Identity, Identity) {
     if a.id() < b.id() { (a, b) } else { (b, a) }
 }
 
+/// The floor under every figure below: raw ed25519 and BLAKE3 on this machine.
+fn crypto(c: &mut Criterion) {
+    let (first, _) = pair();
+    let value = vec![7u8; 200];
+    let sig = first.sign("bench", &value);
+    let id = first.id();
+    let mut g = c.benchmark_group("crypto");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ed25519 sign (200-byte value)", |b| {
+        b.iter(|| first.sign("bench", &value))
+    });
+    g.bench_function(
+        "ed25519 verify (200-byte value, key decoded each time)",
+        |b| b.iter(|| id.verify("bench", &value, &sig).expect("valid")),
+    );
+    let kib = vec![1u8; 1024];
+    g.bench_function("blake3 of 1 KiB", |b| {
+        b.iter(|| offst_core::protocol::identity::Hash::of_bytes("bench", &kib))
+    });
+    g.finish();
+}
+
 fn moves(c: &mut Criterion) {
     let (first, second) = pair();
     let hours = Currency::new("hours").expect("currency");
@@ -84,5 +106,5 @@ fn chain_payments(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, moves, chain_payments);
+criterion_group!(benches, crypto, moves, chain_payments);
 criterion_main!(benches);
