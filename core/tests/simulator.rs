@@ -161,3 +161,21 @@ fn the_checks_catch_a_network_that_loses_mail() {
         "lost messages went unnoticed: {r:?}"
     );
 }
+
+/// A store fed only with each step's changes rebuilds every node exactly, under every fault
+/// (restores replace the store whole, as restoring a backup does).
+#[test]
+fn stores_fed_only_with_changes_rebuild_every_node() {
+    for seed in [3, 1131] {
+        let r = sim::run(SimConfig {
+            verify_persistence: true,
+            reset_fraction: 0.1,
+            restore_fraction: 0.2,
+            abandon_fraction: 0.2,
+            duplicate_fraction: 0.2,
+            ..cfg(25, 400, seed)
+        });
+        check(&r);
+        assert_eq!(r.persistence_mismatches, 0);
+    }
+}

@@ -10,3 +10,4 @@ pub mod identity;
 pub mod message;
 pub mod node;
 pub mod payment;
+pub mod tracked;

@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::amount::{Currency, Rate};
 use super::bounds::{
     MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
@@ -26,6 +28,7 @@ use super::payment::{
     Abandon, AbandonTerms, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, PaymentError,
     PlainLock, Receipt, Request, RequestId, RequestTerms, Response,
 };
+use super::tracked::Tracked;
 
 /// Something the node wants done.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,7 +313,7 @@ pub struct RoutePlan {
 }
 
 /// Where a payment we make stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentStatus {
     /// Routes are still out.
     InFlight,
@@ -321,7 +324,7 @@ pub enum PaymentStatus {
 }
 
 /// Where an invoice of ours stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InvoiceStatus {
     /// Waiting for requests and a commit.
     Open,
@@ -331,7 +334,7 @@ pub enum InvoiceStatus {
     Cancelled,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum RouteStatus {
     Sent,
     Responded(Response),
@@ -339,13 +342,13 @@ enum RouteStatus {
     Collected,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct RouteState {
     request: Request,
     status: RouteStatus,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Buying {
     invoice: Invoice,
     src_plain_lock: PlainLock,
@@ -357,7 +360,7 @@ struct Buying {
     status: PaymentStatus,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Selling {
     invoice: Invoice,
     dest_plain_lock: PlainLock,
@@ -373,7 +376,7 @@ struct Selling {
     status: InvoiceStatus,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct SoldRoute {
     friend: NodeId,
     dest_payment: u64,
@@ -381,7 +384,7 @@ struct SoldRoute {
 }
 
 /// A manual reset under way with one friend.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum PendingReset {
     /// We proposed. The channel keeps working meanwhile: if the friend accepts a proposal older
     /// than our latest moves, reconcile settles what the agreed state lacks.
@@ -390,16 +393,120 @@ enum PendingReset {
     Theirs(ResetProposal),
 }
 
+/// A remembered outcome with its place in the eviction order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredOutcome {
+    request_id: RequestId,
+    seq: u64,
+    outcome: Outcome,
+}
+
+/// The node's small settings, stored whole at every step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Settings {
+    rate: Rate,
+    now_ms: u64,
+    resets: BTreeMap<NodeId, PendingReset>,
+    next_outcome_seq: u64,
+}
+
+/// What one step changed, ready for a store: for each changed channel (by friend), payment
+/// and invoice (by invoice id) and remembered outcome (by request id), its current encoding,
+/// or `None` when it was deleted; and the settings, always. Write them in the same transaction
+/// as the step's outgoing messages and events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Channels, by friend.
+    pub channels: Vec<(NodeId, Option<Vec<u8>>)>,
+    /// Payments we make, by invoice.
+    pub payments: Vec<(InvoiceId, Option<Vec<u8>>)>,
+    /// Invoices we issued, by invoice.
+    pub invoices: Vec<(InvoiceId, Option<Vec<u8>>)>,
+    /// Remembered outcomes, by request.
+    pub outcomes: Vec<(RequestId, Option<Vec<u8>>)>,
+    /// The settings.
+    pub settings: Vec<u8>,
+}
+
+/// Everything a node stores, as encoded parts (see [`Node::parts`], [`Node::from_parts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parts {
+    /// One per friend.
+    pub channels: Vec<Vec<u8>>,
+    /// One per payment we make.
+    pub payments: Vec<Vec<u8>>,
+    /// One per invoice we issued.
+    pub invoices: Vec<Vec<u8>>,
+    /// One per remembered outcome.
+    pub outcomes: Vec<Vec<u8>>,
+    /// The settings.
+    pub settings: Vec<u8>,
+}
+
+/// The version byte in front of every stored part.
+pub const PART_VERSION: u8 = 1;
+
+/// Why stored parts could not be loaded. Nothing is half-loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartsError {
+    /// A part does not decode.
+    #[error("stored {part} is damaged and can't be read ({detail}); restore from a backup")]
+    Corrupt {
+        /// Which kind of part.
+        part: &'static str,
+        /// What the decoder said.
+        detail: String,
+    },
+    /// A part written by a newer version.
+    #[error(
+        "stored {part} was written by a newer version (format {got}, this one reads {PART_VERSION}); update the app"
+    )]
+    NewerVersion {
+        /// Which kind of part.
+        part: &'static str,
+        /// Its version byte.
+        got: u8,
+    },
+    /// Channels that belong to another identity: the wrong key for this data.
+    #[error("the stored channels belong to another identity: this is not this wallet's key")]
+    WrongIdentity,
+}
+
+fn encode_part<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_extend(value, vec![PART_VERSION]).unwrap_or_default()
+}
+
+fn decode_part<T: serde::de::DeserializeOwned>(
+    part: &'static str,
+    bytes: &[u8],
+) -> Result<T, PartsError> {
+    match bytes.split_first() {
+        Some((&PART_VERSION, body)) => {
+            postcard::from_bytes(body).map_err(|e| PartsError::Corrupt {
+                part,
+                detail: e.to_string(),
+            })
+        }
+        Some((&got, _)) if got > PART_VERSION => Err(PartsError::NewerVersion { part, got }),
+        _ => Err(PartsError::Corrupt {
+            part,
+            detail: "unknown format".into(),
+        }),
+    }
+}
+
 /// One person's protocol state.
 #[derive(Clone, Debug)]
 pub struct Node {
     identity: Identity,
     rate: Rate,
-    friends: BTreeMap<NodeId, Channel>,
-    buying: BTreeMap<InvoiceId, Buying>,
-    selling: BTreeMap<InvoiceId, Selling>,
-    outcomes: BTreeMap<RequestId, Outcome>,
+    friends: Tracked<NodeId, Channel>,
+    buying: Tracked<InvoiceId, Buying>,
+    selling: Tracked<InvoiceId, Selling>,
+    outcomes: Tracked<RequestId, StoredOutcome>,
+    /// Outcome ids, oldest first (rebuilt from the stored sequence numbers on load).
     outcome_order: VecDeque<RequestId>,
+    next_outcome_seq: u64,
     resets: BTreeMap<NodeId, PendingReset>,
     /// The latest time any input carried; used where an action is not driven by one.
     now_ms: u64,
@@ -413,11 +520,12 @@ impl Node {
         Node {
             identity,
             rate,
-            friends: BTreeMap::new(),
-            buying: BTreeMap::new(),
-            selling: BTreeMap::new(),
-            outcomes: BTreeMap::new(),
+            friends: Tracked::default(),
+            buying: Tracked::default(),
+            selling: Tracked::default(),
+            outcomes: Tracked::default(),
             outcome_order: VecDeque::new(),
+            next_outcome_seq: 0,
             resets: BTreeMap::new(),
             now_ms: 0,
             out: Vec::new(),
@@ -473,6 +581,99 @@ impl Node {
                 .map(|r| &r.request.terms)
                 .collect()
         })
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            rate: self.rate,
+            now_ms: self.now_ms,
+            resets: self.resets.clone(),
+            next_outcome_seq: self.next_outcome_seq,
+        }
+    }
+
+    /// What changed since the last call (or since the node was built or loaded), encoded for a
+    /// store. A durable step writes exactly these, with the step's outputs, in one transaction.
+    pub fn take_changes(&mut self) -> Changes {
+        fn encode_all<K: Copy, V: Serialize>(
+            changed: Vec<(K, Option<&V>)>,
+        ) -> Vec<(K, Option<Vec<u8>>)> {
+            changed
+                .into_iter()
+                .map(|(k, v)| (k, v.map(encode_part)))
+                .collect()
+        }
+        Changes {
+            channels: encode_all(self.friends.take_changed()),
+            payments: encode_all(self.buying.take_changed()),
+            invoices: encode_all(self.selling.take_changed()),
+            outcomes: encode_all(self.outcomes.take_changed()),
+            settings: encode_part(&self.settings()),
+        }
+    }
+
+    /// Mark everything as changed, so that the next [`Node::take_changes`] reports the whole
+    /// node (for a first write into an empty store).
+    pub fn mark_all_changed(&mut self) {
+        self.friends.mark_all();
+        self.buying.mark_all();
+        self.selling.mark_all();
+        self.outcomes.mark_all();
+    }
+
+    /// Everything this node stores, encoded (for a first write, a backup, or a check).
+    pub fn parts(&self) -> Parts {
+        Parts {
+            channels: self.friends.values().map(encode_part).collect(),
+            payments: self.buying.values().map(encode_part).collect(),
+            invoices: self.selling.values().map(encode_part).collect(),
+            outcomes: self.outcomes.values().map(encode_part).collect(),
+            settings: encode_part(&self.settings()),
+        }
+    }
+
+    /// Rebuild a node from its stored parts and its identity. Refuses damaged parts, parts from
+    /// a newer version, and channels that belong to another identity, without building anything.
+    pub fn from_parts(identity: Identity, parts: &Parts) -> Result<Node, PartsError> {
+        let settings: Settings = decode_part("settings", &parts.settings)?;
+        let mut friends = BTreeMap::new();
+        for bytes in &parts.channels {
+            let ch: Channel = decode_part("channel", bytes)?;
+            let parties = ch.parties();
+            let me = identity.id();
+            if (parties.first != me && parties.second != me) || ch.remote() == me {
+                return Err(PartsError::WrongIdentity);
+            }
+            friends.insert(ch.remote(), ch);
+        }
+        let mut buying = BTreeMap::new();
+        for bytes in &parts.payments {
+            let b: Buying = decode_part("payment", bytes)?;
+            buying.insert(b.invoice.terms.id, b);
+        }
+        let mut selling = BTreeMap::new();
+        for bytes in &parts.invoices {
+            let sold: Selling = decode_part("invoice", bytes)?;
+            selling.insert(sold.invoice.terms.id, sold);
+        }
+        let mut outcomes = BTreeMap::new();
+        for bytes in &parts.outcomes {
+            let o: StoredOutcome = decode_part("outcome", bytes)?;
+            outcomes.insert(o.request_id, o);
+        }
+        let mut order: Vec<(u64, RequestId)> =
+            outcomes.values().map(|o| (o.seq, o.request_id)).collect();
+        order.sort();
+        let mut node = Node::new(identity, settings.rate);
+        node.friends = Tracked::from_map(friends);
+        node.buying = Tracked::from_map(buying);
+        node.selling = Tracked::from_map(selling);
+        node.outcomes = Tracked::from_map(outcomes);
+        node.outcome_order = order.into_iter().map(|(_, id)| id).collect();
+        node.next_outcome_seq = settings.next_outcome_seq;
+        node.resets = settings.resets;
+        node.now_ms = settings.now_ms;
+        Ok(node)
     }
 
     /// Operations waiting to be sent, over all channels.
@@ -706,7 +907,7 @@ impl Node {
     /// Resend whatever may not have arrived: our last move in each channel, token requests, and
     /// commits of unfinished payments. Call after reconnecting; receivers drop duplicates.
     pub fn resend(&mut self) -> Vec<Output> {
-        for (friend, ch) in &self.friends {
+        for (friend, ch) in self.friends.iter() {
             if let Some(m) = ch.last_own_move() {
                 self.out.push(Output::Send {
                     to: *friend,
@@ -956,7 +1157,7 @@ impl Node {
             .collect();
         for p in gone {
             let terms = &p.request.terms;
-            match self.outcomes.get(&terms.request_id).cloned() {
+            match self.outcome(&terms.request_id).cloned() {
                 // We already know how it ended: our own route records that; as a mediator,
                 // reconcile settles upstream from the same knowledge.
                 Some(outcome) => self.settle_own_route(terms, &outcome),
@@ -1566,10 +1767,24 @@ impl Node {
         }
     }
 
+    /// How a request ended, if we remember.
+    fn outcome(&self, id: &RequestId) -> Option<&Outcome> {
+        self.outcomes.get(id).map(|o| &o.outcome)
+    }
+
     /// Remember how a request ended. The first outcome recorded stands: a request ends once.
     fn remember(&mut self, request_id: RequestId, outcome: Outcome) {
-        if let std::collections::btree_map::Entry::Vacant(slot) = self.outcomes.entry(request_id) {
-            slot.insert(outcome);
+        if !self.outcomes.contains_key(&request_id) {
+            let seq = self.next_outcome_seq;
+            self.next_outcome_seq += 1;
+            self.outcomes.insert(
+                request_id,
+                StoredOutcome {
+                    request_id,
+                    seq,
+                    outcome,
+                },
+            );
             self.outcome_order.push_back(request_id);
             while self.outcome_order.len() > MAX_REMEMBERED_OUTCOMES {
                 if let Some(old) = self.outcome_order.pop_front() {
@@ -1651,7 +1866,7 @@ impl Node {
                 .iter()
                 .filter(|id| !ch.state().pending.contains_key(id))
                 .filter_map(|id| {
-                    node.outcomes.get(id).map(|o| Resolution {
+                    node.outcome(id).map(|o| Resolution {
                         request_id: *id,
                         outcome: o.clone(),
                     })
@@ -1746,7 +1961,7 @@ impl Node {
                 if !matches!(route.status, RouteStatus::Sent | RouteStatus::Responded(_)) {
                     continue;
                 }
-                let Some(outcome) = self.outcomes.get(id) else {
+                let Some(outcome) = self.outcome(id) else {
                     continue;
                 };
                 let first = route.request.terms.route.get(1).copied();
@@ -1788,12 +2003,12 @@ impl Node {
         let terms = p.request.terms.clone();
         let id = terms.request_id;
         if self.settling_queued(&from, &id) {
-            if let Some(Outcome::Collected { response, .. }) = self.outcomes.get(&id).cloned() {
+            if let Some(Outcome::Collected { response, .. }) = self.outcome(&id).cloned() {
                 self.ensure_answered(from, id, response);
             }
             return;
         }
-        if let Some(outcome) = self.outcomes.get(&id).cloned() {
+        if let Some(outcome) = self.outcome(&id).cloned() {
             match outcome {
                 Outcome::Collected {
                     src_plain_lock,

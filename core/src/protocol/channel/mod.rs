@@ -241,7 +241,7 @@ pub struct Built {
 }
 
 /// One friend's view of the channel.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     local: NodeId,
     parties: Parties,

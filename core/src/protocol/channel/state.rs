@@ -261,7 +261,7 @@ pub enum OpError {
 }
 
 /// The two node ids of a channel in canonical order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parties {
     /// The smaller id.
     pub first: NodeId,
