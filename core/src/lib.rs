@@ -12,3 +12,4 @@
 pub mod protocol;
 pub mod sim;
 pub mod story;
+pub mod wallet;

@@ -39,6 +39,16 @@ macro_rules! id32 {
                 write!(f, ")")
             }
         }
+
+        impl std::fmt::Display for $name {
+            /// Lowercase hex, 64 characters.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                for b in &self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
     };
 }
 

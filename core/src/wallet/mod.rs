@@ -1,0 +1,1097 @@
+//! The durable wallet: the protocol node over one SQLite database.
+//!
+//! Every input (a user action, a message from a friend, the passing of time) is one **durable
+//! step**: the node handles it in memory, then one transaction writes what the node changed,
+//! the messages it wants sent (the outbox) and the events it reports (history and the event
+//! queue). Nothing is sent before that transaction commits, so a crash at any moment either
+//! loses the whole input (and its sender sends it again) or keeps all of it. See
+//! `docs/architecture.md`.
+
+mod backup;
+mod history;
+pub mod keys;
+mod store;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
+
+use crate::protocol::amount::{Currency, Rate};
+use crate::protocol::identity::{Identity, NodeId};
+use crate::protocol::message::Message;
+use crate::protocol::node::{
+    InvoiceStatus, Node, NodeError, Output, PartsError, PaymentStatus, ProtocolError, RoutePlan,
+};
+use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
+
+pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_backup};
+pub use history::{EventKind, HistoryEntry};
+pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
+pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION};
+
+use history::NewEntry;
+use keys::{SALT_LEN, SealError, Sealed};
+
+/// The database file inside a wallet directory.
+pub const DB_FILE: &str = "wallet.db";
+/// The lock file inside a wallet directory, held while a wallet is open.
+pub const LOCK_FILE: &str = "wallet.lock";
+
+/// Why the wallet refused or failed. Each says what a person can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// Another process (or another `Wallet` in this one) has the directory open.
+    #[error("the wallet in {dir} is in use by another process; close it first")]
+    InUse {
+        /// The directory.
+        dir: String,
+    },
+    /// No wallet in the directory.
+    #[error("there is no wallet in {dir}; create one or restore a backup")]
+    NotFound {
+        /// The directory.
+        dir: String,
+    },
+    /// Creating a wallet where one exists.
+    #[error("a wallet already exists in {dir}; open it instead")]
+    AlreadyExists {
+        /// The directory.
+        dir: String,
+    },
+    /// The database file is damaged.
+    #[error("the wallet database is damaged ({detail}); restore it from a backup")]
+    Corrupt {
+        /// What was found.
+        detail: String,
+    },
+    /// The database was written by a newer version of the app.
+    #[error(
+        "the wallet was written by a newer version of Offst (schema {found}; this one reads up to {supported}); update the app"
+    )]
+    NewerSchema {
+        /// The database's version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The key store gave a key that does not open this wallet. Nothing was read or written.
+    #[error("wrong key: this passphrase or key file does not open this wallet")]
+    WrongKey,
+    /// The key store failed.
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    /// The disk (or the configured size cap) is full. The step was not taken; nothing was lost.
+    #[error(
+        "the disk is full: the last action was not saved (nothing else is lost); free some space and try again"
+    )]
+    DiskFull,
+    /// A file could not be read or written.
+    #[error("{path}: {detail}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system said.
+        detail: String,
+    },
+    /// Another storage failure.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The protocol refused a user action. Nothing changed.
+    #[error(transparent)]
+    Refused(#[from] NodeError),
+    /// A backup could not be made or restored.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// The operating system gave no randomness.
+    #[error("no randomness available from the system: {0}")]
+    Random(String),
+}
+
+impl WalletError {
+    fn from_sqlite(e: rusqlite::Error) -> WalletError {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => WalletError::Corrupt {
+                detail: e.to_string(),
+            },
+            Some(ErrorCode::DiskFull) => WalletError::DiskFull,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => WalletError::InUse {
+                dir: "this directory".into(),
+            },
+            _ => WalletError::Storage(e.to_string()),
+        }
+    }
+
+    fn io(path: &Path, e: impl std::fmt::Display) -> WalletError {
+        WalletError::Io {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn random(e: getrandom::Error) -> WalletError {
+        WalletError::Random(e.to_string())
+    }
+}
+
+impl From<PartsError> for WalletError {
+    fn from(e: PartsError) -> Self {
+        WalletError::Corrupt {
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Where the wallet's time comes from, in ms since the Unix epoch.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock moved by hand (tests, simulations).
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock reading `ms`.
+    pub fn new(ms: u64) -> ManualClock {
+        ManualClock(Arc::new(AtomicU64::new(ms)))
+    }
+    /// Move forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    /// Set the time.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How a wallet is opened.
+#[derive(Clone)]
+pub struct WalletOptions {
+    /// How hard commits wait for the disk.
+    pub durability: Durability,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Cap the database at about this many bytes (rounded to pages): steps that would grow it
+    /// further fail with [`WalletError::DiskFull`], as on a full disk.
+    pub max_size_bytes: Option<u64>,
+    /// The forwarding rate a new wallet starts with.
+    pub rate: Rate,
+}
+
+impl Default for WalletOptions {
+    fn default() -> Self {
+        WalletOptions {
+            durability: Durability::Full,
+            clock: Arc::new(SystemClock),
+            max_size_bytes: None,
+            rate: Rate { base: 0, ppm: 0 },
+        }
+    }
+}
+
+impl std::fmt::Debug for WalletOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalletOptions")
+            .field("durability", &self.durability)
+            .field("max_size_bytes", &self.max_size_bytes)
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its place in the outbox; pass to [`Wallet::outbox_sent`] once a relay holds it.
+    pub seq: u64,
+    /// The friend it is for.
+    pub to: NodeId,
+    /// The encoded message.
+    pub message: Vec<u8>,
+}
+
+/// What became of a received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handled and saved.
+    Applied,
+    /// Refused by the protocol (a duplicate, a forgery, a stale move...); nothing changed.
+    /// Acknowledge it anyway: it will never be accepted.
+    Refused(String),
+}
+
+/// One currency with one friend, from our side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineView {
+    /// The currency.
+    pub currency: Currency,
+    /// What the friend owes us (negative: what we owe them).
+    pub balance: i128,
+    /// How much we let them owe us.
+    pub our_limit: u64,
+    /// How much they let us owe them.
+    pub their_limit: u64,
+    /// Credit we have frozen toward them in payments under way.
+    pub frozen_by_us: u64,
+    /// Credit they have frozen toward us.
+    pub frozen_by_them: u64,
+}
+
+/// One friend: name, credit lines and recent history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FriendView {
+    /// The friend.
+    pub id: NodeId,
+    /// The name we gave them.
+    pub name: String,
+    /// One per currency.
+    pub lines: Vec<LineView>,
+    /// Their history, newest first (up to the limit asked).
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Which side of a payment we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentRole {
+    /// We pay.
+    Buyer,
+    /// We are paid.
+    Seller,
+}
+
+/// One payment or invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentView {
+    /// The invoice.
+    pub invoice: InvoiceId,
+    /// Our side.
+    pub role: PaymentRole,
+    /// `in_flight`, `completed`, `cancelled` (buyer); `open`, `paid`, `cancelled` (seller).
+    pub status: &'static str,
+    /// The receipt, once a payment of ours completed.
+    pub receipt: Option<Receipt>,
+    /// Its history, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// What to read from history: newest first, `limit` rows, before `before` (a `seq`), about one
+/// friend or one invoice.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    /// Only rows older than this `seq` (for the next page, the last `seq` of the previous).
+    pub before: Option<u64>,
+    /// At most this many rows (0: 50).
+    pub limit: usize,
+    /// Only about this friend.
+    pub friend: Option<NodeId>,
+    /// Only about this invoice.
+    pub invoice: Option<InvoiceId>,
+}
+
+/// A wallet, open. Holds the directory's lock until dropped.
+pub struct Wallet {
+    dir: PathBuf,
+    conn: Connection,
+    identity: Identity,
+    node: Node,
+    clock: Arc<dyn Clock>,
+    /// The settings bytes last written, to skip empty steps.
+    last_settings: Vec<u8>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wallet")
+            .field("dir", &self.dir)
+            .field("id", &self.identity.id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, WalletError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalletError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(WalletError::InUse {
+            dir: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(WalletError::io(&path, e)),
+    }
+}
+
+/// The associated data that binds a sealed identity to its wallet id.
+fn identity_aad(id: &NodeId) -> Vec<u8> {
+    let mut aad = b"offst wallet identity v1".to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+fn set_size_cap(conn: &Connection, cap: Option<u64>) -> Result<(), WalletError> {
+    if let Some(bytes) = cap {
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(WalletError::from_sqlite)?;
+        let pages = (bytes / u64::try_from(page.max(512)).unwrap_or(4096)).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(WalletError::from_sqlite)?;
+    }
+    Ok(())
+}
+
+/// Seal `identity` under a fresh key from `keys` and write it into `conn`'s meta.
+fn store_identity(
+    conn: &Connection,
+    identity: &Identity,
+    keys: &dyn KeyStore,
+) -> Result<(), WalletError> {
+    let salt: [u8; SALT_LEN] = keys::random().map_err(WalletError::random)?;
+    let key = keys.key(&salt)?;
+    let seed = zeroize::Zeroizing::new(identity.seed());
+    let sealed = keys::seal(&key, &identity_aad(&identity.id()), seed.as_ref())
+        .map_err(WalletError::random)?;
+    store::put_meta(conn, "node_id", identity.id().as_bytes())?;
+    store::put_meta(conn, "key_salt", &salt)?;
+    store::put_meta(conn, "identity_nonce", &sealed.nonce)?;
+    store::put_meta(conn, "identity_check", &sealed.check)?;
+    store::put_meta(conn, "identity_sealed", &sealed.ciphertext)?;
+    Ok(())
+}
+
+/// The wallet id stored in `conn`.
+fn stored_id(conn: &Connection) -> Result<Option<NodeId>, WalletError> {
+    match store::get_meta(conn, "node_id")? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
+            .map(|b| Some(NodeId::from_bytes(b)))
+            .map_err(|_| WalletError::Corrupt {
+                detail: "the stored wallet id is not 32 bytes".into(),
+            }),
+    }
+}
+
+/// Open the sealed identity in `conn` with `keys`. Reads only.
+fn load_identity(conn: &Connection, keys: &dyn KeyStore) -> Result<Identity, WalletError> {
+    let missing = |what: &str| WalletError::Corrupt {
+        detail: format!("the wallet's {what} is missing"),
+    };
+    let id = stored_id(conn)?.ok_or_else(|| missing("id"))?;
+    let arr = |what: &str, v: Vec<u8>| -> Result<Vec<u8>, WalletError> {
+        if v.is_empty() {
+            Err(missing(what))
+        } else {
+            Ok(v)
+        }
+    };
+    let salt: [u8; SALT_LEN] = store::get_meta(conn, "key_salt")?
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| missing("key salt"))?;
+    let sealed = Sealed {
+        nonce: store::get_meta(conn, "identity_nonce")?
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| missing("identity nonce"))?,
+        check: store::get_meta(conn, "identity_check")?
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| missing("key check"))?,
+        ciphertext: arr(
+            "sealed identity",
+            store::get_meta(conn, "identity_sealed")?.unwrap_or_default(),
+        )?,
+    };
+    let key = keys.key(&salt)?;
+    let seed = keys::open(&key, &identity_aad(&id), &sealed).map_err(|e| match e {
+        SealError::WrongKey => WalletError::WrongKey,
+        SealError::Damaged => WalletError::Corrupt {
+            detail: "the sealed identity does not authenticate".into(),
+        },
+    })?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| WalletError::Corrupt {
+            detail: "the identity is not 32 bytes".into(),
+        })?;
+    let identity = Identity::from_seed(seed);
+    if identity.id() != id {
+        return Err(WalletError::Corrupt {
+            detail: "the identity does not match the wallet id".into(),
+        });
+    }
+    Ok(identity)
+}
+
+impl Wallet {
+    /// Create a new wallet, with a fresh identity, in `dir` (created if missing).
+    pub fn create(
+        dir: &Path,
+        keys: &dyn KeyStore,
+        options: WalletOptions,
+    ) -> Result<Wallet, WalletError> {
+        let seed: [u8; 32] = keys::random().map_err(WalletError::random)?;
+        Wallet::create_with_identity(dir, Identity::from_seed(seed), keys, options)
+    }
+
+    /// Create a new wallet in `dir` holding `identity` (for tests and imports).
+    pub fn create_with_identity(
+        dir: &Path,
+        identity: Identity,
+        keys: &dyn KeyStore,
+        options: WalletOptions,
+    ) -> Result<Wallet, WalletError> {
+        std::fs::create_dir_all(dir).map_err(|e| WalletError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
+        let mut conn = store::connect(&dir.join(DB_FILE), options.durability)?;
+        store::migrate(&mut conn)?;
+        if stored_id(&conn)?.is_some() {
+            return Err(WalletError::AlreadyExists {
+                dir: dir.display().to_string(),
+            });
+        }
+        let mut node = Node::new(identity.clone(), options.rate);
+        node.mark_all_changed();
+        let changes = node.take_changes();
+        let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
+        store_identity(&tx, &identity, keys)?;
+        store::apply_changes(&tx, &changes)?;
+        store::put_meta(&tx, "created_ms", &options.clock.now_ms().to_le_bytes())?;
+        tx.commit().map_err(WalletError::from_sqlite)?;
+        set_size_cap(&conn, options.max_size_bytes)?;
+        Ok(Wallet {
+            dir: dir.to_path_buf(),
+            conn,
+            identity,
+            node,
+            clock: options.clock,
+            last_settings: changes.settings,
+            _lock: lock,
+        })
+    }
+
+    /// Open the wallet in `dir`. A wrong key is refused before anything is written; an older
+    /// schema is migrated; a newer one is refused.
+    pub fn open(
+        dir: &Path,
+        keys: &dyn KeyStore,
+        options: WalletOptions,
+    ) -> Result<Wallet, WalletError> {
+        let db = dir.join(DB_FILE);
+        if !db.exists() {
+            return Err(WalletError::NotFound {
+                dir: dir.display().to_string(),
+            });
+        }
+        let lock = lock_dir(dir)?;
+        let mut conn = store::connect(&db, options.durability)?;
+        let found = store::version(&conn)?;
+        if found > SCHEMA_VERSION {
+            return Err(WalletError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found == 0 || stored_id(&conn)?.is_none() {
+            return Err(WalletError::NotFound {
+                dir: dir.display().to_string(),
+            });
+        }
+        let identity = load_identity(&conn, keys)?;
+        store::migrate(&mut conn)?;
+        let parts = store::load_parts(&conn)?;
+        let node = Node::from_parts(identity.clone(), &parts)?;
+        set_size_cap(&conn, options.max_size_bytes)?;
+        let mut wallet = Wallet {
+            dir: dir.to_path_buf(),
+            conn,
+            identity,
+            node,
+            clock: options.clock,
+            last_settings: parts.settings,
+            _lock: lock,
+        };
+        if store::get_meta(&wallet.conn, "restore_pending")?.is_some() {
+            wallet.finish_restore()?;
+        }
+        Ok(wallet)
+    }
+
+    /// After a restore: every channel resyncs with its friend (one durable step, which also
+    /// clears the mark, so it happens exactly once).
+    fn finish_restore(&mut self) -> Result<(), WalletError> {
+        let friends = self.node.friends().count();
+        self.step(
+            |node, _| {
+                let entry = NewEntry::new(
+                    EventKind::Restored,
+                    format!("restored from a backup; resyncing with {friends} friends"),
+                );
+                ((), node.restored(), vec![entry])
+            },
+            |tx, _| store::delete_meta(tx, "restore_pending"),
+        )
+    }
+
+    /// This wallet's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.id()
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The protocol state, read-only.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The clock's time now.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// One durable step: run `f` on the node, then write in one transaction what it changed,
+    /// the messages it sends, the events it reports (its own history rows too) and `extra`.
+    /// If the transaction fails, the node is reloaded from the database (which the failed step
+    /// did not touch) and the error returned: memory never runs ahead of the disk.
+    fn step<T>(
+        &mut self,
+        f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
+        extra: impl FnOnce(&Transaction<'_>, &T) -> Result<(), WalletError>,
+    ) -> Result<T, WalletError> {
+        let now = self.clock.now_ms();
+        let (value, outputs, mut entries) = f(&mut self.node, now);
+        let changes = self.node.take_changes();
+        let mut sends = Vec::new();
+        for out in outputs {
+            match out {
+                Output::Send { to, message } => sends.push((to, message)),
+                Output::Event(e) => entries.push(NewEntry::from_event(&e)),
+            }
+        }
+        let result = (|| {
+            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+            let unchanged = changes.channels.is_empty()
+                && changes.payments.is_empty()
+                && changes.invoices.is_empty()
+                && changes.outcomes.is_empty()
+                && changes.settings == self.last_settings;
+            if !unchanged {
+                store::apply_changes(&tx, &changes)?;
+            }
+            if !sends.is_empty() {
+                let mut put = tx
+                    .prepare_cached(
+                        "INSERT INTO outbox (recipient, message, created_ms) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(WalletError::from_sqlite)?;
+                for (to, message) in &sends {
+                    let bytes = message
+                        .encode()
+                        .map_err(|e| WalletError::Storage(e.to_string()))?;
+                    put.execute(params![to.as_bytes(), bytes, history::clamp(now)])
+                        .map_err(WalletError::from_sqlite)?;
+                }
+            }
+            for e in &entries {
+                history::append(&tx, now, e)?;
+            }
+            extra(&tx, &value)?;
+            // An empty transaction commits without touching the disk.
+            tx.commit().map_err(WalletError::from_sqlite)
+        })();
+        match result {
+            Ok(()) => {
+                self.last_settings = changes.settings;
+                Ok(value)
+            }
+            Err(e) => {
+                self.reload()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rebuild the node from the database.
+    fn reload(&mut self) -> Result<(), WalletError> {
+        let parts = store::load_parts(&self.conn)?;
+        self.node = Node::from_parts(self.identity.clone(), &parts)?;
+        self.last_settings = parts.settings;
+        Ok(())
+    }
+
+    /// A step for a user action the node may refuse: the history rows in `entries` are written
+    /// only if it is accepted, in the same transaction as its effects.
+    fn action<T>(
+        &mut self,
+        f: impl FnOnce(&mut Node, u64) -> Result<(T, Vec<Output>), NodeError>,
+        entries: impl FnOnce(&T) -> Vec<NewEntry>,
+        extra: impl FnOnce(&Transaction<'_>, &T) -> Result<(), WalletError>,
+    ) -> Result<T, WalletError> {
+        self.step(
+            |node, now| match f(node, now) {
+                Ok((value, out)) => {
+                    let rows = entries(&value);
+                    (Ok(value), out, rows)
+                }
+                Err(e) => (Err(e), Vec::new(), Vec::new()),
+            },
+            |tx, value| match value {
+                Ok(v) => extra(tx, v),
+                Err(_) => Ok(()),
+            },
+        )?
+        .map_err(WalletError::Refused)
+    }
+
+    /// Add a friend, under `name`. Both must add each other.
+    pub fn add_friend(&mut self, friend: NodeId, name: &str) -> Result<(), WalletError> {
+        let name = name.trim().to_string();
+        let shown = if name.is_empty() {
+            friend.short()
+        } else {
+            name.clone()
+        };
+        self.action(
+            |node, _| node.add_friend(friend).map(|()| ((), Vec::new())),
+            |_| {
+                vec![
+                    NewEntry::new(EventKind::FriendAdded, format!("added {shown} as a friend"))
+                        .friend(friend),
+                ]
+            },
+            |tx, _| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
+                    params![friend.as_bytes(), name],
+                )
+                .map(|_| ())
+                .map_err(WalletError::from_sqlite)
+            },
+        )
+    }
+
+    /// Set how much `friend` may owe us in `currency` (the friend sees it).
+    pub fn set_limit(
+        &mut self,
+        friend: NodeId,
+        currency: Currency,
+        limit: u64,
+    ) -> Result<(), WalletError> {
+        let entry = NewEntry::new(
+            EventKind::LimitSet,
+            format!(
+                "you let {} owe you up to {limit} {currency}",
+                friend.short()
+            ),
+        )
+        .friend(friend)
+        .amount(currency.clone(), history::clamp(limit));
+        self.action(
+            |node, _| node.set_limit(friend, currency, limit).map(|out| ((), out)),
+            |_| vec![entry],
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Change the rate we charge for forwarding payments.
+    pub fn set_rate(&mut self, rate: Rate) -> Result<(), WalletError> {
+        self.step(
+            |node, _| {
+                node.set_rate(rate);
+                ((), Vec::new(), Vec::new())
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Issue an invoice for `amount` of `currency`, open for `ttl_ms` from now.
+    pub fn create_invoice(
+        &mut self,
+        currency: Currency,
+        amount: u64,
+        ttl_ms: u64,
+        memo: &str,
+    ) -> Result<Invoice, WalletError> {
+        let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
+        let memo = memo.to_string();
+        self.action(
+            |node, now| {
+                let expires = now.saturating_add(ttl_ms);
+                node.create_invoice(currency, amount, expires, memo, entropy)
+                    .map(|inv| (inv, Vec::new()))
+            },
+            |inv: &Invoice| {
+                let t = &inv.terms;
+                vec![
+                    NewEntry::new(
+                        EventKind::InvoiceCreated,
+                        format!("invoice for {} {}", t.amount, t.currency),
+                    )
+                    .invoice(t.id)
+                    .amount(t.currency.clone(), history::clamp(t.amount)),
+                ]
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Pay `invoice` over `routes` (see [`RoutePlan`]).
+    pub fn pay(&mut self, invoice: &Invoice, routes: Vec<RoutePlan>) -> Result<(), WalletError> {
+        let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
+        let t = &invoice.terms;
+        let total: u64 = routes
+            .iter()
+            .map(|r| {
+                r.fees
+                    .iter()
+                    .fold(r.dest_payment, |a, f| a.saturating_add(*f))
+            })
+            .fold(0u64, |a, b| a.saturating_add(b));
+        let entry = NewEntry::new(
+            EventKind::PaymentStarted,
+            format!(
+                "paying {} {} to {} ({} in fees) over {} route(s)",
+                t.amount,
+                t.currency,
+                t.seller.short(),
+                total.saturating_sub(t.amount),
+                routes.len()
+            ),
+        )
+        .invoice(t.id)
+        .friend(t.seller)
+        .amount(t.currency.clone(), -history::clamp(total));
+        self.action(
+            |node, now| node.pay(now, invoice, routes, entropy).map(|out| ((), out)),
+            |_| vec![entry],
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Give up a payment that is not committed yet.
+    pub fn abandon_payment(&mut self, invoice: InvoiceId) -> Result<(), WalletError> {
+        self.action(
+            |node, _| node.abandon_payment(invoice).map(|out| ((), out)),
+            |_| {
+                vec![
+                    NewEntry::new(
+                        EventKind::PaymentAbandoned,
+                        "you gave up this payment".into(),
+                    )
+                    .invoice(invoice),
+                ]
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Propose to reset the channel with `friend` to our view of it.
+    pub fn propose_reset(&mut self, friend: NodeId) -> Result<(), WalletError> {
+        self.action(
+            |node, _| node.propose_reset(friend).map(|out| ((), out)),
+            |_| Vec::new(),
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Accept the reset `friend` proposed.
+    pub fn accept_reset(&mut self, friend: NodeId) -> Result<(), WalletError> {
+        self.action(
+            |node, _| node.accept_reset(friend).map(|out| ((), out)),
+            |_| Vec::new(),
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Decline the reset `friend` proposed.
+    pub fn decline_reset(&mut self, friend: NodeId) -> Result<(), WalletError> {
+        self.action(
+            |node, _| node.decline_reset(friend).map(|()| ((), Vec::new())),
+            |_| Vec::new(),
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Handle a message from `from`. Storage failures are errors (do not acknowledge the
+    /// message: it must be delivered again); protocol refusals are a [`Delivery::Refused`]
+    /// (acknowledge it: it will never be accepted).
+    pub fn receive(&mut self, from: NodeId, bytes: &[u8]) -> Result<Delivery, WalletError> {
+        let message = match Message::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => return Ok(Delivery::Refused(e.to_string())),
+        };
+        self.step(
+            |node, now| match node.handle_message(now, from, message) {
+                Ok(out) => (Delivery::Applied, out, Vec::new()),
+                Err(e) => (
+                    Delivery::Refused(describe_refusal(&e)),
+                    Vec::new(),
+                    Vec::new(),
+                ),
+            },
+            |_, _| Ok(()),
+        )
+    }
+
+    /// Let time pass: expired invoices of ours are cancelled.
+    pub fn tick(&mut self) -> Result<(), WalletError> {
+        self.step(|node, now| ((), node.tick(now), Vec::new()), |_, _| Ok(()))
+    }
+
+    /// Queue again whatever friends may not have received (after reconnecting). Duplicates are
+    /// dropped by the receivers.
+    pub fn resend(&mut self) -> Result<(), WalletError> {
+        self.step(|node, _| ((), node.resend(), Vec::new()), |_, _| Ok(()))
+    }
+
+    /// The oldest `limit` messages waiting to be sent.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WalletError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, recipient, message FROM outbox ORDER BY seq LIMIT ?1")
+            .map_err(WalletError::from_sqlite)?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .map_err(WalletError::from_sqlite)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, to, message) = row.map_err(WalletError::from_sqlite)?;
+            let to: [u8; 32] = to.try_into().map_err(|_| WalletError::Corrupt {
+                detail: "an outbox recipient is not 32 bytes".into(),
+            })?;
+            out.push(Outgoing {
+                seq: u64::try_from(seq).unwrap_or_default(),
+                to: NodeId::from_bytes(to),
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Messages waiting to be sent.
+    pub fn outbox_len(&self) -> Result<u64, WalletError> {
+        self.count("SELECT COUNT(*) FROM outbox")
+    }
+
+    /// A message left: a relay holds it now. Idempotent.
+    pub fn outbox_sent(&mut self, seq: u64) -> Result<(), WalletError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE seq = ?1", [history::clamp(seq)])
+            .map(|_| ())
+            .map_err(WalletError::from_sqlite)
+    }
+
+    fn count(&self, sql: &str) -> Result<u64, WalletError> {
+        self.conn
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| u64::try_from(n).unwrap_or_default())
+            .map_err(WalletError::from_sqlite)
+    }
+
+    /// The oldest event the app has not handled yet.
+    pub fn next_event(&self) -> Result<Option<HistoryEntry>, WalletError> {
+        let sql = format!(
+            "SELECT {} FROM history WHERE seq = (SELECT MIN(seq) FROM event_queue)",
+            history::COLUMNS
+        );
+        self.conn
+            .query_row(&sql, [], history::read_row)
+            .optional()
+            .map_err(WalletError::from_sqlite)?
+            .transpose()
+            .map_err(|detail| WalletError::Corrupt { detail })
+    }
+
+    /// The app handled event `seq`: it leaves the queue (it stays in history). Idempotent.
+    pub fn event_handled(&mut self, seq: u64) -> Result<(), WalletError> {
+        self.conn
+            .execute(
+                "DELETE FROM event_queue WHERE seq = ?1",
+                [history::clamp(seq)],
+            )
+            .map(|_| ())
+            .map_err(WalletError::from_sqlite)
+    }
+
+    /// Events not handled yet.
+    pub fn pending_events(&self) -> Result<u64, WalletError> {
+        self.count("SELECT COUNT(*) FROM event_queue")
+    }
+
+    /// Rows of history, newest first (see [`HistoryQuery`]).
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryEntry>, WalletError> {
+        let limit = if q.limit == 0 {
+            50
+        } else {
+            q.limit.min(10_000)
+        };
+        let mut sql = format!("SELECT {} FROM history WHERE seq < ?1", history::COLUMNS);
+        if q.friend.is_some() {
+            sql.push_str(" AND friend = ?2");
+        }
+        if q.invoice.is_some() {
+            sql.push_str(" AND invoice = ?3");
+        }
+        sql.push_str(" ORDER BY seq DESC LIMIT ?4");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(WalletError::from_sqlite)?;
+        let before = q.before.map_or(i64::MAX, history::clamp);
+        let friend = q.friend.map(|f| f.as_bytes().to_vec());
+        let invoice = q.invoice.map(|i| i.0.to_vec());
+        let limit = i64::try_from(limit).unwrap_or(50);
+        let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![("?1", &before), ("?4", &limit)];
+        if let Some(f) = &friend {
+            params.push(("?2", f));
+        }
+        if let Some(i) = &invoice {
+            params.push(("?3", i));
+        }
+        let rows = stmt
+            .query_map(params.as_slice(), history::read_row)
+            .map_err(WalletError::from_sqlite)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                row.map_err(WalletError::from_sqlite)?
+                    .map_err(|detail| WalletError::Corrupt { detail })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Rows of history in all.
+    pub fn history_len(&self) -> Result<u64, WalletError> {
+        self.count("SELECT COUNT(*) FROM history")
+    }
+
+    /// One friend: name, credit lines, and the latest `recent` rows of their history.
+    pub fn friend_view(&self, friend: NodeId, recent: usize) -> Result<FriendView, WalletError> {
+        let ch = self
+            .node
+            .channel(&friend)
+            .ok_or(WalletError::Refused(NodeError::UnknownFriend(friend)))?;
+        let side = ch.local_side();
+        let lines = ch
+            .state()
+            .lines
+            .iter()
+            .map(|(c, l)| LineView {
+                currency: c.clone(),
+                balance: l.balance_of(side),
+                our_limit: l.limit_of(side),
+                their_limit: l.limit_of(side.other()),
+                frozen_by_us: l.frozen_by(side),
+                frozen_by_them: l.frozen_by(side.other()),
+            })
+            .collect();
+        let name: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT name FROM friends WHERE friend = ?1",
+                [friend.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(WalletError::from_sqlite)?;
+        Ok(FriendView {
+            id: friend,
+            name: name.unwrap_or_default(),
+            lines,
+            history: self.history(&HistoryQuery {
+                friend: Some(friend),
+                limit: recent,
+                ..HistoryQuery::default()
+            })?,
+        })
+    }
+
+    /// One payment (ours) or invoice (ours), with its whole history.
+    pub fn payment_view(&self, invoice: InvoiceId) -> Result<PaymentView, WalletError> {
+        let (role, status, receipt) = if let Some((status, receipt)) = self.node.payment(&invoice) {
+            let s = match status {
+                PaymentStatus::InFlight => "in_flight",
+                PaymentStatus::Completed => "completed",
+                PaymentStatus::Cancelled => "cancelled",
+            };
+            (PaymentRole::Buyer, s, receipt.cloned())
+        } else if let Some(status) = self.node.invoice_status(&invoice) {
+            let s = match status {
+                InvoiceStatus::Open => "open",
+                InvoiceStatus::Paid(_) => "paid",
+                InvoiceStatus::Cancelled => "cancelled",
+            };
+            (PaymentRole::Seller, s, None)
+        } else {
+            return Err(WalletError::Refused(NodeError::UnknownPayment(invoice)));
+        };
+        let mut history = self.history(&HistoryQuery {
+            invoice: Some(invoice),
+            limit: 10_000,
+            ..HistoryQuery::default()
+        })?;
+        history.reverse();
+        Ok(PaymentView {
+            invoice,
+            role,
+            status,
+            receipt,
+            history,
+        })
+    }
+
+    /// Check the whole database file (slow on big wallets: run it now and then, not at every
+    /// start). A damaged file is a [`WalletError::Corrupt`].
+    pub fn check_integrity(&self) -> Result<(), WalletError> {
+        let result: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(WalletError::from_sqlite)?;
+        if result == "ok" {
+            Ok(())
+        } else {
+            Err(WalletError::Corrupt { detail: result })
+        }
+    }
+}
+
+fn describe_refusal(e: &ProtocolError) -> String {
+    e.to_string()
+}

@@ -1,0 +1,222 @@
+//! The wallet's SQLite database: schema, migrations, and the tables a durable step writes.
+//!
+//! One file, `wallet.db`, in WAL mode. The node's state lives in one row per channel, payment,
+//! invoice and remembered outcome (each a versioned blob from [`Node::take_changes`]), so a
+//! step writes only what it changed. Beside them: the outbox, the history and the event queue.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::protocol::node::{Changes, Parts};
+
+use super::WalletError;
+
+/// The schema this build writes. Each entry of [`MIGRATIONS`] moves the database up one
+/// version; `PRAGMA user_version` says where a database stands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The migrations, in order: `MIGRATIONS[i]` takes a database from version `i` to `i + 1`.
+/// Never edit one that has shipped; add a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+    CREATE TABLE channels (friend BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    CREATE TABLE payments (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    CREATE TABLE invoices (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    CREATE TABLE outcomes (request BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    CREATE TABLE friends (friend BLOB PRIMARY KEY, name TEXT NOT NULL, added_ms INTEGER NOT NULL) STRICT;
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient BLOB NOT NULL,
+        message BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        friend BLOB,
+        invoice BLOB,
+        currency TEXT,
+        amount INTEGER,
+        detail TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE event_queue (seq INTEGER PRIMARY KEY REFERENCES history(seq)) STRICT;
+    ",
+    // 2: indexes for the per-friend and per-payment views.
+    "
+    CREATE INDEX history_by_friend ON history(friend, seq) WHERE friend IS NOT NULL;
+    CREATE INDEX history_by_invoice ON history(invoice, seq) WHERE invoice IS NOT NULL;
+    ",
+];
+
+/// How hard each commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit is on disk when it returns, even across power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: in WAL mode, safe against the app being killed; the last commits
+    /// may be lost if the whole device loses power.
+    Normal,
+}
+
+/// Open (or create) the database file and set it up. Does not migrate.
+pub(crate) fn connect(
+    path: &std::path::Path,
+    durability: Durability,
+) -> Result<Connection, WalletError> {
+    let conn = Connection::open(path).map_err(WalletError::from_sqlite)?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    // The first statement that reads the file tells a damaged or foreign file apart.
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+    ))
+    .map_err(WalletError::from_sqlite)?;
+    Ok(conn)
+}
+
+/// The schema version of the database.
+pub(crate) fn version(conn: &Connection) -> Result<u32, WalletError> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(WalletError::from_sqlite)
+}
+
+/// Bring the database to [`SCHEMA_VERSION`], one migration per transaction. Refuses a database
+/// from a newer build without touching it.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), WalletError> {
+    migrate_to(conn, SCHEMA_VERSION)
+}
+
+/// Bring the database to `target` (at most [`SCHEMA_VERSION`]).
+pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), WalletError> {
+    let found = version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(WalletError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for v in found..target.min(SCHEMA_VERSION) {
+        let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
+        let sql = MIGRATIONS.get(v as usize).copied().unwrap_or_default();
+        tx.execute_batch(sql).map_err(WalletError::from_sqlite)?;
+        tx.pragma_update(None, "user_version", v + 1)
+            .map_err(WalletError::from_sqlite)?;
+        tx.commit().map_err(WalletError::from_sqlite)?;
+    }
+    Ok(())
+}
+
+/// Read a meta value.
+pub(crate) fn get_meta(conn: &Connection, key: &str) -> Result<Option<Vec<u8>>, WalletError> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(WalletError::from_sqlite)
+}
+
+/// Write a meta value.
+pub(crate) fn put_meta(conn: &Connection, key: &str, value: &[u8]) -> Result<(), WalletError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(|_| ())
+    .map_err(WalletError::from_sqlite)
+}
+
+/// Delete a meta value.
+pub(crate) fn delete_meta(conn: &Connection, key: &str) -> Result<(), WalletError> {
+    conn.execute("DELETE FROM meta WHERE key = ?1", [key])
+        .map(|_| ())
+        .map_err(WalletError::from_sqlite)
+}
+
+/// Every stored part of the node.
+pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
+    let all = |table: &str| -> Result<Vec<Vec<u8>>, WalletError> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT data FROM {table}"))
+            .map_err(WalletError::from_sqlite)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(WalletError::from_sqlite)?;
+        rows.collect::<Result<_, _>>()
+            .map_err(WalletError::from_sqlite)
+    };
+    Ok(Parts {
+        channels: all("channels")?,
+        payments: all("payments")?,
+        invoices: all("invoices")?,
+        outcomes: all("outcomes")?,
+        settings: get_meta(conn, "settings")?.ok_or_else(|| WalletError::Corrupt {
+            detail: "the node settings are missing".into(),
+        })?,
+    })
+}
+
+/// Write one step's changes.
+pub(crate) fn apply_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), WalletError> {
+    fn rows<K: AsRef<[u8]>>(
+        tx: &Transaction<'_>,
+        table: &str,
+        key: &str,
+        rows: &[(K, Option<Vec<u8>>)],
+    ) -> Result<(), WalletError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut put = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} ({key}, data) VALUES (?1, ?2)
+                 ON CONFLICT({key}) DO UPDATE SET data = excluded.data"
+            ))
+            .map_err(WalletError::from_sqlite)?;
+        let mut del = tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE {key} = ?1"))
+            .map_err(WalletError::from_sqlite)?;
+        for (k, v) in rows {
+            match v {
+                Some(data) => put.execute(params![k.as_ref(), data]),
+                None => del.execute(params![k.as_ref()]),
+            }
+            .map_err(WalletError::from_sqlite)?;
+        }
+        Ok(())
+    }
+    let channels: Vec<([u8; 32], Option<Vec<u8>>)> = changes
+        .channels
+        .iter()
+        .map(|(k, v)| (*k.as_bytes(), v.clone()))
+        .collect();
+    rows(tx, "channels", "friend", &channels)?;
+    let payments: Vec<([u8; 32], Option<Vec<u8>>)> = changes
+        .payments
+        .iter()
+        .map(|(k, v)| (k.0, v.clone()))
+        .collect();
+    rows(tx, "payments", "invoice", &payments)?;
+    let invoices: Vec<([u8; 32], Option<Vec<u8>>)> = changes
+        .invoices
+        .iter()
+        .map(|(k, v)| (k.0, v.clone()))
+        .collect();
+    rows(tx, "invoices", "invoice", &invoices)?;
+    let outcomes: Vec<([u8; 32], Option<Vec<u8>>)> = changes
+        .outcomes
+        .iter()
+        .map(|(k, v)| (k.0, v.clone()))
+        .collect();
+    rows(tx, "outcomes", "request", &outcomes)?;
+    tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('settings', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute([&changes.settings]))
+    .map_err(WalletError::from_sqlite)?;
+    Ok(())
+}
