@@ -16,7 +16,7 @@ cargo fmt --all -- --check
 step "lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit, property, hostile-input, bounds, regression and simulator tests"
+step "unit, property, hostile-input, bounds, regression, simulator, wallet and crash-storm tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
@@ -38,5 +38,9 @@ step "simulator with restored backups: 40 nodes, 800 payments, 30% of nodes rest
 cargo run --release --locked -q -p offst-core --example simulate -- \
   --nodes 40 --payments 800 --seed 2026 --restore-fraction 0.3 --offline-fraction 0.6 \
   --duplicate-fraction 0.2 --json | tail -n 1
+
+step "crash storm: 30 SIGKILLs of a process running three wallets, seed 11"
+# Exits non-zero if anything was lost; prints one JSON object as its last line.
+cargo run --release --locked -q -p offst-tests --bin crash-storm -- --kills 30 --seed 11 --json | tail -n 1
 
 printf '\nall checks passed\n%s passed, %s failed\n' "$passed" "$failed"

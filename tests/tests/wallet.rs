@@ -502,3 +502,55 @@ fn bad_backups_are_refused_and_write_nothing() {
         ws[0].id()
     );
 }
+
+/// `fixtures/wallet-v1.db` is wallet c of a chain a - b - c, written with schema version 1,
+/// after a paid c 7 and then 5 hours through b.
+#[test]
+fn a_database_from_the_first_schema_opens_and_migrates() {
+    let t = TempDir::new("v1");
+    let dir = t.path("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/wallet-v1.db");
+    std::fs::copy(fixture, dir.join("wallet.db")).unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.join("wallet.db")).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
+    }
+    let mut w = Wallet::open(&dir, &test_keys(3), WalletOptions::default()).unwrap();
+    assert_eq!(w.id(), offst_tests::identity(3).id());
+    let b = offst_tests::identity(2).id();
+    assert_eq!(w.node().balance(&b, &hours()).unwrap().0, 12);
+    let rows = w
+        .history(&HistoryQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        rows.iter()
+            .filter(|h| h.kind == EventKind::InvoicePaid)
+            .count(),
+        2
+    );
+    assert_eq!(w.friend_view(b, 10).unwrap().lines[0].balance, 12);
+    // It keeps working at the new version.
+    w.create_invoice(hours(), 1, 1000, "after the migration")
+        .unwrap();
+    drop(w);
+    let c = rusqlite::Connection::open(dir.join("wallet.db")).unwrap();
+    let v: u32 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, offst_core::wallet::SCHEMA_VERSION);
+    let indexes: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'history_by_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 2);
+}

@@ -16,7 +16,7 @@
 #![allow(clippy::indexing_slicing)]
 
 pub mod local;
-mod rng;
+pub mod rng;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
