@@ -554,3 +554,64 @@ fn a_database_from_the_first_schema_opens_and_migrates() {
         .unwrap();
     assert_eq!(indexes, 2);
 }
+
+#[test]
+fn a_key_file_opens_its_wallet_and_a_bad_one_is_named() {
+    use offst_core::wallet::{KeyFile, KeyStoreError};
+    let t = TempDir::new("keyfile");
+    let keyfile = t.path("wallet.key");
+    let keys = KeyFile::generate(&keyfile).unwrap();
+    // Never overwrites an existing key file.
+    assert!(KeyFile::generate(&keyfile).is_err());
+    let w = Wallet::create(&t.path("w"), &keys, WalletOptions::default()).unwrap();
+    let id = w.id();
+    drop(w);
+    assert_eq!(
+        Wallet::open(&t.path("w"), &keys, WalletOptions::default())
+            .unwrap()
+            .id(),
+        id
+    );
+    // Another key file: wrong key.
+    let other = KeyFile::generate(&t.path("other.key")).unwrap();
+    let err = Wallet::open(&t.path("w"), &other, WalletOptions::default()).unwrap_err();
+    assert!(matches!(err, WalletError::WrongKey), "{err}");
+    // A file of the wrong size: named, with what is wrong.
+    std::fs::write(t.path("short.key"), [1u8; 5]).unwrap();
+    let err = Wallet::open(
+        &t.path("w"),
+        &KeyFile::new(t.path("short.key")),
+        WalletOptions::default(),
+    )
+    .unwrap_err();
+    match err {
+        WalletError::KeyStore(KeyStoreError::KeyFile { detail, .. }) => {
+            assert!(detail.contains("exactly 32"), "{detail}")
+        }
+        e => panic!("unexpected: {e}"),
+    }
+    // A missing file too.
+    let err = Wallet::open(
+        &t.path("w"),
+        &KeyFile::new(t.path("nope.key")),
+        WalletOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, WalletError::KeyStore(KeyStoreError::KeyFile { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn opening_an_empty_directory_says_there_is_no_wallet() {
+    let t = TempDir::new("empty");
+    let err =
+        Wallet::open(&t.path("nothing"), &test_keys(1), WalletOptions::default()).unwrap_err();
+    assert!(matches!(err, WalletError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("create one or restore a backup"));
+    let w = Wallet::create(&t.path("w"), &test_keys(1), WalletOptions::default()).unwrap();
+    drop(w);
+    let err = Wallet::create(&t.path("w"), &test_keys(1), WalletOptions::default()).unwrap_err();
+    assert!(matches!(err, WalletError::AlreadyExists { .. }), "{err}");
+}

@@ -77,7 +77,8 @@ impl EventKind {
             .map_or("unknown", |(_, s)| s)
     }
 
-    fn parse(s: &str) -> Option<EventKind> {
+    /// The kind stored as `s`.
+    pub fn parse(s: &str) -> Option<EventKind> {
         Self::ALL.iter().find(|(_, n)| *n == s).map(|(k, _)| *k)
     }
 }

@@ -320,6 +320,9 @@ pub struct Wallet {
     clock: Arc<dyn Clock>,
     /// The settings bytes last written, to skip empty steps.
     last_settings: Vec<u8>,
+    /// Set when a step failed and the state could not be read back: memory may differ from
+    /// the disk, so every further step is refused until the wallet is opened again.
+    broken: Option<String>,
     _lock: File,
 }
 
@@ -492,6 +495,7 @@ impl Wallet {
             node,
             clock: options.clock,
             last_settings: changes.settings,
+            broken: None,
             _lock: lock,
         })
     }
@@ -535,6 +539,7 @@ impl Wallet {
             node,
             clock: options.clock,
             last_settings: parts.settings,
+            broken: None,
             _lock: lock,
         };
         if store::get_meta(&wallet.conn, "restore_pending")?.is_some() {
@@ -588,6 +593,11 @@ impl Wallet {
         f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
         extra: impl FnOnce(&Transaction<'_>, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
+        if let Some(why) = &self.broken {
+            return Err(WalletError::Storage(format!(
+                "a step failed and the wallet could not read its state back ({why}); open it again"
+            )));
+        }
         let now = self.clock.now_ms();
         let (value, outputs, mut entries) = f(&mut self.node, now);
         let changes = self.node.take_changes();
@@ -635,7 +645,9 @@ impl Wallet {
                 Ok(value)
             }
             Err(e) => {
-                self.reload()?;
+                if let Err(again) = self.reload() {
+                    self.broken = Some(again.to_string());
+                }
                 Err(e)
             }
         }
@@ -676,6 +688,7 @@ impl Wallet {
     /// Add a friend, under `name`. Both must add each other.
     pub fn add_friend(&mut self, friend: NodeId, name: &str) -> Result<(), WalletError> {
         let name = name.trim().to_string();
+        let added = history::clamp(self.clock.now_ms());
         let shown = if name.is_empty() {
             friend.short()
         } else {
@@ -691,8 +704,8 @@ impl Wallet {
             },
             |tx, _| {
                 tx.execute(
-                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
-                    params![friend.as_bytes(), name],
+                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, ?3)",
+                    params![friend.as_bytes(), name, added],
                 )
                 .map(|_| ())
                 .map_err(WalletError::from_sqlite)

@@ -103,6 +103,25 @@ fn all_history(w: &Wallet) -> Result<Vec<HistoryEntry>, WalletError> {
     Ok(out)
 }
 
+/// Close a line a kill cut short, so the next line starts on its own.
+fn seal_log(dir: &Path) -> Result<(), String> {
+    for n in NAMES {
+        let path = dir.join(format!("events-{n}.log"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if bytes.last().is_some_and(|b| *b != b'\n') {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| e.to_string())?;
+            f.write_all(b"\n").map_err(|e| e.to_string())?;
+            f.sync_data().map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// The app's side of the event queue: log each event durably, then acknowledge it.
 fn consume_events(dir: &Path, ws: &mut [Wallet]) -> Result<(), String> {
     for (i, w) in ws.iter_mut().enumerate() {
@@ -113,7 +132,10 @@ fn consume_events(dir: &Path, ws: &mut [Wallet]) -> Result<(), String> {
                 .append(true)
                 .open(&path)
                 .map_err(|e| e.to_string())?;
-            writeln!(f, "E {} {}", e.seq, e.kind.as_str()).map_err(|e| e.to_string())?;
+            // One write of the whole line (O_APPEND), so a kill leaves at most one cut line,
+            // which `seal_log` closes at the next start.
+            let line = format!("E {} {}\n", e.seq, e.kind.as_str());
+            f.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
             f.sync_data().map_err(|e| e.to_string())?;
             w.event_handled(e.seq).map_err(|e| e.to_string())?;
         }
@@ -131,6 +153,7 @@ fn child(args: &Args, dir: &Path) -> Result<(), String> {
         .unwrap_or(0);
     std::fs::write(&starts_path, (starts + 1).to_string()).map_err(|e| e.to_string())?;
     let mut rng = SimRng::new(args.seed.wrapping_mul(1_000_003).wrapping_add(starts));
+    seal_log(dir)?;
     let mut ws = open_all(dir).map_err(|e| e.to_string())?;
     if ws[1].node().rate() != MEDIATOR_RATE {
         ws[1].set_rate(MEDIATOR_RATE).map_err(|e| e.to_string())?;
@@ -365,16 +388,7 @@ fn check(dir: &Path, r: &mut Report) -> Result<(), WalletError> {
         r.duplicate_history += per.values().map(|n| n - 1).sum::<usize>();
         let log = std::fs::read_to_string(dir.join(format!("events-{}.log", NAMES[i])))
             .unwrap_or_default();
-        let mut logged = Vec::new();
-        for line in log.split_inclusive('\n') {
-            // A line cut by a kill was never acknowledged; it is logged again after restart.
-            let Some(line) = line.strip_suffix('\n') else {
-                continue;
-            };
-            if let Some(seq) = line.split(' ').nth(1).and_then(|s| s.parse::<u64>().ok()) {
-                logged.push(seq);
-            }
-        }
+        let logged = parse_log(&log);
         r.events_logged += logged.len();
         // In order: never back to an earlier event (a repeat of the last one is fine: it was
         // logged, then the kill came before the acknowledgement).
@@ -384,6 +398,61 @@ fn check(dir: &Path, r: &mut Report) -> Result<(), WalletError> {
         r.lost_events += w.pending_events()? as usize;
     }
     Ok(())
+}
+
+/// The event seqs in an app log, in the order logged. Only whole `E <seq> <kind>` lines count:
+/// a line a kill cut short (closed by `seal_log`, or still open at the end) was never
+/// acknowledged, so the event is logged again after the restart.
+fn parse_log(log: &str) -> Vec<u64> {
+    let mut logged = Vec::new();
+    for line in log.split_inclusive('\n') {
+        let Some(line) = line.strip_suffix('\n') else {
+            continue;
+        };
+        let parts: Vec<&str> = line.split(' ').collect();
+        if let ["E", seq, kind] = parts.as_slice()
+            && let Ok(seq) = seq.parse::<u64>()
+            && EventKind::parse(kind).is_some()
+        {
+            logged.push(seq);
+        }
+    }
+    logged
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_log;
+
+    /// A kill in the middle of writing a line, then the restart logging the event again: the
+    /// cut line does not count and does not swallow the next one. (Before lines were written
+    /// whole and closed at restart, the next event was appended to the cut line and counted
+    /// as lost.)
+    #[test]
+    fn a_cut_line_is_skipped_and_the_next_counts() {
+        let log = "E 1 friend_added\nE 2 limit_s\nE 2 limit_set\nE 3 payment_started\nE 4";
+        assert_eq!(parse_log(log), vec![1, 2, 3]);
+        assert_eq!(parse_log("E 51E 51 payment_started\n"), Vec::<u64>::new());
+        assert_eq!(
+            parse_log("E x friend_added\nE 5 no_such_kind\n"),
+            Vec::<u64>::new()
+        );
+    }
+
+    /// The restart closes the cut line, so the event logged again stands on its own line.
+    #[test]
+    fn a_restart_closes_a_cut_line() {
+        let dir = std::env::temp_dir().join(format!("offst-seal-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events-a.log");
+        std::fs::write(&path, "E 50 friend_added\nE 5").unwrap();
+        super::seal_log(&dir).unwrap();
+        let mut log = std::fs::read_to_string(&path).unwrap();
+        log.push_str("E 51 payment_started\n");
+        assert_eq!(parse_log(&log), vec![50, 51]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 fn main() -> ExitCode {
