@@ -420,41 +420,6 @@ fn parse_log(log: &str) -> Vec<u64> {
     logged
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::parse_log;
-
-    /// A kill in the middle of writing a line, then the restart logging the event again: the
-    /// cut line does not count and does not swallow the next one. (Before lines were written
-    /// whole and closed at restart, the next event was appended to the cut line and counted
-    /// as lost.)
-    #[test]
-    fn a_cut_line_is_skipped_and_the_next_counts() {
-        let log = "E 1 friend_added\nE 2 limit_s\nE 2 limit_set\nE 3 payment_started\nE 4";
-        assert_eq!(parse_log(log), vec![1, 2, 3]);
-        assert_eq!(parse_log("E 51E 51 payment_started\n"), Vec::<u64>::new());
-        assert_eq!(
-            parse_log("E x friend_added\nE 5 no_such_kind\n"),
-            Vec::<u64>::new()
-        );
-    }
-
-    /// The restart closes the cut line, so the event logged again stands on its own line.
-    #[test]
-    fn a_restart_closes_a_cut_line() {
-        let dir = std::env::temp_dir().join(format!("offst-seal-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("events-a.log");
-        std::fs::write(&path, "E 50 friend_added\nE 5").unwrap();
-        super::seal_log(&dir).unwrap();
-        let mut log = std::fs::read_to_string(&path).unwrap();
-        log.push_str("E 51 payment_started\n");
-        assert_eq!(parse_log(&log), vec![50, 51]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.child {
@@ -488,5 +453,40 @@ fn main() -> ExitCode {
             eprintln!("crash-storm: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_log;
+
+    /// A kill in the middle of writing a line, then the restart logging the event again: the
+    /// cut line does not count and does not swallow the next one. (Before lines were written
+    /// whole and closed at restart, the next event was appended to the cut line and counted
+    /// as lost.)
+    #[test]
+    fn a_cut_line_is_skipped_and_the_next_counts() {
+        let log = "E 1 friend_added\nE 2 limit_s\nE 2 limit_set\nE 3 payment_started\nE 4";
+        assert_eq!(parse_log(log), vec![1, 2, 3]);
+        assert_eq!(parse_log("E 51E 51 payment_started\n"), Vec::<u64>::new());
+        assert_eq!(
+            parse_log("E x friend_added\nE 5 no_such_kind\n"),
+            Vec::<u64>::new()
+        );
+    }
+
+    /// The restart closes the cut line, so the event logged again stands on its own line.
+    #[test]
+    fn a_restart_closes_a_cut_line() {
+        let dir = std::env::temp_dir().join(format!("offst-seal-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events-a.log");
+        std::fs::write(&path, "E 50 friend_added\nE 5").unwrap();
+        super::seal_log(&dir).unwrap();
+        let mut log = std::fs::read_to_string(&path).unwrap();
+        log.push_str("E 51 payment_started\n");
+        assert_eq!(parse_log(&log), vec![50, 51]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
