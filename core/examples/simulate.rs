@@ -53,6 +53,10 @@ struct Args {
     /// Longest message delay, in simulated ms.
     #[arg(long, default_value_t = 300)]
     max_delay_ms: u64,
+    /// Keep a store per node fed only with each step's changes, and check at the end that it
+    /// rebuilds every node exactly (slower: every node is visited after every event).
+    #[arg(long)]
+    verify_persistence: bool,
     /// Print the report as one JSON object (last line).
     #[arg(long)]
     json: bool,
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         reset_fraction: args.reset_fraction,
         abandon_fraction: args.abandon_fraction,
         max_delay_ms: args.max_delay_ms,
+        verify_persistence: args.verify_persistence,
         ..SimConfig::default()
     };
     if !args.json {

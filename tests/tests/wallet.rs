@@ -615,3 +615,11 @@ fn opening_an_empty_directory_says_there_is_no_wallet() {
     let err = Wallet::create(&t.path("w"), &test_keys(1), WalletOptions::default()).unwrap_err();
     assert!(matches!(err, WalletError::AlreadyExists { .. }), "{err}");
 }
+
+/// The network driver and the bindings move a wallet between threads.
+#[test]
+fn a_wallet_can_move_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Wallet>();
+    assert_send::<WalletError>();
+}
