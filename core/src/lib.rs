@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod net;
 pub mod protocol;
 pub mod sim;
 pub mod story;

@@ -1,0 +1,220 @@
+//! A wallet's connection to its relay: send envelopes (each answered once stored durably),
+//! receive pushed mail, acknowledge it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::frame::{FrameError, read_frame, write_frame};
+use super::tls;
+use super::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, ToRelay};
+use crate::protocol::identity::{Identity, NodeId};
+
+/// Why talking to the relay failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect (unreachable, or the relay is not the pinned one).
+    #[error("can't connect to the relay at {addr}: {detail}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why (a wrong relay key says so).
+        detail: String,
+    },
+    /// The relay did not accept an envelope.
+    #[error("the relay refused the envelope: {0}")]
+    Refused(Refusal),
+    /// The connection is gone.
+    #[error("the connection to the relay closed: {0}")]
+    Closed(String),
+}
+
+/// Mail from the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its mailbox position; acknowledge with [`RelayConnection::ack`].
+    pub seq: u64,
+    /// When the relay stored it.
+    pub received_ms: u64,
+    /// The envelope.
+    pub envelope: Vec<u8>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>;
+
+/// An open connection to a relay.
+pub struct RelayConnection {
+    conn: quinn::Connection,
+    out: mpsc::Sender<ToRelay>,
+    writer: tokio::task::JoinHandle<()>,
+    pending: Pending,
+    next_id: AtomicU64,
+    mail: mpsc::Receiver<Delivery>,
+    closed: Arc<Mutex<Option<String>>>,
+}
+
+/// A client endpoint on an ephemeral local port.
+pub fn client_endpoint() -> Result<quinn::Endpoint, ClientError> {
+    let any: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+    quinn::Endpoint::client(any).map_err(|e| ClientError::Connect {
+        addr: any,
+        detail: e.to_string(),
+    })
+}
+
+impl RelayConnection {
+    /// Connect to the relay with key `relay` at `addr`, as `identity`.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        relay: NodeId,
+        identity: &Identity,
+    ) -> Result<RelayConnection, ClientError> {
+        let err = |detail: String| ClientError::Connect { addr, detail };
+        let config = tls::client_config(identity, relay).map_err(|e| err(e.to_string()))?;
+        let conn = endpoint
+            .connect_with(config, addr, tls::SERVER_NAME)
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+        write_frame(&mut send, &wire::encode(&ToRelay::Hello))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let (out_tx, mut out_rx) = mpsc::channel::<ToRelay>(256);
+        let (mail_tx, mail_rx) = mpsc::channel::<Delivery>(1024);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let closed = Arc::new(Mutex::new(None));
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                if write_frame(&mut send, &wire::encode(&msg)).await.is_err() {
+                    return;
+                }
+            }
+            // Closing: end the stream and wait until the relay has read all of it.
+            if send.finish().is_ok() {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
+            }
+        });
+        let pending2 = pending.clone();
+        let closed2 = closed.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let frame = match read_frame(&mut recv, MAX_FRAME_SIZE).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break "the relay ended the stream".to_string(),
+                    Err(FrameError::Io(e)) => break e,
+                    Err(e) => break e.to_string(),
+                };
+                match wire::decode::<FromRelay>(&frame) {
+                    Ok(FromRelay::Accepted { id }) => answer(&pending2, id, Ok(())),
+                    Ok(FromRelay::Refused { id, reason }) => {
+                        answer(&pending2, id, Err(ClientError::Refused(reason)))
+                    }
+                    Ok(FromRelay::Deliver {
+                        seq,
+                        received_ms,
+                        envelope,
+                    }) => {
+                        let d = Delivery {
+                            seq,
+                            received_ms,
+                            envelope,
+                        };
+                        if mail_tx.send(d).await.is_err() {
+                            break "the wallet stopped reading".to_string();
+                        }
+                    }
+                    Ok(FromRelay::Error { reason }) => break format!("the relay said: {reason}"),
+                    Err(e) => break e,
+                }
+            };
+            if let Ok(mut c) = closed2.lock() {
+                *c = Some(reason.clone());
+            }
+            if let Ok(mut p) = pending2.lock() {
+                for (_, tx) in p.drain() {
+                    let _ = tx.send(Err(ClientError::Closed(reason.clone())));
+                }
+            }
+        });
+        Ok(RelayConnection {
+            conn,
+            out: out_tx,
+            writer,
+            pending,
+            next_id: AtomicU64::new(1),
+            mail: mail_rx,
+            closed,
+        })
+    }
+
+    fn closed_reason(&self) -> String {
+        self.closed
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .or_else(|| self.conn.close_reason().map(|r| r.to_string()))
+            .unwrap_or_else(|| "connection closed".into())
+    }
+
+    /// Send `envelope` to `to`; returns once the relay stored it durably.
+    pub async fn send(&self, to: NodeId, envelope: Vec<u8>) -> Result<(), ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        self.out
+            .send(ToRelay::Send { id, to, envelope })
+            .await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+        rx.await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?
+    }
+
+    /// The next mail, waiting for it; `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.mail.recv().await
+    }
+
+    /// Mail up to and including `seq` was handled: the relay may delete it.
+    pub async fn ack(&self, seq: u64) -> Result<(), ClientError> {
+        self.out
+            .send(ToRelay::Ack { seq })
+            .await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))
+    }
+
+    /// Why the connection closed, if it did.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    /// The underlying QUIC connection (for tests that misbehave on purpose).
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Close the connection after the relay has read everything sent (acknowledgements
+    /// included).
+    pub async fn close(self) {
+        let RelayConnection {
+            conn, out, writer, ..
+        } = self;
+        drop(out);
+        let _ = writer.await;
+        conn.close(0u32.into(), b"bye");
+    }
+}
+
+fn answer(pending: &Pending, id: u64, result: Result<(), ClientError>) {
+    let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
+    if let Some(tx) = tx {
+        let _ = tx.send(result);
+    }
+}

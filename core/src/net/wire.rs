@@ -1,0 +1,108 @@
+//! What wallets and relays say to each other, one frame per message (postcard).
+//!
+//! A wallet opens one bidirectional stream on its connection and sends [`ToRelay`] frames; the
+//! relay answers on the same stream with [`FromRelay`] frames. Envelopes are opaque to the
+//! relay: it sees the recipient, the size and the time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::identity::NodeId;
+
+/// The largest envelope a relay accepts (a protocol message is at most 512 KiB; sealing and
+/// padding add a little).
+pub const MAX_ENVELOPE_SIZE: usize = 520 * 1024;
+/// The largest frame either side accepts.
+pub const MAX_FRAME_SIZE: usize = MAX_ENVELOPE_SIZE + 1024;
+
+/// A wallet to its relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToRelay {
+    /// Store `envelope` for `to`; answered by `Accepted` or `Refused` with the same `id`.
+    Send {
+        /// The sender's number for this request.
+        id: u64,
+        /// The recipient.
+        to: NodeId,
+        /// The sealed envelope.
+        envelope: Vec<u8>,
+    },
+    /// Mail up to and including `seq` arrived and was handled: delete it.
+    Ack {
+        /// The last handled delivery.
+        seq: u64,
+    },
+    /// The first frame on a connection: opens the stream (a QUIC stream reaches the peer only
+    /// with its first bytes), after which the relay pushes mail.
+    Hello,
+}
+
+/// A relay to a wallet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromRelay {
+    /// The envelope of request `id` is stored durably.
+    Accepted {
+        /// The request.
+        id: u64,
+    },
+    /// The envelope of request `id` was not accepted.
+    Refused {
+        /// The request.
+        id: u64,
+        /// Why.
+        reason: Refusal,
+    },
+    /// Mail for this wallet, in order per sender; acknowledge with `Ack`.
+    Deliver {
+        /// The mailbox position (increasing).
+        seq: u64,
+        /// When the relay stored it, ms since the Unix epoch.
+        received_ms: u64,
+        /// The sealed envelope.
+        envelope: Vec<u8>,
+    },
+    /// A fatal error; the relay closes the connection after it.
+    Error {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Why a relay did not accept an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// Over the size bound.
+    #[error("envelope of {size} bytes is over the relay's {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The sender sent too much lately.
+    #[error("you are sending too fast; retry in {retry_after_ms} ms")]
+    SenderQuota {
+        /// When to retry.
+        retry_after_ms: u64,
+    },
+    /// The recipient's mailbox is full.
+    #[error("the recipient's mailbox is full ({messages} messages, {bytes} bytes); retry later")]
+    MailboxFull {
+        /// Messages waiting.
+        messages: u64,
+        /// Bytes waiting.
+        bytes: u64,
+    },
+    /// The relay could not store it (disk); nothing was accepted.
+    #[error("the relay could not store the envelope; retry later")]
+    Unavailable,
+}
+
+/// Encode a frame body.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Decode a frame body.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("malformed frame: {e}"))
+}

@@ -1,0 +1,491 @@
+//! The relay: accepts wallets over QUIC (mutual TLS by Ed25519 keys), stores envelopes in
+//! their recipients' mailboxes, and pushes mail to each wallet while it is connected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use offst_core::net::frame::{FrameError, read_frame, write_frame};
+use offst_core::net::tls;
+use offst_core::net::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, ToRelay};
+use offst_core::protocol::identity::{Identity, NodeId};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::store::{Bounds, Store, StoreError};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The key file could not be read or written.
+    #[error("relay key {path}: {detail}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The mail store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The address could not be bound.
+    #[error("can't listen on {addr}: {detail}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        detail: String,
+    },
+}
+
+/// Application error codes on connection close.
+pub mod close {
+    /// The relay is shutting down.
+    pub const SHUTDOWN: u32 = 1;
+    /// The client broke the protocol (malformed or oversized frame).
+    pub const PROTOCOL: u32 = 2;
+    /// The relay is at its connection limit.
+    pub const BUSY: u32 = 3;
+}
+
+/// Load the relay's identity from `dir/relay.key` (base32 seed), or make one.
+pub fn load_or_create_identity(dir: &std::path::Path) -> Result<Identity, RelayError> {
+    let path = dir.join("relay.key");
+    let err = |detail: String| RelayError::Key {
+        path: path.display().to_string(),
+        detail,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let seed: [u8; 32] = data_encoding::BASE32_NOPAD
+                .decode(text.trim().to_ascii_uppercase().as_bytes())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| err("expected 52 base32 characters (a 32-byte seed)".into()))?;
+            Ok(Identity::from_seed(seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| err(e.to_string()))?;
+            let text = data_encoding::BASE32_NOPAD
+                .encode(&seed)
+                .to_ascii_lowercase();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = options.open(&path).map_err(|e| err(e.to_string()))?;
+            f.write_all(format!("{text}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(Identity::from_seed(seed))
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A token bucket per sender.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Shared {
+    config: Config,
+    store: Store,
+    /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
+    mailboxes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
+    buckets: Mutex<HashMap<NodeId, Bucket>>,
+    /// Per wallet, the last seq it acknowledged: a new connection starts after it, even before
+    /// the deletion has committed.
+    acked: Mutex<HashMap<NodeId, u64>>,
+    connections: AtomicUsize,
+    accepted: AtomicU64,
+    delivered: AtomicU64,
+}
+
+impl Shared {
+    /// Take one token from `sender`'s bucket, or say when one will be there.
+    fn take_token(&self, sender: NodeId) -> Result<(), u64> {
+        let rate = f64::from(self.config.sender_rate_per_sec.max(1));
+        let burst = f64::from(self.config.sender_burst);
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let b = buckets.entry(sender).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - b.tokens) / rate) * 1000.0).ceil() as u64)
+        }
+    }
+
+    fn subscribe(&self, id: NodeId) -> watch::Receiver<u64> {
+        let Ok(mut map) = self.mailboxes.lock() else {
+            return watch::channel(0).1;
+        };
+        map.entry(id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn unsubscribe(&self, id: &NodeId) {
+        if let Ok(mut map) = self.mailboxes.lock()
+            && map.get(id).is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            map.remove(id);
+        }
+    }
+
+    fn stored(&self, recipient: &NodeId, seq: u64) {
+        if let Ok(map) = self.mailboxes.lock()
+            && let Some(tx) = map.get(recipient)
+        {
+            tx.send_replace(seq);
+        }
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its key: what wallets pin.
+    pub key: NodeId,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+    purge: tokio::task::JoinHandle<()>,
+}
+
+/// Counters, for logs and load tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections now.
+    pub connections: usize,
+    /// Envelopes accepted since start.
+    pub accepted: u64,
+    /// Envelopes delivered since start (pushed; a redelivery counts again).
+    pub delivered: u64,
+}
+
+impl RelayHandle {
+    /// Counters now.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            accepted: self.shared.accepted.load(Ordering::Relaxed),
+            delivered: self.shared.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop: refuse new connections, close the open ones, commit every accepted envelope.
+    pub async fn shutdown(self) {
+        self.accept.abort();
+        self.purge.abort();
+        self.endpoint
+            .close(close::SHUTDOWN.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
+        self.shared.store.close();
+        info!("relay stopped");
+    }
+}
+
+/// Start a relay with `config`.
+pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
+    config.validate()?;
+    let identity = load_or_create_identity(&config.data_dir)?;
+    let store = Store::open(
+        &config.data_dir,
+        Bounds {
+            max_messages: config.max_mailbox_messages,
+            max_bytes: config.max_mailbox_bytes,
+        },
+    )?;
+    let server = tls::server_config(&identity)?;
+    let endpoint =
+        quinn::Endpoint::server(server, config.listen).map_err(|e| RelayError::Bind {
+            addr: config.listen,
+            detail: e.to_string(),
+        })?;
+    let addr = endpoint.local_addr().map_err(|e| RelayError::Bind {
+        addr: config.listen,
+        detail: e.to_string(),
+    })?;
+    let key = identity.id();
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        mailboxes: Mutex::new(HashMap::new()),
+        buckets: Mutex::new(HashMap::new()),
+        acked: Mutex::new(HashMap::new()),
+        connections: AtomicUsize::new(0),
+        accepted: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+    });
+    info!(%key, %addr, "relay listening");
+    let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
+    let purge = tokio::spawn(purge_loop(shared.clone()));
+    Ok(RelayHandle {
+        addr,
+        key,
+        endpoint,
+        shared,
+        accept,
+        purge,
+    })
+}
+
+async fn purge_loop(shared: Arc<Shared>) {
+    let age = shared.config.max_mail_age_secs;
+    if age == 0 {
+        return;
+    }
+    loop {
+        let cutoff = now_ms().saturating_sub(age.saturating_mul(1000));
+        match shared.store.purge(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => info!(n, "deleted mail older than max_mail_age_secs"),
+            Err(e) => warn!("purge failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        if shared.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
+            warn!(remote = %incoming.remote_address(), "at the connection limit; refusing");
+            incoming.refuse();
+            continue;
+        }
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let shared2 = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => match tls::peer_id(&conn) {
+                    Ok(id) => serve(conn, id, shared2.clone()).await,
+                    Err(e) => warn!(%remote, "client without a usable key: {e}"),
+                },
+                Err(e) => warn!(%remote, "handshake failed: {e}"),
+            }
+            shared2.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Serve one wallet until it goes away.
+async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
+    debug!(client = %id.short(), remote = %conn.remote_address(), "wallet connected");
+    let (send, mut recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(client = %id.short(), "no stream: {e}");
+            return;
+        }
+    };
+    let (out_tx, out_rx) = mpsc::channel::<FromRelay>(256);
+    let writer = tokio::spawn(write_loop(send, out_rx));
+    let acked = Arc::new(AtomicU64::new(0));
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let deliver = tokio::spawn(deliver_loop(
+        id,
+        shared.clone(),
+        out_tx.clone(),
+        ack_rx,
+        acked.clone(),
+    ));
+    loop {
+        let frame = match read_frame(&mut recv, MAX_FRAME_SIZE).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameError::TooLarge { size, max }) => {
+                warn!(client = %id.short(), size, "oversized frame; closing");
+                let _ = out_tx
+                    .send(FromRelay::Error {
+                        reason: format!("frame of {size} bytes is over the {max}-byte limit"),
+                    })
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.close(close::PROTOCOL.into(), b"oversized frame");
+                break;
+            }
+            Err(e) => {
+                debug!(client = %id.short(), "stream ended: {e}");
+                break;
+            }
+        };
+        let msg: ToRelay = match wire::decode(&frame) {
+            Ok(m) => m,
+            Err(reason) => {
+                warn!(client = %id.short(), "malformed frame; closing");
+                let _ = out_tx.send(FromRelay::Error { reason }).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.close(close::PROTOCOL.into(), b"malformed frame");
+                break;
+            }
+        };
+        match msg {
+            ToRelay::Send {
+                id: req,
+                to,
+                envelope,
+            } => {
+                let answer = accept_envelope(&shared, id, to, envelope).await;
+                let reply = match answer {
+                    Ok(()) => FromRelay::Accepted { id: req },
+                    Err(reason) => FromRelay::Refused { id: req, reason },
+                };
+                if out_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            ToRelay::Hello => {}
+            ToRelay::Ack { seq } => {
+                if let Err(e) = shared.store.delete(id, seq) {
+                    warn!("ack not stored: {e}");
+                }
+                acked.fetch_max(seq, Ordering::Relaxed);
+                if let Ok(mut map) = shared.acked.lock() {
+                    let e = map.entry(id).or_insert(0);
+                    *e = (*e).max(seq);
+                }
+                ack_tx.send_replace(seq);
+            }
+        }
+    }
+    deliver.abort();
+    drop(out_tx);
+    let _ = writer.await;
+    shared.unsubscribe(&id);
+    debug!(client = %id.short(), "wallet gone");
+}
+
+async fn accept_envelope(
+    shared: &Shared,
+    sender: NodeId,
+    to: NodeId,
+    envelope: Vec<u8>,
+) -> Result<(), Refusal> {
+    let size = envelope.len() as u64;
+    if size > shared.config.max_envelope_bytes {
+        return Err(Refusal::TooLarge {
+            size,
+            max: shared.config.max_envelope_bytes,
+        });
+    }
+    shared
+        .take_token(sender)
+        .map_err(|retry_after_ms| Refusal::SenderQuota { retry_after_ms })?;
+    match shared.store.insert(to, envelope, now_ms()).await {
+        Ok(Ok(seq)) => {
+            shared.accepted.fetch_add(1, Ordering::Relaxed);
+            shared.stored(&to, seq);
+            Ok(())
+        }
+        Ok(Err(refusal)) => Err(refusal),
+        Err(e) => {
+            warn!("could not store an envelope: {e}");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// Push the wallet's mail, oldest first, keeping at most `delivery_window` unacknowledged.
+async fn deliver_loop(
+    id: NodeId,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<FromRelay>,
+    mut acks: watch::Receiver<u64>,
+    acked: Arc<AtomicU64>,
+) {
+    let mut mail = shared.subscribe(id);
+    let window = shared.config.delivery_window;
+    let mut cursor = shared
+        .acked
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&id).copied())
+        .unwrap_or(0);
+    let mut in_flight: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    loop {
+        // Forget what the wallet acknowledged.
+        let done = acked.load(Ordering::Relaxed);
+        while in_flight.front().is_some_and(|s| *s <= done) {
+            in_flight.pop_front();
+        }
+        let room = window.saturating_sub(in_flight.len() as u64);
+        if room == 0 {
+            if acks.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        mail.mark_unchanged();
+        let batch = match shared.store.fetch(id, cursor, room.min(64)).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("fetch failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if mail.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for m in batch {
+            cursor = m.seq;
+            in_flight.push_back(m.seq);
+            let frame = FromRelay::Deliver {
+                seq: m.seq,
+                received_ms: m.received_ms,
+                envelope: m.envelope,
+            };
+            if out.send(frame).await.is_err() {
+                return;
+            }
+            shared.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<FromRelay>) {
+    while let Some(msg) = rx.recv().await {
+        if write_frame(&mut send, &wire::encode(&msg)).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}

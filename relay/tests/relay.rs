@@ -1,0 +1,327 @@
+//! The relay over real QUIC on loopback: store and forward, order, acknowledgements, every
+//! abuse bound, and hostile clients, while the relay keeps serving everyone else.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use offst_core::net::client::{ClientError, RelayConnection, client_endpoint};
+use offst_core::net::frame::{read_frame, write_frame};
+use offst_core::net::tls;
+use offst_core::net::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal};
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_relay::{Config, RelayHandle};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("offst-relay-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn relay(name: &str, tweak: impl FnOnce(&mut Config)) -> RelayHandle {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: scratch(name),
+        ..Config::default()
+    };
+    tweak(&mut c);
+    offst_relay::start(c).await.unwrap()
+}
+
+fn who(seed: u8) -> Identity {
+    Identity::from_seed([seed; 32])
+}
+
+async fn connect(r: &RelayHandle, seed: u8) -> RelayConnection {
+    let ep = client_endpoint().unwrap();
+    timeout(T, RelayConnection::connect(&ep, r.addr, r.key, &who(seed)))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn next(c: &mut RelayConnection) -> offst_core::net::client::Delivery {
+    timeout(T, c.recv())
+        .await
+        .expect("mail in time")
+        .expect("connection open")
+}
+
+#[tokio::test]
+async fn mail_waits_for_an_offline_wallet_and_is_deleted_once_acknowledged() {
+    let r = relay("offline", |_| {}).await;
+    let a = connect(&r, 1).await;
+    let b_id = who(2).id();
+    for i in 0..5u8 {
+        a.send(b_id, vec![i; 100]).await.unwrap();
+    }
+    // b connects later and gets everything, in order.
+    let mut b = connect(&r, 2).await;
+    for i in 0..5u8 {
+        let d = next(&mut b).await;
+        assert_eq!(d.envelope, vec![i; 100]);
+        if i == 2 {
+            b.ack(d.seq).await.unwrap();
+        }
+    }
+    b.close().await;
+    // What was not acknowledged comes again; what was, does not.
+    let mut b = connect(&r, 2).await;
+    assert_eq!(next(&mut b).await.envelope, vec![3u8; 100]);
+    let last = next(&mut b).await;
+    assert_eq!(last.envelope, vec![4u8; 100]);
+    b.ack(last.seq).await.unwrap();
+    b.close().await;
+    let mut b = connect(&r, 2).await;
+    assert!(
+        timeout(Duration::from_millis(300), b.recv()).await.is_err(),
+        "mailbox should be empty"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_is_pushed_to_a_connected_wallet_in_order_per_sender() {
+    let r = relay("push", |_| {}).await;
+    let mut b = connect(&r, 2).await;
+    let a = connect(&r, 1).await;
+    let c = connect(&r, 3).await;
+    let b_id = who(2).id();
+    let (sa, sc) = tokio::join!(
+        async {
+            for i in 0..300u32 {
+                a.send(b_id, [b"a".as_slice(), &i.to_be_bytes()].concat())
+                    .await
+                    .unwrap();
+            }
+        },
+        async {
+            for i in 0..300u32 {
+                c.send(b_id, [b"c".as_slice(), &i.to_be_bytes()].concat())
+                    .await
+                    .unwrap();
+            }
+        }
+    );
+    let ((), ()) = (sa, sc);
+    let (mut na, mut nc) = (0u32, 0u32);
+    for _ in 0..600 {
+        let d = next(&mut b).await;
+        let n = u32::from_be_bytes(d.envelope[1..5].try_into().unwrap());
+        match d.envelope[0] {
+            b'a' => {
+                assert_eq!(n, na);
+                na += 1;
+            }
+            _ => {
+                assert_eq!(n, nc);
+                nc += 1;
+            }
+        }
+        b.ack(d.seq).await.unwrap();
+    }
+    assert_eq!((na, nc), (300, 300));
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_relay_key_is_refused_by_name() {
+    let r = relay("wrongkey", |_| {}).await;
+    let ep = client_endpoint().unwrap();
+    let impostor_pin = who(99).id();
+    let err = match timeout(
+        T,
+        RelayConnection::connect(&ep, r.addr, impostor_pin, &who(1)),
+    )
+    .await
+    .unwrap()
+    {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a relay with another key"),
+    };
+    let text = err.to_string();
+    assert!(matches!(err, ClientError::Connect { .. }), "{text}");
+    assert!(text.contains("wrong relay key"), "{text}");
+    assert!(text.contains(&r.key.to_string()), "{text}");
+    // The relay still serves wallets that pin it.
+    let a = connect(&r, 1).await;
+    a.send(who(2).id(), vec![1]).await.unwrap();
+    r.shutdown().await;
+}
+
+/// A raw stream to the relay, to misbehave with.
+async fn raw(
+    r: &RelayHandle,
+    seed: u8,
+) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    let ep = client_endpoint().unwrap();
+    let cfg = tls::client_config(&who(seed), r.key).unwrap();
+    let conn = ep
+        .connect_with(cfg, r.addr, tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    write_frame(
+        &mut send,
+        &wire::encode(&offst_core::net::wire::ToRelay::Hello),
+    )
+    .await
+    .unwrap();
+    (conn, send, recv)
+}
+
+async fn expect_error_and_close(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    needle: &str,
+) {
+    let frame = timeout(T, read_frame(recv, MAX_FRAME_SIZE))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match wire::decode::<FromRelay>(&frame).unwrap() {
+        FromRelay::Error { reason } => assert!(reason.contains(needle), "{reason}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let closed = timeout(T, conn.closed()).await.unwrap();
+    assert!(closed.to_string().contains("2"), "{closed}");
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_frames_close_only_that_connection() {
+    let r = relay("hostile-frames", |_| {}).await;
+    let mut good = connect(&r, 2).await;
+    // Oversized: announce 100 MiB.
+    let (conn, mut send, mut recv) = raw(&r, 7).await;
+    send.write_all(&(100u32 * 1024 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    expect_error_and_close(&conn, &mut recv, "over the").await;
+    // Malformed: a frame that is not a message.
+    let (conn, mut send, mut recv) = raw(&r, 8).await;
+    write_frame(&mut send, &[0xff, 0xff, 0xff, 0x13, 0x37])
+        .await
+        .unwrap();
+    expect_error_and_close(&conn, &mut recv, "malformed").await;
+    // Everyone else is served.
+    let a = connect(&r, 1).await;
+    a.send(who(2).id(), b"still here".to_vec()).await.unwrap();
+    assert_eq!(next(&mut good).await.envelope, b"still here");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_envelope_over_the_size_bound_is_refused() {
+    let r = relay("toolarge", |c| c.max_envelope_bytes = 1000).await;
+    let a = connect(&r, 1).await;
+    let err = a.send(who(2).id(), vec![0; 1001]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused(Refusal::TooLarge {
+                size: 1001,
+                max: 1000
+            })
+        ),
+        "{err}"
+    );
+    a.send(who(2).id(), vec![0; 1000]).await.unwrap();
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flood_from_one_sender_is_throttled_and_others_go_on() {
+    let r = relay("flood", |c| {
+        c.sender_burst = 50;
+        c.sender_rate_per_sec = 10;
+    })
+    .await;
+    let flooder = connect(&r, 1).await;
+    let to = who(2).id();
+    let mut refused = 0;
+    let mut retry = 0;
+    for _ in 0..200 {
+        match flooder.send(to, vec![1; 10]).await {
+            Ok(()) => {}
+            Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
+                refused += 1;
+                retry = retry_after_ms;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 140, "only {refused} refused");
+    assert!(retry > 0);
+    // Another sender is not affected.
+    let other = connect(&r, 3).await;
+    for _ in 0..20 {
+        other.send(to, vec![2; 10]).await.unwrap();
+    }
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_mailbox_refuses_until_mail_is_picked_up() {
+    let r = relay("full", |c| c.max_mailbox_messages = 10).await;
+    let a = connect(&r, 1).await;
+    let to = who(2).id();
+    for _ in 0..10 {
+        a.send(to, vec![1; 10]).await.unwrap();
+    }
+    let err = a.send(to, vec![1; 10]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused(Refusal::MailboxFull { messages: 10, .. })
+        ),
+        "{err}"
+    );
+    let mut b = connect(&r, 2).await;
+    let mut last = 0;
+    for _ in 0..10 {
+        last = next(&mut b).await.seq;
+    }
+    b.ack(last).await.unwrap();
+    // Deletion is asynchronous to the ack; it lands within a batch.
+    let mut ok = false;
+    for _ in 0..100 {
+        if a.send(to, vec![1; 10]).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the mailbox never had room again");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn accepted_mail_survives_a_restart_on_the_same_directory() {
+    let dir = scratch("restart");
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
+    let r = offst_relay::start(cfg.clone()).await.unwrap();
+    let key: NodeId = r.key;
+    let a = connect(&r, 1).await;
+    a.send(who(2).id(), b"kept".to_vec()).await.unwrap();
+    r.shutdown().await;
+    let r = offst_relay::start(cfg).await.unwrap();
+    assert_eq!(r.key, key, "the relay keeps its key across restarts");
+    let mut b = connect(&r, 2).await;
+    assert_eq!(next(&mut b).await.envelope, b"kept");
+    r.shutdown().await;
+}
