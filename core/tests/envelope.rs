@@ -1,0 +1,176 @@
+//! End-to-end envelopes: only the recipient opens them, the sender is proven, sizes reveal only
+//! a bucket, and copies and stale envelopes are refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use offst_core::net::envelope::{
+    EnvelopeError, MailKey, REPLAY_WINDOW_MS, ReplayGuard, bucket, open, seal, seal_forged,
+};
+use offst_core::protocol::identity::Identity;
+
+fn who(seed: u8) -> Identity {
+    Identity::from_seed([seed; 32])
+}
+
+fn entropy(n: u8) -> [u8; 56] {
+    [n; 56]
+}
+
+const NOW: u64 = 1_800_000_000_000;
+
+#[test]
+fn the_recipient_opens_and_learns_the_proven_sender() {
+    let (a, b) = (who(1), who(2));
+    let env = seal(&a, &MailKey::of(&b), b"hello", NOW, [7; 16], entropy(3)).unwrap();
+    let opened = open(&b, &env).unwrap();
+    assert_eq!(opened.sender, a.id());
+    assert_eq!(opened.body, b"hello");
+    assert_eq!(opened.id, [7; 16]);
+    assert_eq!(opened.sent_ms, NOW);
+    // Nothing readable on the wire.
+    assert!(!env.windows(5).any(|w| w == b"hello"));
+    assert!(!env.windows(32).any(|w| w == a.id().as_bytes()));
+}
+
+#[test]
+fn sizes_reveal_only_their_bucket() {
+    let (a, b) = (who(1), who(2));
+    let size = |n: usize| {
+        seal(&a, &MailKey::of(&b), &vec![1; n], NOW, [0; 16], entropy(1))
+            .unwrap()
+            .len()
+    };
+    assert_eq!(size(1), size(300));
+    assert_ne!(size(300), size(3000));
+    assert_eq!(size(3000), size(5000));
+    assert_eq!(bucket(1), 512);
+    assert_eq!(bucket(513), 2048);
+}
+
+#[test]
+fn someone_else_cannot_open_it_and_tampering_is_caught() {
+    let (a, b, c) = (who(1), who(2), who(3));
+    let env = seal(&a, &MailKey::of(&b), b"for b", NOW, [1; 16], entropy(1)).unwrap();
+    assert_eq!(open(&c, &env).unwrap_err(), EnvelopeError::DoesNotOpen);
+    for i in [0usize, 1, 40, 60, env.len() - 1] {
+        let mut bad = env.clone();
+        bad[i] ^= 1;
+        let err = open(&b, &bad).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvelopeError::DoesNotOpen | EnvelopeError::UnknownVersion(_)
+            ),
+            "byte {i}: {err}"
+        );
+    }
+    assert_eq!(open(&b, &env[..30]).unwrap_err(), EnvelopeError::Truncated);
+    assert_eq!(open(&b, &[]).unwrap_err(), EnvelopeError::Truncated);
+}
+
+#[test]
+fn a_forged_sender_or_a_readdressed_envelope_is_refused() {
+    let (a, b, c, mallory) = (who(1), who(2), who(3), who(66));
+    // Mallory claims to be a.
+    let env = seal_forged(
+        &mallory,
+        a.id(),
+        b.id(),
+        MailKey::of(&b).key,
+        b"pay me",
+        NOW,
+        [2; 16],
+        entropy(2),
+    )
+    .unwrap();
+    assert_eq!(
+        open(&b, &env).unwrap_err(),
+        EnvelopeError::BadSignature(a.id())
+    );
+    // An envelope for c, re-sealed to b's key by someone who read it, still names c.
+    let env = seal_forged(
+        &a,
+        a.id(),
+        c.id(),
+        MailKey::of(&b).key,
+        b"x",
+        NOW,
+        [3; 16],
+        entropy(3),
+    )
+    .unwrap();
+    assert_eq!(open(&b, &env).unwrap_err(), EnvelopeError::NotForUs(c.id()));
+}
+
+#[test]
+fn a_mail_key_must_be_signed_by_its_owner() {
+    let (a, b) = (who(1), who(2));
+    let mut key = MailKey::of(&b);
+    key.key = MailKey::of(&a).key; // b's name on a's key: a would read b's mail
+    assert_eq!(key.verify().unwrap_err(), EnvelopeError::BadMailKey(b.id()));
+    assert!(seal(&a, &key, b"x", NOW, [0; 16], entropy(0)).is_err());
+    MailKey::of(&b).verify().unwrap();
+}
+
+#[test]
+fn copies_and_stale_envelopes_are_refused() {
+    let (a, b) = (who(1), who(2));
+    let mut guard = ReplayGuard::new(REPLAY_WINDOW_MS);
+    let env = seal(&a, &MailKey::of(&b), b"once", NOW, [9; 16], entropy(9)).unwrap();
+    let opened = open(&b, &env).unwrap();
+    guard.check(&opened, NOW + 10).unwrap();
+    assert!(matches!(
+        guard.check(&opened, NOW + 20),
+        Err(EnvelopeError::Replay(..))
+    ));
+    // The same body in a new envelope is a new envelope (the protocol drops repeated content).
+    let again = open(
+        &b,
+        &seal(&a, &MailKey::of(&b), b"once", NOW, [10; 16], entropy(10)).unwrap(),
+    )
+    .unwrap();
+    guard.check(&again, NOW + 30).unwrap();
+    // Older than the window.
+    let old = open(
+        &b,
+        &seal(
+            &a,
+            &MailKey::of(&b),
+            b"old",
+            NOW - REPLAY_WINDOW_MS - 1,
+            [11; 16],
+            entropy(11),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        guard.check(&old, NOW),
+        Err(EnvelopeError::TooOld { .. })
+    ));
+    // Once the window has passed, remembered ids are forgotten (they would be too old anyway).
+    let later = open(
+        &b,
+        &seal(
+            &a,
+            &MailKey::of(&b),
+            b"later",
+            NOW + REPLAY_WINDOW_MS + 100,
+            [12; 16],
+            entropy(12),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    guard.check(&later, NOW + REPLAY_WINDOW_MS + 100).unwrap();
+    assert_eq!(guard.len(), 1);
+    assert!(matches!(
+        guard.check(&opened, NOW + REPLAY_WINDOW_MS + 100),
+        Err(EnvelopeError::TooOld { .. })
+    ));
+}
