@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod invite;
 pub mod net;
 pub mod protocol;
 pub mod sim;

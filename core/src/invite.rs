@@ -1,0 +1,269 @@
+//! Invitations: how two people become friends. The inviter shows one (a QR code, a link, or
+//! text); the other scans it and learns everything needed to reach the inviter: its id, its
+//! mail key, its relay (address and key) and a display name, signed by the inviter and valid
+//! until an expiry.
+//!
+//! Text form: `OFFST1` (kind and version) followed by RFC 4648 base32 (no padding) of the
+//! postcard-encoded signed invitation and a 4-byte BLAKE3 checksum. Upper case, so that a QR
+//! code can use its compact alphanumeric mode. The URI form is `offst:` + the text form.
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::envelope::MailKey;
+use crate::protocol::identity::{Identity, NodeId, Signature};
+
+/// The text form's prefix: kind and version.
+pub const PREFIX: &str = "OFFST1";
+/// The URI scheme.
+pub const URI_SCHEME: &str = "offst:";
+/// Longest display name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest relay address (`host:port`).
+pub const MAX_ADDR_LEN: usize = 255;
+const CHECKSUM_LEN: usize = 4;
+const DOMAIN: &str = "offst invitation v1";
+
+/// A relay: where it is and the key it must present.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayAddress {
+    /// `host:port`.
+    pub addr: String,
+    /// The relay's key.
+    pub key: NodeId,
+}
+
+/// What an invitation says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvitationTerms {
+    /// The inviter.
+    pub inviter: NodeId,
+    /// The inviter's mail key (signed by the inviter too).
+    pub mail_key: MailKey,
+    /// The inviter's relay.
+    pub relay: RelayAddress,
+    /// The name the inviter goes by.
+    pub name: String,
+    /// Not valid after this, ms since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// A signed invitation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The terms.
+    pub terms: InvitationTerms,
+    /// The inviter's signature over them.
+    pub signature: Signature,
+}
+
+/// Why an invitation was not accepted. Each says what the person can do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteError {
+    /// Not an Offst invitation at all.
+    #[error("this is not an Offst invitation")]
+    NotAnInvitation,
+    /// An invitation format this app does not know.
+    #[error("this invitation is of a newer kind ({0}); update the app")]
+    UnknownVersion(String),
+    /// A character outside the alphabet.
+    #[error("the invitation has a character that can't be in one ({0:?}); was it copied whole?")]
+    BadCharacter(char),
+    /// The checksum does not match: a typo or a cut.
+    #[error("the invitation is damaged (checksum mismatch); copy or scan it again")]
+    BadChecksum,
+    /// Decodes but is not well formed.
+    #[error("the invitation is malformed: {0}")]
+    Malformed(String),
+    /// Signed by someone other than the inviter it names.
+    #[error("the invitation is not signed by the person it names; do not use it")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("the invitation expired {ago_ms} ms ago; ask for a new one")]
+    Expired {
+        /// How long ago.
+        ago_ms: u64,
+    },
+    /// A field out of bounds when creating.
+    #[error("{0}")]
+    Invalid(String),
+    /// The QR code could not be made.
+    #[error("could not draw the QR code: {0}")]
+    Qr(String),
+}
+
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let h = blake3::derive_key("offst invitation checksum v1", body);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(&h[..CHECKSUM_LEN]);
+    out
+}
+
+impl Invitation {
+    /// Make and sign an invitation.
+    pub fn create(
+        identity: &Identity,
+        relay: RelayAddress,
+        name: &str,
+        expires_ms: u64,
+    ) -> Result<Invitation, InviteError> {
+        let name = name.trim();
+        if name.chars().count() > MAX_NAME_LEN {
+            return Err(InviteError::Invalid(format!(
+                "the name is longer than {MAX_NAME_LEN} characters"
+            )));
+        }
+        if relay.addr.is_empty() || relay.addr.len() > MAX_ADDR_LEN {
+            return Err(InviteError::Invalid(format!(
+                "the relay address must be 1 to {MAX_ADDR_LEN} bytes"
+            )));
+        }
+        let terms = InvitationTerms {
+            inviter: identity.id(),
+            mail_key: MailKey::of(identity),
+            relay,
+            name: name.to_string(),
+            expires_ms,
+        };
+        let signature = identity.sign(DOMAIN, &terms);
+        Ok(Invitation { terms, signature })
+    }
+
+    /// Check the signatures and the expiry at `now_ms`.
+    pub fn verify(&self, now_ms: u64) -> Result<(), InviteError> {
+        let t = &self.terms;
+        t.inviter
+            .verify(DOMAIN, t, &self.signature)
+            .map_err(|_| InviteError::BadSignature)?;
+        if t.mail_key.owner != t.inviter || t.mail_key.verify().is_err() {
+            return Err(InviteError::BadSignature);
+        }
+        if now_ms > t.expires_ms {
+            return Err(InviteError::Expired {
+                ago_ms: now_ms - t.expires_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// The text form.
+    pub fn to_text(&self) -> String {
+        let mut body = postcard::to_allocvec(self).unwrap_or_default();
+        body.extend_from_slice(&checksum(&body));
+        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&body))
+    }
+
+    /// The URI form (`offst:OFFST1...`).
+    pub fn to_uri(&self) -> String {
+        format!("{URI_SCHEME}{}", self.to_text())
+    }
+
+    /// Read the text or URI form (spaces, line breaks and case ignored), and check it at
+    /// `now_ms`.
+    pub fn parse(input: &str, now_ms: u64) -> Result<Invitation, InviteError> {
+        let compact: String = input
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        let text = compact
+            .strip_prefix(&URI_SCHEME.to_ascii_uppercase())
+            .unwrap_or(&compact);
+        if !text.starts_with("OFFST") {
+            return Err(InviteError::NotAnInvitation);
+        }
+        let Some(b32) = text.strip_prefix(PREFIX) else {
+            let kind: String = text.chars().take(PREFIX.len()).collect();
+            return Err(InviteError::UnknownVersion(kind));
+        };
+        if let Some(c) = b32
+            .chars()
+            .find(|c| !(c.is_ascii_uppercase() || ('2'..='7').contains(c)))
+        {
+            return Err(InviteError::BadCharacter(c));
+        }
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(b32.as_bytes())
+            .map_err(|_| InviteError::BadChecksum)?;
+        if bytes.len() < CHECKSUM_LEN {
+            return Err(InviteError::BadChecksum);
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if checksum(body) != sum {
+            return Err(InviteError::BadChecksum);
+        }
+        let inv: Invitation =
+            postcard::from_bytes(body).map_err(|e| InviteError::Malformed(e.to_string()))?;
+        inv.verify(now_ms)?;
+        Ok(inv)
+    }
+
+    fn qr(&self) -> Result<qrcode::QrCode, InviteError> {
+        // Upper-case base32 fits QR's alphanumeric mode (the scheme too).
+        qrcode::QrCode::with_error_correction_level(
+            self.to_uri().to_ascii_uppercase(),
+            qrcode::EcLevel::M,
+        )
+        .map_err(|e| InviteError::Qr(e.to_string()))
+    }
+
+    /// The QR code as an SVG document.
+    pub fn qr_svg(&self) -> Result<String, InviteError> {
+        Ok(self
+            .qr()?
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(256, 256)
+            .quiet_zone(true)
+            .build())
+    }
+
+    /// The QR code as text for a terminal (two modules per character, light background).
+    pub fn qr_terminal(&self) -> Result<String, InviteError> {
+        Ok(self
+            .qr()?
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build())
+    }
+
+    /// The QR code as a PNG image, `scale` pixels per module, with the standard quiet zone.
+    pub fn qr_png(&self, scale: u32) -> Result<Vec<u8>, InviteError> {
+        let code = self.qr()?;
+        let modules = code.width() as u32;
+        let quiet = 4u32;
+        let scale = scale.clamp(1, 32);
+        let side = (modules + 2 * quiet) * scale;
+        let colors = code.to_colors();
+        let mut pixels = vec![255u8; (side * side) as usize];
+        for y in 0..modules {
+            for x in 0..modules {
+                let dark = colors
+                    .get((y * modules + x) as usize)
+                    .is_some_and(|c| *c == qrcode::Color::Dark);
+                if !dark {
+                    continue;
+                }
+                for dy in 0..scale {
+                    let row = ((quiet + y) * scale + dy) * side;
+                    let start = (row + (quiet + x) * scale) as usize;
+                    if let Some(px) = pixels.get_mut(start..start + scale as usize) {
+                        px.fill(0);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, side, side);
+            enc.set_color(png::ColorType::Grayscale);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut w = enc
+                .write_header()
+                .map_err(|e| InviteError::Qr(e.to_string()))?;
+            w.write_image_data(&pixels)
+                .map_err(|e| InviteError::Qr(e.to_string()))?;
+        }
+        Ok(out)
+    }
+}

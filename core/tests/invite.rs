@@ -1,0 +1,136 @@
+//! Invitations: every form round-trips, each mistake gets its own error, and the QR code, drawn
+//! to a PNG, scans back to the same invitation.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use offst_core::invite::{Invitation, InviteError, RelayAddress};
+use offst_core::protocol::identity::Identity;
+
+const NOW: u64 = 1_800_000_000_000;
+const DAY: u64 = 24 * 3600 * 1000;
+
+fn invitation() -> Invitation {
+    let alice = Identity::from_seed([1; 32]);
+    let relay = RelayAddress {
+        addr: "relay.example.org:7360".into(),
+        key: Identity::from_seed([9; 32]).id(),
+    };
+    Invitation::create(&alice, relay, "Alice (bakery)", NOW + DAY).unwrap()
+}
+
+#[test]
+fn text_and_uri_forms_round_trip() {
+    let inv = invitation();
+    let text = inv.to_text();
+    assert!(text.starts_with("OFFST1"));
+    assert_eq!(Invitation::parse(&text, NOW).unwrap(), inv);
+    assert_eq!(Invitation::parse(&inv.to_uri(), NOW).unwrap(), inv);
+    // Case, spaces and line breaks from copying do not matter.
+    let messy = format!("  {}\n{} ", text[..40].to_ascii_lowercase(), &text[40..]);
+    assert_eq!(Invitation::parse(&messy, NOW).unwrap(), inv);
+    assert_eq!(inv.terms.name, "Alice (bakery)");
+}
+
+#[test]
+fn each_mistake_is_named() {
+    let inv = invitation();
+    let text = inv.to_text();
+    // One character changed.
+    let mut chars: Vec<char> = text.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let typo: String = chars.into_iter().collect();
+    assert_eq!(
+        Invitation::parse(&typo, NOW).unwrap_err(),
+        InviteError::BadChecksum
+    );
+    // Cut short.
+    assert_eq!(
+        Invitation::parse(&text[..text.len() - 3], NOW).unwrap_err(),
+        InviteError::BadChecksum
+    );
+    // Expired.
+    assert!(matches!(
+        Invitation::parse(&text, NOW + 2 * DAY).unwrap_err(),
+        InviteError::Expired { ago_ms } if ago_ms == DAY
+    ));
+    // A future kind.
+    let future = text.replacen("OFFST1", "OFFST2", 1);
+    assert!(
+        matches!(Invitation::parse(&future, NOW).unwrap_err(), InviteError::UnknownVersion(k) if k == "OFFST2")
+    );
+    // Not an invitation at all.
+    assert_eq!(
+        Invitation::parse("https://example.org", NOW).unwrap_err(),
+        InviteError::NotAnInvitation
+    );
+    // A character base32 never uses.
+    let bad = format!("{}0{}", &text[..20], &text[21..]);
+    assert_eq!(
+        Invitation::parse(&bad, NOW).unwrap_err(),
+        InviteError::BadCharacter('0')
+    );
+    // The terms changed after signing (checksum recomputed, as a forger would).
+    let mut forged = inv.clone();
+    forged.terms.relay.addr = "evil.example:7360".into();
+    assert_eq!(
+        Invitation::parse(&forged.to_text(), NOW).unwrap_err(),
+        InviteError::BadSignature
+    );
+    // Someone else's mail key under Alice's name.
+    let mut forged = inv.clone();
+    forged.terms.mail_key = offst_core::net::envelope::MailKey::of(&Identity::from_seed([66; 32]));
+    assert_eq!(
+        Invitation::parse(&forged.to_text(), NOW).unwrap_err(),
+        InviteError::BadSignature
+    );
+}
+
+#[test]
+fn the_qr_code_scans_back_to_the_same_invitation() {
+    let inv = invitation();
+    let png_bytes = inv.qr_png(4).unwrap();
+    // Decode the PNG as a scanner app would get it: a grey image.
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0u8; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, content) = grids[0].decode().unwrap();
+    assert_eq!(Invitation::parse(&content, NOW).unwrap(), inv);
+
+    let svg = inv.qr_svg().unwrap();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    let term = inv.qr_terminal().unwrap();
+    assert!(term.lines().count() > 10);
+}
+
+#[test]
+fn bounds_are_checked_when_creating() {
+    let alice = Identity::from_seed([1; 32]);
+    let relay = RelayAddress {
+        addr: "r:1".into(),
+        key: alice.id(),
+    };
+    let err = Invitation::create(&alice, relay.clone(), &"x".repeat(65), NOW).unwrap_err();
+    assert!(matches!(err, InviteError::Invalid(_)));
+    let err = Invitation::create(
+        &alice,
+        RelayAddress {
+            addr: String::new(),
+            ..relay
+        },
+        "a",
+        NOW,
+    )
+    .unwrap_err();
+    assert!(matches!(err, InviteError::Invalid(_)));
+}
