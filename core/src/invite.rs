@@ -23,14 +23,7 @@ pub const MAX_ADDR_LEN: usize = 255;
 const CHECKSUM_LEN: usize = 4;
 const DOMAIN: &str = "offst invitation v1";
 
-/// A relay: where it is and the key it must present.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayAddress {
-    /// `host:port`.
-    pub addr: String,
-    /// The relay's key.
-    pub key: NodeId,
-}
+pub use crate::net::wire::RelayAddress;
 
 /// What an invitation says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

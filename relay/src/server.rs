@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use offst_core::net::client::{ClientError, RelayConnection};
 use offst_core::net::frame::{FrameError, read_frame, write_frame};
 use offst_core::net::tls;
-use offst_core::net::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, ToRelay};
+use offst_core::net::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, RelayAddress, ToRelay};
 use offst_core::protocol::identity::{Identity, NodeId};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::store::{Bounds, Store, StoreError};
@@ -113,6 +114,14 @@ struct Bucket {
 struct Shared {
     config: Config,
     store: Store,
+    /// This relay's identity and endpoint, for forwarding to other relays.
+    identity: Identity,
+    key: NodeId,
+    endpoint: quinn::Endpoint,
+    /// Per destination relay: the wake-up of its forwarder task.
+    forwarders: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
+    forwarded: AtomicU64,
+    stopping: std::sync::atomic::AtomicBool,
     /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
     mailboxes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
     buckets: Mutex<HashMap<NodeId, Bucket>>,
@@ -195,6 +204,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Envelopes delivered since start (pushed; a redelivery counts again).
     pub delivered: u64,
+    /// Envelopes forwarded to other relays since start.
+    pub forwarded: u64,
 }
 
 impl RelayHandle {
@@ -204,6 +215,7 @@ impl RelayHandle {
             connections: self.shared.connections.load(Ordering::Relaxed),
             accepted: self.shared.accepted.load(Ordering::Relaxed),
             delivered: self.shared.delivered.load(Ordering::Relaxed),
+            forwarded: self.shared.forwarded.load(Ordering::Relaxed),
         }
     }
 
@@ -211,6 +223,10 @@ impl RelayHandle {
     pub async fn shutdown(self) {
         self.accept.abort();
         self.purge.abort();
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        if let Ok(mut f) = self.shared.forwarders.lock() {
+            f.clear();
+        }
         self.endpoint
             .close(close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), self.endpoint.wait_idle()).await;
@@ -244,6 +260,12 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     let shared = Arc::new(Shared {
         config,
         store,
+        identity,
+        key,
+        endpoint: endpoint.clone(),
+        forwarders: Mutex::new(HashMap::new()),
+        forwarded: AtomicU64::new(0),
+        stopping: std::sync::atomic::AtomicBool::new(false),
         mailboxes: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
         acked: Mutex::new(HashMap::new()),
@@ -252,6 +274,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         delivered: AtomicU64::new(0),
     });
     info!(%key, %addr, "relay listening");
+    // Resume forwarding what was accepted before a restart.
+    for relay in shared.store.forward_destinations().await? {
+        wake_forwarder(&shared, relay);
+    }
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let purge = tokio::spawn(purge_loop(shared.clone()));
     Ok(RelayHandle {
@@ -369,6 +395,25 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                     break;
                 }
             }
+            ToRelay::Forward {
+                id: req,
+                to,
+                relay,
+                envelope,
+            } => {
+                let answer = if relay.key == shared.key {
+                    accept_envelope(&shared, id, to, envelope).await
+                } else {
+                    accept_forward(&shared, id, to, relay, envelope).await
+                };
+                let reply = match answer {
+                    Ok(()) => FromRelay::Accepted { id: req },
+                    Err(reason) => FromRelay::Refused { id: req, reason },
+                };
+                if out_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
             ToRelay::Hello => {}
             ToRelay::Ack { seq } => {
                 if let Err(e) = shared.store.delete(id, seq) {
@@ -418,6 +463,148 @@ async fn accept_envelope(
             Err(Refusal::Unavailable)
         }
     }
+}
+
+async fn accept_forward(
+    shared: &Arc<Shared>,
+    sender: NodeId,
+    to: NodeId,
+    relay: RelayAddress,
+    envelope: Vec<u8>,
+) -> Result<(), Refusal> {
+    let size = envelope.len() as u64;
+    if size > shared.config.max_envelope_bytes {
+        return Err(Refusal::TooLarge {
+            size,
+            max: shared.config.max_envelope_bytes,
+        });
+    }
+    if relay.addr.is_empty() || relay.addr.len() > 255 {
+        return Err(Refusal::Unavailable);
+    }
+    shared
+        .take_token(sender)
+        .map_err(|retry_after_ms| Refusal::SenderQuota { retry_after_ms })?;
+    match shared
+        .store
+        .insert_forward(relay.clone(), to, envelope, now_ms())
+        .await
+    {
+        Ok(Ok(_)) => {
+            shared.accepted.fetch_add(1, Ordering::Relaxed);
+            wake_forwarder(shared, relay);
+            Ok(())
+        }
+        Ok(Err(refusal)) => Err(refusal),
+        Err(e) => {
+            warn!("could not store an envelope to forward: {e}");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+fn wake_forwarder(shared: &Arc<Shared>, relay: RelayAddress) {
+    let Ok(mut map) = shared.forwarders.lock() else {
+        return;
+    };
+    if let Some(tx) = map.get(&relay.key) {
+        tx.send_modify(|n| *n += 1);
+        return;
+    }
+    let (tx, rx) = watch::channel(0u64);
+    map.insert(relay.key, tx);
+    tokio::spawn(forward_loop(shared.clone(), relay, rx));
+}
+
+/// Forward what waits for `relay`, oldest first, until it has stored each; retry with backoff.
+async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch::Receiver<u64>) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(250);
+    const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    let mut backoff = MIN_BACKOFF;
+    let mut conn: Option<RelayConnection> = None;
+    let mut cursor = 0u64;
+    while !shared.stopping.load(Ordering::Relaxed) {
+        wake.mark_unchanged();
+        let batch = match shared.store.fetch_forward(relay.key, cursor, 64).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("forward queue: {e}");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            if wake.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if conn.is_none() {
+            match connect_relay(&shared, &relay).await {
+                Ok(c) => {
+                    info!(relay = %relay.key.short(), addr = %relay.addr, "forwarding");
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    warn!(relay = %relay.key.short(), addr = %relay.addr, "can't reach: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        for out in batch {
+            match c.send(out.recipient, out.envelope).await {
+                Ok(()) => {
+                    cursor = out.seq;
+                    backoff = MIN_BACKOFF;
+                    shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = shared.store.delete_forward(out.seq) {
+                        warn!("forward queue: {e}");
+                    }
+                }
+                Err(ClientError::Refused(Refusal::TooLarge { size, max })) => {
+                    // Permanent: the next relay will never take it. Logged, then dropped.
+                    error!(relay = %relay.key.short(), size, max, "the next relay refuses this envelope as too large; dropping it");
+                    cursor = out.seq;
+                    let _ = shared.store.delete_forward(out.seq);
+                }
+                Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
+                    break;
+                }
+                Err(ClientError::Refused(reason)) => {
+                    debug!(relay = %relay.key.short(), "refused for now: {reason}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+                Err(e) => {
+                    warn!(relay = %relay.key.short(), "connection lost: {e}; retrying in {backoff:?}");
+                    conn = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect_relay(shared: &Shared, relay: &RelayAddress) -> Result<RelayConnection, String> {
+    let addr = tokio::net::lookup_host(relay.addr.as_str())
+        .await
+        .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", relay.addr))?;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        RelayConnection::connect(&shared.endpoint, addr, relay.key, &shared.identity),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())
 }
 
 /// Push the wallet's mail, oldest first, keeping at most `delivery_window` unacknowledged.

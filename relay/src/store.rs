@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use offst_core::net::wire::Refusal;
+use offst_core::net::wire::{Refusal, RelayAddress};
 use offst_core::protocol::identity::NodeId;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -64,6 +64,27 @@ enum Op {
         older_than_ms: u64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    InsertForward {
+        relay: RelayAddress,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Result<u64, Refusal>, StoreError>>,
+    },
+    DeleteForward {
+        seq: u64,
+    },
+}
+
+/// One envelope waiting to be forwarded to another relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    /// Its position.
+    pub seq: u64,
+    /// The recipient.
+    pub recipient: NodeId,
+    /// The envelope.
+    pub envelope: Vec<u8>,
 }
 
 /// One stored envelope.
@@ -93,6 +114,15 @@ const SCHEMA: &str = "
     ) STRICT;
     CREATE INDEX IF NOT EXISTS mail_by_recipient ON mail(recipient, seq);
     CREATE INDEX IF NOT EXISTS mail_by_age ON mail(received_ms);
+    CREATE TABLE IF NOT EXISTS forward (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        relay_key BLOB NOT NULL,
+        relay_addr TEXT NOT NULL,
+        recipient BLOB NOT NULL,
+        received_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX IF NOT EXISTS forward_by_relay ON forward(relay_key, seq);
 ";
 
 fn i64_of(v: u64) -> i64 {
@@ -218,6 +248,98 @@ impl Store {
         .map_err(|e| StoreError::Sqlite(e.to_string()))?
     }
 
+    /// Keep `envelope` for `recipient` at the relay `relay`, until forwarded.
+    pub async fn insert_forward(
+        &self,
+        relay: RelayAddress,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Result<u64, Refusal>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::InsertForward {
+            relay,
+            recipient,
+            envelope,
+            now_ms,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The next relay stored the envelope `seq`: forget it.
+    pub fn delete_forward(&self, seq: u64) -> Result<(), StoreError> {
+        self.send(Op::DeleteForward { seq })
+    }
+
+    /// Envelopes waiting for `relay` after `after`, oldest first.
+    pub async fn fetch_forward(
+        &self,
+        relay: NodeId,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<Outbound>, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, recipient, envelope FROM forward
+                 WHERE relay_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![relay.as_bytes(), i64_of(after), i64_of(limit)],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, recipient, envelope) = row?;
+                let Ok(recipient) = <[u8; 32]>::try_from(recipient.as_slice()) else {
+                    continue;
+                };
+                out.push(Outbound {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    recipient: NodeId::from_bytes(recipient),
+                    envelope,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Sqlite(e.to_string()))?
+    }
+
+    /// The relays with envelopes waiting to be forwarded (at start-up).
+    pub async fn forward_destinations(&self) -> Result<Vec<RelayAddress>, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            let mut stmt =
+                conn.prepare("SELECT relay_key, relay_addr FROM forward GROUP BY relay_key")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (k, addr) = row?;
+                if let Ok(k) = <[u8; 32]>::try_from(k.as_slice()) {
+                    out.push(RelayAddress {
+                        addr,
+                        key: NodeId::from_bytes(k),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Sqlite(e.to_string()))?
+    }
+
     /// Messages waiting, in all mailboxes.
     pub async fn count(&self) -> Result<u64, StoreError> {
         let reader = self.reader.clone();
@@ -317,6 +439,30 @@ fn writer_loop(
                                     u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
                                 u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
                             }
+                        }
+                        Op::InsertForward {
+                            relay,
+                            recipient,
+                            envelope,
+                            now_ms,
+                            reply,
+                        } => {
+                            tx.execute(
+                                "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
+                                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                                params![
+                                    relay.key.as_bytes(),
+                                    relay.addr,
+                                    recipient.as_bytes(),
+                                    i64_of(now_ms),
+                                    envelope
+                                ],
+                            )?;
+                            let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                            replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                        }
+                        Op::DeleteForward { seq } => {
+                            tx.execute("DELETE FROM forward WHERE seq = ?1", [i64_of(seq)])?;
                         }
                         Op::Purge {
                             older_than_ms,

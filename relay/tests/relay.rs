@@ -325,3 +325,57 @@ async fn accepted_mail_survives_a_restart_on_the_same_directory() {
     assert_eq!(next(&mut b).await.envelope, b"kept");
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
+    use offst_core::net::wire::RelayAddress;
+    // r2 is down at first: its address is reserved by starting and stopping it.
+    let dir2 = scratch("fed-r2");
+    let cfg2 = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir2.clone(),
+        ..Config::default()
+    };
+    let r2 = offst_relay::start(cfg2.clone()).await.unwrap();
+    let (addr2, key2) = (r2.addr, r2.key);
+    r2.shutdown().await;
+    let r1 = relay("fed-r1", |_| {}).await;
+    let a = connect(&r1, 1).await;
+    let b_id = who(2).id();
+    let there = RelayAddress {
+        addr: addr2.to_string(),
+        key: key2,
+    };
+    for i in 0..20u8 {
+        a.forward(b_id, there.clone(), vec![i; 50]).await.unwrap();
+    }
+    // r2 comes up on the same address; r1's forwarder retries and delivers, in order.
+    let r2 = offst_relay::start(Config {
+        listen: addr2,
+        ..cfg2
+    })
+    .await
+    .unwrap();
+    let mut b = connect(&r2, 2).await;
+    for i in 0..20u8 {
+        let d = timeout(Duration::from_secs(30), b.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.envelope, vec![i; 50]);
+        b.ack(d.seq).await.unwrap();
+    }
+    assert_eq!(r1.stats().forwarded, 20);
+    // Forwarding to oneself is a plain send.
+    let mut a2 = connect(&r1, 3).await;
+    let here = RelayAddress {
+        addr: r1.addr.to_string(),
+        key: r1.key,
+    };
+    a.forward(who(3).id(), here, b"local".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a2).await.envelope, b"local");
+    r1.shutdown().await;
+    r2.shutdown().await;
+}

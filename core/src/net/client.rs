@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{FrameError, read_frame, write_frame};
 use super::tls;
-use super::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, ToRelay};
+use super::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, RelayAddress, ToRelay};
 use crate::protocol::identity::{Identity, NodeId};
 
 /// Why talking to the relay failed.
@@ -171,6 +171,32 @@ impl RelayConnection {
         }
         self.out
             .send(ToRelay::Send { id, to, envelope })
+            .await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?;
+        rx.await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?
+    }
+
+    /// Send `envelope` to `to`, a user of the relay `relay` (which may be this one); returns
+    /// once this relay stored it durably. This relay forwards it.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        relay: RelayAddress,
+        envelope: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        self.out
+            .send(ToRelay::Forward {
+                id,
+                to,
+                relay,
+                envelope,
+            })
             .await
             .map_err(|_| ClientError::Closed(self.closed_reason()))?;
         rx.await

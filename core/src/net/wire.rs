@@ -14,6 +14,15 @@ pub const MAX_ENVELOPE_SIZE: usize = 520 * 1024;
 /// The largest frame either side accepts.
 pub const MAX_FRAME_SIZE: usize = MAX_ENVELOPE_SIZE + 1024;
 
+/// A relay: where it is and the key it must present.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RelayAddress {
+    /// `host:port`.
+    pub addr: String,
+    /// The relay's key.
+    pub key: NodeId,
+}
+
 /// A wallet to its relay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToRelay {
@@ -30,6 +39,19 @@ pub enum ToRelay {
     Ack {
         /// The last handled delivery.
         seq: u64,
+    },
+    /// Store `envelope` for `to`, a user of the relay `relay`: this relay stores it, answers
+    /// `Accepted`, and forwards it until `relay` has stored it. (If `relay` is this relay, the
+    /// same as `Send`.)
+    Forward {
+        /// The sender's number for this request.
+        id: u64,
+        /// The recipient.
+        to: NodeId,
+        /// The recipient's relay.
+        relay: RelayAddress,
+        /// The sealed envelope.
+        envelope: Vec<u8>,
     },
     /// The first frame on a connection: opens the stream (a QUIC stream reaches the peer only
     /// with its first bytes), after which the relay pushes mail.
