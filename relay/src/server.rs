@@ -247,11 +247,27 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         },
     )?;
     let server = tls::server_config(&identity)?;
-    let endpoint =
-        quinn::Endpoint::server(server, config.listen).map_err(|e| RelayError::Bind {
-            addr: config.listen,
-            detail: e.to_string(),
-        })?;
+    // A stateless-reset key derived from the relay's identity: after a crash and restart, the
+    // new process can tell clients at once that their old connections are gone (instead of
+    // leaving them to time out).
+    let reset = blake3::derive_key("offst relay stateless reset v1", &identity.seed());
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &reset,
+    )));
+    let bind_err = |e: std::io::Error| RelayError::Bind {
+        addr: config.listen,
+        detail: e.to_string(),
+    };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(|e| RelayError::Bind {
         addr: config.listen,
         detail: e.to_string(),

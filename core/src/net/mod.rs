@@ -2,6 +2,7 @@
 //! protocol both ends speak. Unlike `protocol/`, this module does I/O.
 
 pub mod client;
+pub mod driver;
 pub mod envelope;
 pub mod frame;
 pub mod tls;

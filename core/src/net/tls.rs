@@ -338,9 +338,11 @@ pub fn client_config(identity: &Identity, relay: NodeId) -> Result<quinn::Client
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // A relay that died without a word (killed, or its network gone) is noticed within the
+    // idle timeout; keep-alives keep a quiet but live connection open.
     config.transport_config(transport(
-        Duration::from_secs(60),
-        Some(Duration::from_secs(20)),
+        Duration::from_secs(20),
+        Some(Duration::from_secs(5)),
     ));
     Ok(config)
 }

@@ -48,10 +48,14 @@ pub enum EventKind {
     Resynced,
     /// The wallet was restored from a backup and is resyncing with its friends.
     Restored,
+    /// Someone who scanned our invitation asks to be friends.
+    FriendRequested,
+    /// Someone whose invitation we accepted accepted us back.
+    FriendAccepted,
 }
 
 impl EventKind {
-    const ALL: [(EventKind, &'static str); 15] = [
+    const ALL: [(EventKind, &'static str); 17] = [
         (EventKind::FriendAdded, "friend_added"),
         (EventKind::LimitSet, "limit_set"),
         (EventKind::LimitChanged, "limit_changed"),
@@ -67,6 +71,8 @@ impl EventKind {
         (EventKind::ChannelReset, "channel_reset"),
         (EventKind::Resynced, "resynced"),
         (EventKind::Restored, "restored"),
+        (EventKind::FriendRequested, "friend_requested"),
+        (EventKind::FriendAccepted, "friend_accepted"),
     ];
 
     /// The stored name.

@@ -10,6 +10,7 @@
 mod backup;
 mod history;
 pub mod keys;
+mod network;
 mod store;
 
 use std::fs::File;
@@ -30,6 +31,7 @@ use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
 pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_backup};
 pub use history::{EventKind, HistoryEntry};
 pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
+pub use network::{Contact, Control, FriendRequest};
 pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION};
 
 use history::NewEntry;
@@ -229,9 +231,17 @@ pub struct Outgoing {
     pub seq: u64,
     /// The friend it is for.
     pub to: NodeId,
+    /// What it is: [`MAIL_PROTOCOL`] (a protocol message) or [`MAIL_CONTROL`] (a friend
+    /// request or acceptance).
+    pub kind: u8,
     /// The encoded message.
     pub message: Vec<u8>,
 }
+
+/// An outbox entry holding a protocol message.
+pub const MAIL_PROTOCOL: u8 = 0;
+/// An outbox entry holding a control message (see `network.rs`).
+pub const MAIL_CONTROL: u8 = 1;
 
 /// What became of a received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +333,8 @@ pub struct Wallet {
     /// Set when a step failed and the state could not be read back: memory may differ from
     /// the disk, so every further step is refused until the wallet is opened again.
     broken: Option<String>,
+    /// Signalled after every committed step, so a network driver sends new mail at once.
+    outbox_signal: Arc<tokio::sync::Notify>,
     _lock: File,
 }
 
@@ -496,6 +508,7 @@ impl Wallet {
             clock: options.clock,
             last_settings: changes.settings,
             broken: None,
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
             _lock: lock,
         })
     }
@@ -540,6 +553,7 @@ impl Wallet {
             clock: options.clock,
             last_settings: parts.settings,
             broken: None,
+            outbox_signal: Arc::new(tokio::sync::Notify::new()),
             _lock: lock,
         };
         if store::get_meta(&wallet.conn, "restore_pending")?.is_some() {
@@ -577,6 +591,11 @@ impl Wallet {
     /// The protocol state, read-only.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// Notified after each committed step (new mail may be in the outbox).
+    pub fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_signal.clone()
     }
 
     /// The clock's time now.
@@ -642,6 +661,7 @@ impl Wallet {
         match result {
             Ok(()) => {
                 self.last_settings = changes.settings;
+                self.outbox_signal.notify_one();
                 Ok(value)
             }
             Err(e) => {
@@ -891,7 +911,9 @@ impl Wallet {
     pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WalletError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT seq, recipient, message FROM outbox ORDER BY seq LIMIT ?1")
+            .prepare_cached(
+                "SELECT seq, recipient, message, kind FROM outbox ORDER BY seq LIMIT ?1",
+            )
             .map_err(WalletError::from_sqlite)?;
         let rows = stmt
             .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -899,18 +921,20 @@ impl Wallet {
                     r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
                 ))
             })
             .map_err(WalletError::from_sqlite)?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, to, message) = row.map_err(WalletError::from_sqlite)?;
+            let (seq, to, message, kind) = row.map_err(WalletError::from_sqlite)?;
             let to: [u8; 32] = to.try_into().map_err(|_| WalletError::Corrupt {
                 detail: "an outbox recipient is not 32 bytes".into(),
             })?;
             out.push(Outgoing {
                 seq: u64::try_from(seq).unwrap_or_default(),
                 to: NodeId::from_bytes(to),
+                kind: u8::try_from(kind).unwrap_or(u8::MAX),
                 message,
             });
         }

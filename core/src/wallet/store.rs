@@ -48,6 +48,33 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX history_by_friend ON history(friend, seq) WHERE friend IS NOT NULL;
     CREATE INDEX history_by_invoice ON history(invoice, seq) WHERE invoice IS NOT NULL;
     ",
+    // 3: the network: friends' mail keys and relays, friend requests, envelopes seen, and
+    // control messages (friend requests) in the outbox beside protocol messages.
+    "
+    CREATE TABLE contacts (
+        friend BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        mail_key BLOB NOT NULL,
+        relay_key BLOB NOT NULL,
+        relay_addr TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE friend_requests (
+        friend BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        mail_key BLOB NOT NULL,
+        relay_key BLOB NOT NULL,
+        relay_addr TEXT NOT NULL,
+        received_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE seen_envelopes (
+        sender BLOB NOT NULL,
+        id BLOB NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        PRIMARY KEY (sender, id)
+    ) STRICT;
+    CREATE INDEX seen_by_time ON seen_envelopes(sent_ms);
+    ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// How hard each commit waits for the disk.

@@ -1,0 +1,279 @@
+//! The wallet's network driver: a tokio task that keeps the wallet connected to its relay,
+//! sends the outbox (sealed for each friend, forwarded to friends on other relays), feeds
+//! received envelopes to the wallet as durable steps, acknowledges them only after, lets time
+//! pass for invoice expiry, and reconnects with backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::client::{ClientError, RelayConnection};
+use super::wire::Refusal;
+use crate::wallet::{Wallet, WalletError};
+
+/// Where the driver stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverStatus {
+    /// No relay chosen yet.
+    NoRelay,
+    /// Trying to connect; `attempt` so far, next try in `retry_in_ms`.
+    Connecting {
+        /// Attempts so far.
+        attempt: u32,
+        /// When the next one is.
+        retry_in_ms: u64,
+        /// Why the last failed.
+        last_error: String,
+    },
+    /// Connected to the relay.
+    Connected,
+    /// Stopped.
+    Stopped,
+}
+
+/// A running driver. Dropping it does not stop it; call [`Driver::stop`].
+pub struct Driver {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<DriverStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_secs(1);
+
+impl Driver {
+    /// Start driving `wallet` over `endpoint`.
+    pub fn spawn(wallet: Arc<Mutex<Wallet>>, endpoint: quinn::Endpoint) -> Driver {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (status_tx, status_rx) = watch::channel(DriverStatus::NoRelay);
+        let task = tokio::spawn(run(wallet, endpoint, stop_rx, status_tx));
+        Driver {
+            stop: stop_tx,
+            status: status_rx,
+            task,
+        }
+    }
+
+    /// Where it stands now.
+    pub fn status(&self) -> DriverStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Changes of status, to show progress.
+    pub fn watch_status(&self) -> watch::Receiver<DriverStatus> {
+        self.status.clone()
+    }
+
+    /// Stop after the current step (nothing half-done: every step is durable).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn lock(wallet: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
+    // A panic while holding the lock can't leave the wallet half-written: every change is a
+    // transaction. Carry on with the inner value.
+    wallet.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether to stop: asked to, or the [`Driver`] handle is gone.
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+async fn run(
+    wallet: Arc<Mutex<Wallet>>,
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+    status: watch::Sender<DriverStatus>,
+) {
+    let signal = lock(&wallet).outbox_signal();
+    let mut backoff = MIN_BACKOFF;
+    let mut attempt = 0u32;
+    while !stopping(&stop) {
+        let chosen = lock(&wallet).relay();
+        let relay = match chosen {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => {
+                status.send_replace(DriverStatus::NoRelay);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        let identity = lock(&wallet).identity().clone();
+        let connected = async {
+            let addr = tokio::net::lookup_host(relay.addr.as_str())
+                .await
+                .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
+                .next()
+                .ok_or_else(|| format!("{} has no address", relay.addr))?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                RelayConnection::connect(&endpoint, addr, relay.key, &identity),
+            )
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        let mut conn = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                attempt += 1;
+                warn!(attempt, "relay unreachable: {e}; retrying in {backoff:?}");
+                status.send_replace(DriverStatus::Connecting {
+                    attempt,
+                    retry_in_ms: backoff.as_millis() as u64,
+                    last_error: e,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        info!(relay = %relay.key.short(), "connected to the relay");
+        status.send_replace(DriverStatus::Connected);
+        backoff = MIN_BACKOFF;
+        attempt = 0;
+        // After days offline, whatever friends may have missed goes again (copies are dropped).
+        if let Err(e) = lock(&wallet).resend() {
+            warn!("resend: {e}");
+        }
+        let why = serve(&wallet, &mut conn, &relay, &signal, &mut stop).await;
+        debug!(?why, "connection over");
+        match why {
+            Ok(()) => {
+                conn.close().await;
+                break;
+            }
+            Err(e) => {
+                warn!("relay connection ended: {e}; reconnecting");
+                status.send_replace(DriverStatus::Connecting {
+                    attempt: 0,
+                    retry_in_ms: backoff.as_millis() as u64,
+                    last_error: e,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+    status.send_replace(DriverStatus::Stopped);
+}
+
+/// Serve one connection: Ok when asked to stop, Err when the connection failed.
+async fn serve(
+    wallet: &Mutex<Wallet>,
+    conn: &mut RelayConnection,
+    relay: &crate::net::wire::RelayAddress,
+    signal: &tokio::sync::Notify,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut tick = tokio::time::interval(TICK);
+    let mut unreachable: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    loop {
+        send_outbox(wallet, conn, relay, &mut unreachable).await?;
+        tokio::select! {
+            d = conn.recv() => {
+                let Some(d) = d else {
+                    return Err(conn.close_reason().unwrap_or_else(|| "closed".into()));
+                };
+                let result = lock(wallet).receive_envelope(&d.envelope);
+                match result {
+                    Ok(delivery) => {
+                        debug!(seq = d.seq, ?delivery, "mail handled");
+                        conn.ack(d.seq).await.map_err(|e| e.to_string())?;
+                    }
+                    // Not acknowledged: the relay keeps it and delivers it again.
+                    Err(e) => return Err(format!("could not store received mail: {e}")),
+                }
+            }
+            _ = signal.notified() => {}
+            _ = tick.tick() => {
+                let mut w = lock(wallet);
+                if let Err(e) = w.tick() {
+                    warn!("tick: {e}");
+                }
+            }
+            _ = stop.changed() => {
+                if stopping(stop) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn send_outbox(
+    wallet: &Mutex<Wallet>,
+    conn: &RelayConnection,
+    relay: &crate::net::wire::RelayAddress,
+    unreachable: &mut std::collections::BTreeSet<u64>,
+) -> Result<(), String> {
+    loop {
+        let items = lock(wallet).outbox(64).map_err(|e| e.to_string())?;
+        let items: Vec<_> = items
+            .into_iter()
+            .filter(|i| !unreachable.contains(&i.seq))
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        for item in items {
+            let mut entropy = [0u8; 72];
+            getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;
+            let sealed = lock(wallet).seal_outgoing(&item, entropy);
+            let (envelope, to_relay) = match sealed {
+                Ok(x) => x,
+                Err(WalletError::Storage(why)) => {
+                    // No contact for this friend (yet): keep it for when there is one.
+                    warn!(to = %item.to.short(), "can't send: {why}");
+                    unreachable.insert(item.seq);
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let sent = if to_relay.key == relay.key {
+                conn.send(item.to, envelope).await
+            } else {
+                conn.forward(item.to, to_relay, envelope).await
+            };
+            match sent {
+                Ok(()) => lock(wallet)
+                    .outbox_sent(item.seq)
+                    .map_err(|e| e.to_string())?,
+                Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
+                    break;
+                }
+                Err(ClientError::Refused(Refusal::TooLarge { size, max })) => {
+                    warn!(
+                        size,
+                        max, "the relay refuses a message as too large; dropping it"
+                    );
+                    lock(wallet)
+                        .outbox_sent(item.seq)
+                        .map_err(|e| e.to_string())?;
+                }
+                Err(ClientError::Refused(r)) => {
+                    debug!("relay refused for now: {r}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}

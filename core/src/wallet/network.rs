@@ -1,0 +1,550 @@
+//! The wallet's side of the network: its own relay, its friends' contacts (mail key and
+//! relay), invitations and friend requests, and turning envelopes into durable steps.
+//!
+//! An envelope's body is one tag byte and a payload: [`super::MAIL_PROTOCOL`] and an encoded
+//! protocol message, or [`super::MAIL_CONTROL`] and a postcard [`Control`].
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::history::{self, NewEntry};
+use super::{Delivery, EventKind, MAIL_CONTROL, MAIL_PROTOCOL, Wallet, WalletError, store};
+use crate::invite::Invitation;
+use crate::net::envelope::{self, EnvelopeError, MailKey, Opened, REPLAY_WINDOW_MS};
+use crate::net::wire::RelayAddress;
+use crate::protocol::identity::NodeId;
+use crate::protocol::message::Message;
+use crate::protocol::node::NodeError;
+
+/// Messages between wallets that are not part of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// "I scanned your invitation; let us be friends."
+    FriendRequest {
+        /// The name the sender goes by.
+        name: String,
+        /// The sender's mail key.
+        mail_key: MailKey,
+        /// The sender's relay.
+        relay: RelayAddress,
+    },
+    /// "I accepted your request."
+    FriendAccepted {
+        /// The name the sender goes by.
+        name: String,
+        /// The sender's mail key.
+        mail_key: MailKey,
+        /// The sender's relay.
+        relay: RelayAddress,
+    },
+}
+
+/// How to reach a friend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Contact {
+    /// The friend.
+    pub id: NodeId,
+    /// Their name, as they gave it.
+    pub name: String,
+    /// Their mail key.
+    pub mail_key: MailKey,
+    /// Their relay.
+    pub relay: RelayAddress,
+}
+
+/// A friend request waiting for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FriendRequest {
+    /// Who asks.
+    pub from: Contact,
+    /// When it arrived.
+    pub received_ms: u64,
+}
+
+fn mail_key_bytes(k: &MailKey) -> Vec<u8> {
+    postcard::to_allocvec(k).unwrap_or_default()
+}
+
+fn contact_from_row(
+    friend: Vec<u8>,
+    name: String,
+    mail_key: Vec<u8>,
+    relay_key: Vec<u8>,
+    relay_addr: String,
+) -> Result<Contact, WalletError> {
+    let bad = |what: &str| WalletError::Corrupt {
+        detail: format!("a stored contact has a bad {what}"),
+    };
+    let id = NodeId::from_bytes(friend.try_into().map_err(|_| bad("id"))?);
+    let mail_key: MailKey = postcard::from_bytes(&mail_key).map_err(|_| bad("mail key"))?;
+    let key = NodeId::from_bytes(relay_key.try_into().map_err(|_| bad("relay key"))?);
+    Ok(Contact {
+        id,
+        name,
+        mail_key,
+        relay: RelayAddress {
+            addr: relay_addr,
+            key,
+        },
+    })
+}
+
+fn put_contact(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), WalletError> {
+    tx.execute(
+        "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(friend) DO UPDATE SET name = excluded.name, mail_key = excluded.mail_key,
+             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr",
+        params![
+            c.id.as_bytes(),
+            c.name,
+            mail_key_bytes(&c.mail_key),
+            c.relay.key.as_bytes(),
+            c.relay.addr
+        ],
+    )
+    .map(|_| ())
+    .map_err(WalletError::from_sqlite)
+}
+
+fn queue_control(
+    tx: &rusqlite::Transaction<'_>,
+    to: NodeId,
+    control: &Control,
+    now: u64,
+) -> Result<(), WalletError> {
+    let bytes = postcard::to_allocvec(control).map_err(|e| WalletError::Storage(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO outbox (recipient, message, created_ms, kind) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            to.as_bytes(),
+            bytes,
+            history::clamp(now),
+            i64::from(MAIL_CONTROL)
+        ],
+    )
+    .map(|_| ())
+    .map_err(WalletError::from_sqlite)
+}
+
+impl Wallet {
+    /// Choose the relay this wallet uses (friends are told through invitations).
+    pub fn set_relay(&mut self, relay: RelayAddress) -> Result<(), WalletError> {
+        let bytes =
+            postcard::to_allocvec(&relay).map_err(|e| WalletError::Storage(e.to_string()))?;
+        store::put_meta(&self.conn, "relay", &bytes)
+    }
+
+    /// The relay this wallet uses.
+    pub fn relay(&self) -> Result<Option<RelayAddress>, WalletError> {
+        store::get_meta(&self.conn, "relay")?
+            .map(|b| {
+                postcard::from_bytes(&b).map_err(|_| WalletError::Corrupt {
+                    detail: "the stored relay is damaged".into(),
+                })
+            })
+            .transpose()
+    }
+
+    /// This wallet's mail key (friends seal envelopes to it).
+    pub fn mail_key(&self) -> MailKey {
+        MailKey::of(&self.identity)
+    }
+
+    /// The identity, for the network driver (TLS and envelopes).
+    pub(crate) fn identity(&self) -> &crate::protocol::identity::Identity {
+        &self.identity
+    }
+
+    /// An invitation to show (as a QR code or link), valid for `ttl_ms`.
+    pub fn invite(&self, name: &str, ttl_ms: u64) -> Result<Invitation, WalletError> {
+        let relay = self
+            .relay()?
+            .ok_or_else(|| WalletError::Storage("choose a relay before inviting friends".into()))?;
+        let expires = self.clock.now_ms().saturating_add(ttl_ms);
+        Invitation::create(&self.identity, relay, name, expires)
+            .map_err(|e| WalletError::Storage(e.to_string()))
+    }
+
+    /// Accept a scanned invitation: the inviter becomes a friend on our side and is sent a
+    /// friend request (we go by `my_name`). Set a limit for them when you like.
+    pub fn accept_invitation(
+        &mut self,
+        invitation: &Invitation,
+        my_name: &str,
+    ) -> Result<(), WalletError> {
+        invitation
+            .verify(self.clock.now_ms())
+            .map_err(|e| WalletError::Storage(e.to_string()))?;
+        let my_relay = self.relay()?.ok_or_else(|| {
+            WalletError::Storage("choose a relay before accepting invitations".into())
+        })?;
+        let t = invitation.terms.clone();
+        let contact = Contact {
+            id: t.inviter,
+            name: t.name.clone(),
+            mail_key: t.mail_key,
+            relay: t.relay,
+        };
+        let request = Control::FriendRequest {
+            name: my_name.trim().to_string(),
+            mail_key: self.mail_key(),
+            relay: my_relay,
+        };
+        let inviter = t.inviter;
+        let shown = t.name;
+        self.action(
+            |node, _| node.add_friend(inviter).map(|()| ((), Vec::new())),
+            |_| {
+                vec![
+                    NewEntry::new(
+                        EventKind::FriendAdded,
+                        format!("added {shown} from their invitation; asked them to add you"),
+                    )
+                    .friend(inviter),
+                ]
+            },
+            |tx, _| {
+                put_contact(tx, &contact)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
+                    params![inviter.as_bytes(), contact.name],
+                )
+                .map_err(WalletError::from_sqlite)?;
+                queue_control(tx, inviter, &request, 0)
+            },
+        )
+    }
+
+    /// Friend requests waiting for an answer.
+    pub fn friend_requests(&self) -> Result<Vec<FriendRequest>, WalletError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT friend, name, mail_key, relay_key, relay_addr, received_ms FROM friend_requests
+                 ORDER BY received_ms",
+            )
+            .map_err(WalletError::from_sqlite)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(WalletError::from_sqlite)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (f, n, m, rk, ra, at) = row.map_err(WalletError::from_sqlite)?;
+            out.push(FriendRequest {
+                from: contact_from_row(f, n, m, rk, ra)?,
+                received_ms: u64::try_from(at).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Accept the friend request from `from`: they become a friend, and are told.
+    pub fn accept_friend_request(
+        &mut self,
+        from: NodeId,
+        my_name: &str,
+    ) -> Result<(), WalletError> {
+        let request = self
+            .friend_requests()?
+            .into_iter()
+            .find(|r| r.from.id == from)
+            .ok_or(WalletError::Refused(NodeError::UnknownFriend(from)))?;
+        let my_relay = self.relay()?.ok_or_else(|| {
+            WalletError::Storage("choose a relay before accepting friends".into())
+        })?;
+        let reply = Control::FriendAccepted {
+            name: my_name.trim().to_string(),
+            mail_key: self.mail_key(),
+            relay: my_relay,
+        };
+        let contact = request.from;
+        let shown = contact.name.clone();
+        self.action(
+            |node, _| node.add_friend(from).map(|()| ((), Vec::new())),
+            |_| {
+                vec![
+                    NewEntry::new(EventKind::FriendAdded, format!("added {shown} as a friend"))
+                        .friend(from),
+                ]
+            },
+            |tx, _| {
+                put_contact(tx, &contact)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
+                    params![from.as_bytes(), contact.name],
+                )
+                .map_err(WalletError::from_sqlite)?;
+                tx.execute(
+                    "DELETE FROM friend_requests WHERE friend = ?1",
+                    [from.as_bytes()],
+                )
+                .map_err(WalletError::from_sqlite)?;
+                queue_control(tx, from, &reply, 0)
+            },
+        )
+    }
+
+    /// How to reach `friend`.
+    pub fn contact(&self, friend: &NodeId) -> Result<Option<Contact>, WalletError> {
+        self.conn
+            .query_row(
+                "SELECT friend, name, mail_key, relay_key, relay_addr FROM contacts WHERE friend = ?1",
+                [friend.as_bytes()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(WalletError::from_sqlite)?
+            .map(|(f, n, m, rk, ra)| contact_from_row(f, n, m, rk, ra))
+            .transpose()
+    }
+
+    /// Record how to reach a friend (for friends made without an invitation).
+    pub fn set_contact(&mut self, contact: Contact) -> Result<(), WalletError> {
+        contact
+            .mail_key
+            .verify()
+            .map_err(|e| WalletError::Storage(e.to_string()))?;
+        let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+        put_contact(&tx, &contact)?;
+        tx.commit().map_err(WalletError::from_sqlite)
+    }
+
+    /// Seal an outbox entry for its recipient: the envelope and where to send it.
+    pub fn seal_outgoing(
+        &self,
+        out: &super::Outgoing,
+        entropy: [u8; 72],
+    ) -> Result<(Vec<u8>, RelayAddress), WalletError> {
+        let contact = self.contact(&out.to)?.ok_or_else(|| {
+            WalletError::Storage(format!(
+                "no contact for {}: can't reach them",
+                out.to.short()
+            ))
+        })?;
+        let mut body = Vec::with_capacity(1 + out.message.len());
+        body.push(out.kind);
+        body.extend_from_slice(&out.message);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&entropy[..16]);
+        let mut rest = [0u8; 56];
+        rest.copy_from_slice(&entropy[16..]);
+        let env = envelope::seal(
+            &self.identity,
+            &contact.mail_key,
+            &body,
+            self.clock.now_ms(),
+            id,
+            rest,
+        )
+        .map_err(|e| WalletError::Storage(e.to_string()))?;
+        Ok((env, contact.relay))
+    }
+
+    /// Handle an envelope from the relay, in one durable step (the envelope's id is recorded
+    /// in the same transaction, so a copy is refused even after a crash). Storage failures
+    /// are errors (do not acknowledge); anything else is acknowledged.
+    pub fn receive_envelope(&mut self, bytes: &[u8]) -> Result<Delivery, WalletError> {
+        let opened = match envelope::open(&self.identity, bytes) {
+            Ok(o) => o,
+            Err(e) => return Ok(Delivery::Refused(e.to_string())),
+        };
+        let now = self.clock.now_ms();
+        if let Err(e) = self.check_replay(&opened, now) {
+            return Ok(Delivery::Refused(e.to_string()));
+        }
+        let Some((&tag, payload)) = opened.body.split_first() else {
+            return self.record_seen(&opened, Delivery::Refused("empty envelope".into()));
+        };
+        match tag {
+            MAIL_PROTOCOL => {
+                let message = match Message::decode(payload) {
+                    Ok(m) => m,
+                    Err(e) => return self.record_seen(&opened, Delivery::Refused(e.to_string())),
+                };
+                let sender = opened.sender;
+                let (id, sent) = (opened.id, opened.sent_ms);
+                self.step(
+                    |node, now| match node.handle_message(now, sender, message) {
+                        Ok(out) => (Delivery::Applied, out, Vec::new()),
+                        Err(e) => (Delivery::Refused(e.to_string()), Vec::new(), Vec::new()),
+                    },
+                    |tx, _| mark_seen(tx, &sender, &id, sent),
+                )
+            }
+            MAIL_CONTROL => {
+                let control: Control = match postcard::from_bytes(payload) {
+                    Ok(c) => c,
+                    Err(e) => return self.record_seen(&opened, Delivery::Refused(e.to_string())),
+                };
+                self.receive_control(&opened, control, now)
+            }
+            other => self.record_seen(
+                &opened,
+                Delivery::Refused(format!("unknown mail kind {other}")),
+            ),
+        }
+    }
+
+    fn check_replay(&self, opened: &Opened, now: u64) -> Result<(), EnvelopeError> {
+        let cutoff = now.saturating_sub(REPLAY_WINDOW_MS);
+        if opened.sent_ms < cutoff {
+            return Err(EnvelopeError::TooOld {
+                sender: opened.sender,
+                age_ms: now.saturating_sub(opened.sent_ms),
+                window_ms: REPLAY_WINDOW_MS,
+            });
+        }
+        let seen: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM seen_envelopes WHERE sender = ?1 AND id = ?2",
+                params![opened.sender.as_bytes(), opened.id.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        if seen.is_some() {
+            return Err(EnvelopeError::Replay(
+                data_encoding::HEXLOWER.encode(&opened.id),
+                opened.sender,
+            ));
+        }
+        Ok(())
+    }
+
+    fn record_seen(&mut self, opened: &Opened, d: Delivery) -> Result<Delivery, WalletError> {
+        let (sender, id, sent) = (opened.sender, opened.id, opened.sent_ms);
+        self.step(
+            |_, _| (d, Vec::new(), Vec::new()),
+            |tx, _| mark_seen(tx, &sender, &id, sent),
+        )
+    }
+
+    fn receive_control(
+        &mut self,
+        opened: &Opened,
+        control: Control,
+        now: u64,
+    ) -> Result<Delivery, WalletError> {
+        let sender = opened.sender;
+        let (id, sent) = (opened.id, opened.sent_ms);
+        match control {
+            Control::FriendRequest {
+                name,
+                mail_key,
+                relay,
+            } => {
+                if mail_key.owner != sender || mail_key.verify().is_err() {
+                    return self.record_seen(opened, Delivery::Refused("bad mail key".into()));
+                }
+                if self.node.channel(&sender).is_some() {
+                    // Already friends (e.g. both scanned each other): just update the contact.
+                    let contact = Contact {
+                        id: sender,
+                        name,
+                        mail_key,
+                        relay,
+                    };
+                    return self.step(
+                        |_, _| (Delivery::Applied, Vec::new(), Vec::new()),
+                        |tx, _| {
+                            put_contact(tx, &contact)?;
+                            mark_seen(tx, &sender, &id, sent)
+                        },
+                    );
+                }
+                let entry = NewEntry::new(
+                    EventKind::FriendRequested,
+                    format!("{name} asks to be your friend"),
+                )
+                .friend(sender);
+                self.step(
+                    |_, _| (Delivery::Applied, Vec::new(), vec![entry]),
+                    |tx, _| {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO friend_requests
+                             (friend, name, mail_key, relay_key, relay_addr, received_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![
+                                sender.as_bytes(),
+                                name,
+                                mail_key_bytes(&mail_key),
+                                relay.key.as_bytes(),
+                                relay.addr,
+                                history::clamp(now)
+                            ],
+                        )
+                        .map_err(WalletError::from_sqlite)?;
+                        mark_seen(tx, &sender, &id, sent)
+                    },
+                )
+            }
+            Control::FriendAccepted {
+                name,
+                mail_key,
+                relay,
+            } => {
+                if mail_key.owner != sender
+                    || mail_key.verify().is_err()
+                    || self.node.channel(&sender).is_none()
+                {
+                    return self
+                        .record_seen(opened, Delivery::Refused("unexpected acceptance".into()));
+                }
+                let contact = Contact {
+                    id: sender,
+                    name: name.clone(),
+                    mail_key,
+                    relay,
+                };
+                let entry = NewEntry::new(
+                    EventKind::FriendAccepted,
+                    format!("{name} accepted you as a friend"),
+                )
+                .friend(sender);
+                self.step(
+                    |_, _| (Delivery::Applied, Vec::new(), vec![entry]),
+                    |tx, _| {
+                        put_contact(tx, &contact)?;
+                        mark_seen(tx, &sender, &id, sent)
+                    },
+                )
+            }
+        }
+    }
+
+    /// Forget envelope ids older than the replay window (they would be refused as too old).
+    pub fn prune_seen(&mut self) -> Result<u64, WalletError> {
+        let cutoff = self.clock.now_ms().saturating_sub(REPLAY_WINDOW_MS);
+        self.conn
+            .execute(
+                "DELETE FROM seen_envelopes WHERE sent_ms < ?1",
+                [history::clamp(cutoff)],
+            )
+            .map(|n| n as u64)
+            .map_err(WalletError::from_sqlite)
+    }
+}
+
+fn mark_seen(
+    tx: &rusqlite::Transaction<'_>,
+    sender: &NodeId,
+    id: &[u8; 16],
+    sent_ms: u64,
+) -> Result<(), WalletError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO seen_envelopes (sender, id, sent_ms) VALUES (?1, ?2, ?3)",
+        params![sender.as_bytes(), id.as_slice(), history::clamp(sent_ms)],
+    )
+    .map(|_| ())
+    .map_err(WalletError::from_sqlite)
+}

@@ -1,0 +1,340 @@
+//! Two relays (real processes), four wallets with their network drivers, two per relay:
+//! friendship by invitation, a payment along a chain that crosses both relays, a payee that is
+//! offline during the payment, and a relay killed with SIGKILL and restarted mid-traffic.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use offst_core::net::client::client_endpoint;
+use offst_core::net::driver::Driver;
+use offst_core::net::wire::RelayAddress;
+use offst_core::protocol::amount::{Currency, Rate};
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::protocol::node::{PaymentStatus, RoutePlan};
+use offst_core::wallet::{EventKind, RawKey, SecretKey, Wallet, WalletOptions};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("offst-net-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct RelayProc {
+    child: Child,
+    key: NodeId,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl RelayProc {
+    fn start(dir: &Path, listen: &str) -> RelayProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        RelayProc {
+            child,
+            key: parts[1].parse().unwrap(),
+            addr: parts[2].parse().unwrap(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn address(&self) -> RelayAddress {
+        RelayAddress {
+            addr: self.addr.to_string(),
+            key: self.key,
+        }
+    }
+
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        let again = RelayProc::start(&self.dir, &self.addr.to_string());
+        assert_eq!(again.key, self.key);
+        *self = again;
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hours() -> Currency {
+    Currency::new("hours").unwrap()
+}
+
+struct Peer {
+    name: &'static str,
+    wallet: Arc<Mutex<Wallet>>,
+    driver: Mutex<Option<Driver>>,
+    id: NodeId,
+}
+
+impl Peer {
+    fn new(dir: &Path, name: &'static str, seed: u8, relay: RelayAddress) -> Peer {
+        let keys = RawKey(SecretKey::from_bytes([seed; 32]));
+        let options = WalletOptions {
+            rate: Rate { base: 1, ppm: 0 },
+            ..WalletOptions::default()
+        };
+        let mut w = Wallet::create_with_identity(
+            &dir.join(name),
+            Identity::from_seed([seed; 32]),
+            &keys,
+            options,
+        )
+        .unwrap();
+        w.set_relay(relay).unwrap();
+        let id = w.id();
+        let wallet = Arc::new(Mutex::new(w));
+        let p = Peer {
+            name,
+            wallet,
+            driver: Mutex::new(None),
+            id,
+        };
+        p.go_online();
+        p
+    }
+
+    fn w(&self) -> std::sync::MutexGuard<'_, Wallet> {
+        self.wallet.lock().unwrap()
+    }
+
+    fn go_online(&self) {
+        let ep = client_endpoint().unwrap();
+        *self.driver.lock().unwrap() = Some(Driver::spawn(self.wallet.clone(), ep));
+    }
+
+    async fn go_offline(&self) {
+        let d = self.driver.lock().unwrap().take();
+        if let Some(d) = d {
+            d.stop().await;
+        }
+    }
+}
+
+/// Wait for `cond`, failing after a generous bound (a guard against hangs, not a speed test).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn has_event(p: &Peer, kind: EventKind) -> bool {
+    p.w()
+        .history(&Default::default())
+        .unwrap()
+        .iter()
+        .any(|h| h.kind == kind)
+}
+
+/// `x` invites `y`; `y` accepts; `x` accepts the request; both set `limit`.
+async fn befriend(x: &Peer, y: &Peer, limit: u64) {
+    let inv = x.w().invite(x.name, 3_600_000).unwrap();
+    let text = inv.to_text();
+    let scanned = offst_core::invite::Invitation::parse(&text, y.w().now_ms()).unwrap();
+    y.w().accept_invitation(&scanned, y.name).unwrap();
+    eventually(&format!("{} sees {}'s request", x.name, y.name), || {
+        x.w()
+            .friend_requests()
+            .unwrap()
+            .iter()
+            .any(|r| r.from.id == y.id)
+    })
+    .await;
+    x.w().accept_friend_request(y.id, x.name).unwrap();
+    eventually(&format!("{} learns {} accepted", y.name, x.name), || {
+        has_event(y, EventKind::FriendAccepted)
+    })
+    .await;
+    x.w().set_limit(y.id, hours(), limit).unwrap();
+    y.w().set_limit(x.id, hours(), limit).unwrap();
+    eventually("limits both ways", || {
+        let xy = x
+            .w()
+            .node()
+            .balance(&y.id, &hours())
+            .map(|(_, l)| (l.limit_of_first, l.limit_of_second));
+        let yx = y
+            .w()
+            .node()
+            .balance(&x.id, &hours())
+            .map(|(_, l)| (l.limit_of_first, l.limit_of_second));
+        xy == Some((limit, limit)) && yx == Some((limit, limit))
+    })
+    .await;
+}
+
+fn route(peers: &[&Peer], amount: u64) -> RoutePlan {
+    RoutePlan {
+        route: peers.iter().map(|p| p.id).collect(),
+        fees: peers[1..peers.len() - 1]
+            .iter()
+            .map(|p| p.w().node().rate().fee(amount).unwrap())
+            .collect(),
+        dest_payment: amount,
+    }
+}
+
+async fn pay(a: &Peer, path: &[&Peer], amount: u64) -> offst_core::protocol::payment::InvoiceId {
+    let seller = path.last().unwrap();
+    let inv = seller
+        .w()
+        .create_invoice(hours(), amount, 600_000, "net test")
+        .unwrap();
+    a.w().pay(&inv, vec![route(path, amount)]).unwrap();
+    inv.terms.id
+}
+
+fn paid(a: &Peer, inv: &offst_core::protocol::payment::InvoiceId) -> Option<PaymentStatus> {
+    a.w().node().payment(inv).map(|(s, _)| s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_four_wallets() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let root = scratch("two-relays");
+    let mut r1 = RelayProc::start(&root.join("r1"), "127.0.0.1:0");
+    let mut r2 = RelayProc::start(&root.join("r2"), "127.0.0.1:0");
+    let a = Peer::new(&root, "alice", 1, r1.address());
+    let b = Peer::new(&root, "bob", 2, r1.address());
+    let c = Peer::new(&root, "carol", 3, r2.address());
+    let d = Peer::new(&root, "dave", 4, r2.address());
+
+    // Friendship by invitation, one of them across the relays.
+    befriend(&a, &b, 100).await;
+    befriend(&b, &c, 100).await;
+    befriend(&c, &d, 100).await;
+
+    // The buyer reaches the seller directly to commit: the seller's contact comes with its
+    // invoice (here, handed over by hand).
+    let dave = offst_core::wallet::Contact {
+        id: d.id,
+        name: "dave".into(),
+        mail_key: d.w().mail_key(),
+        relay: r2.address(),
+    };
+    a.w().set_contact(dave).unwrap();
+
+    // A payment along a - b - c - d crosses both relays.
+    let path = [&a, &b, &c, &d];
+    let inv = pay(&a, &path, 10).await;
+    eventually("first payment completes", || {
+        paid(&a, &inv) == Some(PaymentStatus::Completed)
+    })
+    .await;
+    assert_eq!(d.w().node().balance(&c.id, &hours()).unwrap().0, 10);
+
+    // The payee is offline during the payment; it completes when the payee comes back.
+    let inv = d
+        .w()
+        .create_invoice(hours(), 5, 600_000, "while away")
+        .unwrap();
+    d.go_offline().await;
+    a.w().pay(&inv, vec![route(&path, 5)]).unwrap();
+    // The request reaches c, which sends it (or, if d holds the token of their channel, its
+    // request for the token) to d's mailbox at r2, where it waits.
+    eventually("the request waits at c's side", || {
+        let w = c.w();
+        let frozen = w
+            .node()
+            .balance(&d.id, &hours())
+            .map(|(_, l)| l.frozen_by_first + l.frozen_by_second)
+            .unwrap_or(0);
+        frozen > 0 || w.node().queued_ops() > 0
+    })
+    .await;
+    assert_eq!(paid(&a, &inv.terms.id), Some(PaymentStatus::InFlight));
+    d.go_online();
+    eventually("the payment completes once d is back", || {
+        paid(&a, &inv.terms.id) == Some(PaymentStatus::Completed)
+    })
+    .await;
+    assert_eq!(d.w().node().balance(&c.id, &hours()).unwrap().0, 15);
+
+    // Relays killed with SIGKILL and restarted in the middle of traffic lose nothing.
+    let mut invoices = Vec::new();
+    for i in 0..6 {
+        invoices.push(pay(&a, &path, 1).await);
+        if i == 1 {
+            r2.kill_and_restart();
+        }
+        if i == 3 {
+            r1.kill_and_restart();
+        }
+    }
+    for inv in &invoices {
+        eventually("every payment ends", || {
+            matches!(
+                paid(&a, inv),
+                Some(PaymentStatus::Completed | PaymentStatus::Cancelled)
+            )
+        })
+        .await;
+    }
+    let completed = invoices
+        .iter()
+        .filter(|i| paid(&a, i) == Some(PaymentStatus::Completed))
+        .count() as i128;
+    // Friends agree on every channel, and the money adds up.
+    for (x, y) in [(&a, &b), (&b, &c), (&c, &d)] {
+        eventually(&format!("{} and {} agree", x.name, y.name), || {
+            let sx = x
+                .w()
+                .node()
+                .channel(&y.id)
+                .map(|ch| (ch.state().clone(), ch.counter()));
+            let sy = y
+                .w()
+                .node()
+                .channel(&x.id)
+                .map(|ch| (ch.state().clone(), ch.counter()));
+            sx.is_some() && sx == sy
+        })
+        .await;
+    }
+    assert_eq!(
+        d.w().node().balance(&c.id, &hours()).unwrap().0,
+        15 + completed
+    );
+    assert_eq!(
+        completed, 6,
+        "relays that restart lose no mail, so every payment completes"
+    );
+    for p in [a, b, c, d] {
+        p.go_offline().await;
+    }
+}
