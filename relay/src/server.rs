@@ -357,6 +357,10 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
     };
     let (out_tx, out_rx) = mpsc::channel::<FromRelay>(256);
     let writer = tokio::spawn(write_loop(send, out_rx));
+    // Answers go out in the order the envelopes came in, each once its batch committed; up to
+    // MAX_IN_FLIGHT envelopes of one connection may be waiting for their commit.
+    let (replies, replies_rx) = mpsc::channel::<(u64, NodeId, Queued)>(MAX_IN_FLIGHT);
+    let responder = tokio::spawn(respond_loop(shared.clone(), replies_rx, out_tx.clone()));
     let acked = Arc::new(AtomicU64::new(0));
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let deliver = tokio::spawn(deliver_loop(
@@ -402,12 +406,8 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                 to,
                 envelope,
             } => {
-                let answer = accept_envelope(&shared, id, to, envelope).await;
-                let reply = match answer {
-                    Ok(()) => FromRelay::Accepted { id: req },
-                    Err(reason) => FromRelay::Refused { id: req, reason },
-                };
-                if out_tx.send(reply).await.is_err() {
+                let answer = queue_envelope(&shared, id, to, None, envelope);
+                if replies.send((req, to, answer)).await.is_err() {
                     break;
                 }
             }
@@ -417,16 +417,9 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                 relay,
                 envelope,
             } => {
-                let answer = if relay.key == shared.key {
-                    accept_envelope(&shared, id, to, envelope).await
-                } else {
-                    accept_forward(&shared, id, to, relay, envelope).await
-                };
-                let reply = match answer {
-                    Ok(()) => FromRelay::Accepted { id: req },
-                    Err(reason) => FromRelay::Refused { id: req, reason },
-                };
-                if out_tx.send(reply).await.is_err() {
+                let relay = (relay.key != shared.key).then_some(relay);
+                let answer = queue_envelope(&shared, id, to, relay, envelope);
+                if replies.send((req, to, answer)).await.is_err() {
                     break;
                 }
             }
@@ -445,76 +438,94 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
         }
     }
     deliver.abort();
+    drop(replies);
+    let _ = responder.await;
     drop(out_tx);
     let _ = writer.await;
     shared.unsubscribe(&id);
     debug!(client = %id.short(), "wallet gone");
 }
 
-async fn accept_envelope(
-    shared: &Shared,
+/// Envelopes of one connection waiting for their commit.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// An envelope's way to its answer.
+enum Queued {
+    /// Refused before storing.
+    Refused(Refusal),
+    /// Queued for the store; forwarded to `relay` once stored, if set.
+    Stored(crate::store::Pending, Option<RelayAddress>),
+}
+
+/// Check an envelope's bounds and queue it for storing, keeping the order of arrival.
+fn queue_envelope(
+    shared: &Arc<Shared>,
     sender: NodeId,
     to: NodeId,
+    relay: Option<RelayAddress>,
     envelope: Vec<u8>,
-) -> Result<(), Refusal> {
+) -> Queued {
     let size = envelope.len() as u64;
     if size > shared.config.max_envelope_bytes {
-        return Err(Refusal::TooLarge {
+        return Queued::Refused(Refusal::TooLarge {
             size,
             max: shared.config.max_envelope_bytes,
         });
     }
-    shared
-        .take_token(sender)
-        .map_err(|retry_after_ms| Refusal::SenderQuota { retry_after_ms })?;
-    match shared.store.insert(to, envelope, now_ms()).await {
-        Ok(Ok(seq)) => {
-            shared.accepted.fetch_add(1, Ordering::Relaxed);
-            shared.stored(&to, seq);
-            Ok(())
-        }
-        Ok(Err(refusal)) => Err(refusal),
+    if let Some(r) = &relay
+        && (r.addr.is_empty() || r.addr.len() > 255)
+    {
+        return Queued::Refused(Refusal::Unavailable);
+    }
+    if let Err(retry_after_ms) = shared.take_token(sender) {
+        return Queued::Refused(Refusal::SenderQuota { retry_after_ms });
+    }
+    let queued = match &relay {
+        None => shared.store.enqueue_insert(to, envelope, now_ms()),
+        Some(r) => shared
+            .store
+            .enqueue_forward(r.clone(), to, envelope, now_ms()),
+    };
+    match queued {
+        Ok(p) => Queued::Stored(p, relay),
         Err(e) => {
-            warn!("could not store an envelope: {e}");
-            Err(Refusal::Unavailable)
+            warn!("could not queue an envelope: {e}");
+            Queued::Refused(Refusal::Unavailable)
         }
     }
 }
 
-async fn accept_forward(
-    shared: &Arc<Shared>,
-    sender: NodeId,
-    to: NodeId,
-    relay: RelayAddress,
-    envelope: Vec<u8>,
-) -> Result<(), Refusal> {
-    let size = envelope.len() as u64;
-    if size > shared.config.max_envelope_bytes {
-        return Err(Refusal::TooLarge {
-            size,
-            max: shared.config.max_envelope_bytes,
-        });
-    }
-    if relay.addr.is_empty() || relay.addr.len() > 255 {
-        return Err(Refusal::Unavailable);
-    }
-    shared
-        .take_token(sender)
-        .map_err(|retry_after_ms| Refusal::SenderQuota { retry_after_ms })?;
-    match shared
-        .store
-        .insert_forward(relay.clone(), to, envelope, now_ms())
-        .await
-    {
-        Ok(Ok(_)) => {
-            shared.accepted.fetch_add(1, Ordering::Relaxed);
-            wake_forwarder(shared, relay);
-            Ok(())
-        }
-        Ok(Err(refusal)) => Err(refusal),
-        Err(e) => {
-            warn!("could not store an envelope to forward: {e}");
-            Err(Refusal::Unavailable)
+async fn respond_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(u64, NodeId, Queued)>,
+    out: mpsc::Sender<FromRelay>,
+) {
+    while let Some((req, to, queued)) = rx.recv().await {
+        let answer = match queued {
+            Queued::Refused(r) => Err(r),
+            Queued::Stored(pending, relay) => match pending.await {
+                Ok(Ok(Ok(seq))) => {
+                    shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    match relay {
+                        None => shared.stored(&to, seq),
+                        Some(r) => wake_forwarder(&shared, r),
+                    }
+                    Ok(())
+                }
+                Ok(Ok(Err(refusal))) => Err(refusal),
+                Ok(Err(e)) => {
+                    warn!("could not store an envelope: {e}");
+                    Err(Refusal::Unavailable)
+                }
+                Err(_) => Err(Refusal::Unavailable),
+            },
+        };
+        let reply = match answer {
+            Ok(()) => FromRelay::Accepted { id: req },
+            Err(reason) => FromRelay::Refused { id: req, reason },
+        };
+        if out.send(reply).await.is_err() {
+            return;
         }
     }
 }

@@ -87,6 +87,9 @@ pub struct Outbound {
     pub envelope: Vec<u8>,
 }
 
+/// The answer to a queued insert: its seq once committed, or the quota it breaks.
+pub type Pending = oneshot::Receiver<Result<Result<u64, Refusal>, StoreError>>;
+
 /// One stored envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mail {
@@ -192,6 +195,19 @@ impl Store {
         envelope: Vec<u8>,
         now_ms: u64,
     ) -> Result<Result<u64, Refusal>, StoreError> {
+        self.enqueue_insert(recipient, envelope, now_ms)?
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue an insert now (so inserts keep the order they were queued in) and get its answer
+    /// later: lets one connection have many envelopes in flight.
+    pub fn enqueue_insert(
+        &self,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Pending, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Insert {
             recipient,
@@ -199,7 +215,26 @@ impl Store {
             now_ms,
             reply,
         })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(rx)
+    }
+
+    /// Like [`Store::enqueue_insert`], for an envelope to forward to `relay`.
+    pub fn enqueue_forward(
+        &self,
+        relay: RelayAddress,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Pending, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::InsertForward {
+            relay,
+            recipient,
+            envelope,
+            now_ms,
+            reply,
+        })?;
+        Ok(rx)
     }
 
     /// Delete `recipient`'s mail up to and including `up_to` (after the recipient handled it).
