@@ -138,7 +138,7 @@ async fn throughput(
             while got < per {
                 let Some(d) = conn.recv().await else { break };
                 got += 1;
-                if got % 64 == 0 || got == per {
+                if got.is_multiple_of(64) || got == per {
                     let _ = conn.ack(d.seq).await;
                 }
             }
@@ -240,7 +240,7 @@ async fn connections(
             drop(permit);
             r
         }));
-        if n % 1000 == 999 {
+        if (n + 1).is_multiple_of(1000) {
             eprintln!("{} connections opening ({:.0?})", n + 1, start.elapsed());
         }
     }
