@@ -3,17 +3,25 @@
 //! mail key, its relay (address and key) and a display name, signed by the inviter and valid
 //! until an expiry.
 //!
-//! Text form: `OFFST1` (kind and version) followed by RFC 4648 base32 (no padding) of the
-//! postcard-encoded signed invitation and a 4-byte BLAKE3 checksum. Upper case, so that a QR
-//! code can use its compact alphanumeric mode. The URI form is `offst:` + the text form.
+//! A [`PaymentRequest`] is the seller's counterpart: an invoice with the seller's mail key and
+//! relay, so that a buyer who is not the seller's friend can reach it to commit.
+//!
+//! Text form: `OFFST`, a kind letter (`I` invitation, `P` payment request) and a version digit,
+//! followed by RFC 4648 base32 (no padding) of the postcard encoding and a 4-byte BLAKE3
+//! checksum. Upper case, so that a QR code can use its compact alphanumeric mode. The URI form
+//! is `offst:` + the text form.
 
 use serde::{Deserialize, Serialize};
 
 use crate::net::envelope::MailKey;
 use crate::protocol::identity::{Identity, NodeId, Signature};
 
-/// The text form's prefix: kind and version.
-pub const PREFIX: &str = "OFFST1";
+/// An invitation's text prefix: kind and version.
+pub const PREFIX: &str = "OFFSTI1";
+/// A payment request's text prefix.
+pub const PAYMENT_PREFIX: &str = "OFFSTP1";
+/// Known kinds, by the first six characters of their prefix.
+const KINDS: [(&str, &str); 2] = [("OFFSTI", "an invitation"), ("OFFSTP", "a payment request")];
 /// The URI scheme.
 pub const URI_SCHEME: &str = "offst:";
 /// Longest display name.
@@ -52,9 +60,17 @@ pub struct Invitation {
 /// Why an invitation was not accepted. Each says what the person can do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InviteError {
-    /// Not an Offst invitation at all.
-    #[error("this is not an Offst invitation")]
+    /// Not an Offst invitation or payment request at all.
+    #[error("this is not an Offst invitation or payment request")]
     NotAnInvitation,
+    /// The other kind (a payment request where an invitation was expected, or back).
+    #[error("this is {found}, not {expected}")]
+    WrongKind {
+        /// What was expected.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
     /// An invitation format this app does not know.
     #[error("this invitation is of a newer kind ({0}); update the app")]
     UnknownVersion(String),
@@ -140,12 +156,10 @@ impl Invitation {
 
     /// The text form.
     pub fn to_text(&self) -> String {
-        let mut body = postcard::to_allocvec(self).unwrap_or_default();
-        body.extend_from_slice(&checksum(&body));
-        format!("{PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&body))
+        to_text(PREFIX, self)
     }
 
-    /// The URI form (`offst:OFFST1...`).
+    /// The URI form (`offst:OFFSTI1...`).
     pub fn to_uri(&self) -> String {
         format!("{URI_SCHEME}{}", self.to_text())
     }
@@ -153,50 +167,13 @@ impl Invitation {
     /// Read the text or URI form (spaces, line breaks and case ignored), and check it at
     /// `now_ms`.
     pub fn parse(input: &str, now_ms: u64) -> Result<Invitation, InviteError> {
-        let compact: String = input
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        let text = compact
-            .strip_prefix(&URI_SCHEME.to_ascii_uppercase())
-            .unwrap_or(&compact);
-        if !text.starts_with("OFFST") {
-            return Err(InviteError::NotAnInvitation);
-        }
-        let Some(b32) = text.strip_prefix(PREFIX) else {
-            let kind: String = text.chars().take(PREFIX.len()).collect();
-            return Err(InviteError::UnknownVersion(kind));
-        };
-        if let Some(c) = b32
-            .chars()
-            .find(|c| !(c.is_ascii_uppercase() || ('2'..='7').contains(c)))
-        {
-            return Err(InviteError::BadCharacter(c));
-        }
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(b32.as_bytes())
-            .map_err(|_| InviteError::BadChecksum)?;
-        if bytes.len() < CHECKSUM_LEN {
-            return Err(InviteError::BadChecksum);
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if checksum(body) != sum {
-            return Err(InviteError::BadChecksum);
-        }
-        let inv: Invitation =
-            postcard::from_bytes(body).map_err(|e| InviteError::Malformed(e.to_string()))?;
+        let inv: Invitation = from_text(PREFIX, input)?;
         inv.verify(now_ms)?;
         Ok(inv)
     }
 
     fn qr(&self) -> Result<qrcode::QrCode, InviteError> {
-        // Upper-case base32 fits QR's alphanumeric mode (the scheme too).
-        qrcode::QrCode::with_error_correction_level(
-            self.to_uri().to_ascii_uppercase(),
-            qrcode::EcLevel::M,
-        )
-        .map_err(|e| InviteError::Qr(e.to_string()))
+        qr_code(&self.to_uri())
     }
 
     /// The QR code as an SVG document.
@@ -258,5 +235,157 @@ impl Invitation {
                 .map_err(|e| InviteError::Qr(e.to_string()))?;
         }
         Ok(out)
+    }
+}
+
+fn to_text<T: Serialize>(prefix: &str, value: &T) -> String {
+    let mut body = postcard::to_allocvec(value).unwrap_or_default();
+    body.extend_from_slice(&checksum(&body));
+    format!("{prefix}{}", data_encoding::BASE32_NOPAD.encode(&body))
+}
+
+fn from_text<T: serde::de::DeserializeOwned>(prefix: &str, input: &str) -> Result<T, InviteError> {
+    let compact: String = input
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let text = compact
+        .strip_prefix(&URI_SCHEME.to_ascii_uppercase())
+        .unwrap_or(&compact);
+    if !text.starts_with("OFFST") {
+        return Err(InviteError::NotAnInvitation);
+    }
+    let Some(b32) = text.strip_prefix(prefix) else {
+        let kind = |p: &str| {
+            KINDS
+                .iter()
+                .find(|(k, _)| p.starts_with(k))
+                .map(|(_, w)| *w)
+        };
+        return match (kind(prefix), kind(text)) {
+            (Some(expected), Some(found)) if expected != found => {
+                Err(InviteError::WrongKind { expected, found })
+            }
+            _ => Err(InviteError::UnknownVersion(
+                text.chars().take(prefix.len()).collect(),
+            )),
+        };
+    };
+    if let Some(c) = b32
+        .chars()
+        .find(|c| !(c.is_ascii_uppercase() || ('2'..='7').contains(c)))
+    {
+        return Err(InviteError::BadCharacter(c));
+    }
+    let bytes = data_encoding::BASE32_NOPAD
+        .decode(b32.as_bytes())
+        .map_err(|_| InviteError::BadChecksum)?;
+    if bytes.len() < CHECKSUM_LEN {
+        return Err(InviteError::BadChecksum);
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if checksum(body) != sum {
+        return Err(InviteError::BadChecksum);
+    }
+    postcard::from_bytes(body).map_err(|e| InviteError::Malformed(e.to_string()))
+}
+
+fn qr_code(uri: &str) -> Result<qrcode::QrCode, InviteError> {
+    // Upper-case base32 fits QR's alphanumeric mode (the scheme too).
+    qrcode::QrCode::with_error_correction_level(uri.to_ascii_uppercase(), qrcode::EcLevel::M)
+        .map_err(|e| InviteError::Qr(e.to_string()))
+}
+
+/// An invoice to share: the signed invoice, and how to reach the seller (its mail key and
+/// relay), signed by the seller. A buyer needs it to commit: the commit goes to the seller
+/// directly, who may be a stranger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRequest {
+    /// The invoice.
+    pub invoice: crate::protocol::payment::Invoice,
+    /// The seller's mail key.
+    pub mail_key: MailKey,
+    /// The seller's relay.
+    pub relay: RelayAddress,
+    /// The seller's signature over the invoice id, the mail key and the relay.
+    pub signature: Signature,
+}
+
+const PAYMENT_DOMAIN: &str = "offst payment request v1";
+
+impl PaymentRequest {
+    /// Wrap `invoice` (issued by `seller`) with the seller's contact.
+    pub fn create(
+        seller: &Identity,
+        invoice: crate::protocol::payment::Invoice,
+        relay: RelayAddress,
+    ) -> Result<PaymentRequest, InviteError> {
+        if invoice.terms.seller != seller.id() {
+            return Err(InviteError::Invalid("the invoice is someone else's".into()));
+        }
+        if relay.addr.is_empty() || relay.addr.len() > MAX_ADDR_LEN {
+            return Err(InviteError::Invalid(format!(
+                "the relay address must be 1 to {MAX_ADDR_LEN} bytes"
+            )));
+        }
+        let mail_key = MailKey::of(seller);
+        let signature = seller.sign(PAYMENT_DOMAIN, &(invoice.terms.id, mail_key, &relay));
+        Ok(PaymentRequest {
+            invoice,
+            mail_key,
+            relay,
+            signature,
+        })
+    }
+
+    /// Check every signature and the expiry at `now_ms`.
+    pub fn verify(&self, now_ms: u64) -> Result<(), InviteError> {
+        let t = &self.invoice.terms;
+        self.invoice
+            .verify()
+            .map_err(|_| InviteError::BadSignature)?;
+        if self.mail_key.owner != t.seller || self.mail_key.verify().is_err() {
+            return Err(InviteError::BadSignature);
+        }
+        t.seller
+            .verify(
+                PAYMENT_DOMAIN,
+                &(t.id, self.mail_key, &self.relay),
+                &self.signature,
+            )
+            .map_err(|_| InviteError::BadSignature)?;
+        if now_ms >= t.expires_at_ms {
+            return Err(InviteError::Expired {
+                ago_ms: now_ms - t.expires_at_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// The text form (`OFFSTP1...`).
+    pub fn to_text(&self) -> String {
+        to_text(PAYMENT_PREFIX, self)
+    }
+
+    /// The URI form.
+    pub fn to_uri(&self) -> String {
+        format!("{URI_SCHEME}{}", self.to_text())
+    }
+
+    /// Read the text or URI form and check it at `now_ms`.
+    pub fn parse(input: &str, now_ms: u64) -> Result<PaymentRequest, InviteError> {
+        let req: PaymentRequest = from_text(PAYMENT_PREFIX, input)?;
+        req.verify(now_ms)?;
+        Ok(req)
+    }
+
+    /// The QR code as an SVG document.
+    pub fn qr_svg(&self) -> Result<String, InviteError> {
+        Ok(qr_code(&self.to_uri())?
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(256, 256)
+            .quiet_zone(true)
+            .build())
     }
 }

@@ -27,7 +27,7 @@ fn invitation() -> Invitation {
 fn text_and_uri_forms_round_trip() {
     let inv = invitation();
     let text = inv.to_text();
-    assert!(text.starts_with("OFFST1"));
+    assert!(text.starts_with("OFFSTI1"));
     assert_eq!(Invitation::parse(&text, NOW).unwrap(), inv);
     assert_eq!(Invitation::parse(&inv.to_uri(), NOW).unwrap(), inv);
     // Case, spaces and line breaks from copying do not matter.
@@ -60,9 +60,9 @@ fn each_mistake_is_named() {
         InviteError::Expired { ago_ms } if ago_ms == DAY
     ));
     // A future kind.
-    let future = text.replacen("OFFST1", "OFFST2", 1);
+    let future = text.replacen("OFFSTI1", "OFFSTI2", 1);
     assert!(
-        matches!(Invitation::parse(&future, NOW).unwrap_err(), InviteError::UnknownVersion(k) if k == "OFFST2")
+        matches!(Invitation::parse(&future, NOW).unwrap_err(), InviteError::UnknownVersion(k) if k == "OFFSTI2")
     );
     // Not an invitation at all.
     assert_eq!(
@@ -133,4 +133,60 @@ fn bounds_are_checked_when_creating() {
     )
     .unwrap_err();
     assert!(matches!(err, InviteError::Invalid(_)));
+}
+
+#[test]
+fn a_payment_request_carries_the_sellers_contact_signed() {
+    use offst_core::invite::PaymentRequest;
+    use offst_core::protocol::amount::Currency;
+    use offst_core::protocol::node::Node;
+    let seller = Identity::from_seed([5; 32]);
+    let mut node = Node::new(
+        seller.clone(),
+        offst_core::protocol::amount::Rate { base: 0, ppm: 0 },
+    );
+    let invoice = node
+        .create_invoice(
+            Currency::new("hours").unwrap(),
+            7,
+            NOW + DAY,
+            "bread".into(),
+            [3; 32],
+        )
+        .unwrap();
+    let relay = RelayAddress {
+        addr: "127.0.0.1:7360".into(),
+        key: Identity::from_seed([9; 32]).id(),
+    };
+    let req = PaymentRequest::create(&seller, invoice, relay).unwrap();
+    let back = PaymentRequest::parse(&req.to_uri(), NOW).unwrap();
+    assert_eq!(back, req);
+    assert!(req.qr_svg().unwrap().contains("<svg"));
+    // Redirected to another relay by someone in between: refused.
+    let mut moved = req.clone();
+    moved.relay.addr = "evil.example:1".into();
+    assert_eq!(
+        PaymentRequest::parse(&moved.to_text(), NOW).unwrap_err(),
+        InviteError::BadSignature
+    );
+    // Expired.
+    assert!(matches!(
+        PaymentRequest::parse(&req.to_text(), NOW + 2 * DAY).unwrap_err(),
+        InviteError::Expired { .. }
+    ));
+    // The wrong kind is named both ways.
+    assert_eq!(
+        Invitation::parse(&req.to_text(), NOW).unwrap_err(),
+        InviteError::WrongKind {
+            expected: "an invitation",
+            found: "a payment request"
+        }
+    );
+    assert_eq!(
+        PaymentRequest::parse(&invitation().to_text(), NOW).unwrap_err(),
+        InviteError::WrongKind {
+            expected: "a payment request",
+            found: "an invitation"
+        }
+    );
 }

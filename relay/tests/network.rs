@@ -206,14 +206,19 @@ fn route(peers: &[&Peer], amount: u64) -> RoutePlan {
     }
 }
 
+/// The seller issues an invoice and shows it as a payment request (with its contact); the
+/// buyer scans it and pays along `path`.
 async fn pay(a: &Peer, path: &[&Peer], amount: u64) -> offst_core::protocol::payment::InvoiceId {
     let seller = path.last().unwrap();
     let inv = seller
         .w()
         .create_invoice(hours(), amount, 600_000, "net test")
         .unwrap();
-    a.w().pay(&inv, vec![route(path, amount)]).unwrap();
-    inv.terms.id
+    let text = seller.w().payment_request(&inv).unwrap().to_text();
+    let req = offst_core::invite::PaymentRequest::parse(&text, a.w().now_ms()).unwrap();
+    let routes = vec![route(path, amount)];
+    a.w().pay_request(&req, routes).unwrap();
+    req.invoice.terms.id
 }
 
 fn paid(a: &Peer, inv: &offst_core::protocol::payment::InvoiceId) -> Option<PaymentStatus> {
@@ -239,16 +244,6 @@ async fn two_relays_four_wallets() {
     befriend(&b, &c, 100).await;
     befriend(&c, &d, 100).await;
 
-    // The buyer reaches the seller directly to commit: the seller's contact comes with its
-    // invoice (here, handed over by hand).
-    let dave = offst_core::wallet::Contact {
-        id: d.id,
-        name: "dave".into(),
-        mail_key: d.w().mail_key(),
-        relay: r2.address(),
-    };
-    a.w().set_contact(dave).unwrap();
-
     // A payment along a - b - c - d crosses both relays.
     let path = [&a, &b, &c, &d];
     let inv = pay(&a, &path, 10).await;
@@ -263,8 +258,9 @@ async fn two_relays_four_wallets() {
         .w()
         .create_invoice(hours(), 5, 600_000, "while away")
         .unwrap();
+    let req = d.w().payment_request(&inv).unwrap();
     d.go_offline().await;
-    a.w().pay(&inv, vec![route(&path, 5)]).unwrap();
+    a.w().pay_request(&req, vec![route(&path, 5)]).unwrap();
     // The request reaches c, which sends it (or, if d holds the token of their channel, its
     // request for the token) to d's mailbox at r2, where it waits.
     eventually("the request waits at c's side", || {

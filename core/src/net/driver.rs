@@ -200,7 +200,8 @@ async fn serve(
                     Err(e) => return Err(format!("could not store received mail: {e}")),
                 }
             }
-            _ = signal.notified() => {}
+            // Something changed (new mail, or a new contact): try everything again.
+            _ = signal.notified() => unreachable.clear(),
             _ = tick.tick() => {
                 let mut w = lock(wallet);
                 if let Err(e) = w.tick() {
@@ -239,7 +240,7 @@ async fn send_outbox(
                 Ok(x) => x,
                 Err(WalletError::Storage(why)) => {
                     // No contact for this friend (yet): keep it for when there is one.
-                    warn!(to = %item.to.short(), "can't send: {why}");
+                    warn!(from = %lock(wallet).id().short(), to = %item.to.short(), kind = item.kind, "can't send: {why}");
                     unreachable.insert(item.seq);
                     continue;
                 }

@@ -215,6 +215,42 @@ impl Wallet {
         )
     }
 
+    /// A payment request for `invoice` (one of ours): the invoice with our mail key and relay,
+    /// for a buyer who may not be our friend.
+    pub fn payment_request(
+        &self,
+        invoice: &crate::protocol::payment::Invoice,
+    ) -> Result<crate::invite::PaymentRequest, WalletError> {
+        let relay = self.relay()?.ok_or_else(|| {
+            WalletError::Storage("choose a relay before asking for payments".into())
+        })?;
+        crate::invite::PaymentRequest::create(&self.identity, invoice.clone(), relay)
+            .map_err(|e| WalletError::Storage(e.to_string()))
+    }
+
+    /// Pay a payment request over `routes`. The seller's contact is recorded first (the commit
+    /// goes to the seller directly); if the payment is then refused, the contact stays, which
+    /// is harmless.
+    pub fn pay_request(
+        &mut self,
+        request: &crate::invite::PaymentRequest,
+        routes: Vec<crate::protocol::node::RoutePlan>,
+    ) -> Result<(), WalletError> {
+        request
+            .verify(self.clock.now_ms())
+            .map_err(|e| WalletError::Storage(e.to_string()))?;
+        let seller = request.invoice.terms.seller;
+        if self.contact(&seller)?.is_none() {
+            self.set_contact(Contact {
+                id: seller,
+                name: seller.short(),
+                mail_key: request.mail_key,
+                relay: request.relay.clone(),
+            })?;
+        }
+        self.pay(&request.invoice, routes)
+    }
+
     /// Friend requests waiting for an answer.
     pub fn friend_requests(&self) -> Result<Vec<FriendRequest>, WalletError> {
         let mut stmt = self
@@ -315,7 +351,10 @@ impl Wallet {
             .map_err(|e| WalletError::Storage(e.to_string()))?;
         let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
         put_contact(&tx, &contact)?;
-        tx.commit().map_err(WalletError::from_sqlite)
+        tx.commit().map_err(WalletError::from_sqlite)?;
+        // Mail waiting for this friend can go now.
+        self.outbox_signal.notify_one();
+        Ok(())
     }
 
     /// Seal an outbox entry for its recipient: the envelope and where to send it.
