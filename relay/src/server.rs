@@ -651,6 +651,7 @@ async fn deliver_loop(
         .and_then(|m| m.get(&id).copied())
         .unwrap_or(0);
     let mut in_flight: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+    let mut announced_empty = false;
     loop {
         // Forget what the wallet acknowledged.
         let done = acked.load(Ordering::Relaxed);
@@ -674,11 +675,18 @@ async fn deliver_loop(
             }
         };
         if batch.is_empty() {
+            if !announced_empty {
+                announced_empty = true;
+                if out.send(FromRelay::Empty).await.is_err() {
+                    return;
+                }
+            }
             if mail.changed().await.is_err() {
                 return;
             }
             continue;
         }
+        announced_empty = false;
         for m in batch {
             cursor = m.seq;
             in_flight.push_back(m.seq);

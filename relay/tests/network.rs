@@ -334,3 +334,46 @@ async fn two_relays_four_wallets() {
         p.go_offline().await;
     }
 }
+
+/// `x`'s limit for `y` as `y` sees it.
+fn limit_granted_by(x: &Peer, y: &Peer) -> Option<u64> {
+    let w = y.w();
+    let ch = w.node().channel(&x.id)?;
+    let line = ch.state().lines.get(&hours())?.clone();
+    Some(line.limit_of(ch.local_side().other()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_moves_to_another_relay_and_loses_no_mail() {
+    let root = scratch("move");
+    let r1 = RelayProc::start(&root.join("r1"), "127.0.0.1:0");
+    let r2 = RelayProc::start(&root.join("r2"), "127.0.0.1:0");
+    let a = Peer::new(&root, "alice", 1, r1.address());
+    let b = Peer::new(&root, "bob", 2, r1.address());
+    befriend(&a, &b, 100).await;
+
+    // a is away while b moves to r2, so a does not know yet.
+    a.go_offline().await;
+    b.w().move_relay(r2.address()).unwrap();
+    // Meanwhile a changes its limit for b: the move goes to b's old relay.
+    a.w().set_limit(b.id, hours(), 50).unwrap();
+    a.go_online();
+    // b drains its old mailbox and sees the change; a learns b's new relay.
+    eventually("b gets mail sent to its old relay", || {
+        limit_granted_by(&a, &b) == Some(50)
+    })
+    .await;
+    eventually("a learns b's new relay", || {
+        a.w().contact(&b.id).unwrap().map(|c| c.relay) == Some(r2.address())
+    })
+    .await;
+    // From now on mail for b goes to r2.
+    a.w().set_limit(b.id, hours(), 60).unwrap();
+    eventually("b gets mail at its new relay", || {
+        limit_granted_by(&a, &b) == Some(60)
+    })
+    .await;
+    for p in [a, b] {
+        p.go_offline().await;
+    }
+}

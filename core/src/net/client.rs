@@ -43,6 +43,15 @@ pub struct Delivery {
     pub envelope: Vec<u8>,
 }
 
+/// What the relay pushes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Mail.
+    Mail(Delivery),
+    /// Everything in the mailbox was delivered.
+    Empty,
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>;
 
 /// An open connection to a relay.
@@ -52,7 +61,7 @@ pub struct RelayConnection {
     writer: tokio::task::JoinHandle<()>,
     pending: Pending,
     next_id: AtomicU64,
-    mail: mpsc::Receiver<Delivery>,
+    mail: mpsc::Receiver<Incoming>,
     closed: Arc<Mutex<Option<String>>>,
 }
 
@@ -85,7 +94,7 @@ impl RelayConnection {
             .await
             .map_err(|e| err(e.to_string()))?;
         let (out_tx, mut out_rx) = mpsc::channel::<ToRelay>(256);
-        let (mail_tx, mail_rx) = mpsc::channel::<Delivery>(1024);
+        let (mail_tx, mail_rx) = mpsc::channel::<Incoming>(1024);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(Mutex::new(None));
         let writer = tokio::spawn(async move {
@@ -125,7 +134,12 @@ impl RelayConnection {
                             received_ms,
                             envelope,
                         };
-                        if mail_tx.send(d).await.is_err() {
+                        if mail_tx.send(Incoming::Mail(d)).await.is_err() {
+                            break "the wallet stopped reading".to_string();
+                        }
+                    }
+                    Ok(FromRelay::Empty) => {
+                        if mail_tx.send(Incoming::Empty).await.is_err() {
                             break "the wallet stopped reading".to_string();
                         }
                     }
@@ -205,6 +219,17 @@ impl RelayConnection {
 
     /// The next mail, waiting for it; `None` once the connection is gone.
     pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            match self.mail.recv().await? {
+                Incoming::Mail(d) => return Some(d),
+                Incoming::Empty => {}
+            }
+        }
+    }
+
+    /// The next mail or the news that the mailbox is empty; `None` once the connection is
+    /// gone.
+    pub async fn recv_or_empty(&mut self) -> Option<Incoming> {
         self.mail.recv().await
     }
 

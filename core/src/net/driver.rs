@@ -92,6 +92,10 @@ async fn run(
     status: watch::Sender<DriverStatus>,
 ) {
     let signal = lock(&wallet).outbox_signal();
+    let mut drains: std::collections::BTreeMap<
+        crate::protocol::identity::NodeId,
+        tokio::task::JoinHandle<()>,
+    > = std::collections::BTreeMap::new();
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0u32;
     while !stopping(&stop) {
@@ -149,6 +153,20 @@ async fn run(
         if let Err(e) = lock(&wallet).resend() {
             warn!("resend: {e}");
         }
+        // Relays we moved away from: keep picking up what friends still send there.
+        let to_drain = lock(&wallet).relays_to_drain().unwrap_or_default();
+        for (old, _) in to_drain {
+            drains.retain(|_, h: &mut tokio::task::JoinHandle<()>| !h.is_finished());
+            if !drains.contains_key(&old.key) {
+                let task = tokio::spawn(drain(
+                    wallet.clone(),
+                    endpoint.clone(),
+                    old.clone(),
+                    stop.clone(),
+                ));
+                drains.insert(old.key, task);
+            }
+        }
         let why = serve(&wallet, &mut conn, &relay, &signal, &mut stop).await;
         debug!(?why, "connection over");
         match why {
@@ -170,7 +188,94 @@ async fn run(
             }
         }
     }
+    for (_, d) in drains {
+        let _ = d.await;
+    }
     status.send_replace(DriverStatus::Stopped);
+}
+
+/// Receive (only) from a relay we moved away from, for as long as it is on the drain list.
+async fn drain(
+    wallet: Arc<Mutex<Wallet>>,
+    endpoint: quinn::Endpoint,
+    old: crate::net::wire::RelayAddress,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let still_listed = |w: &Mutex<Wallet>| {
+        lock(w)
+            .relays_to_drain()
+            .map(|l| l.iter().any(|(r, _)| r.key == old.key))
+            .unwrap_or(false)
+    };
+    while !stopping(&stop) && still_listed(&wallet) {
+        let identity = lock(&wallet).identity().clone();
+        let conn = async {
+            let addr = tokio::net::lookup_host(old.addr.as_str())
+                .await
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| "no address".to_string())?;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                RelayConnection::connect(&endpoint, addr, old.key, &identity),
+            )
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(relay = %old.key.short(), "old relay unreachable: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        info!(relay = %old.key.short(), "draining the relay we moved away from");
+        let mut recheck = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                m = conn.recv_or_empty() => match m {
+                    Some(super::client::Incoming::Mail(d)) => {
+                        let result = lock(&wallet).receive_envelope(&d.envelope);
+                        match result {
+                            Ok(_) => {
+                                if conn.ack(d.seq).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                warn!("could not store mail from the old relay: {e}");
+                                break;
+                            }
+                        }
+                    }
+                    Some(super::client::Incoming::Empty) => {
+                        debug!(relay = %old.key.short(), "old relay drained for now");
+                    }
+                    None => break,
+                },
+                _ = recheck.tick() => {
+                    if !still_listed(&wallet) {
+                        break;
+                    }
+                }
+                _ = stop.changed() => {
+                    if stopping(&stop) {
+                        break;
+                    }
+                }
+            }
+        }
+        conn.close().await;
+    }
 }
 
 /// Serve one connection: Ok when asked to stop, Err when the connection failed.
@@ -200,8 +305,16 @@ async fn serve(
                     Err(e) => return Err(format!("could not store received mail: {e}")),
                 }
             }
-            // Something changed (new mail, or a new contact): try everything again.
-            _ = signal.notified() => unreachable.clear(),
+            // Something changed (new mail, a new contact, or a move): try everything again.
+            _ = signal.notified() => {
+                unreachable.clear();
+                let chosen = lock(wallet).relay();
+                if let Ok(Some(now)) = chosen
+                    && now != *relay
+                {
+                    return Err(format!("moved to the relay at {}", now.addr));
+                }
+            }
             _ = tick.tick() => {
                 let mut w = lock(wallet);
                 if let Err(e) = w.tick() {

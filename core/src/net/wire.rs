@@ -82,6 +82,8 @@ pub enum FromRelay {
         /// The sealed envelope.
         envelope: Vec<u8>,
     },
+    /// Everything in the mailbox has been delivered (sent once each time the mailbox runs dry).
+    Empty,
     /// A fatal error; the relay closes the connection after it.
     Error {
         /// What went wrong.

@@ -31,7 +31,7 @@ use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
 pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_backup};
 pub use history::{EventKind, HistoryEntry};
 pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
-pub use network::{Contact, Control, FriendRequest};
+pub use network::{Contact, Control, DRAIN_PERIOD_MS, FriendRequest};
 pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION};
 
 use history::NewEntry;

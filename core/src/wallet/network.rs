@@ -16,6 +16,9 @@ use crate::protocol::identity::NodeId;
 use crate::protocol::message::Message;
 use crate::protocol::node::NodeError;
 
+/// How long a wallet that moved keeps draining its old relay: as long as the relay keeps mail.
+pub const DRAIN_PERIOD_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// Messages between wallets that are not part of a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
@@ -26,6 +29,11 @@ pub enum Control {
         /// The sender's mail key.
         mail_key: MailKey,
         /// The sender's relay.
+        relay: RelayAddress,
+    },
+    /// "I moved to this relay; send me mail there."
+    RelayMoved {
+        /// The new relay.
         relay: RelayAddress,
     },
     /// "I accepted your request."
@@ -143,6 +151,55 @@ impl Wallet {
                 })
             })
             .transpose()
+    }
+
+    /// Move to another relay: friends are told (through the new relay), and the old relay is
+    /// remembered so that the network driver drains the mail still sent there, for
+    /// [`DRAIN_PERIOD_MS`]. One step: the new relay, the notices and the old relay to drain are
+    /// written together.
+    pub fn move_relay(&mut self, relay: RelayAddress) -> Result<(), WalletError> {
+        let old = self.relay()?;
+        if old.as_ref() == Some(&relay) {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut drain = self.relays_to_drain()?;
+        if let Some(old) = old {
+            drain.retain(|(r, _)| *r != old && *r != relay);
+            drain.push((old, now));
+        }
+        let friends: Vec<NodeId> = self.node.friends().copied().collect();
+        let notice = Control::RelayMoved {
+            relay: relay.clone(),
+        };
+        let relay_bytes =
+            postcard::to_allocvec(&relay).map_err(|e| WalletError::Storage(e.to_string()))?;
+        let drain_bytes =
+            postcard::to_allocvec(&drain).map_err(|e| WalletError::Storage(e.to_string()))?;
+        self.step(
+            |_, _| ((), Vec::new(), Vec::new()),
+            |tx, _| {
+                store::put_meta(tx, "relay", &relay_bytes)?;
+                store::put_meta(tx, "drain_relays", &drain_bytes)?;
+                for f in &friends {
+                    queue_control(tx, *f, &notice, now)?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Relays we left and still drain, with when we left them (older than
+    /// [`DRAIN_PERIOD_MS`] are forgotten).
+    pub fn relays_to_drain(&self) -> Result<Vec<(RelayAddress, u64)>, WalletError> {
+        let cutoff = self.clock.now_ms().saturating_sub(DRAIN_PERIOD_MS);
+        let list: Vec<(RelayAddress, u64)> = match store::get_meta(&self.conn, "drain_relays")? {
+            None => Vec::new(),
+            Some(b) => postcard::from_bytes(&b).map_err(|_| WalletError::Corrupt {
+                detail: "the list of relays to drain is damaged".into(),
+            })?,
+        };
+        Ok(list.into_iter().filter(|(_, at)| *at >= cutoff).collect())
     }
 
     /// This wallet's mail key (friends seal envelopes to it).
@@ -523,6 +580,19 @@ impl Wallet {
                             ],
                         )
                         .map_err(WalletError::from_sqlite)?;
+                        mark_seen(tx, &sender, &id, sent)
+                    },
+                )
+            }
+            Control::RelayMoved { relay } => {
+                let Some(mut contact) = self.contact(&sender)? else {
+                    return self.record_seen(opened, Delivery::Refused("a stranger moved".into()));
+                };
+                contact.relay = relay;
+                self.step(
+                    |_, _| (Delivery::Applied, Vec::new(), Vec::new()),
+                    |tx, _| {
+                        put_contact(tx, &contact)?;
                         mark_seen(tx, &sender, &id, sent)
                     },
                 )
