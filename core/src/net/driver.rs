@@ -157,15 +157,14 @@ async fn run(
         let to_drain = lock(&wallet).relays_to_drain().unwrap_or_default();
         for (old, _) in to_drain {
             drains.retain(|_, h: &mut tokio::task::JoinHandle<()>| !h.is_finished());
-            if !drains.contains_key(&old.key) {
-                let task = tokio::spawn(drain(
+            drains.entry(old.key).or_insert_with(|| {
+                tokio::spawn(drain(
                     wallet.clone(),
                     endpoint.clone(),
                     old.clone(),
                     stop.clone(),
-                ));
-                drains.insert(old.key, task);
-            }
+                ))
+            });
         }
         let why = serve(&wallet, &mut conn, &relay, &signal, &mut stop).await;
         debug!(?why, "connection over");
