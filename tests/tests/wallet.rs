@@ -623,3 +623,65 @@ fn a_wallet_can_move_between_threads() {
     assert_send::<Wallet>();
     assert_send::<WalletError>();
 }
+
+/// Envelopes that are forged, replayed, for someone else or from a stranger are refused with a
+/// reason, change nothing, and the wallet goes on.
+#[test]
+fn hostile_envelopes_are_refused_and_change_nothing() {
+    use offst_core::net::envelope::{MailKey, seal, seal_forged};
+    use offst_core::wallet::Delivery;
+    let t = TempDir::new("envelopes");
+    let mut ws = trio(&t);
+    let a_id = offst_tests::identity(1);
+    let b = &mut ws[1];
+    let before = b.node().parts();
+    let history = b.history_len().unwrap();
+    let now = b.now_ms();
+    let refused = |d: Delivery, needle: &str| match d {
+        Delivery::Refused(why) => assert!(why.contains(needle), "{why}"),
+        Delivery::Applied => panic!("accepted a hostile envelope"),
+    };
+    // Garbage.
+    refused(b.receive_envelope(&[1, 2, 3]).unwrap(), "truncated");
+    // Sealed for c, delivered to b.
+    let c_key = MailKey::of(&offst_tests::identity(3));
+    let for_c = seal(&a_id, &c_key, &[0, 1], now, [1; 16], [2; 56]).unwrap();
+    refused(b.receive_envelope(&for_c).unwrap(), "does not open");
+    // Mallory claims to be a.
+    let mallory = offst_core::protocol::identity::Identity::from_seed([66; 32]);
+    let forged = seal_forged(
+        &mallory,
+        a_id.id(),
+        b.id(),
+        b.mail_key().key,
+        &[0, 1],
+        now,
+        [3; 16],
+        [4; 56],
+    )
+    .unwrap();
+    refused(b.receive_envelope(&forged).unwrap(), "not signed by them");
+    // A real envelope from a, carrying a protocol message that is not valid: refused, and then
+    // its copy is refused as a replay.
+    let real = seal(&a_id, &b.mail_key(), &[0, 0xff], now, [5; 16], [6; 56]).unwrap();
+    assert!(matches!(
+        b.receive_envelope(&real).unwrap(),
+        Delivery::Refused(_)
+    ));
+    refused(b.receive_envelope(&real).unwrap(), "replay");
+    // Older than the replay window.
+    let old = seal(
+        &a_id,
+        &b.mail_key(),
+        &[0, 0xff],
+        now - offst_core::net::envelope::REPLAY_WINDOW_MS - 1,
+        [7; 16],
+        [8; 56],
+    )
+    .unwrap();
+    refused(b.receive_envelope(&old).unwrap(), "older than");
+    // Nothing changed, nothing reached history, and payments go on.
+    assert_eq!(b.node().parts(), before);
+    assert_eq!(b.history_len().unwrap(), history);
+    pay(&mut ws, 2);
+}
