@@ -256,6 +256,18 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         ring::hmac::HMAC_SHA256,
         &reset,
     )));
+    // Connection ids are checked against a keyed hash before a reset is sent; that key must
+    // survive the restart too, or the new process drops the old clients' packets silently.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(
+        blake3::derive_key("offst relay connection ids v1", &identity.seed())
+            .get(..8)
+            .unwrap_or(&[0; 8]),
+    );
+    let cid_key = u64::from_le_bytes(cid_key);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let bind_err = |e: std::io::Error| RelayError::Bind {
         addr: config.listen,
         detail: e.to_string(),

@@ -196,3 +196,29 @@ async fn sigkill_mid_traffic_loses_no_accepted_envelope() {
     signal(&child, "-TERM");
     assert!(wait(&mut child).success());
 }
+
+/// A relay killed and restarted tells its old clients at once that their connections are gone
+/// (a stateless reset, with keys derived from the relay's identity), instead of leaving them to
+/// wait for the idle timeout.
+#[tokio::test]
+async fn a_restarted_relay_resets_old_connections() {
+    let cwd = scratch("reset");
+    let (mut child, key, addr) = spawn(&cwd, &["--listen", "127.0.0.1:0"]);
+    let ep = client_endpoint().unwrap();
+    let mut conn = RelayConnection::connect(&ep, addr, key, &Identity::from_seed([1; 32]))
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut again, _, _) = spawn(&cwd, &["--listen", &addr.to_string()]);
+    // The client's next keep-alive reaches the new process, which answers with a reset.
+    let ended = timeout(Duration::from_secs(60), conn.recv()).await.unwrap();
+    assert!(ended.is_none());
+    let reason = conn.close_reason().unwrap_or_default();
+    assert!(
+        reason.contains("reset"),
+        "the connection ended by {reason:?}, not by a reset"
+    );
+    signal(&again, "-TERM");
+    assert!(wait(&mut again).success());
+}
