@@ -178,12 +178,7 @@ impl Invitation {
 
     /// The QR code as an SVG document.
     pub fn qr_svg(&self) -> Result<String, InviteError> {
-        Ok(self
-            .qr()?
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(256, 256)
-            .quiet_zone(true)
-            .build())
+        qr_svg(&self.to_uri())
     }
 
     /// The QR code as text for a terminal (two modules per character, light background).
@@ -297,6 +292,14 @@ fn qr_code(uri: &str) -> Result<qrcode::QrCode, InviteError> {
         .map_err(|e| InviteError::Qr(e.to_string()))
 }
 
+fn qr_svg(uri: &str) -> Result<String, InviteError> {
+    Ok(qr_code(uri)?
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(256, 256)
+        .quiet_zone(true)
+        .build())
+}
+
 /// An invoice to share: the signed invoice, and how to reach the seller (its mail key and
 /// relay), signed by the seller. A buyer needs it to commit: the commit goes to the seller
 /// directly, who may be a stranger.
@@ -382,10 +385,6 @@ impl PaymentRequest {
 
     /// The QR code as an SVG document.
     pub fn qr_svg(&self) -> Result<String, InviteError> {
-        Ok(qr_code(&self.to_uri())?
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(256, 256)
-            .quiet_zone(true)
-            .build())
+        qr_svg(&self.to_uri())
     }
 }

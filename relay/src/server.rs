@@ -579,7 +579,7 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             continue;
         }
         if conn.is_none() {
-            match connect_relay(&shared, &relay).await {
+            match RelayConnection::connect_to(&shared.endpoint, &relay, &shared.identity).await {
                 Ok(c) => {
                     info!(relay = %relay.key.short(), addr = %relay.addr, "forwarding");
                     conn = Some(c);
@@ -629,21 +629,6 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             }
         }
     }
-}
-
-async fn connect_relay(shared: &Shared, relay: &RelayAddress) -> Result<RelayConnection, String> {
-    let addr = tokio::net::lookup_host(relay.addr.as_str())
-        .await
-        .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
-        .next()
-        .ok_or_else(|| format!("{} has no address", relay.addr))?;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        RelayConnection::connect(&shared.endpoint, addr, relay.key, &shared.identity),
-    )
-    .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())
 }
 
 /// Push the wallet's mail, oldest first, keeping at most `delivery_window` unacknowledged.

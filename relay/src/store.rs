@@ -140,31 +140,7 @@ impl Store {
         let mut writer = Connection::open(&path)?;
         writer.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
         writer.execute_batch(SCHEMA)?;
-        let mut usage: HashMap<NodeId, Usage> = HashMap::new();
-        {
-            let mut stmt = writer.prepare(
-                "SELECT recipient, COUNT(*), SUM(length(envelope)) FROM mail GROUP BY recipient",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (k, n, b) = row?;
-                if let Ok(k) = <[u8; 32]>::try_from(k.as_slice()) {
-                    usage.insert(
-                        NodeId::from_bytes(k),
-                        Usage {
-                            messages: u64::try_from(n).unwrap_or(0),
-                            bytes: u64::try_from(b).unwrap_or(0),
-                        },
-                    );
-                }
-            }
-        }
+        let usage = recount(&writer)?;
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
         let (tx, rx) = mpsc::channel::<Op>();

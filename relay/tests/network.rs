@@ -9,10 +9,9 @@
     clippy::panic
 )]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,12 +23,8 @@ use offst_core::protocol::identity::{Identity, NodeId};
 use offst_core::protocol::node::{PaymentStatus, RoutePlan};
 use offst_core::wallet::{EventKind, RawKey, SecretKey, Wallet, WalletOptions};
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("offst-net-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{scratch, spawn};
 
 struct RelayProc {
     child: Child,
@@ -40,22 +35,13 @@ struct RelayProc {
 
 impl RelayProc {
     fn start(dir: &Path, listen: &str) -> RelayProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
-            .args(["--listen", listen, "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let parts: Vec<&str> = line.split_whitespace().collect();
+        std::fs::create_dir_all(dir).unwrap();
+        let data = dir.to_string_lossy().into_owned();
+        let (child, key, addr) = spawn(dir, &["--listen", listen, "--data-dir", &data]);
         RelayProc {
             child,
-            key: parts[1].parse().unwrap(),
-            addr: parts[2].parse().unwrap(),
+            key,
+            addr,
             dir: dir.to_path_buf(),
         }
     }

@@ -8,44 +8,15 @@
     clippy::panic
 )]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use offst_core::net::client::{ClientError, RelayConnection, client_endpoint};
-use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::protocol::identity::Identity;
 use tokio::time::timeout;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("offst-relay-proc-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Start the binary in `cwd` with `args`; returns it with the key and address it printed.
-fn spawn(cwd: &Path, args: &[&str]) -> (Child, NodeId, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(
-        parts.first(),
-        Some(&"relay"),
-        "unexpected first line: {line:?}"
-    );
-    (child, parts[1].parse().unwrap(), parts[2].parse().unwrap())
-}
+mod common;
+use common::{scratch, spawn};
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")

@@ -8,7 +8,6 @@
     clippy::panic
 )]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use offst_core::net::client::{ClientError, RelayConnection, client_endpoint};
@@ -19,13 +18,10 @@ use offst_core::protocol::identity::{Identity, NodeId};
 use offst_relay::{Config, RelayHandle};
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(10);
+mod common;
+use common::scratch;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("offst-relay-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+const T: Duration = Duration::from_secs(10);
 
 async fn relay(name: &str, tweak: impl FnOnce(&mut Config)) -> RelayHandle {
     let mut c = Config {

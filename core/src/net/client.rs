@@ -176,15 +176,41 @@ impl RelayConnection {
             .unwrap_or_else(|| "connection closed".into())
     }
 
+    /// Resolve `relay`'s address and connect to it, giving up after 10 s. The error says why,
+    /// for logs and status.
+    pub async fn connect_to(
+        endpoint: &quinn::Endpoint,
+        relay: &RelayAddress,
+        identity: &Identity,
+    ) -> Result<RelayConnection, String> {
+        let addr = tokio::net::lookup_host(relay.addr.as_str())
+            .await
+            .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", relay.addr))?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            RelayConnection::connect(endpoint, addr, relay.key, identity),
+        )
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())
+    }
+
     /// Send `envelope` to `to`; returns once the relay stored it durably.
     pub async fn send(&self, to: NodeId, envelope: Vec<u8>) -> Result<(), ClientError> {
+        self.request(|id| ToRelay::Send { id, to, envelope }).await
+    }
+
+    /// Send the request `make(id)` and wait for the relay's answer to `id`.
+    async fn request(&self, make: impl FnOnce(u64) -> ToRelay) -> Result<(), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
         }
         self.out
-            .send(ToRelay::Send { id, to, envelope })
+            .send(make(id))
             .await
             .map_err(|_| ClientError::Closed(self.closed_reason()))?;
         rx.await
@@ -199,22 +225,13 @@ impl RelayConnection {
         relay: RelayAddress,
         envelope: Vec<u8>,
     ) -> Result<(), ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(id, tx);
-        }
-        self.out
-            .send(ToRelay::Forward {
-                id,
-                to,
-                relay,
-                envelope,
-            })
-            .await
-            .map_err(|_| ClientError::Closed(self.closed_reason()))?;
-        rx.await
-            .map_err(|_| ClientError::Closed(self.closed_reason()))?
+        self.request(|id| ToRelay::Forward {
+            id,
+            to,
+            relay,
+            envelope,
+        })
+        .await
     }
 
     /// The next mail, waiting for it; `None` once the connection is gone.

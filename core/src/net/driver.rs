@@ -112,21 +112,7 @@ async fn run(
             }
         };
         let identity = lock(&wallet).identity().clone();
-        let connected = async {
-            let addr = tokio::net::lookup_host(relay.addr.as_str())
-                .await
-                .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
-                .next()
-                .ok_or_else(|| format!("{} has no address", relay.addr))?;
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                RelayConnection::connect(&endpoint, addr, relay.key, &identity),
-            )
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
-        }
-        .await;
+        let connected = RelayConnection::connect_to(&endpoint, &relay, &identity).await;
         let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -209,21 +195,7 @@ async fn drain(
     };
     while !stopping(&stop) && still_listed(&wallet) {
         let identity = lock(&wallet).identity().clone();
-        let conn = async {
-            let addr = tokio::net::lookup_host(old.addr.as_str())
-                .await
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "no address".to_string())?;
-            tokio::time::timeout(
-                Duration::from_secs(10),
-                RelayConnection::connect(&endpoint, addr, old.key, &identity),
-            )
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())
-        }
-        .await;
+        let conn = RelayConnection::connect_to(&endpoint, &old, &identity).await;
         let mut conn = match conn {
             Ok(c) => c,
             Err(e) => {

@@ -24,7 +24,7 @@ use crate::protocol::amount::{Currency, Rate};
 use crate::protocol::identity::{Identity, NodeId};
 use crate::protocol::message::Message;
 use crate::protocol::node::{
-    InvoiceStatus, Node, NodeError, Output, PartsError, PaymentStatus, ProtocolError, RoutePlan,
+    InvoiceStatus, Node, NodeError, Output, PartsError, PaymentStatus, RoutePlan,
 };
 use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
 
@@ -879,20 +879,25 @@ impl Wallet {
     /// message: it must be delivered again); protocol refusals are a [`Delivery::Refused`]
     /// (acknowledge it: it will never be accepted).
     pub fn receive(&mut self, from: NodeId, bytes: &[u8]) -> Result<Delivery, WalletError> {
-        let message = match Message::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => return Ok(Delivery::Refused(e.to_string())),
-        };
+        match Message::decode(bytes) {
+            Ok(message) => self.handle_protocol(from, message, |_| Ok(())),
+            Err(e) => Ok(Delivery::Refused(e.to_string())),
+        }
+    }
+
+    /// The durable step for a protocol message from `from`, writing `extra` with it.
+    pub(crate) fn handle_protocol(
+        &mut self,
+        from: NodeId,
+        message: Message,
+        extra: impl FnOnce(&Transaction<'_>) -> Result<(), WalletError>,
+    ) -> Result<Delivery, WalletError> {
         self.step(
             |node, now| match node.handle_message(now, from, message) {
                 Ok(out) => (Delivery::Applied, out, Vec::new()),
-                Err(e) => (
-                    Delivery::Refused(describe_refusal(&e)),
-                    Vec::new(),
-                    Vec::new(),
-                ),
+                Err(e) => (Delivery::Refused(e.to_string()), Vec::new(), Vec::new()),
             },
-            |_, _| Ok(()),
+            |tx, _| extra(tx),
         )
     }
 
@@ -1127,8 +1132,4 @@ impl Wallet {
             Err(WalletError::Corrupt { detail: result })
         }
     }
-}
-
-fn describe_refusal(e: &ProtocolError) -> String {
-    e.to_string()
 }

@@ -114,6 +114,17 @@ fn put_contact(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), Wallet
     .map_err(WalletError::from_sqlite)
 }
 
+/// Record a new friend's contact and name (with the step that adds the friend).
+fn add_contact_as_friend(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), WalletError> {
+    put_contact(tx, c)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
+        params![c.id.as_bytes(), c.name],
+    )
+    .map(|_| ())
+    .map_err(WalletError::from_sqlite)
+}
+
 fn queue_control(
     tx: &rusqlite::Transaction<'_>,
     to: NodeId,
@@ -261,12 +272,7 @@ impl Wallet {
                 ]
             },
             |tx, _| {
-                put_contact(tx, &contact)?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
-                    params![inviter.as_bytes(), contact.name],
-                )
-                .map_err(WalletError::from_sqlite)?;
+                add_contact_as_friend(tx, &contact)?;
                 queue_control(tx, inviter, &request, 0)
             },
         )
@@ -370,12 +376,7 @@ impl Wallet {
                 ]
             },
             |tx, _| {
-                put_contact(tx, &contact)?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
-                    params![from.as_bytes(), contact.name],
-                )
-                .map_err(WalletError::from_sqlite)?;
+                add_contact_as_friend(tx, &contact)?;
                 tx.execute(
                     "DELETE FROM friend_requests WHERE friend = ?1",
                     [from.as_bytes()],
@@ -466,15 +467,8 @@ impl Wallet {
                     Ok(m) => m,
                     Err(e) => return self.record_seen(&opened, Delivery::Refused(e.to_string())),
                 };
-                let sender = opened.sender;
-                let (id, sent) = (opened.id, opened.sent_ms);
-                self.step(
-                    |node, now| match node.handle_message(now, sender, message) {
-                        Ok(out) => (Delivery::Applied, out, Vec::new()),
-                        Err(e) => (Delivery::Refused(e.to_string()), Vec::new(), Vec::new()),
-                    },
-                    |tx, _| mark_seen(tx, &sender, &id, sent),
-                )
+                let (sender, id, sent) = (opened.sender, opened.id, opened.sent_ms);
+                self.handle_protocol(sender, message, |tx| mark_seen(tx, &sender, &id, sent))
             }
             MAIL_CONTROL => {
                 let control: Control = match postcard::from_bytes(payload) {

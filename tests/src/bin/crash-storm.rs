@@ -64,28 +64,20 @@ fn open_all(dir: &Path) -> Result<Vec<Wallet>, WalletError> {
         .collect()
 }
 
-/// Invoices c issued, from its history.
+/// Invoices c issued, from its history, oldest first.
 fn invoices(c: &Wallet) -> Result<Vec<(InvoiceId, u64)>, WalletError> {
-    let mut out = Vec::new();
-    let mut before = None;
-    loop {
-        let page = c.history(&HistoryQuery {
-            before,
-            limit: 1000,
-            ..HistoryQuery::default()
-        })?;
-        let Some(last) = page.last() else { break };
-        before = Some(last.seq);
-        for h in &page {
-            if let (EventKind::InvoiceCreated, Some(inv), Some(a)) = (h.kind, h.invoice, h.amount) {
-                out.push((inv, u64::try_from(a).unwrap_or_default()));
+    Ok(all_history(c)?
+        .into_iter()
+        .filter_map(|h| match (h.kind, h.invoice, h.amount) {
+            (EventKind::InvoiceCreated, Some(inv), Some(a)) => {
+                Some((inv, u64::try_from(a).unwrap_or_default()))
             }
-        }
-    }
-    out.reverse();
-    Ok(out)
+            _ => None,
+        })
+        .collect())
 }
 
+/// All of a wallet's history, oldest first.
 fn all_history(w: &Wallet) -> Result<Vec<HistoryEntry>, WalletError> {
     let mut out = Vec::new();
     let mut before = None;
