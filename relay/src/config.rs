@@ -29,6 +29,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Most deliveries sent to one connection and not yet acknowledged.
     pub delivery_window: u64,
+    /// A CA-signed certificate chain (PEM, leaf first) to serve to clients that know this
+    /// relay only by its DNS name; clients that pin the relay's key keep getting its own
+    /// certificate. Needs `tls_private_key`.
+    pub tls_certificate: Option<PathBuf>,
+    /// The private key (PEM) of `tls_certificate`.
+    pub tls_private_key: Option<PathBuf>,
 }
 
 /// The port of the embedded default.
@@ -47,6 +53,8 @@ impl Default for Config {
             sender_burst: 2_000,
             max_connections: 20_000,
             delivery_window: 256,
+            tls_certificate: None,
+            tls_private_key: None,
         }
     }
 }
@@ -99,6 +107,11 @@ impl Config {
         if self.max_connections == 0 || self.delivery_window == 0 || self.sender_burst == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections, delivery_window and sender_burst must be at least 1".into(),
+            ));
+        }
+        if self.tls_certificate.is_some() != self.tls_private_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_certificate and tls_private_key go together: give both or neither".into(),
             ));
         }
         Ok(())

@@ -50,6 +50,13 @@ struct Args {
     /// Most deliveries to one wallet not yet acknowledged. Default 256.
     #[arg(long, value_name = "N")]
     delivery_window: Option<u64>,
+    /// CA-signed certificate chain (PEM, leaf first) for clients that know the relay only by
+    /// its DNS name. Clients that pin the relay key are unaffected. Needs --tls-private-key.
+    #[arg(long, value_name = "FILE")]
+    tls_certificate: Option<PathBuf>,
+    /// Private key (PEM) of --tls-certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_private_key: Option<PathBuf>,
     /// Print the relay's key (creating it if needed) and exit.
     #[arg(long)]
     print_key: bool,
@@ -75,6 +82,12 @@ fn settings(args: &Args) -> Result<Config, offst_relay::config::ConfigError> {
         max_connections,
         delivery_window
     );
+    if args.tls_certificate.is_some() {
+        c.tls_certificate = args.tls_certificate.clone();
+    }
+    if args.tls_private_key.is_some() {
+        c.tls_private_key = args.tls_private_key.clone();
+    }
     c.validate()?;
     Ok(c)
 }

@@ -246,7 +246,15 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
             max_bytes: config.max_mailbox_bytes,
         },
     )?;
-    let server = tls::server_config(&identity)?;
+    let ca = match (&config.tls_certificate, &config.tls_private_key) {
+        (Some(chain), Some(key)) => {
+            let ca = tls::load_ca_certificate(chain, key)?;
+            info!(chain = %chain.display(), "serving a CA-signed certificate to clients that check by name");
+            Some(ca)
+        }
+        _ => None,
+    };
+    let server = tls::server_config(&identity, ca)?;
     // A stateless-reset key derived from the relay's identity: after a crash and restart, the
     // new process can tell clients at once that their old connections are gone (instead of
     // leaving them to time out).
@@ -436,6 +444,20 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                 }
             }
             ToRelay::Hello => {}
+            ToRelay::Identify => {
+                let answer = match tls::identity_binding(&conn) {
+                    Some(binding) => FromRelay::Identity {
+                        key: shared.key,
+                        proof: tls::prove_identity(&shared.identity, &binding),
+                    },
+                    None => FromRelay::Error {
+                        reason: "no TLS exporter on this connection".into(),
+                    },
+                };
+                if out_tx.send(answer).await.is_err() {
+                    break;
+                }
+            }
             ToRelay::Ack { seq } => {
                 if let Err(e) = shared.store.delete(id, seq) {
                     warn!("ack not stored: {e}");

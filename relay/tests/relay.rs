@@ -375,3 +375,161 @@ async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
     r1.shutdown().await;
     r2.shutdown().await;
 }
+
+/// A test CA and a certificate it signed for `localhost`, as PEM files in `dir`; returns the
+/// CA's certificate (the root a client must trust).
+fn test_ca(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Offst test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("chain.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    ca.der().clone()
+}
+
+async fn discover_err(addr: &str, roots: &[rustls::pki_types::CertificateDer<'static>]) -> String {
+    let ep = client_endpoint().unwrap();
+    let roots = tls::web_roots(roots).unwrap();
+    match offst_core::net::client::discover(&ep, addr, roots, &who(7)).await {
+        Err(e @ ClientError::Discover { .. }) => e.to_string(),
+        Err(e) => panic!("not a discovery error: {e}"),
+        Ok(r) => panic!("discovered {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_relay_with_a_ca_certificate_is_found_by_name_then_pinned() {
+    let dir = scratch("ca-cert");
+    let ca = test_ca(&dir);
+    let r = relay("ca-cert-relay", |c| {
+        c.tls_certificate = Some(dir.join("chain.pem"));
+        c.tls_private_key = Some(dir.join("key.pem"));
+    })
+    .await;
+    let by_name = format!("localhost:{}", r.addr.port());
+    // Trusting the CA, a client that knows only the name learns the relay's key, proven on
+    // the connection itself.
+    let ep = client_endpoint().unwrap();
+    let found = offst_core::net::client::discover(
+        &ep,
+        &by_name,
+        tls::web_roots(std::slice::from_ref(&ca)).unwrap(),
+        &who(7),
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.key, r.key);
+    assert_eq!(found.addr, by_name);
+    // From then on it pins that key, by name, like any wallet; the same relay serves both.
+    let pinned = RelayConnection::connect_to(&ep, &found, &who(7))
+        .await
+        .unwrap();
+    pinned.send(who(8).id(), vec![1, 2, 3]).await.unwrap();
+    let mut b = connect(&r, 8).await;
+    assert_eq!(next(&mut b).await.envelope, vec![1, 2, 3]);
+
+    // Not trusting the CA (Mozilla's roots only): refused, saying why.
+    let text = discover_err(&by_name, &[]).await;
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    // The certificate is for "localhost", not for the address.
+    let text = discover_err(&r.addr.to_string(), std::slice::from_ref(&ca)).await;
+    assert!(text.contains("not valid for name"), "{text}");
+
+    // A proof made on another connection (what a man in the middle would forward) does not
+    // verify against this connection's binding.
+    let config = tls::web_client_config(&who(7), tls::web_roots(&[ca]).unwrap()).unwrap();
+    let mut proofs = Vec::new();
+    for _ in 0..2 {
+        let conn = ep
+            .connect_with(config.clone(), r.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let binding = tls::identity_binding(&conn).unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, &wire::encode(&wire::ToRelay::Identify))
+            .await
+            .unwrap();
+        loop {
+            let frame = read_frame(&mut recv, MAX_FRAME_SIZE)
+                .await
+                .unwrap()
+                .unwrap();
+            if let FromRelay::Identity { key, proof } = wire::decode(&frame).unwrap() {
+                assert_eq!(key, r.key);
+                proofs.push((binding, proof));
+                break;
+            }
+        }
+    }
+    let [(b1, p1), (b2, p2)] = [proofs[0], proofs[1]];
+    assert_ne!(b1, b2);
+    tls::check_identity(r.key, &b1, &p1).unwrap();
+    tls::check_identity(r.key, &b2, &p2).unwrap();
+    assert!(tls::check_identity(r.key, &b1, &p2).is_err());
+    assert!(tls::check_identity(who(9).id(), &b1, &p1).is_err());
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_relay_without_a_ca_certificate_cannot_be_found_by_name() {
+    let r = relay("no-ca", |_| {}).await;
+    let text = discover_err(&format!("localhost:{}", r.addr.port()), &[]).await;
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn unusable_ca_certificate_settings_stop_the_relay_with_the_file_named() {
+    let dir = scratch("ca-bad");
+    test_ca(&dir);
+    let start = |chain: Option<&str>, key: Option<&str>| {
+        let c = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.join("data"),
+            tls_certificate: chain.map(|f| dir.join(f)),
+            tls_private_key: key.map(|f| dir.join(f)),
+            ..Config::default()
+        };
+        async move {
+            match offst_relay::start(c).await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("started"),
+            }
+        }
+    };
+    let text = start(Some("chain.pem"), None).await;
+    assert!(text.contains("go together"), "{text}");
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    let text = start(Some("empty.pem"), Some("key.pem")).await;
+    assert!(
+        text.contains("empty.pem") && text.contains("no certificate"),
+        "{text}"
+    );
+    let text = start(Some("chain.pem"), Some("chain.pem")).await;
+    assert!(
+        text.contains("chain.pem") && text.contains("private key"),
+        "{text}"
+    );
+    // A key that is not the certificate's.
+    rcgen_other_key(&dir.join("other.pem"));
+    let text = start(Some("chain.pem"), Some("other.pem")).await;
+    assert!(text.contains("does not fit"), "{text}");
+}
+
+fn rcgen_other_key(path: &std::path::Path) {
+    std::fs::write(path, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+}

@@ -30,6 +30,14 @@ pub enum ClientError {
     /// The connection is gone.
     #[error("the connection to the relay closed: {0}")]
     Closed(String),
+    /// A relay known only by name could not be checked (its certificate, or its proof of key).
+    #[error("can't check the relay at {addr}: {detail}")]
+    Discover {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// Mail from the relay.
@@ -144,6 +152,8 @@ impl RelayConnection {
                         }
                     }
                     Ok(FromRelay::Error { reason }) => break format!("the relay said: {reason}"),
+                    // Only asked for by `discover`.
+                    Ok(FromRelay::Identity { .. }) => {}
                     Err(e) => break e,
                 }
             };
@@ -183,11 +193,7 @@ impl RelayConnection {
         relay: &RelayAddress,
         identity: &Identity,
     ) -> Result<RelayConnection, String> {
-        let addr = tokio::net::lookup_host(relay.addr.as_str())
-            .await
-            .map_err(|e| format!("can't resolve {}: {e}", relay.addr))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", relay.addr))?;
+        let addr = resolve(endpoint, &relay.addr).await?;
         tokio::time::timeout(
             std::time::Duration::from_secs(10),
             RelayConnection::connect(endpoint, addr, relay.key, identity),
@@ -278,6 +284,91 @@ impl RelayConnection {
         let _ = writer.await;
         conn.close(0u32.into(), b"bye");
     }
+}
+
+/// The first address of `addr` ("host:port") that `endpoint` can reach (the same IP family).
+pub async fn resolve(endpoint: &quinn::Endpoint, addr: &str) -> Result<SocketAddr, String> {
+    let v6 = endpoint.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    let all: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("can't resolve {addr}: {e}"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv6() == v6)
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{addr} has no address"))
+}
+
+/// Learn the key of the relay at `addr` ("host:port"), which serves a CA-signed certificate
+/// for `host`: check that certificate against `roots` (see [`tls::web_roots`]), then have the
+/// relay sign this connection's TLS exporter with its Ed25519 key. The answer is what wallets
+/// pin from then on. Gives up after 10 s.
+pub async fn discover(
+    endpoint: &quinn::Endpoint,
+    addr: &str,
+    roots: Arc<rustls::RootCertStore>,
+    identity: &Identity,
+) -> Result<RelayAddress, ClientError> {
+    let err = |detail: String| ClientError::Discover {
+        addr: addr.to_string(),
+        detail,
+    };
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| err("expected host:port".into()))?;
+    let work = async {
+        let socket = resolve(endpoint, addr).await?;
+        let config = tls::web_client_config(identity, roots).map_err(|e| e.to_string())?;
+        let conn = endpoint
+            .connect_with(config, socket, host)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let binding = tls::identity_binding(&conn).ok_or("no TLS exporter on the connection")?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &wire::encode(&ToRelay::Identify))
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = loop {
+            let frame = read_frame(&mut recv, MAX_FRAME_SIZE)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the relay ended the stream without proving its key")?;
+            match wire::decode::<FromRelay>(&frame)? {
+                FromRelay::Identity { key, proof } => break (key, proof),
+                // Mail for this identity waits at the relay for the wallet's own connection.
+                FromRelay::Deliver { .. } | FromRelay::Empty => {}
+                FromRelay::Error { reason } => return Err(format!("the relay said: {reason}")),
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        };
+        conn.close(0u32.into(), b"bye");
+        let (key, proof) = answer;
+        tls::check_identity(key, &binding, &proof).map_err(|_| {
+            format!("the relay's proof of its key {key} does not match this connection")
+        })?;
+        Ok::<_, String>(key)
+    };
+    let key = tokio::time::timeout(std::time::Duration::from_secs(10), work)
+        .await
+        .map_err(|_| err("timed out".into()))?
+        .map_err(|e| {
+            if e.contains("UnknownIssuer") {
+                err(format!(
+                    "{e} (its certificate is not from a CA this wallet trusts; if the relay \
+                     has no CA-signed certificate, use its key instead of its name)"
+                ))
+            } else {
+                err(e)
+            }
+        })?;
+    Ok(RelayAddress {
+        addr: addr.to_string(),
+        key,
+    })
 }
 
 fn answer(pending: &Pending, id: u64, result: Result<(), ClientError>) {

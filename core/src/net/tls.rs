@@ -6,7 +6,16 @@
 //! and learns who the client is from it (mutual TLS). The certificate's own signature is not
 //! checked: the handshake signature, verified against the key in the certificate, is what
 //! proves possession, and no issuer is trusted for anything.
+//!
+//! A relay may also hold a CA-signed certificate for a DNS name (any key type the CA issued).
+//! It serves that certificate to clients that ask for a name other than [`SERVER_NAME`], and
+//! keeps serving its own Ed25519 certificate to clients that pin its key. A client that knows
+//! only the name checks the relay the WebPKI way ([`web_client_config`]), then asks the relay
+//! to sign the connection's TLS exporter with its Ed25519 key ([`identity_binding`]): that
+//! proves the relay's Offst key on this very connection, which a man in the middle (even one
+//! with a mis-issued certificate) cannot forward. From then on the client pins that key.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +24,10 @@ use ed25519_dalek::pkcs8::EncodePrivateKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerMisbehaved,
@@ -24,7 +35,7 @@ use rustls::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::protocol::identity::{Identity, NodeId};
+use crate::protocol::identity::{BadSignature, Identity, NodeId, Signature};
 
 /// The ALPN of Offst's relay protocol, version 1.
 pub const ALPN: &[u8] = b"offst-relay/1";
@@ -47,6 +58,14 @@ pub enum TlsError {
     /// The TLS library refused the configuration.
     #[error("TLS configuration refused: {0}")]
     Config(String),
+    /// A PEM file (certificate chain, private key or roots) could not be used.
+    #[error("{path}: {detail}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// Why a peer's certificate was refused.
@@ -309,14 +328,90 @@ fn transport(idle: Duration, keep_alive: Option<Duration>) -> Arc<quinn::Transpo
     Arc::new(t)
 }
 
-/// The relay's QUIC server configuration.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+/// A CA-signed certificate chain and its private key, loaded from PEM files (the leaf first,
+/// then intermediates, as a CA hands them out; the key in PKCS#8, PKCS#1 or SEC1 form).
+pub fn load_ca_certificate(chain: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let pem_err = |path: &Path, detail: String| TlsError::Pem {
+        path: path.display().to_string(),
+        detail,
+    };
+    let certs = load_pem_certs(chain)?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| pem_err(key, format!("no usable private key: {e}")))?;
+    let certified = CertifiedKey::from_der(certs, private, &provider()).map_err(|e| {
+        pem_err(
+            key,
+            format!("does not fit the certificate in the chain: {e}"),
+        )
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Every certificate in the PEM file at `path` (at least one).
+pub fn load_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem_err = |detail: String| TlsError::Pem {
+        path: path.display().to_string(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The roots a client trusts for relays it knows only by name: Mozilla's list (compiled in)
+/// plus `extra` (a private CA, or a test's).
+pub fn web_roots(
+    extra: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| TlsError::Config(format!("unusable root certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The relay's choice of certificate: its own Ed25519 one for clients that pin its key (they
+/// ask for [`SERVER_NAME`]), the CA-signed one, if configured, for everyone else.
+#[derive(Debug)]
+struct RelayCertificates {
+    own: Arc<CertifiedKey>,
+    ca: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for RelayCertificates {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match (&self.ca, hello.server_name()) {
+            (Some(ca), name) if name != Some(SERVER_NAME) => Some(ca.clone()),
+            _ => Some(self.own.clone()),
+        }
+    }
+}
+
+/// The relay's QUIC server configuration: its own certificate, and `ca` (a CA-signed one, see
+/// [`load_ca_certificate`]) for clients that check it by name.
+pub fn server_config(
+    identity: &Identity,
+    ca: Option<Arc<CertifiedKey>>,
+) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
+    let certs = RelayCertificates {
+        own: certified_key(identity)?,
+        ca,
+    };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(Arc::new(AnyEd25519Client::default()))
-        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
+        .with_cert_resolver(Arc::new(certs));
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.send_tls13_tickets = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
@@ -328,12 +423,35 @@ pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsErro
 /// A client configuration that presents `identity` and accepts only the relay `relay`.
 pub fn client_config(identity: &Identity, relay: NodeId) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedRelay::new(relay)))
         .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
+    finish_client(tls)
+}
+
+/// A client configuration that presents `identity` and checks the relay by its certificate's
+/// name and a chain to `roots` (for a relay known only by name; see [`identity_binding`]).
+pub fn web_client_config(
+    identity: &Identity,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_webpki_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(identity)?)));
+    finish_client(tls)
+}
+
+fn finish_client(mut tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
@@ -345,4 +463,32 @@ pub fn client_config(identity: &Identity, relay: NodeId) -> Result<quinn::Client
         Some(Duration::from_secs(5)),
     ));
     Ok(config)
+}
+
+/// Domain of the relay's signature over a connection's TLS exporter.
+const IDENTITY_DOMAIN: &str = "offst relay identity v1";
+/// The exporter label (RFC 8446 section 7.5).
+const IDENTITY_LABEL: &[u8] = b"EXPORTER-offst-relay-identity";
+
+/// The value both ends of `conn` derive from its TLS session and that no other connection
+/// shares: what a relay signs to prove its Ed25519 key on this connection.
+pub fn identity_binding(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, IDENTITY_LABEL, b"")
+        .ok()
+        .map(|()| out)
+}
+
+/// The relay's proof of its key on the connection with `binding`.
+pub fn prove_identity(identity: &Identity, binding: &[u8; 32]) -> Signature {
+    identity.sign(IDENTITY_DOMAIN, binding)
+}
+
+/// Check a relay's proof that `key` is its key on the connection with `binding`.
+pub fn check_identity(
+    key: NodeId,
+    binding: &[u8; 32],
+    proof: &Signature,
+) -> Result<(), BadSignature> {
+    key.verify(IDENTITY_DOMAIN, binding, proof)
 }

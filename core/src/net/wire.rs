@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::identity::NodeId;
+use crate::protocol::identity::{NodeId, Signature};
 
 /// The largest envelope a relay accepts (a protocol message is at most 512 KiB; sealing and
 /// padding add a little).
@@ -56,6 +56,9 @@ pub enum ToRelay {
     /// The first frame on a connection: opens the stream (a QUIC stream reaches the peer only
     /// with its first bytes), after which the relay pushes mail.
     Hello,
+    /// Prove your Ed25519 key on this connection (answered by `Identity`); asked by a client
+    /// that checked the relay by a CA-signed certificate and does not know its key yet.
+    Identify,
 }
 
 /// A relay to a wallet.
@@ -88,6 +91,14 @@ pub enum FromRelay {
     Error {
         /// What went wrong.
         reason: String,
+    },
+    /// The answer to `Identify`: the relay's key, and its signature over this connection's TLS
+    /// exporter (see `tls::check_identity`).
+    Identity {
+        /// The relay's key.
+        key: NodeId,
+        /// The proof.
+        proof: Signature,
     },
 }
 
