@@ -216,6 +216,17 @@ pub struct Request {
     pub signature: Signature,
 }
 
+/// The amount frozen on hop `k` of a route that delivers `dest_payment` with mediator `fees`:
+/// `dest_payment` plus the fees of every mediator after `route[k]`; `None` past [`MAX_AMOUNT`].
+/// The one rule: requests, the buyer's budget check and the index's route search all use it.
+pub fn hop_amount(dest_payment: u64, fees: &[u64], k: usize) -> Option<u64> {
+    let mut total = u128::from(dest_payment);
+    for fee in fees.get(k..).unwrap_or(&[]) {
+        total = total.checked_add(u128::from(*fee))?;
+    }
+    u64::try_from(total).ok().filter(|t| *t <= MAX_AMOUNT)
+}
+
 impl RequestTerms {
     /// Structural checks: route length, fee count, no loops, amounts in range.
     pub fn check(&self) -> Result<(), PaymentError> {
@@ -245,12 +256,7 @@ impl RequestTerms {
     /// The amount frozen on hop `k`, from `route[k]` to `route[k + 1]`: what reaches the seller
     /// plus the fees of every mediator after `route[k]`.
     pub fn hop_amount(&self, k: usize) -> Option<u64> {
-        let fees = self.fees.get(k..).unwrap_or(&[]);
-        let mut total = u128::from(self.dest_payment);
-        for fee in fees {
-            total = total.checked_add(u128::from(*fee))?;
-        }
-        u64::try_from(total).ok().filter(|t| *t <= MAX_AMOUNT)
+        hop_amount(self.dest_payment, &self.fees, k)
     }
 
     /// The buyer.
