@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use offst_core::net::wire::RelayAddress;
 use serde::Deserialize;
 
 /// Everything a relay can be told. Every field has a default (see [`Config::default`]).
@@ -35,6 +36,11 @@ pub struct Config {
     pub tls_certificate: Option<PathBuf>,
     /// The private key (PEM) of `tls_certificate`.
     pub tls_private_key: Option<PathBuf>,
+    /// Run the index: take capacity reports and answer route queries.
+    pub index: bool,
+    /// Relays whose index this one shares reports with, each `KEY@HOST:PORT`. Both sides name
+    /// each other.
+    pub index_peers: Vec<String>,
 }
 
 /// The port of the embedded default.
@@ -55,6 +61,8 @@ impl Default for Config {
             delivery_window: 256,
             tls_certificate: None,
             tls_private_key: None,
+            index: true,
+            index_peers: Vec::new(),
         }
     }
 }
@@ -84,6 +92,33 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The index peers, parsed.
+    pub fn peers(&self) -> Result<Vec<RelayAddress>, ConfigError> {
+        self.index_peers
+            .iter()
+            .map(|p| {
+                let (key, addr) = p.split_once('@').ok_or_else(|| {
+                    ConfigError::Invalid(format!("index peer {p:?}: expected KEY@HOST:PORT"))
+                })?;
+                let key = key.parse().map_err(|e| {
+                    ConfigError::Invalid(format!("index peer {p:?}: bad relay key: {e}"))
+                })?;
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "index peer {p:?}: expected KEY@HOST:PORT"
+                    )));
+                }
+                Ok(RelayAddress {
+                    addr: addr.to_string(),
+                    key,
+                })
+            })
+            .collect()
+    }
+
     /// The default, overridden by the TOML file at `path`.
     pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -109,6 +144,7 @@ impl Config {
                 "max_connections, delivery_window and sender_burst must be at least 1".into(),
             ));
         }
+        self.peers()?;
         if self.tls_certificate.is_some() != self.tls_private_key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls_certificate and tls_private_key go together: give both or neither".into(),

@@ -57,6 +57,12 @@ struct Args {
     /// Private key (PEM) of --tls-certificate.
     #[arg(long, value_name = "FILE")]
     tls_private_key: Option<PathBuf>,
+    /// Run no index (no capacity reports, no route queries).
+    #[arg(long)]
+    no_index: bool,
+    /// An index peer, KEY@HOST:PORT (repeat for several); added to the file's list.
+    #[arg(long = "index-peer", value_name = "KEY@HOST:PORT")]
+    index_peers: Vec<String>,
     /// Print the relay's key (creating it if needed) and exit.
     #[arg(long)]
     print_key: bool,
@@ -88,6 +94,10 @@ fn settings(args: &Args) -> Result<Config, offst_relay::config::ConfigError> {
     if args.tls_private_key.is_some() {
         c.tls_private_key = args.tls_private_key.clone();
     }
+    if args.no_index {
+        c.index = false;
+    }
+    c.index_peers.extend(args.index_peers.iter().cloned());
     c.validate()?;
     Ok(c)
 }

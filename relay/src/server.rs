@@ -131,6 +131,8 @@ struct Shared {
     connections: AtomicUsize,
     accepted: AtomicU64,
     delivered: AtomicU64,
+    /// The index, unless switched off.
+    index: Option<Arc<crate::index::IndexService>>,
 }
 
 impl Shared {
@@ -219,6 +221,11 @@ impl RelayHandle {
         }
     }
 
+    /// What the index holds (`None` when it is switched off).
+    pub fn index_stats(&self) -> Option<offst_core::routing::IndexStats> {
+        self.shared.index.as_ref().map(|i| i.stats())
+    }
+
     /// Stop: refuse new connections, close the open ones, commit every accepted envelope.
     pub async fn shutdown(self) {
         self.accept.abort();
@@ -293,6 +300,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         detail: e.to_string(),
     })?;
     let key = identity.id();
+    let index = config
+        .index
+        .then(|| config.peers().map(crate::index::IndexService::new))
+        .transpose()?;
     let shared = Arc::new(Shared {
         config,
         store,
@@ -308,6 +319,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         connections: AtomicUsize::new(0),
         accepted: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
+        index,
     });
     info!(%key, %addr, "relay listening");
     // Resume forwarding what was accepted before a restart.
@@ -316,6 +328,20 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
     }
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     let purge = tokio::spawn(purge_loop(shared.clone()));
+    if let Some(index) = &shared.index {
+        index.spawn_peers(endpoint.clone(), shared.identity.clone());
+        let index = index.clone();
+        let stopping = shared.clone();
+        tokio::spawn(async move {
+            while !stopping.stopping.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let n = index.expire(now_ms());
+                if n > 0 {
+                    debug!(n, stats = ?index.stats(), "index: reports expired");
+                }
+            }
+        });
+    }
     Ok(RelayHandle {
         addr,
         key,
@@ -444,6 +470,75 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                 }
             }
             ToRelay::Hello => {}
+            ToRelay::Report { id: req, report } => {
+                let answer = take_report(&shared, id, report);
+                let reply = match answer {
+                    Ok(()) => FromRelay::Accepted { id: req },
+                    Err(reason) => FromRelay::Refused { id: req, reason },
+                };
+                if out_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            ToRelay::Reports { id: req, reports } => {
+                let reply = match &shared.index {
+                    None => FromRelay::Refused {
+                        id: req,
+                        reason: Refusal::IndexOff,
+                    },
+                    Some(index) if !index.is_peer(&id) => FromRelay::Refused {
+                        id: req,
+                        reason: Refusal::NotAPeer,
+                    },
+                    Some(index) => {
+                        let now = now_ms();
+                        let mut refused = 0usize;
+                        for r in reports {
+                            match index.accept(r, now) {
+                                Ok(()) | Err(offst_core::routing::ReportError::Stale { .. }) => {}
+                                Err(e) => {
+                                    refused += 1;
+                                    debug!(peer = %id.short(), "peer report refused: {e}");
+                                }
+                            }
+                        }
+                        if refused > 0 {
+                            warn!(peer = %id.short(), refused, "index peer sent reports that do not verify");
+                        }
+                        FromRelay::Accepted { id: req }
+                    }
+                };
+                if out_tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            ToRelay::FindRoutes { id: req, query } => {
+                let Some(index) = shared.index.clone() else {
+                    let reply = FromRelay::Refused {
+                        id: req,
+                        reason: Refusal::IndexOff,
+                    };
+                    if out_tx.send(reply).await.is_err() {
+                        break;
+                    }
+                    continue;
+                };
+                if let Err(retry_after_ms) = shared.take_token(id) {
+                    let reply = FromRelay::Refused {
+                        id: req,
+                        reason: Refusal::SenderQuota { retry_after_ms },
+                    };
+                    if out_tx.send(reply).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    let result = index.find(query).await;
+                    let _ = out.send(FromRelay::Routes { id: req, result }).await;
+                });
+            }
             ToRelay::Identify => {
                 let answer = match tls::identity_binding(&conn) {
                     Some(binding) => FromRelay::Identity {
@@ -478,6 +573,30 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
     let _ = writer.await;
     shared.unsubscribe(&id);
     debug!(client = %id.short(), "wallet gone");
+}
+
+/// A wallet's own capacity report for the index.
+fn take_report(
+    shared: &Arc<Shared>,
+    sender: NodeId,
+    report: offst_core::routing::SignedReport,
+) -> Result<(), Refusal> {
+    let index = shared.index.as_ref().ok_or(Refusal::IndexOff)?;
+    if report.report.node != sender {
+        return Err(Refusal::BadReport {
+            reason: "a wallet reports only its own channels".into(),
+        });
+    }
+    shared
+        .take_token(sender)
+        .map_err(|retry_after_ms| Refusal::SenderQuota { retry_after_ms })?;
+    match index.accept(report, now_ms()) {
+        // A report sent again (after a reconnect) is no news, and no error.
+        Ok(()) | Err(offst_core::routing::ReportError::Stale { .. }) => Ok(()),
+        Err(e) => Err(Refusal::BadReport {
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Envelopes of one connection waiting for their commit.

@@ -87,6 +87,21 @@ fn a_config_file_is_read_and_a_bad_one_is_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
+    // A malformed index peer, from the file and from a flag.
+    std::fs::write(cwd.join("peers.toml"), "index_peers = [\"nokey\"]\n").unwrap();
+    for args in [
+        &["--config", "peers.toml"][..],
+        &["--index-peer", "abc@127.0.0.1:7360"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
+            .args(args)
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("index peer"), "{err}");
+    }
 }
 
 #[tokio::test]

@@ -533,3 +533,205 @@ async fn unusable_ca_certificate_settings_stop_the_relay_with_the_file_named() {
 fn rcgen_other_key(path: &std::path::Path) {
     std::fs::write(path, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
 }
+
+mod index {
+    use super::*;
+    use offst_core::protocol::amount::{Currency, Rate};
+    use offst_core::routing::{CapacityReport, ReportEntry, RouteError, RouteQuery, SignedReport};
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn eur() -> Currency {
+        Currency::new("EUR").unwrap()
+    }
+
+    /// `who(seed)`'s report: for each (friend seed, send, recv).
+    fn report(seed: u8, rate: Rate, friends: &[(u8, u64, u64)], issued_ms: u64) -> SignedReport {
+        CapacityReport {
+            node: who(seed).id(),
+            issued_ms,
+            expires_ms: issued_ms + 600_000,
+            rate,
+            entries: friends
+                .iter()
+                .map(|(f, send, recv)| ReportEntry {
+                    friend: who(*f).id(),
+                    currency: eur(),
+                    send: *send,
+                    recv: *recv,
+                })
+                .collect(),
+        }
+        .sign(&who(seed))
+    }
+
+    fn query(from: u8, to: u8, amount: u64) -> RouteQuery {
+        RouteQuery {
+            from: who(from).id(),
+            to: who(to).id(),
+            currency: eur(),
+            amount,
+            max_routes: 4,
+            avoid: Vec::new(),
+            first_hops: None,
+        }
+    }
+
+    /// Ask until the answer is a route set (federation takes a moment), or time runs out.
+    async fn routes_eventually(
+        c: &RelayConnection,
+        q: RouteQuery,
+    ) -> offst_core::routing::RouteSet {
+        let start = std::time::Instant::now();
+        loop {
+            match c.find_routes(q.clone()).await {
+                Ok(set) => return set,
+                Err(ClientError::Route(_)) if start.elapsed() < T => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("no routes in time: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_federate_and_routes_cross_relays() {
+        // Two relays, each the other's index peer: start one, learn its key, start the other.
+        let one_dir = scratch("index-one");
+        let one_key = offst_relay::server::load_or_create_identity(&one_dir)
+            .unwrap()
+            .id();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let two = relay("index-two", |c| {
+            c.index_peers = vec![format!("{one_key}@127.0.0.1:{port}")];
+        })
+        .await;
+        let one = relay("index-one-unused", |c| {
+            c.data_dir = one_dir.clone();
+            c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.index_peers = vec![format!("{}@{}", two.key, two.addr)];
+        })
+        .await;
+        let rate = Rate {
+            base: 2,
+            ppm: 10_000,
+        };
+        let now = now_ms();
+        // a (on relay one) — m — s (both on relay two).
+        let a = connect(&one, 1).await;
+        a.report(report(1, Rate::default(), &[(2, 500, 500)], now))
+            .await
+            .unwrap();
+        let m = connect(&two, 2).await;
+        m.report(report(2, rate, &[(1, 500, 500), (3, 300, 300)], now))
+            .await
+            .unwrap();
+        let s = connect(&two, 3).await;
+        s.report(report(3, Rate::default(), &[(2, 300, 300)], now))
+            .await
+            .unwrap();
+        // Relay one learns m's and s's reports from relay two, and the other way round.
+        let set = routes_eventually(&a, query(1, 3, 100)).await;
+        assert_eq!(set.routes.len(), 1);
+        assert_eq!(
+            set.routes[0].route,
+            vec![who(1).id(), who(2).id(), who(3).id()]
+        );
+        assert_eq!(set.routes[0].fees, vec![3]); // 2 + 1 % of 100
+        let back = routes_eventually(&s, query(3, 1, 100)).await;
+        assert_eq!(back.routes[0].route.len(), 3);
+        // More than the hop m -> s carries: no route, with the most that fits.
+        assert_eq!(set.routes[0].capacity, 300);
+        match a.find_routes(query(1, 3, 301)).await {
+            Err(ClientError::Route(RouteError::NoRoute { reachable, .. })) => {
+                assert_eq!(reachable, 300)
+            }
+            other => panic!("expected no route, got {other:?}"),
+        }
+        // A newer report replaces the older one everywhere: m can now pass on only 50.
+        m.report(report(2, rate, &[(1, 500, 500), (3, 50, 300)], now + 1))
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            match a.find_routes(query(1, 3, 100)).await {
+                Err(ClientError::Route(RouteError::NoRoute { .. })) => break,
+                Ok(_) if start.elapsed() < T => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("the newer report did not reach relay one: {other:?}"),
+            }
+        }
+        assert_eq!(one.index_stats().unwrap().reporting, 3);
+        assert_eq!(two.index_stats().unwrap().reporting, 3);
+        one.shutdown().await;
+        two.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bad_reports_strangers_and_a_relay_without_index_are_refused_by_name() {
+        let r = relay("index-hostile", |_| {}).await;
+        let a = connect(&r, 1).await;
+        let now = now_ms();
+        // Someone else's report.
+        let err = a
+            .report(report(2, Rate::default(), &[(1, 5, 5)], now))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("only its own"), "{err}");
+        // A forged one.
+        let mut forged = report(1, Rate::default(), &[(2, 5, 5)], now);
+        forged.report.entries[0].send = 1_000_000;
+        let err = a.report(forged).await.unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
+        // An expired one.
+        let err = a
+            .report(report(1, Rate::default(), &[(2, 5, 5)], now - 700_000))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
+        // Other wallets' reports from a wallet, not a peer relay.
+        let err = a
+            .reports(vec![report(1, Rate::default(), &[(2, 5, 5)], now)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::NotAPeer)),
+            "{err}"
+        );
+        // Unknown wallets and bad queries.
+        let err = a.find_routes(query(1, 9, 10)).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Route(RouteError::UnknownNode(_))),
+            "{err}"
+        );
+        let err = a.find_routes(query(1, 1, 10)).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Route(RouteError::BadQuery(_))),
+            "{err}"
+        );
+        // The relay still serves mail and reports.
+        a.report(report(1, Rate::default(), &[(2, 5, 5)], now))
+            .await
+            .unwrap();
+        a.send(who(2).id(), vec![7]).await.unwrap();
+        r.shutdown().await;
+
+        let off = relay("index-off", |c| c.index = false).await;
+        let a = connect(&off, 1).await;
+        let err = a.find_routes(query(1, 2, 10)).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused(Refusal::IndexOff)),
+            "{err}"
+        );
+        assert!(off.index_stats().is_none());
+        off.shutdown().await;
+    }
+}

@@ -24,9 +24,12 @@ pub enum ClientError {
         /// Why (a wrong relay key says so).
         detail: String,
     },
-    /// The relay did not accept an envelope.
-    #[error("the relay refused the envelope: {0}")]
+    /// The relay did not accept an envelope (or a report).
+    #[error("the relay refused: {0}")]
     Refused(Refusal),
+    /// The index found no routes.
+    #[error(transparent)]
+    Route(#[from] crate::routing::RouteError),
     /// The connection is gone.
     #[error("the connection to the relay closed: {0}")]
     Closed(String),
@@ -60,7 +63,13 @@ pub enum Incoming {
     Empty,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<(), ClientError>>>>>;
+/// What a request is answered with.
+enum Reply {
+    Accepted,
+    Routes(crate::routing::RouteSet),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>>;
 
 /// An open connection to a relay.
 pub struct RelayConnection {
@@ -128,7 +137,12 @@ impl RelayConnection {
                     Err(e) => break e.to_string(),
                 };
                 match wire::decode::<FromRelay>(&frame) {
-                    Ok(FromRelay::Accepted { id }) => answer(&pending2, id, Ok(())),
+                    Ok(FromRelay::Accepted { id }) => answer(&pending2, id, Ok(Reply::Accepted)),
+                    Ok(FromRelay::Routes { id, result }) => answer(
+                        &pending2,
+                        id,
+                        result.map(Reply::Routes).map_err(ClientError::Route),
+                    ),
                     Ok(FromRelay::Refused { id, reason }) => {
                         answer(&pending2, id, Err(ClientError::Refused(reason)))
                     }
@@ -205,11 +219,41 @@ impl RelayConnection {
 
     /// Send `envelope` to `to`; returns once the relay stored it durably.
     pub async fn send(&self, to: NodeId, envelope: Vec<u8>) -> Result<(), ClientError> {
-        self.request(|id| ToRelay::Send { id, to, envelope }).await
+        self.request(|id| ToRelay::Send { id, to, envelope })
+            .await
+            .map(drop)
+    }
+
+    /// Give the relay's index this wallet's capacity report.
+    pub async fn report(&self, report: crate::routing::SignedReport) -> Result<(), ClientError> {
+        self.request(|id| ToRelay::Report { id, report })
+            .await
+            .map(drop)
+    }
+
+    /// Give a peer relay's index a batch of reports (relays of one federation only).
+    pub async fn reports(
+        &self,
+        reports: Vec<crate::routing::SignedReport>,
+    ) -> Result<(), ClientError> {
+        self.request(|id| ToRelay::Reports { id, reports })
+            .await
+            .map(drop)
+    }
+
+    /// Ask the relay's index for routes.
+    pub async fn find_routes(
+        &self,
+        query: crate::routing::RouteQuery,
+    ) -> Result<crate::routing::RouteSet, ClientError> {
+        match self.request(|id| ToRelay::FindRoutes { id, query }).await? {
+            Reply::Routes(set) => Ok(set),
+            Reply::Accepted => Err(ClientError::Closed("the relay answered out of turn".into())),
+        }
     }
 
     /// Send the request `make(id)` and wait for the relay's answer to `id`.
-    async fn request(&self, make: impl FnOnce(u64) -> ToRelay) -> Result<(), ClientError> {
+    async fn request(&self, make: impl FnOnce(u64) -> ToRelay) -> Result<Reply, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -238,6 +282,7 @@ impl RelayConnection {
             envelope,
         })
         .await
+        .map(drop)
     }
 
     /// The next mail, waiting for it; `None` once the connection is gone.
@@ -371,7 +416,7 @@ pub async fn discover(
     })
 }
 
-fn answer(pending: &Pending, id: u64, result: Result<(), ClientError>) {
+fn answer(pending: &Pending, id: u64, result: Result<Reply, ClientError>) {
     let tx = pending.lock().ok().and_then(|mut p| p.remove(&id));
     if let Some(tx) = tx {
         let _ = tx.send(result);

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::identity::{NodeId, Signature};
+use crate::routing::{RouteError, RouteQuery, RouteSet, SignedReport};
 
 /// The largest envelope a relay accepts (a protocol message is at most 512 KiB; sealing and
 /// padding add a little).
@@ -59,6 +60,29 @@ pub enum ToRelay {
     /// Prove your Ed25519 key on this connection (answered by `Identity`); asked by a client
     /// that checked the relay by a CA-signed certificate and does not know its key yet.
     Identify,
+    /// This wallet's capacity report for the index (its own only); answered `Accepted` or
+    /// `Refused`.
+    Report {
+        /// The sender's number for this request.
+        id: u64,
+        /// The report.
+        report: SignedReport,
+    },
+    /// Reports from a peer relay of the index federation; answered `Accepted` once applied
+    /// (reports that are not newer are skipped), or `Refused` if the sender is not a peer.
+    Reports {
+        /// The sender's number for this request.
+        id: u64,
+        /// The reports.
+        reports: Vec<SignedReport>,
+    },
+    /// Routes for a payment; answered `Routes`.
+    FindRoutes {
+        /// The sender's number for this request.
+        id: u64,
+        /// What to look for.
+        query: RouteQuery,
+    },
 }
 
 /// A relay to a wallet.
@@ -100,6 +124,13 @@ pub enum FromRelay {
         /// The proof.
         proof: Signature,
     },
+    /// The answer to `FindRoutes` `id`.
+    Routes {
+        /// The request.
+        id: u64,
+        /// The routes, or why there are none.
+        result: Result<RouteSet, RouteError>,
+    },
 }
 
 /// Why a relay did not accept an envelope.
@@ -130,6 +161,18 @@ pub enum Refusal {
     /// The relay could not store it (disk); nothing was accepted.
     #[error("the relay could not store the envelope; retry later")]
     Unavailable,
+    /// A capacity report the index did not take.
+    #[error("report refused: {reason}")]
+    BadReport {
+        /// Why.
+        reason: String,
+    },
+    /// Only the relay's index peers may send reports of other wallets.
+    #[error("only this relay's index peers may send other wallets' reports")]
+    NotAPeer,
+    /// This relay runs no index.
+    #[error("this relay runs no index; ask another relay for routes")]
+    IndexOff,
 }
 
 /// Encode a frame body.

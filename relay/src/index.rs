@@ -1,0 +1,194 @@
+//! The relay's index service: capacity reports from its own wallets and from its peer relays,
+//! route queries, and the federation that floods new reports to every peer.
+//!
+//! The index lives in memory. Reports expire within a day and wallets send fresh ones every few
+//! minutes, and on reconnecting a peer sends everything it holds, so a restarted relay fills
+//! its index again within one report period without a disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use offst_core::net::client::{ClientError, RelayConnection};
+use offst_core::net::wire::RelayAddress;
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::routing::{
+    Index, IndexStats, ReportError, RouteError, RouteQuery, RouteSet, SignedReport,
+};
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+/// Most bytes of reports sent to a peer in one frame (a frame holds at most 521 KiB).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The index and the newest signed report of each wallet (what peers are sent).
+pub struct IndexService {
+    index: RwLock<Index>,
+    latest: RwLock<HashMap<NodeId, SignedReport>>,
+    news: broadcast::Sender<SignedReport>,
+    peers: Vec<RelayAddress>,
+}
+
+impl IndexService {
+    /// An empty index that floods to `peers`.
+    pub fn new(peers: Vec<RelayAddress>) -> Arc<IndexService> {
+        let (news, _) = broadcast::channel(4096);
+        Arc::new(IndexService {
+            index: RwLock::new(Index::new()),
+            latest: RwLock::new(HashMap::new()),
+            news,
+            peers,
+        })
+    }
+
+    /// Is `key` one of this relay's index peers?
+    pub fn is_peer(&self, key: &NodeId) -> bool {
+        self.peers.iter().any(|p| p.key == *key)
+    }
+
+    /// Take `report` if it verifies and is newer than the one held; peers hear of it.
+    pub fn accept(&self, report: SignedReport, now_ms: u64) -> Result<(), ReportError> {
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.apply(&report, now_ms)?;
+        }
+        if let Ok(mut latest) = self.latest.write() {
+            latest.insert(report.report.node, report.clone());
+        }
+        let _ = self.news.send(report);
+        Ok(())
+    }
+
+    /// Drop what expired by `now_ms`.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let n = self
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(now_ms);
+        if let Ok(mut latest) = self.latest.write() {
+            latest.retain(|_, r| r.report.expires_ms > now_ms);
+        }
+        n
+    }
+
+    /// Counts, for logs.
+    pub fn stats(&self) -> IndexStats {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).stats()
+    }
+
+    /// Routes for `query`, computed off the async threads.
+    pub async fn find(self: &Arc<Self>, query: RouteQuery) -> Result<RouteSet, RouteError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .find_routes(&query)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RouteError::BadQuery(format!("the search failed: {e}"))))
+    }
+
+    fn snapshot(&self) -> Vec<SignedReport> {
+        self.latest
+            .read()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Keep every peer up to date, for as long as the relay runs.
+    pub fn spawn_peers(self: &Arc<Self>, endpoint: quinn::Endpoint, identity: Identity) {
+        for peer in self.peers.clone() {
+            tokio::spawn(peer_loop(
+                self.clone(),
+                peer,
+                endpoint.clone(),
+                identity.clone(),
+            ));
+        }
+    }
+}
+
+/// Reports in frames of at most [`BATCH_BYTES`].
+fn batches(reports: Vec<SignedReport>) -> Vec<Vec<SignedReport>> {
+    let mut out: Vec<Vec<SignedReport>> = Vec::new();
+    let mut size = 0;
+    for r in reports {
+        let len = offst_core::net::wire::encode(&r).len();
+        if out.is_empty() || size + len > BATCH_BYTES {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(last) = out.last_mut() {
+            last.push(r);
+        }
+    }
+    out
+}
+
+/// Connect to `peer`, send it everything, then every new report, reconnecting with backoff.
+async fn peer_loop(
+    service: Arc<IndexService>,
+    peer: RelayAddress,
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(250);
+    const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let conn = match RelayConnection::connect_to(&endpoint, &peer, &identity).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(peer = %peer.key.short(), addr = %peer.addr, "index peer unreachable: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        // Subscribe before the snapshot, so nothing falls between the two.
+        let mut news = service.news.subscribe();
+        let result = async {
+            let all = service.snapshot();
+            let count = all.len();
+            for batch in batches(all) {
+                conn.reports(batch).await?;
+            }
+            info!(peer = %peer.key.short(), reports = count, "index peer up to date");
+            loop {
+                let first = match news.recv().await {
+                    Ok(r) => r,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too much news to follow one by one: send everything again.
+                        for batch in batches(service.snapshot()) {
+                            conn.reports(batch).await?;
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                let mut pending = vec![first];
+                while let Ok(r) = news.try_recv() {
+                    pending.push(r);
+                }
+                for batch in batches(pending) {
+                    conn.reports(batch).await?;
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(ClientError::Refused(reason)) => {
+                warn!(peer = %peer.key.short(), "index peer refuses our reports: {reason}");
+            }
+            Err(e) => debug!(peer = %peer.key.short(), "index peer connection lost: {e}"),
+        }
+        conn.close().await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
