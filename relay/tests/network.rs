@@ -31,18 +31,46 @@ struct RelayProc {
     key: NodeId,
     addr: SocketAddr,
     dir: PathBuf,
+    peers: Vec<String>,
+}
+
+/// A relay's key, made in `dir` without starting it.
+fn key_of(dir: &Path) -> NodeId {
+    std::fs::create_dir_all(dir).unwrap();
+    offst_relay::server::load_or_create_identity(dir)
+        .unwrap()
+        .id()
+}
+
+/// A free UDP port on loopback.
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RelayProc {
     fn start(dir: &Path, listen: &str) -> RelayProc {
+        RelayProc::start_with_peers(dir, listen, Vec::new())
+    }
+
+    fn start_with_peers(dir: &Path, listen: &str, peers: Vec<String>) -> RelayProc {
         std::fs::create_dir_all(dir).unwrap();
         let data = dir.to_string_lossy().into_owned();
-        let (child, key, addr) = spawn(dir, &["--listen", listen, "--data-dir", &data]);
+        let mut args = vec!["--listen", listen, "--data-dir", &data];
+        for p in &peers {
+            args.push("--index-peer");
+            args.push(p);
+        }
+        let (child, key, addr) = spawn(dir, &args);
         RelayProc {
             child,
             key,
             addr,
             dir: dir.to_path_buf(),
+            peers,
         }
     }
 
@@ -56,7 +84,8 @@ impl RelayProc {
     fn kill_and_restart(&mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
-        let again = RelayProc::start(&self.dir, &self.addr.to_string());
+        let again =
+            RelayProc::start_with_peers(&self.dir, &self.addr.to_string(), self.peers.clone());
         assert_eq!(again.key, self.key);
         *self = again;
     }
@@ -218,8 +247,19 @@ async fn two_relays_four_wallets() {
         .with_test_writer()
         .try_init();
     let root = scratch("two-relays");
-    let mut r1 = RelayProc::start(&root.join("r1"), "127.0.0.1:0");
-    let mut r2 = RelayProc::start(&root.join("r2"), "127.0.0.1:0");
+    // The two relays share their indexes: each names the other as a peer.
+    let (k1, k2) = (key_of(&root.join("r1")), key_of(&root.join("r2")));
+    let (p1, p2) = (free_port(), free_port());
+    let mut r1 = RelayProc::start_with_peers(
+        &root.join("r1"),
+        &format!("127.0.0.1:{p1}"),
+        vec![format!("{k2}@127.0.0.1:{p2}")],
+    );
+    let mut r2 = RelayProc::start_with_peers(
+        &root.join("r2"),
+        &format!("127.0.0.1:{p2}"),
+        vec![format!("{k1}@127.0.0.1:{p1}")],
+    );
     let a = Peer::new(&root, "alice", 1, r1.address());
     let b = Peer::new(&root, "bob", 2, r1.address());
     let c = Peer::new(&root, "carol", 3, r2.address());
@@ -230,9 +270,51 @@ async fn two_relays_four_wallets() {
     befriend(&b, &c, 100).await;
     befriend(&c, &d, 100).await;
 
-    // A payment along a - b - c - d crosses both relays.
+    // The wallets' drivers report their channels; a's relay learns c's and d's through r2,
+    // and finds the route a - b - c - d, fees as b and c charge them.
     let path = [&a, &b, &c, &d];
-    let inv = pay(&a, &path, 10).await;
+    let ep = client_endpoint().unwrap();
+    let asker = offst_core::net::client::RelayConnection::connect(
+        &ep,
+        r1.addr,
+        r1.key,
+        &Identity::from_seed([99; 32]),
+    )
+    .await
+    .unwrap();
+    let query = offst_core::routing::RouteQuery {
+        from: a.id,
+        to: d.id,
+        currency: hours(),
+        amount: 10,
+        max_routes: 4,
+        avoid: Vec::new(),
+        first_hops: None,
+    };
+    let started = Instant::now();
+    let found = loop {
+        match asker.find_routes(query.clone()).await {
+            Ok(set) => break set,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!("no routes yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the index found no route in time: {e}"),
+        }
+    };
+    asker.close().await;
+    assert_eq!(found.routes.len(), 1);
+    assert_eq!(found.routes[0].plan(), route(&path, 10));
+
+    // A payment over the route the index found crosses both relays.
+    let inv = d
+        .w()
+        .create_invoice(hours(), 10, 600_000, "routed by the index")
+        .unwrap();
+    let req = d.w().payment_request(&inv).unwrap();
+    let plans = found.routes.iter().map(|r| r.plan()).collect();
+    a.w().pay_request(&req, plans).unwrap();
+    let inv = inv.terms.id;
     eventually("first payment completes", || {
         paid(&a, &inv) == Some(PaymentStatus::Completed)
     })

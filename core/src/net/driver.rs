@@ -259,8 +259,10 @@ async fn serve(
 ) -> Result<(), String> {
     let mut tick = tokio::time::interval(TICK);
     let mut unreachable: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    let mut reports = Reporting::default();
     loop {
         send_outbox(wallet, conn, relay, &mut unreachable).await?;
+        reports.maybe_send(wallet, conn).await?;
         tokio::select! {
             d = conn.recv() => {
                 let Some(d) = d else {
@@ -297,6 +299,60 @@ async fn serve(
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Capacity reports to the relay's index: on connecting, when what the wallet would report
+/// changes (at most every [`REPORT_MIN_GAP`]), and every [`REPORT_PERIOD`] in any case.
+#[derive(Default)]
+struct Reporting {
+    /// What was last sent (entries and rate), and when.
+    last: Option<(
+        Vec<crate::routing::ReportEntry>,
+        crate::protocol::amount::Rate,
+    )>,
+    sent_at: Option<tokio::time::Instant>,
+    /// The relay runs no index (or refuses our reports): stop asking on this connection.
+    off: bool,
+}
+
+const REPORT_PERIOD: Duration = Duration::from_secs(5 * 60);
+const REPORT_MIN_GAP: Duration = Duration::from_secs(2);
+
+impl Reporting {
+    async fn maybe_send(
+        &mut self,
+        wallet: &Mutex<Wallet>,
+        conn: &RelayConnection,
+    ) -> Result<(), String> {
+        if self.off || self.sent_at.is_some_and(|t| t.elapsed() < REPORT_MIN_GAP) {
+            return Ok(());
+        }
+        let report = lock(wallet).capacity_report().map_err(|e| e.to_string())?;
+        let Some(report) = report else {
+            return Ok(());
+        };
+        let now = (report.entries.clone(), report.rate);
+        let due = self.sent_at.is_none_or(|t| t.elapsed() >= REPORT_PERIOD);
+        if !due && self.last.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        self.sent_at = Some(tokio::time::Instant::now());
+        let signed = lock(wallet).sign_report(report);
+        match conn.report(signed).await {
+            Ok(()) => {
+                debug!(entries = now.0.len(), "capacity report sent");
+                self.last = Some(now);
+                Ok(())
+            }
+            Err(ClientError::Refused(Refusal::SenderQuota { .. })) => Ok(()),
+            Err(ClientError::Refused(r)) => {
+                info!("the relay takes no capacity report: {r}");
+                self.off = true;
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 }

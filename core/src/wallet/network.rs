@@ -145,7 +145,56 @@ fn queue_control(
     .map_err(WalletError::from_sqlite)
 }
 
+/// How long a capacity report counts; the driver sends a fresh one well before.
+pub const REPORT_TTL_MS: u64 = 30 * 60 * 1000;
+
 impl Wallet {
+    /// How much this wallet tells its relay's index (default: exact).
+    pub fn report_privacy(&self) -> Result<crate::routing::Privacy, WalletError> {
+        use crate::routing::Privacy;
+        Ok(
+            match store::get_meta(&self.conn, "report_privacy")?.as_deref() {
+                Some(b"buckets") => Privacy::Buckets,
+                Some(b"off") => Privacy::Off,
+                _ => Privacy::Exact,
+            },
+        )
+    }
+
+    /// Set how much this wallet tells its relay's index.
+    pub fn set_report_privacy(
+        &mut self,
+        privacy: crate::routing::Privacy,
+    ) -> Result<(), WalletError> {
+        use crate::routing::Privacy;
+        let v: &[u8] = match privacy {
+            Privacy::Exact => b"exact",
+            Privacy::Buckets => b"buckets",
+            Privacy::Off => b"off",
+        };
+        store::put_meta(&self.conn, "report_privacy", v)
+    }
+
+    /// This wallet's capacity report now (`None` when reporting is off); see
+    /// [`Wallet::sign_report`].
+    pub fn capacity_report(&self) -> Result<Option<crate::routing::CapacityReport>, WalletError> {
+        let privacy = self.report_privacy()?;
+        Ok(crate::routing::CapacityReport::of_node(
+            self.node(),
+            self.now_ms(),
+            REPORT_TTL_MS,
+            privacy,
+        ))
+    }
+
+    /// Sign a report of this wallet's.
+    pub fn sign_report(
+        &self,
+        report: crate::routing::CapacityReport,
+    ) -> crate::routing::SignedReport {
+        report.sign(self.identity())
+    }
+
     /// Choose the relay this wallet uses (friends are told through invitations).
     pub fn set_relay(&mut self, relay: RelayAddress) -> Result<(), WalletError> {
         let bytes =
