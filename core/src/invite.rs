@@ -21,7 +21,13 @@ pub const PREFIX: &str = "OFFSTI1";
 /// A payment request's text prefix.
 pub const PAYMENT_PREFIX: &str = "OFFSTP1";
 /// Known kinds, by the first six characters of their prefix.
-const KINDS: [(&str, &str); 2] = [("OFFSTI", "an invitation"), ("OFFSTP", "a payment request")];
+/// Kind and version prefix of a receipt's text form.
+pub const RECEIPT_PREFIX: &str = "OFFSTR1";
+const KINDS: [(&str, &str); 3] = [
+    ("OFFSTI", "an invitation"),
+    ("OFFSTP", "a payment request"),
+    ("OFFSTR", "a receipt"),
+];
 /// The URI scheme.
 pub const URI_SCHEME: &str = "offst:";
 /// Longest display name.
@@ -183,13 +189,7 @@ impl Invitation {
 
     /// The QR code as text for a terminal (two modules per character, light background).
     pub fn qr_terminal(&self) -> Result<String, InviteError> {
-        Ok(self
-            .qr()?
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .quiet_zone(true)
-            .build())
+        qr_terminal(&self.to_uri())
     }
 
     /// The QR code as a PNG image, `scale` pixels per module, with the standard quiet zone.
@@ -387,4 +387,31 @@ impl PaymentRequest {
     pub fn qr_svg(&self) -> Result<String, InviteError> {
         qr_svg(&self.to_uri())
     }
+
+    /// The QR code as text for a terminal.
+    pub fn qr_terminal(&self) -> Result<String, InviteError> {
+        qr_terminal(&self.to_uri())
+    }
+}
+
+/// A receipt's text form (`OFFSTR1...`), to hand to anyone who wants proof of a payment.
+pub fn receipt_to_text(receipt: &crate::protocol::payment::Receipt) -> String {
+    to_text(RECEIPT_PREFIX, receipt)
+}
+
+/// Read a receipt's text form and check it offline: the seller's signature over the paid
+/// terms, and both secrets against their locks.
+pub fn parse_receipt(input: &str) -> Result<crate::protocol::payment::Receipt, InviteError> {
+    let receipt: crate::protocol::payment::Receipt = from_text(RECEIPT_PREFIX, input)?;
+    receipt.verify().map_err(|_| InviteError::BadSignature)?;
+    Ok(receipt)
+}
+
+fn qr_terminal(uri: &str) -> Result<String, InviteError> {
+    Ok(qr_code(uri)?
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }

@@ -4,6 +4,7 @@
 //! A relay also runs an index of capacity reports and answers route queries, shared with its
 //! peer relays ([`index`]).
 
+pub mod cli;
 pub mod config;
 pub mod index;
 pub mod server;

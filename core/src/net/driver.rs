@@ -38,7 +38,15 @@ pub struct Driver {
     stop: watch::Sender<bool>,
     status: watch::Receiver<DriverStatus>,
     task: tokio::task::JoinHandle<()>,
+    queries: tokio::sync::mpsc::Sender<Query>,
+    drained: watch::Receiver<u64>,
 }
+
+/// A route query waiting for the connection.
+type Query = (
+    crate::routing::RouteQuery,
+    tokio::sync::oneshot::Sender<Result<crate::routing::RouteSet, ClientError>>,
+);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -49,12 +57,37 @@ impl Driver {
     pub fn spawn(wallet: Arc<Mutex<Wallet>>, endpoint: quinn::Endpoint) -> Driver {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(DriverStatus::NoRelay);
-        let task = tokio::spawn(run(wallet, endpoint, stop_rx, status_tx));
+        let (queries_tx, queries_rx) = tokio::sync::mpsc::channel(16);
+        let (drained_tx, drained_rx) = watch::channel(0u64);
+        let links = Links {
+            queries: queries_rx,
+            drained: drained_tx,
+        };
+        let task = tokio::spawn(run(wallet, endpoint, stop_rx, status_tx, links));
         Driver {
             stop: stop_tx,
             status: status_rx,
             task,
+            queries: queries_tx,
+            drained: drained_rx,
         }
+    }
+
+    /// Ask the relay's index for routes, over the wallet's own connection (waiting for one).
+    pub async fn find_routes(
+        &self,
+        query: crate::routing::RouteQuery,
+    ) -> Result<crate::routing::RouteSet, ClientError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || ClientError::Closed("the driver stopped".into());
+        self.queries.send((query, tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Counts each time the relay said the mailbox is empty (all mail so far handled): wait
+    /// for a change to know the wallet caught up.
+    pub fn watch_drained(&self) -> watch::Receiver<u64> {
+        self.drained.clone()
     }
 
     /// Where it stands now.
@@ -85,11 +118,18 @@ fn stopping(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
+/// What the driver shares with its handle besides status.
+struct Links {
+    queries: tokio::sync::mpsc::Receiver<Query>,
+    drained: watch::Sender<u64>,
+}
+
 async fn run(
     wallet: Arc<Mutex<Wallet>>,
     endpoint: quinn::Endpoint,
     mut stop: watch::Receiver<bool>,
     status: watch::Sender<DriverStatus>,
+    mut links: Links,
 ) {
     let signal = lock(&wallet).outbox_signal();
     let mut drains: std::collections::BTreeMap<
@@ -152,7 +192,7 @@ async fn run(
                 ))
             });
         }
-        let why = serve(&wallet, &mut conn, &relay, &signal, &mut stop).await;
+        let why = serve(&wallet, &mut conn, &relay, &signal, &mut stop, &mut links).await;
         debug!(?why, "connection over");
         match why {
             Ok(()) => {
@@ -256,6 +296,7 @@ async fn serve(
     relay: &crate::net::wire::RelayAddress,
     signal: &tokio::sync::Notify,
     stop: &mut watch::Receiver<bool>,
+    links: &mut Links,
 ) -> Result<(), String> {
     let mut tick = tokio::time::interval(TICK);
     let mut unreachable: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
@@ -264,9 +305,23 @@ async fn serve(
         send_outbox(wallet, conn, relay, &mut unreachable).await?;
         reports.maybe_send(wallet, conn).await?;
         tokio::select! {
-            d = conn.recv() => {
-                let Some(d) = d else {
-                    return Err(conn.close_reason().unwrap_or_else(|| "closed".into()));
+            q = links.queries.recv() => {
+                if let Some((query, answer)) = q {
+                    let result = conn.find_routes(query).await;
+                    debug!(ok = result.is_ok(), "route query answered");
+                    let _ = answer.send(result);
+                }
+            }
+            d = conn.recv_or_empty() => {
+                let d = match d {
+                    Some(super::client::Incoming::Mail(d)) => d,
+                    Some(super::client::Incoming::Empty) => {
+                        links.drained.send_modify(|n| *n += 1);
+                        continue;
+                    }
+                    None => {
+                        return Err(conn.close_reason().unwrap_or_else(|| "closed".into()));
+                    }
                 };
                 let result = lock(wallet).receive_envelope(&d.envelope);
                 match result {
@@ -318,7 +373,7 @@ struct Reporting {
 }
 
 const REPORT_PERIOD: Duration = Duration::from_secs(5 * 60);
-const REPORT_MIN_GAP: Duration = Duration::from_secs(2);
+const REPORT_MIN_GAP: Duration = Duration::from_millis(500);
 
 impl Reporting {
     async fn maybe_send(
@@ -386,6 +441,7 @@ async fn send_outbox(
                 }
                 Err(e) => return Err(e.to_string()),
             };
+            debug!(seq = item.seq, to = %item.to.short(), "sending");
             let sent = if to_relay.key == relay.key {
                 conn.send(item.to, envelope).await
             } else {

@@ -5,5 +5,6 @@ pub mod client;
 pub mod driver;
 pub mod envelope;
 pub mod frame;
+pub mod payer;
 pub mod tls;
 pub mod wire;

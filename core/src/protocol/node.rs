@@ -215,6 +215,10 @@ pub enum NodeError {
     /// Paying the same invoice twice.
     #[error("this invoice is already being paid")]
     AlreadyPaying(InvoiceId),
+    /// Routes added to a payment that is not under way (unknown, ended, committed or
+    /// abandoned).
+    #[error("no payment of this invoice is under way that could take more routes")]
+    NotPaying(InvoiceId),
     /// The routes deliver less than the invoice asks.
     #[error("the routes deliver {delivered} but the invoice asks for {amount}")]
     RoutesShort {
@@ -312,10 +316,30 @@ pub struct RoutePlan {
     pub dest_payment: u64,
 }
 
+/// A payment of ours, route by route (see [`Node::payment_progress`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PaymentProgress {
+    /// Overall.
+    pub status: PaymentStatus,
+    /// What the seller must receive.
+    pub amount: u64,
+    /// The commit went out.
+    pub committed: bool,
+    /// Routes tried over the payment's life.
+    pub routes: usize,
+    /// What the routes still under way would deliver.
+    pub open: u64,
+    /// Of that, what the seller already answered.
+    pub answered: u64,
+    /// The routes that were cancelled (buyer, mediators, seller).
+    pub failed: Vec<Vec<NodeId>>,
+}
+
 /// Where a payment we make stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PaymentStatus {
     /// Routes are still out.
+    #[default]
     InFlight,
     /// Paid; receipt in hand.
     Completed,
@@ -829,25 +853,7 @@ impl Node {
                 amount: terms.amount,
             });
         }
-        for (friend, need) in &needed {
-            let ch = self
-                .friends
-                .get(friend)
-                .ok_or(NodeError::UnknownFriend(*friend))?;
-            let available = ch
-                .state()
-                .lines
-                .get(&terms.currency)
-                .map_or(0, |l| l.can_send(ch.local_side()));
-            if *need > available {
-                return Err(NodeError::InsufficientCapacity {
-                    friend: *friend,
-                    currency: terms.currency.clone(),
-                    needed: *need,
-                    available,
-                });
-            }
-        }
+        self.check_room(&needed, &terms.currency)?;
         let mut states = BTreeMap::new();
         for (friend, request) in requests {
             states.insert(
@@ -875,6 +881,137 @@ impl Node {
             },
         );
         Ok(self.finish())
+    }
+
+    /// Add `routes` to our payment of `invoice_id` that is still under way and not committed
+    /// (some of its routes were cancelled and the rest do not cover the invoice). The new
+    /// requests carry the same lock, so the seller takes them like the first ones. At most
+    /// [`MAX_ROUTES_PER_PAYMENT`] routes over the payment's life. `entropy`: 32 random bytes.
+    pub fn add_routes(
+        &mut self,
+        invoice_id: InvoiceId,
+        routes: Vec<RoutePlan>,
+        entropy: [u8; 32],
+    ) -> Result<Vec<Output>, NodeError> {
+        let me = self.id();
+        let b = self
+            .buying
+            .get(&invoice_id)
+            .ok_or(NodeError::NotPaying(invoice_id))?;
+        if b.status != PaymentStatus::InFlight || b.committed.is_some() || b.abandoned {
+            return Err(NodeError::NotPaying(invoice_id));
+        }
+        let total = b.routes.len().saturating_add(routes.len());
+        if routes.is_empty() || total > MAX_ROUTES_PER_PAYMENT {
+            return Err(PaymentError::TooManyRoutes(total).into());
+        }
+        let terms = b.invoice.terms.clone();
+        let lock = b.src_plain_lock.hashed();
+        let mut needed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut requests = Vec::new();
+        for (i, plan) in routes.into_iter().enumerate() {
+            if plan.route.first() != Some(&me) || plan.route.last() != Some(&terms.seller) {
+                return Err(NodeError::RouteEnds);
+            }
+            let mut seed = entropy.to_vec();
+            seed.extend_from_slice(&(i as u64).to_le_bytes());
+            let request = Request::sign(
+                &self.identity,
+                RequestTerms {
+                    request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
+                    invoice_id,
+                    currency: terms.currency.clone(),
+                    src_hashed_lock: lock,
+                    route: plan.route,
+                    fees: plan.fees,
+                    dest_payment: plan.dest_payment,
+                    total_dest_payment: terms.amount,
+                },
+            )?;
+            let first_hop = request
+                .terms
+                .route
+                .get(1)
+                .copied()
+                .ok_or(NodeError::RouteEnds)?;
+            let amount = request
+                .terms
+                .hop_amount(0)
+                .ok_or(PaymentError::AmountOverflow)?;
+            let entry = needed.entry(first_hop).or_default();
+            *entry = entry
+                .checked_add(amount)
+                .filter(|a| *a <= MAX_AMOUNT)
+                .ok_or(PaymentError::AmountOverflow)?;
+            requests.push((first_hop, request));
+        }
+        self.check_room(&needed, &terms.currency)?;
+        for (friend, request) in requests {
+            if let Some(b) = self.buying.get_mut(&invoice_id) {
+                b.routes.insert(
+                    request.terms.request_id,
+                    RouteState {
+                        request: request.clone(),
+                        status: RouteStatus::Sent,
+                    },
+                );
+            }
+            self.enqueue(friend, Op::Request(request));
+        }
+        Ok(self.finish())
+    }
+
+    /// Where our payment of `invoice` stands, route by route.
+    pub fn payment_progress(&self, invoice: &InvoiceId) -> Option<PaymentProgress> {
+        let b = self.buying.get(invoice)?;
+        let mut p = PaymentProgress {
+            status: b.status,
+            amount: b.invoice.terms.amount,
+            committed: b.committed.is_some(),
+            routes: b.routes.len(),
+            ..PaymentProgress::default()
+        };
+        for r in b.routes.values() {
+            let dest = r.request.terms.dest_payment;
+            match r.status {
+                RouteStatus::Sent => p.open = p.open.saturating_add(dest),
+                RouteStatus::Responded(_) => {
+                    p.open = p.open.saturating_add(dest);
+                    p.answered = p.answered.saturating_add(dest);
+                }
+                RouteStatus::Cancelled => p.failed.push(r.request.terms.route.clone()),
+                RouteStatus::Collected => {}
+            }
+        }
+        Some(p)
+    }
+
+    /// Refuse if the first hops lack room for `needed`.
+    fn check_room(
+        &self,
+        needed: &BTreeMap<NodeId, u64>,
+        currency: &Currency,
+    ) -> Result<(), NodeError> {
+        for (friend, need) in needed {
+            let ch = self
+                .friends
+                .get(friend)
+                .ok_or(NodeError::UnknownFriend(*friend))?;
+            let available = ch
+                .state()
+                .lines
+                .get(currency)
+                .map_or(0, |l| l.can_send(ch.local_side()));
+            if *need > available {
+                return Err(NodeError::InsufficientCapacity {
+                    friend: *friend,
+                    currency: currency.clone(),
+                    needed: *need,
+                    available,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Let time pass: invoices past their expiry with no commit are cancelled.

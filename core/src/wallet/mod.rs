@@ -831,6 +831,29 @@ impl Wallet {
         )
     }
 
+    /// Add routes to a payment of ours still under way, after some of its routes were
+    /// cancelled (see [`Node::add_routes`]).
+    pub fn add_routes(
+        &mut self,
+        invoice: InvoiceId,
+        routes: Vec<RoutePlan>,
+    ) -> Result<(), WalletError> {
+        let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
+        let entry = NewEntry::new(
+            EventKind::PaymentStarted,
+            format!("retrying the rest over {} more route(s)", routes.len()),
+        )
+        .invoice(invoice);
+        self.action(
+            |node, _| {
+                node.add_routes(invoice, routes, entropy)
+                    .map(|out| ((), out))
+            },
+            |_| vec![entry],
+            |_, _| Ok(()),
+        )
+    }
+
     /// Give up a payment that is not committed yet.
     pub fn abandon_payment(&mut self, invoice: InvoiceId) -> Result<(), WalletError> {
         self.action(

@@ -195,6 +195,34 @@ impl Wallet {
         report.sign(self.identity())
     }
 
+    /// A route query for paying `request`: this wallet's own channels go in exactly, as the
+    /// first hops.
+    pub fn route_query(
+        &self,
+        request: &crate::invite::PaymentRequest,
+        max_routes: u8,
+    ) -> crate::routing::RouteQuery {
+        let terms = &request.invoice.terms;
+        let node = self.node();
+        let first_hops = node
+            .friends()
+            .filter_map(|f| {
+                let ch = node.channel(f)?;
+                let line = ch.state().lines.get(&terms.currency)?;
+                Some((*f, line.can_send(ch.local_side())))
+            })
+            .collect();
+        crate::routing::RouteQuery {
+            from: self.id(),
+            to: terms.seller,
+            currency: terms.currency.clone(),
+            amount: terms.amount,
+            max_routes,
+            avoid: Vec::new(),
+            first_hops: Some(first_hops),
+        }
+    }
+
     /// Choose the relay this wallet uses (friends are told through invitations).
     pub fn set_relay(&mut self, relay: RelayAddress) -> Result<(), WalletError> {
         let bytes =

@@ -1,0 +1,152 @@
+//! Paying a payment request end to end over a running [`Driver`]: routes from the relay's
+//! index, the payment, and when some routes are refused on the way, the missing part again on
+//! other routes (the index may lag behind the network). Gives up by abandoning the payment,
+//! which frees the credit at once.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::client::ClientError;
+use super::driver::Driver;
+use crate::invite::PaymentRequest;
+use crate::protocol::node::PaymentStatus;
+use crate::protocol::payment::Receipt;
+use crate::routing::{RouteQuery, RouteSet};
+use crate::wallet::{Wallet, WalletError};
+
+/// How a payment ended, or why it could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    /// No routes for the whole amount (or the index could not be asked).
+    #[error("no routes: {0}")]
+    NoRoutes(ClientError),
+    /// The wallet refused (bad request, not enough room with a friend, ...).
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// Every route was refused; nothing moved.
+    #[error("the payment was cancelled along the way; nothing moved")]
+    Cancelled,
+    /// Routes kept failing; the payment was abandoned and nothing moved.
+    #[error("routes kept failing after {retries} retries; abandoned, nothing moved")]
+    GaveUp {
+        /// Retries made.
+        retries: u32,
+    },
+    /// Still under way when time ran out (it goes on in the background).
+    #[error("no receipt within {0:?}; the payment goes on and ends by the invoice's expiry")]
+    Timeout(Duration),
+}
+
+/// What happened along the way, for progress output.
+#[derive(Clone, Debug)]
+pub enum PayStep {
+    /// Routes found and the payment sent.
+    Sent(RouteSet),
+    /// Some routes were refused; the missing part goes again over these.
+    Retried(RouteSet),
+    /// Still waiting (every few seconds).
+    Waiting(Duration),
+}
+
+/// Most times the missing part is routed again.
+pub const MAX_RETRIES: u32 = 3;
+
+fn lock(w: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, ClientError> {
+    tokio::time::timeout(Duration::from_secs(30), driver.find_routes(query))
+        .await
+        .map_err(|_| ClientError::Closed("the relay's index did not answer in 30 s".into()))?
+}
+
+/// Pay `request` from `wallet` over `driver`, splitting over at most `max_routes` routes, and
+/// follow it to the receipt (at most `limit`). `progress` hears of each step.
+pub async fn pay(
+    wallet: &Mutex<Wallet>,
+    driver: &Driver,
+    request: &PaymentRequest,
+    max_routes: u8,
+    limit: Duration,
+    mut progress: impl FnMut(PayStep),
+) -> Result<Receipt, PayError> {
+    let start = Instant::now();
+    let invoice = request.invoice.terms.id;
+    let query = lock(wallet).route_query(request, max_routes);
+    let set = routes(driver, query.clone())
+        .await
+        .map_err(PayError::NoRoutes)?;
+    let plans = set.routes.iter().map(|r| r.plan()).collect();
+    lock(wallet).pay_request(request, plans)?;
+    progress(PayStep::Sent(set));
+    let mut retries = 0u32;
+    let mut said = Instant::now();
+    loop {
+        let now = lock(wallet).node().payment_progress(&invoice);
+        let Some(p) = now else {
+            return Err(PayError::Cancelled);
+        };
+        match p.status {
+            PaymentStatus::Completed => {
+                let receipt = lock(wallet)
+                    .node()
+                    .payment(&invoice)
+                    .and_then(|(_, r)| r.cloned());
+                if let Some(r) = receipt {
+                    return Ok(r);
+                }
+            }
+            PaymentStatus::Cancelled => {
+                return Err(if retries > 0 {
+                    PayError::GaveUp { retries }
+                } else {
+                    PayError::Cancelled
+                });
+            }
+            PaymentStatus::InFlight => {}
+        }
+        if p.status == PaymentStatus::InFlight && !p.committed && p.open < p.amount {
+            // Some routes were refused: route what is missing again, around their hops.
+            let missing = p.amount - p.open;
+            let left = crate::protocol::bounds::MAX_ROUTES_PER_PAYMENT.saturating_sub(p.routes);
+            let mut q = lock(wallet).route_query(request, max_routes.min(left as u8));
+            q.amount = missing;
+            for route in &p.failed {
+                for hop in route.windows(2).skip(1) {
+                    if let [a, b] = hop {
+                        q.avoid.push((*a, *b));
+                    }
+                }
+            }
+            let found = if retries < MAX_RETRIES && q.max_routes > 0 {
+                routes(driver, q).await.ok()
+            } else {
+                None
+            };
+            match found {
+                Some(set) => {
+                    retries += 1;
+                    let plans = set.routes.iter().map(|r| r.plan()).collect();
+                    match lock(wallet).add_routes(invoice, plans) {
+                        Ok(()) => progress(PayStep::Retried(set)),
+                        Err(e) => tracing::debug!("retry refused: {e}"),
+                    }
+                }
+                None => {
+                    // Free the credit of the routes still out, at once.
+                    let _ = lock(wallet).abandon_payment(invoice);
+                    return Err(PayError::GaveUp { retries });
+                }
+            }
+        }
+        if start.elapsed() > limit {
+            return Err(PayError::Timeout(limit));
+        }
+        if said.elapsed() > Duration::from_secs(3) {
+            progress(PayStep::Waiting(start.elapsed()));
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
