@@ -26,7 +26,14 @@ failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 step "benchmarks build"
 cargo bench --workspace --locked --no-run
 
-step "seed story (the main job)"
+step "offst demo (the main job): two relays, six wallets, four payments"
+# Exits non-zero unless every payment completes and the balances sum to zero.
+demo=$(cargo run --release --locked -q --bin offst -- demo --json | tail -n 1)
+echo "$demo"
+echo "$demo" | grep -q '"payments_completed":4' || { echo "the demo did not complete its 4 payments" >&2; exit 1; }
+echo "$demo" | grep -q '"sum":0' || { echo "the demo's balances do not sum to zero" >&2; exit 1; }
+
+step "seed story through the protocol alone"
 cargo run --release --locked -q -p offst-core --example simulate -- --story seed
 
 step "simulator acceptance run: 200 nodes, 20000 payments, seed 7 (about a minute)"

@@ -466,3 +466,67 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_refused_route_is_replaced_by_another_under_the_same_lock() {
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, rate(0, 0));
+    let m1 = net.add_node(2, rate(0, 0));
+    let m2 = net.add_node(3, rate(0, 0));
+    let s = net.add_node(4, rate(0, 0));
+    net.befriend(a, m1, &eur(), 100).unwrap();
+    net.befriend(a, m2, &eur(), 100).unwrap();
+    net.befriend(m2, s, &eur(), 100).unwrap();
+    // m1 knows s but grants nothing toward it: m1 can pass nothing on and cancels.
+    net.node_mut(&m1).unwrap().add_friend(s).unwrap();
+    net.node_mut(&s).unwrap().add_friend(m1).unwrap();
+    let invoice = net.invoice(s, &eur(), 10, 1).unwrap();
+    let id = invoice.terms.id;
+    let plans = vec![
+        net.plan(&[a, m1, s], 5).unwrap(),
+        net.plan(&[a, m2, s], 5).unwrap(),
+    ];
+    net.pay(a, &invoice, plans, 1).unwrap();
+    let p = net.node(&a).unwrap().payment_progress(&id).unwrap();
+    assert_eq!(p.status, PaymentStatus::InFlight);
+    assert_eq!((p.open, p.answered, p.amount), (5, 5, 10));
+    assert_eq!(p.failed, vec![vec![a, m1, s]]);
+    // The missing 5 over m2, under the same lock: the seller takes it, and the payment
+    // completes with both of m2's routes.
+    let more = vec![net.plan(&[a, m2, s], 5).unwrap()];
+    let out = net
+        .node_mut(&a)
+        .unwrap()
+        .add_routes(id, more, offst_core::sim::local::entropy(9, 9))
+        .unwrap();
+    net.absorb(a, out);
+    net.run().unwrap();
+    let p = net.node(&a).unwrap().payment_progress(&id).unwrap();
+    assert_eq!(p.status, PaymentStatus::Completed);
+    assert_eq!(net.balance(&s, &m2, &eur()), 10);
+    assert_eq!(net.balance(&a, &m1, &eur()), 0);
+    // No more routes on a payment that ended, nor past the bound.
+    let late = vec![net.plan(&[a, m2, s], 1).unwrap()];
+    assert!(matches!(
+        net.node_mut(&a)
+            .unwrap()
+            .add_routes(id, late, offst_core::sim::local::entropy(9, 10)),
+        Err(offst_core::protocol::node::NodeError::NotPaying(_))
+    ));
+    let invoice = net.invoice(s, &eur(), 10, 2).unwrap();
+    net.pay(a, &invoice, vec![net.plan(&[a, m1, s], 10).unwrap()], 2)
+        .unwrap();
+    let id = invoice.terms.id;
+    // Every route failed: the payment is over; nothing can be added.
+    assert_eq!(
+        net.node(&a).unwrap().payment_progress(&id).unwrap().status,
+        PaymentStatus::Cancelled
+    );
+    let too_many = (0..16).map(|_| net.plan(&[a, m2, s], 1).unwrap()).collect();
+    assert!(
+        net.node_mut(&a)
+            .unwrap()
+            .add_routes(id, too_many, offst_core::sim::local::entropy(9, 11))
+            .is_err()
+    );
+}
