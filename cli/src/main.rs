@@ -140,6 +140,13 @@ enum Command {
     },
     /// Your balance per currency and with each friend.
     Balance,
+    /// What your wallet tells its relay's index about your channels, for routing payments:
+    /// exact, buckets (rounded down to powers of two) or off (then you are not offered as a
+    /// mediator). Without a value, shows the setting.
+    Report {
+        /// exact, buckets or off.
+        privacy: Option<String>,
+    },
     /// Send what is queued and fetch what waits at the relay, then exit.
     Sync {
         /// Give up after this many seconds.
@@ -148,12 +155,14 @@ enum Command {
     },
     /// Stay online (to pass payments on and be paid) until Ctrl-C, printing what happens.
     Run,
-    /// Write an encrypted backup of the wallet to FILE.
+    /// Write an encrypted backup of the wallet to FILE (sealed with the wallet's key: keep
+    /// wallet.key or the passphrase apart from it).
     Backup {
         /// Where.
         file: PathBuf,
     },
-    /// Restore a backup into the (new) wallet directory.
+    /// Restore a backup into the (new) wallet directory. Needs the backed-up wallet's key: the
+    /// same $OFFST_PASSPHRASE, or its wallet.key copied into DIR first.
     Restore {
         /// The backup.
         file: PathBuf,
@@ -408,6 +417,33 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::Run => run_online(&dir).await,
+        Command::Report { privacy } => {
+            use offst_core::routing::Privacy;
+            let mut w = open(&dir)?;
+            if let Some(p) = privacy {
+                let p = match p.as_str() {
+                    "exact" => Privacy::Exact,
+                    "buckets" => Privacy::Buckets,
+                    "off" => Privacy::Off,
+                    other => {
+                        return Err(format!("{other:?}: say exact, buckets or off"));
+                    }
+                };
+                w.set_report_privacy(p).map_err(|e| e.to_string())?;
+            }
+            let now = w.report_privacy().map_err(|e| e.to_string())?;
+            let name = match now {
+                Privacy::Exact => "exact",
+                Privacy::Buckets => "buckets",
+                Privacy::Off => "off",
+            };
+            if args.json {
+                print_json(json!({ "report": name }));
+            } else {
+                println!("capacity reports: {name}");
+            }
+            Ok(())
+        }
         Command::Backup { file } => {
             let w = open(&dir)?;
             let info = w

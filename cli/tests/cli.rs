@@ -283,6 +283,34 @@ fn a_payment_across_two_relays_from_the_command_line() {
     // Nothing changed for alice after all that.
     let b = json(&["--wallet", &alice, "--json", "balance"]);
     assert_eq!(b["totals"]["EUR"], -11, "{b}");
+
+    // Reporting privacy.
+    assert_eq!(
+        json(&["--wallet", &alice, "--json", "report"])["report"],
+        "exact"
+    );
+    assert_eq!(
+        json(&["--wallet", &alice, "--json", "report", "buckets"])["report"],
+        "buckets"
+    );
+    let e = fails(&["--wallet", &alice, "report", "loud"]);
+    assert!(e.contains("exact, buckets or off"), "{e}");
+
+    // backup / restore: the restored wallet holds the same balance.
+    let file = root.join("alice.backup");
+    ok(&["--wallet", &alice, "backup", file.to_str().unwrap()]);
+    let again = w("alice-restored");
+    std::fs::create_dir_all(&again).unwrap();
+    std::fs::copy(
+        Path::new(&alice).join("wallet.key"),
+        Path::new(&again).join("wallet.key"),
+    )
+    .unwrap();
+    ok(&["--wallet", &again, "restore", file.to_str().unwrap()]);
+    let b = json(&["--wallet", &again, "--json", "balance"]);
+    assert_eq!(b["totals"]["EUR"], -11, "{b}");
+    let e = fails(&["--wallet", &again, "restore", file.to_str().unwrap()]);
+    assert!(!e.is_empty());
     drop(r1);
     drop(r2);
 }
