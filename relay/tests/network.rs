@@ -445,3 +445,140 @@ async fn a_wallet_moves_to_another_relay_and_loses_no_mail() {
         p.go_offline().await;
     }
 }
+
+/// A mediator that reports more than it can pass on (a liar, or a stale report) costs the
+/// buyer a retry, not money: its route is refused at its hop, and the payer routes the amount
+/// again around that hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_reporting_mediator_costs_a_retry_not_money() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let root = scratch("liar");
+    let r = RelayProc::start(&root.join("r"), "127.0.0.1:0");
+    let a = Peer::new(&root, "buyer", 31, r.address());
+    let m1 = Peer::new(&root, "liar", 32, r.address());
+    let m2 = Peer::new(&root, "honest", 33, r.address());
+    let s = Peer::new(&root, "seller", 34, r.address());
+    // The seller reports nothing, so the index has only the mediators' word for the last hop.
+    s.w()
+        .set_report_privacy(offst_core::routing::Privacy::Off)
+        .unwrap();
+    m2.w().set_rate(Rate { base: 5, ppm: 0 }).unwrap();
+    for (x, y) in [(&a, &m1), (&a, &m2), (&m1, &s), (&m2, &s)] {
+        befriend(x, y, 100).await;
+    }
+    // The seller lets the liar owe only 2 after all.
+    s.w().set_limit(m1.id, hours(), 2).unwrap();
+    eventually("the liar sees its smaller limit", || {
+        m1.w()
+            .friend_view(s.id, 0)
+            .is_ok_and(|v| v.lines.first().is_some_and(|l| l.their_limit == 2))
+    })
+    .await;
+    // The liar (offline for a moment) tells the index it can pass 100 on to the seller.
+    m1.go_offline().await;
+    let ep = client_endpoint().unwrap();
+    let as_liar = offst_core::net::client::RelayConnection::connect(
+        &ep,
+        r.addr,
+        r.key,
+        &Identity::from_seed([32; 32]),
+    )
+    .await
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let lie = offst_core::routing::CapacityReport {
+        node: m1.id,
+        issued_ms: now + 60_000, // newer than anything it sent before
+        expires_ms: now + 600_000,
+        rate: Rate { base: 1, ppm: 0 },
+        entries: vec![
+            offst_core::routing::ReportEntry {
+                friend: s.id,
+                currency: hours(),
+                send: 100,
+                recv: 100,
+            },
+            offst_core::routing::ReportEntry {
+                friend: a.id,
+                currency: hours(),
+                send: 100,
+                recv: 100,
+            },
+        ],
+    }
+    .sign(&Identity::from_seed([32; 32]));
+    as_liar.report(lie).await.unwrap();
+    as_liar.close().await;
+    m1.go_online();
+
+    let inv = s
+        .w()
+        .create_invoice(hours(), 10, 600_000, "around the liar")
+        .unwrap();
+    let req = s.w().payment_request(&inv).unwrap();
+    // Wait until the index has every wallet's report: the liar's route is the cheapest, and the
+    // honest one is there around it.
+    {
+        let driver = a.driver.lock().unwrap();
+        let driver = driver.as_ref().unwrap();
+        let started = Instant::now();
+        loop {
+            let q = a.w().route_query(&req, 1);
+            let mut around = q.clone();
+            around.avoid = vec![(m1.id, s.id)];
+            let cheapest = driver.find_routes(q).await.ok();
+            let other = driver.find_routes(around).await.ok();
+            let via = |set: &Option<offst_core::routing::RouteSet>| {
+                set.as_ref().map(|s| s.routes[0].route[1])
+            };
+            if via(&cheapest) == Some(m1.id) && via(&other) == Some(m2.id) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the index never had both routes: {cheapest:?} {other:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut steps = Vec::new();
+    let receipt = {
+        let driver = a.driver.lock().unwrap();
+        let driver = driver.as_ref().unwrap();
+        offst_core::net::payer::pay(&a.wallet, driver, &req, 1, Duration::from_secs(60), |s| {
+            steps.push(s)
+        })
+        .await
+        .unwrap()
+    };
+    receipt.verify().unwrap();
+    let sent: Vec<Vec<NodeId>> = steps
+        .iter()
+        .filter_map(|s| match s {
+            offst_core::net::payer::PayStep::Sent(set)
+            | offst_core::net::payer::PayStep::Retried(set) => Some(set.routes[0].route.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![vec![a.id, m1.id, s.id], vec![a.id, m2.id, s.id]],
+        "first the liar's cheap route, then around it"
+    );
+    eventually("the seller is paid by the honest mediator", || {
+        s.w().node().balance(&m2.id, &hours()).map(|(b, _)| b) == Some(10)
+    })
+    .await;
+    // Nothing moved on the liar's side.
+    assert_eq!(a.w().node().balance(&m1.id, &hours()).unwrap().0, 0);
+    assert_eq!(s.w().node().balance(&m1.id, &hours()).unwrap().0, 0);
+    for p in [a, m1, m2, s] {
+        p.go_offline().await;
+    }
+}

@@ -343,6 +343,8 @@ async fn serve(
                     return Err(format!("moved to the relay at {}", now.addr));
                 }
             }
+            // A report held back by the minimum gap goes out when the gap ends.
+            _ = tokio::time::sleep_until(reports.recheck_at()), if reports.held_back() => {}
             _ = tick.tick() => {
                 let mut w = lock(wallet);
                 if let Err(e) = w.tick() {
@@ -370,18 +372,31 @@ struct Reporting {
     sent_at: Option<tokio::time::Instant>,
     /// The relay runs no index (or refuses our reports): stop asking on this connection.
     off: bool,
+    /// A change is waiting for the gap to end.
+    pending: bool,
 }
 
 const REPORT_PERIOD: Duration = Duration::from_secs(5 * 60);
 const REPORT_MIN_GAP: Duration = Duration::from_millis(500);
 
 impl Reporting {
+    /// When a report held back by the gap may go.
+    fn recheck_at(&self) -> tokio::time::Instant {
+        self.sent_at
+            .map_or_else(tokio::time::Instant::now, |t| t + REPORT_MIN_GAP)
+    }
+
+    /// Is a changed report waiting for the gap to end?
+    fn held_back(&self) -> bool {
+        self.pending && !self.off
+    }
+
     async fn maybe_send(
         &mut self,
         wallet: &Mutex<Wallet>,
         conn: &RelayConnection,
     ) -> Result<(), String> {
-        if self.off || self.sent_at.is_some_and(|t| t.elapsed() < REPORT_MIN_GAP) {
+        if self.off {
             return Ok(());
         }
         let report = lock(wallet).capacity_report().map_err(|e| e.to_string())?;
@@ -391,8 +406,14 @@ impl Reporting {
         let now = (report.entries.clone(), report.rate);
         let due = self.sent_at.is_none_or(|t| t.elapsed() >= REPORT_PERIOD);
         if !due && self.last.as_ref() == Some(&now) {
+            self.pending = false;
             return Ok(());
         }
+        if self.sent_at.is_some_and(|t| t.elapsed() < REPORT_MIN_GAP) {
+            self.pending = true;
+            return Ok(());
+        }
+        self.pending = false;
         self.sent_at = Some(tokio::time::Instant::now());
         let signed = lock(wallet).sign_report(report);
         match conn.report(signed).await {

@@ -97,16 +97,16 @@ pub async fn pay(
                     return Ok(r);
                 }
             }
-            PaymentStatus::Cancelled => {
+            PaymentStatus::Cancelled if retries >= MAX_RETRIES => {
                 return Err(if retries > 0 {
                     PayError::GaveUp { retries }
                 } else {
                     PayError::Cancelled
                 });
             }
-            PaymentStatus::InFlight => {}
+            PaymentStatus::Cancelled | PaymentStatus::InFlight => {}
         }
-        if p.status == PaymentStatus::InFlight && !p.committed && p.open < p.amount {
+        if p.status != PaymentStatus::Completed && !p.committed && p.open < p.amount {
             // Some routes were refused: route what is missing again, around their hops.
             let missing = p.amount - p.open;
             let left = crate::protocol::bounds::MAX_ROUTES_PER_PAYMENT.saturating_sub(p.routes);
@@ -120,7 +120,13 @@ pub async fn pay(
                 }
             }
             let found = if retries < MAX_RETRIES && q.max_routes > 0 {
-                routes(driver, q).await.ok()
+                match routes(driver, q).await {
+                    Ok(set) => Some(set),
+                    Err(e) => {
+                        tracing::debug!("no routes for the missing {missing}: {e}");
+                        None
+                    }
+                }
             } else {
                 None
             };
@@ -132,6 +138,13 @@ pub async fn pay(
                         Ok(()) => progress(PayStep::Retried(set)),
                         Err(e) => tracing::debug!("retry refused: {e}"),
                     }
+                }
+                None if p.status == PaymentStatus::Cancelled => {
+                    return Err(if retries > 0 {
+                        PayError::GaveUp { retries }
+                    } else {
+                        PayError::Cancelled
+                    });
                 }
                 None => {
                     // Free the credit of the routes still out, at once.

@@ -883,10 +883,12 @@ impl Node {
         Ok(self.finish())
     }
 
-    /// Add `routes` to our payment of `invoice_id` that is still under way and not committed
-    /// (some of its routes were cancelled and the rest do not cover the invoice). The new
-    /// requests carry the same lock, so the seller takes them like the first ones. At most
-    /// [`MAX_ROUTES_PER_PAYMENT`] routes over the payment's life. `entropy`: 32 random bytes.
+    /// Add `routes` to our payment of `invoice_id` that is not committed: still under way (some
+    /// of its routes were cancelled and the rest do not cover the invoice), or cancelled with
+    /// every route (it is taken up again: nothing moved, and the seller keeps the invoice open
+    /// for this lock until it expires). The new requests carry the same lock, so the seller
+    /// takes them like the first ones. At most [`MAX_ROUTES_PER_PAYMENT`] routes over the
+    /// payment's life. `entropy`: 32 random bytes.
     pub fn add_routes(
         &mut self,
         invoice_id: InvoiceId,
@@ -898,7 +900,11 @@ impl Node {
             .buying
             .get(&invoice_id)
             .ok_or(NodeError::NotPaying(invoice_id))?;
-        if b.status != PaymentStatus::InFlight || b.committed.is_some() || b.abandoned {
+        // A payment whose routes were all cancelled may be taken up again: nothing moved, the
+        // seller still holds the invoice open for this lock until it expires.
+        let reopen = b.status == PaymentStatus::Cancelled && b.receipt.is_none();
+        if !(b.status == PaymentStatus::InFlight || reopen) || b.committed.is_some() || b.abandoned
+        {
             return Err(NodeError::NotPaying(invoice_id));
         }
         let total = b.routes.len().saturating_add(routes.len());
@@ -946,6 +952,9 @@ impl Node {
             requests.push((first_hop, request));
         }
         self.check_room(&needed, &terms.currency)?;
+        if let Some(b) = self.buying.get_mut(&invoice_id) {
+            b.status = PaymentStatus::InFlight;
+        }
         for (friend, request) in requests {
             if let Some(b) = self.buying.get_mut(&invoice_id) {
                 b.routes.insert(

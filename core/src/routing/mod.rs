@@ -724,13 +724,18 @@ impl Search<'_> {
         cap.saturating_sub(used.get(&(u, v)).copied().unwrap_or(0))
     }
 
-    /// Is `u` allowed before `v` on a route (ends, mediators, avoided hops)?
-    fn allowed(&self, u: u32, v: u32) -> bool {
-        u != self.to
-            && v != self.from
-            && (u == self.from || self.mediator(u))
-            && (v == self.to || self.mediator(v))
-            && (self.avoid.is_empty() || !self.avoid.contains(&(u, v)))
+    /// May `u` come before another node on a route (the buyer, or a mediator)?
+    fn may_lead(&self, u: u32) -> bool {
+        u != self.to && (u == self.from || self.mediator(u))
+    }
+
+    /// May `v` come after another node on a route (the seller, or a mediator)?
+    fn may_follow(&self, v: u32) -> bool {
+        v != self.from && (v == self.to || self.mediator(v))
+    }
+
+    fn not_avoided(&self, u: u32, v: u32) -> bool {
+        self.avoid.is_empty() || !self.avoid.contains(&(u, v))
     }
 
     /// The fees of the mediators from `v` on, by a backward label's cost.
@@ -876,8 +881,12 @@ impl Search<'_> {
                     .saturating_add(self.fee(u, part))
                     .saturating_add(self.hop_cost);
                 let mut meets = Vec::new();
+                // `u` was checked when settled: only `v` and the hop remain.
                 self.outs(u, |v, cap| {
-                    if self.rest(u, v, cap, used) < part || !self.allowed(u, v) {
+                    if self.rest(u, v, cap, used) < part
+                        || !self.may_follow(v)
+                        || !self.not_avoided(u, v)
+                    {
                         return;
                     }
                     let Some(lv) = sc.fwd.get_mut(self.ix(v)) else {
@@ -917,7 +926,10 @@ impl Search<'_> {
                 let need = part.saturating_add(self.fees_from(&label));
                 let mut meets = Vec::new();
                 self.ins(v, |u, cap| {
-                    if self.rest(u, v, cap, used) < need || !self.allowed(u, v) {
+                    if self.rest(u, v, cap, used) < need
+                        || !self.may_lead(u)
+                        || !self.not_avoided(u, v)
+                    {
                         return;
                     }
                     let nd = d
@@ -1024,7 +1036,8 @@ impl Search<'_> {
             let heap = &mut sc.heap_b;
             let labels = &mut sc.bwd;
             self.ins(v, |u, cap| {
-                if self.rest(u, v, cap, used) < need || !self.allowed(u, v) {
+                if self.rest(u, v, cap, used) < need || !self.may_lead(u) || !self.not_avoided(u, v)
+                {
                     return;
                 }
                 let nd = d
