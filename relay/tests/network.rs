@@ -524,9 +524,9 @@ async fn an_over_reporting_mediator_costs_a_retry_not_money() {
     let req = s.w().payment_request(&inv).unwrap();
     // Wait until the index has every wallet's report: the liar's route is the cheapest, and the
     // honest one is there around it.
+    // The buyer's driver, out of its slot while we await with it.
+    let driver = a.driver.lock().unwrap().take().unwrap();
     {
-        let driver = a.driver.lock().unwrap();
-        let driver = driver.as_ref().unwrap();
         let started = Instant::now();
         loop {
             let q = a.w().route_query(&req, 1);
@@ -548,15 +548,13 @@ async fn an_over_reporting_mediator_costs_a_retry_not_money() {
         }
     }
     let mut steps = Vec::new();
-    let receipt = {
-        let driver = a.driver.lock().unwrap();
-        let driver = driver.as_ref().unwrap();
-        offst_core::net::payer::pay(&a.wallet, driver, &req, 1, Duration::from_secs(60), |s| {
+    let receipt =
+        offst_core::net::payer::pay(&a.wallet, &driver, &req, 1, Duration::from_secs(60), |s| {
             steps.push(s)
         })
         .await
-        .unwrap()
-    };
+        .unwrap();
+    *a.driver.lock().unwrap() = Some(driver);
     receipt.verify().unwrap();
     let sent: Vec<Vec<NodeId>> = steps
         .iter()
