@@ -124,6 +124,7 @@ fn main() {
     let mut no_route = 0u64;
     let mut routes_hist: BTreeMap<usize, u64> = BTreeMap::new();
     let mut hops = 0u64;
+    let mut fees = 0u64;
     for _ in 0..queries {
         let a = rng.below(n as u64) as usize;
         let mut b = rng.below(n as u64 - 1) as usize;
@@ -154,6 +155,7 @@ fn main() {
         match r {
             Ok(set) => {
                 found += 1;
+                fees += set.total_fee;
                 *routes_hist.entry(set.routes.len()).or_default() += 1;
                 hops += set
                     .routes
@@ -179,7 +181,7 @@ fn main() {
     let routes_total: u64 = routes_hist.iter().map(|(k, v)| *k as u64 * v).sum();
     if json {
         println!(
-            "{{\"nodes\":{n},\"friendships\":{m},\"queries\":{queries},\"found\":{found},\"no_route\":{no_route},\"multi_route\":{multi},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"ingest_reports_per_sec\":{:.0}}}",
+            "{{\"nodes\":{n},\"friendships\":{m},\"queries\":{queries},\"found\":{found},\"no_route\":{no_route},\"multi_route\":{multi},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\"total_fees\":{fees},\"max_ms\":{max:.3},\"ingest_reports_per_sec\":{:.0}}}",
             n as f64 / ingest_s
         );
     } else {
@@ -197,6 +199,9 @@ fn main() {
             hops as f64 / routes_total.max(1) as f64
         );
         println!("  query time: p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms");
+        println!(
+            "  fees of all answers together: {fees} (lower is better; compares search settings)"
+        );
         println!("  routes per answer: {routes_hist:?}");
     }
 }

@@ -65,6 +65,9 @@ const NONE: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug)]
 struct Half {
     peer: u32,
+    /// Whether `peer` has a report in force (may mediate): kept here so that the search does
+    /// not look it up elsewhere for every hop it considers.
+    peer_reports: bool,
     /// What u reported it can send to v.
     by_from: u64,
     /// What v reported it can receive from u.
@@ -103,9 +106,10 @@ impl Graph {
         }
     }
 
-    /// Set one side's word on the hop u → v (`NONE` withdraws it).
-    fn set(&mut self, u: u32, v: u32, side: Side, value: u64) {
+    /// Set one side's word on the hop u → v (`NONE` withdraws it). `rates` says who reports.
+    fn set(&mut self, u: u32, v: u32, side: Side, value: u64, rates: &[Option<Rate>]) {
         self.grow(u.max(v) as usize + 1);
+        let reports = |x: u32| rates.get(x as usize).is_some_and(Option::is_some);
         let (Some(out), Some(inn)) = (self.out.get_mut(u as usize), self.inn.get_mut(v as usize))
         else {
             return;
@@ -117,6 +121,7 @@ impl Graph {
             None if value == NONE => return,
             None => Half {
                 peer: v,
+                peer_reports: reports(v),
                 by_from: NONE,
                 by_to: NONE,
             },
@@ -142,18 +147,54 @@ impl Graph {
             }
             (None, true) => {}
         }
-        let mirror = Half { peer: u, ..half };
         match (ii, gone) {
             (Some(i), true) => {
                 inn.swap_remove(i);
             }
             (Some(i), false) => {
                 if let Some(h) = inn.get_mut(i) {
-                    *h = mirror;
+                    h.by_from = half.by_from;
+                    h.by_to = half.by_to;
                 }
             }
-            (None, false) => inn.push(mirror),
+            (None, false) => inn.push(Half {
+                peer: u,
+                peer_reports: reports(u),
+                ..half
+            }),
             (None, true) => {}
+        }
+    }
+
+    /// `w` now reports (or no longer does): tell the halves that name it.
+    fn mark(&mut self, w: u32, reporting: bool) {
+        let (outs, ins): (Vec<u32>, Vec<u32>) = (
+            self.out
+                .get(w as usize)
+                .map(|o| o.iter().map(|h| h.peer).collect())
+                .unwrap_or_default(),
+            self.inn
+                .get(w as usize)
+                .map(|i| i.iter().map(|h| h.peer).collect())
+                .unwrap_or_default(),
+        );
+        for f in outs {
+            if let Some(h) = self
+                .inn
+                .get_mut(f as usize)
+                .and_then(|i| i.iter_mut().find(|h| h.peer == w))
+            {
+                h.peer_reports = reporting;
+            }
+        }
+        for f in ins {
+            if let Some(h) = self
+                .out
+                .get_mut(f as usize)
+                .and_then(|o| o.iter_mut().find(|h| h.peer == w))
+            {
+                h.peer_reports = reporting;
+            }
         }
     }
 
@@ -333,13 +374,16 @@ impl Index {
             let f = self.slot(e.friend);
             let c = self.currency_slot(&e.currency);
             if let Some(g) = self.graphs.get_mut(c as usize) {
-                g.set(w, f, Side::From, e.send.min(MAX_AMOUNT));
-                g.set(f, w, Side::To, e.recv.min(MAX_AMOUNT));
+                g.set(w, f, Side::From, e.send.min(MAX_AMOUNT), &self.rates);
+                g.set(f, w, Side::To, e.recv.min(MAX_AMOUNT), &self.rates);
             }
             entries.push((f, c, e.send, e.recv));
         }
         if let Some(rate) = self.rates.get_mut(w as usize) {
             *rate = Some(r.rate);
+        }
+        for g in &mut self.graphs {
+            g.mark(w, true);
         }
         if let Some(h) = self.held.get_mut(w as usize) {
             *h = Some(Held {
@@ -361,9 +405,12 @@ impl Index {
         }
         for (f, c, _, _) in old.entries {
             if let Some(g) = self.graphs.get_mut(c as usize) {
-                g.set(w, f, Side::From, NONE);
-                g.set(f, w, Side::To, NONE);
+                g.set(w, f, Side::From, NONE, &self.rates);
+                g.set(f, w, Side::To, NONE, &self.rates);
             }
+        }
+        for g in &mut self.graphs {
+            g.mark(w, false);
         }
     }
 
@@ -610,8 +657,8 @@ type Used = FastMap<(u32, u32), u64>;
 /// the price of missing routes that only a search of more of the network would find (then
 /// the buyer pays over a split, or asks again later).
 const MAX_SETTLED: usize = 5_000;
-/// Most labels one two-sided search takes off its queues.
-const MAX_SETTLED_FAST: usize = 5_000;
+/// Most labels one two-sided search takes off its queues (see `docs/benchmarks.md`).
+const MAX_SETTLED_FAST: usize = 1_500;
 
 /// Most hops (edges) on a route.
 const MAX_HOPS: u16 = (MAX_ROUTE_LEN - 1) as u16;
@@ -689,30 +736,30 @@ impl Search<'_> {
     }
 
     /// Out-hops of `u` with their capacity (first hops replace the buyer's reported ones).
-    fn outs(&self, u: u32, mut each: impl FnMut(u32, u64)) {
+    fn outs(&self, u: u32, mut each: impl FnMut(u32, u64, bool)) {
         if u == self.from
             && let Some(hops) = &self.first_hops
         {
             for (v, cap) in hops {
-                each(*v, *cap);
+                each(*v, *cap, self.index.rate(*v).is_some());
             }
             return;
         }
         for h in self.graph.out.get(u as usize).map_or(&[][..], |v| &v[..]) {
-            each(h.peer, h.cap());
+            each(h.peer, h.cap(), h.peer_reports);
         }
     }
 
     /// In-hops of `v` with their capacity.
-    fn ins(&self, v: u32, mut each: impl FnMut(u32, u64)) {
+    fn ins(&self, v: u32, mut each: impl FnMut(u32, u64, bool)) {
         let replaced = self.first_hops.is_some();
         for h in self.graph.inn.get(v as usize).map_or(&[][..], |x| &x[..]) {
             if !(replaced && h.peer == self.from) {
-                each(h.peer, h.cap());
+                each(h.peer, h.cap(), h.peer_reports);
             }
         }
         if let Some(cap) = self.first_hops.as_ref().and_then(|hops| hops.get(&v)) {
-            each(self.from, *cap);
+            each(self.from, *cap, true);
         }
     }
 
@@ -724,14 +771,15 @@ impl Search<'_> {
         cap.saturating_sub(used.get(&(u, v)).copied().unwrap_or(0))
     }
 
-    /// May `u` come before another node on a route (the buyer, or a mediator)?
-    fn may_lead(&self, u: u32) -> bool {
-        u != self.to && (u == self.from || self.mediator(u))
+    /// May `u` come before another node on a route (the buyer, or a mediator)? `reports`:
+    /// whether `u` has a report in force.
+    fn may_lead(&self, u: u32, reports: bool) -> bool {
+        u != self.to && (u == self.from || reports)
     }
 
     /// May `v` come after another node on a route (the seller, or a mediator)?
-    fn may_follow(&self, v: u32) -> bool {
-        v != self.from && (v == self.to || self.mediator(v))
+    fn may_follow(&self, v: u32, reports: bool) -> bool {
+        v != self.from && (v == self.to || reports)
     }
 
     fn not_avoided(&self, u: u32, v: u32) -> bool {
@@ -882,9 +930,9 @@ impl Search<'_> {
                     .saturating_add(self.hop_cost);
                 let mut meets = Vec::new();
                 // `u` was checked when settled: only `v` and the hop remain.
-                self.outs(u, |v, cap| {
+                self.outs(u, |v, cap, reports| {
                     if self.rest(u, v, cap, used) < part
-                        || !self.may_follow(v)
+                        || !self.may_follow(v, reports)
                         || !self.not_avoided(u, v)
                     {
                         return;
@@ -925,9 +973,9 @@ impl Search<'_> {
                 }
                 let need = part.saturating_add(self.fees_from(&label));
                 let mut meets = Vec::new();
-                self.ins(v, |u, cap| {
+                self.ins(v, |u, cap, reports| {
                     if self.rest(u, v, cap, used) < need
-                        || !self.may_lead(u)
+                        || !self.may_lead(u, reports)
                         || !self.not_avoided(u, v)
                     {
                         return;
@@ -1035,8 +1083,10 @@ impl Search<'_> {
             let need = part.saturating_add(self.fees_from(&label));
             let heap = &mut sc.heap_b;
             let labels = &mut sc.bwd;
-            self.ins(v, |u, cap| {
-                if self.rest(u, v, cap, used) < need || !self.may_lead(u) || !self.not_avoided(u, v)
+            self.ins(v, |u, cap, reports| {
+                if self.rest(u, v, cap, used) < need
+                    || !self.may_lead(u, reports)
+                    || !self.not_avoided(u, v)
                 {
                     return;
                 }
@@ -1070,16 +1120,22 @@ impl Search<'_> {
             .collect()
     }
 
-    /// Does `dest` fit on every hop of `path`, fees included?
-    fn fits(&self, path: &[u32], dest: u64, used: Option<&Used>) -> Option<Vec<u64>> {
+    /// What each hop of `path` has left (looked up once per path, not once per try).
+    fn lefts(&self, path: &[u32], used: Option<&Used>) -> Vec<u64> {
+        path.windows(2)
+            .map(|hop| match (hop, used) {
+                ([u, v], Some(used)) => self.left(*u, *v, used),
+                ([u, v], None) => self.cap(*u, *v),
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// Does `dest` fit on every hop of `path` (with `lefts`), fees included?
+    fn fits_in(&self, path: &[u32], lefts: &[u64], dest: u64) -> Option<Vec<u64>> {
         let fees = self.fees(path, dest)?;
-        for (k, hop) in path.windows(2).enumerate() {
-            let [u, v] = hop else { return None };
-            let left = match used {
-                Some(used) => self.left(*u, *v, used),
-                None => self.cap(*u, *v),
-            };
-            if hop_amount(dest, &fees, k)? > left {
+        for (k, left) in lefts.iter().enumerate() {
+            if hop_amount(dest, &fees, k)? > *left {
                 return None;
             }
         }
@@ -1088,14 +1144,16 @@ impl Search<'_> {
 
     /// The most `path` can deliver, up to `limit`, with its fees.
     fn carry(&self, path: &[u32], limit: u64, used: Option<&Used>) -> (u64, Vec<u64>) {
-        if let Some(fees) = self.fits(path, limit, used) {
+        let lefts = self.lefts(path, used);
+        if let Some(fees) = self.fits_in(path, &lefts, limit) {
             return (limit, fees);
         }
-        let (mut lo, mut hi) = (0u64, limit);
+        // The last hop carries no fee: no route delivers more than it has left.
+        let (mut lo, mut hi) = (0u64, limit.min(lefts.iter().copied().min().unwrap_or(0)));
         let mut fees = Vec::new();
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
-            match self.fits(path, mid, used) {
+            match self.fits_in(path, &lefts, mid) {
                 Some(f) => {
                     lo = mid;
                     fees = f;
