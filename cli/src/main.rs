@@ -140,9 +140,11 @@ enum Command {
     },
     /// Your balance per currency and with each friend.
     Balance,
-    /// What your wallet tells its relay's index about your channels, for routing payments:
-    /// exact, buckets (rounded down to powers of two) or off (then you are not offered as a
-    /// mediator). Without a value, shows the setting.
+    /// How much your wallet tells its relay's index (exact, buckets or off).
+    ///
+    /// The index routes payments with what wallets report about their channels: exact
+    /// figures, buckets (rounded down to powers of two) or nothing (then you are not offered
+    /// as a mediator). Without a value, shows the setting.
     Report {
         /// exact, buckets or off.
         privacy: Option<String>,
@@ -155,20 +157,22 @@ enum Command {
     },
     /// Stay online (to pass payments on and be paid) until Ctrl-C, printing what happens.
     Run,
-    /// Write an encrypted backup of the wallet to FILE (sealed with the wallet's key: keep
-    /// wallet.key or the passphrase apart from it).
+    /// Write an encrypted backup of the wallet to FILE.
+    ///
+    /// It is sealed with the wallet's key: keep wallet.key (or the passphrase) apart from it.
     Backup {
         /// Where.
         file: PathBuf,
     },
-    /// Restore a backup into the (new) wallet directory. Needs the backed-up wallet's key: the
-    /// same $OFFST_PASSPHRASE, or its wallet.key copied into DIR first.
+    /// Restore a backup into the (new) wallet directory.
+    ///
+    /// Needs the backed-up wallet's key: the same $OFFST_PASSPHRASE, or its wallet.key copied
+    /// into DIR first.
     Restore {
         /// The backup.
         file: PathBuf,
     },
-    /// Run two relays and six people on this machine, make them friends, pay, and show the
-    /// balances.
+    /// Run two relays and six wallets here: friends, four payments, the balances.
     Demo,
 }
 
@@ -827,11 +831,19 @@ async fn pay(
 async fn run_online(dir: &Path) -> Result<(), String> {
     let online = Online::start(open(dir)?)?;
     online.connected(Duration::from_secs(30)).await?;
-    println!("online as {}; Ctrl-C to stop", online.w().id());
+    println!("online as {}; Ctrl-C (or SIGTERM) to stop", online.w().id());
     let _ = std::io::stdout().flush();
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
     loop {
+        #[cfg(unix)]
+        let terminated = term.recv();
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<Option<()>>();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminated => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         loop {
