@@ -804,56 +804,14 @@ impl Node {
             return Err(PaymentError::TooManyRoutes(routes.len()).into());
         }
         let src_plain_lock = PlainLock(derive(&entropy, "buyer lock"));
-        let mut delivered: u64 = 0;
-        let mut needed: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut requests = Vec::new();
-        for (i, plan) in routes.into_iter().enumerate() {
-            if plan.route.first() != Some(&self.id()) || plan.route.last() != Some(&terms.seller) {
-                return Err(NodeError::RouteEnds);
-            }
-            let mut seed = entropy.to_vec();
-            seed.extend_from_slice(&(i as u64).to_le_bytes());
-            let request_terms = RequestTerms {
-                request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
-                invoice_id: terms.id,
-                currency: terms.currency.clone(),
-                src_hashed_lock: src_plain_lock.hashed(),
-                route: plan.route,
-                fees: plan.fees,
-                dest_payment: plan.dest_payment,
-                total_dest_payment: terms.amount,
-            };
-            let request = Request::sign(&self.identity, request_terms)?;
-            let first_hop = request
-                .terms
-                .route
-                .get(1)
-                .copied()
-                .ok_or(NodeError::RouteEnds)?;
-            if !self.friends.contains_key(&first_hop) {
-                return Err(NodeError::UnknownFriend(first_hop));
-            }
-            let amount = request
-                .terms
-                .hop_amount(0)
-                .ok_or(PaymentError::AmountOverflow)?;
-            let entry = needed.entry(first_hop).or_default();
-            *entry = entry
-                .checked_add(amount)
-                .filter(|a| *a <= MAX_AMOUNT)
-                .ok_or(PaymentError::AmountOverflow)?;
-            delivered = delivered
-                .checked_add(plan.dest_payment)
-                .ok_or(PaymentError::AmountOverflow)?;
-            requests.push((first_hop, request));
-        }
+        let (requests, delivered) =
+            self.sign_routes(terms, src_plain_lock.hashed(), routes, entropy)?;
         if delivered < terms.amount {
             return Err(NodeError::RoutesShort {
                 delivered,
                 amount: terms.amount,
             });
         }
-        self.check_room(&needed, &terms.currency)?;
         let mut states = BTreeMap::new();
         for (friend, request) in requests {
             states.insert(
@@ -895,7 +853,6 @@ impl Node {
         routes: Vec<RoutePlan>,
         entropy: [u8; 32],
     ) -> Result<Vec<Output>, NodeError> {
-        let me = self.id();
         let b = self
             .buying
             .get(&invoice_id)
@@ -913,45 +870,7 @@ impl Node {
         }
         let terms = b.invoice.terms.clone();
         let lock = b.src_plain_lock.hashed();
-        let mut needed: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut requests = Vec::new();
-        for (i, plan) in routes.into_iter().enumerate() {
-            if plan.route.first() != Some(&me) || plan.route.last() != Some(&terms.seller) {
-                return Err(NodeError::RouteEnds);
-            }
-            let mut seed = entropy.to_vec();
-            seed.extend_from_slice(&(i as u64).to_le_bytes());
-            let request = Request::sign(
-                &self.identity,
-                RequestTerms {
-                    request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
-                    invoice_id,
-                    currency: terms.currency.clone(),
-                    src_hashed_lock: lock,
-                    route: plan.route,
-                    fees: plan.fees,
-                    dest_payment: plan.dest_payment,
-                    total_dest_payment: terms.amount,
-                },
-            )?;
-            let first_hop = request
-                .terms
-                .route
-                .get(1)
-                .copied()
-                .ok_or(NodeError::RouteEnds)?;
-            let amount = request
-                .terms
-                .hop_amount(0)
-                .ok_or(PaymentError::AmountOverflow)?;
-            let entry = needed.entry(first_hop).or_default();
-            *entry = entry
-                .checked_add(amount)
-                .filter(|a| *a <= MAX_AMOUNT)
-                .ok_or(PaymentError::AmountOverflow)?;
-            requests.push((first_hop, request));
-        }
-        self.check_room(&needed, &terms.currency)?;
+        let (requests, _) = self.sign_routes(&terms, lock, routes, entropy)?;
         if let Some(b) = self.buying.get_mut(&invoice_id) {
             b.status = PaymentStatus::InFlight;
         }
@@ -993,6 +912,63 @@ impl Node {
             }
         }
         Some(p)
+    }
+
+    /// Sign one request per route for the invoice `terms` under `lock` (request ids from
+    /// `entropy`), check the routes' ends, that each first hop is a friend with room for all
+    /// that goes through it; returns each request with its first hop, and what they deliver.
+    fn sign_routes(
+        &self,
+        terms: &crate::protocol::payment::InvoiceTerms,
+        lock: HashedLock,
+        routes: Vec<RoutePlan>,
+        entropy: [u8; 32],
+    ) -> Result<(Vec<(NodeId, Request)>, u64), NodeError> {
+        let mut delivered: u64 = 0;
+        let mut needed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut requests = Vec::new();
+        for (i, plan) in routes.into_iter().enumerate() {
+            if plan.route.first() != Some(&self.id()) || plan.route.last() != Some(&terms.seller) {
+                return Err(NodeError::RouteEnds);
+            }
+            let mut seed = entropy.to_vec();
+            seed.extend_from_slice(&(i as u64).to_le_bytes());
+            let request_terms = RequestTerms {
+                request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
+                invoice_id: terms.id,
+                currency: terms.currency.clone(),
+                src_hashed_lock: lock,
+                route: plan.route,
+                fees: plan.fees,
+                dest_payment: plan.dest_payment,
+                total_dest_payment: terms.amount,
+            };
+            let request = Request::sign(&self.identity, request_terms)?;
+            let first_hop = request
+                .terms
+                .route
+                .get(1)
+                .copied()
+                .ok_or(NodeError::RouteEnds)?;
+            if !self.friends.contains_key(&first_hop) {
+                return Err(NodeError::UnknownFriend(first_hop));
+            }
+            let amount = request
+                .terms
+                .hop_amount(0)
+                .ok_or(PaymentError::AmountOverflow)?;
+            let entry = needed.entry(first_hop).or_default();
+            *entry = entry
+                .checked_add(amount)
+                .filter(|a| *a <= MAX_AMOUNT)
+                .ok_or(PaymentError::AmountOverflow)?;
+            delivered = delivered
+                .checked_add(plan.dest_payment)
+                .ok_or(PaymentError::AmountOverflow)?;
+            requests.push((first_hop, request));
+        }
+        self.check_room(&needed, &terms.currency)?;
+        Ok((requests, delivered))
     }
 
     /// Refuse if the first hops lack room for `needed`.

@@ -567,6 +567,57 @@ struct Label {
     hops: u16,
 }
 
+impl Label {
+    fn new(cost: u64, link: u32, stamp: u32, hops: u16) -> Label {
+        Label {
+            cost,
+            link,
+            stamp,
+            done: 0,
+            hops,
+        }
+    }
+}
+
+/// Give the node at `ix` the `label` if it has none of this search or a dearer one, and queue
+/// it; says whether it did.
+fn relax(
+    labels: &mut [Label],
+    heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+    ix: usize,
+    node: u32,
+    label: Label,
+) -> bool {
+    let Some(l) = labels.get_mut(ix) else {
+        return false;
+    };
+    if l.stamp == label.stamp && l.cost <= label.cost {
+        return false;
+    }
+    *l = label;
+    heap.push(Reverse((label.cost, node)));
+    true
+}
+
+/// Settle the cheapest queued node: `None` when the queue is empty, `Some(None)` for a stale
+/// entry, else its cost, node and label.
+fn settle(
+    labels: &mut [Label],
+    heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+    stamp: u32,
+    ix: impl Fn(u32) -> usize,
+) -> Option<Option<(u64, u32, Label)>> {
+    let Reverse((d, node)) = heap.pop()?;
+    let Some(l) = labels.get_mut(ix(node)) else {
+        return Some(None);
+    };
+    if l.done == stamp || d > l.cost {
+        return Some(None);
+    }
+    l.done = stamp;
+    Some(Some((d, node, *l)))
+}
+
 /// Per-thread search memory, reused across queries (a stamp marks which labels are current).
 #[derive(Default)]
 struct Scratch {
@@ -911,17 +962,12 @@ impl Search<'_> {
                 break;
             }
             if sc.heap_f.len() <= sc.heap_b.len() {
-                let Some(Reverse((d, u))) = sc.heap_f.pop() else {
+                let Some(next) = settle(&mut sc.fwd, &mut sc.heap_f, stamp, |n| self.ix(n)) else {
                     break;
                 };
-                let Some(l) = sc.fwd.get_mut(self.ix(u)) else {
+                let Some((d, u, Label { hops, .. })) = next else {
                     continue;
                 };
-                if l.done == stamp || d > l.cost {
-                    continue;
-                }
-                l.done = stamp;
-                let hops = l.hops;
                 if (u != self.from && !self.mediator(u)) || hops >= MAX_HOPS {
                     continue;
                 }
@@ -937,37 +983,21 @@ impl Search<'_> {
                     {
                         return;
                     }
-                    let Some(lv) = sc.fwd.get_mut(self.ix(v)) else {
-                        return;
-                    };
-                    if lv.stamp == stamp && lv.cost <= nd {
-                        return;
+                    let label = Label::new(nd, u, stamp, hops + 1);
+                    if relax(&mut sc.fwd, &mut sc.heap_f, self.ix(v), v, label) {
+                        meets.push(v);
                     }
-                    *lv = Label {
-                        cost: nd,
-                        link: u,
-                        stamp,
-                        done: 0,
-                        hops: hops + 1,
-                    };
-                    sc.heap_f.push(Reverse((nd, v)));
-                    meets.push(v);
                 });
                 for v in meets {
                     self.consider(sc, v, part, used, &mut best, met);
                 }
             } else {
-                let Some(Reverse((d, v))) = sc.heap_b.pop() else {
+                let Some(next) = settle(&mut sc.bwd, &mut sc.heap_b, stamp, |n| self.ix(n)) else {
                     break;
                 };
-                let Some(l) = sc.bwd.get_mut(self.ix(v)) else {
+                let Some((d, v, label)) = next else {
                     continue;
                 };
-                if l.done == stamp || d > l.cost {
-                    continue;
-                }
-                l.done = stamp;
-                let label = *l;
                 if (v != self.to && !self.mediator(v)) || label.hops >= MAX_HOPS {
                     continue;
                 }
@@ -983,21 +1013,10 @@ impl Search<'_> {
                     let nd = d
                         .saturating_add(self.fee(u, part))
                         .saturating_add(self.hop_cost);
-                    let Some(lu) = sc.bwd.get_mut(self.ix(u)) else {
-                        return;
-                    };
-                    if lu.stamp == stamp && lu.cost <= nd {
-                        return;
+                    let next = Label::new(nd, v, stamp, label.hops + 1);
+                    if relax(&mut sc.bwd, &mut sc.heap_b, self.ix(u), u, next) {
+                        meets.push(u);
                     }
-                    *lu = Label {
-                        cost: nd,
-                        link: v,
-                        stamp,
-                        done: 0,
-                        hops: label.hops + 1,
-                    };
-                    sc.heap_b.push(Reverse((nd, u)));
-                    meets.push(u);
                 });
                 for u in meets {
                     self.consider(sc, u, part, used, &mut best, met);
@@ -1055,15 +1074,10 @@ impl Search<'_> {
         };
         sc.heap_b.push(Reverse((0, self.to)));
         let mut settled = 0usize;
-        while let Some(Reverse((d, v))) = sc.heap_b.pop() {
-            let Some(l) = sc.bwd.get_mut(self.ix(v)) else {
+        while let Some(next) = settle(&mut sc.bwd, &mut sc.heap_b, stamp, |n| self.ix(n)) {
+            let Some((d, v, label)) = next else {
                 continue;
             };
-            if l.done == stamp || d > l.cost {
-                continue;
-            }
-            l.done = stamp;
-            let label = *l;
             settled += 1;
             if settled > MAX_SETTLED {
                 return None;
@@ -1093,20 +1107,13 @@ impl Search<'_> {
                 let nd = d
                     .saturating_add(self.fee(u, part))
                     .saturating_add(self.hop_cost);
-                let Some(lu) = labels.get_mut(self.ix(u)) else {
-                    return;
-                };
-                if lu.stamp == stamp && lu.cost <= nd {
-                    return;
-                }
-                *lu = Label {
-                    cost: nd,
-                    link: v,
-                    stamp,
-                    done: 0,
-                    hops: label.hops + 1,
-                };
-                heap.push(Reverse((nd, u)));
+                relax(
+                    labels,
+                    heap,
+                    self.ix(u),
+                    u,
+                    Label::new(nd, v, stamp, label.hops + 1),
+                );
             });
         }
         None
