@@ -29,6 +29,18 @@ struct Person {
 }
 
 impl Person {
+    /// The signed state of the channel with `other`, and its move counter, as this one holds it.
+    fn channel_with(
+        &self,
+        other: &Person,
+    ) -> Option<(offst_core::protocol::channel::ChannelState, u64)> {
+        let o = self.online.as_ref()?;
+        let w = o.w();
+        w.node()
+            .channel(&other.id)
+            .map(|c| (c.state().clone(), c.counter()))
+    }
+
     fn on(&self) -> Result<&Online, String> {
         self.online
             .as_ref()
@@ -418,19 +430,8 @@ async fn demo(root: &Path, json: bool) -> Result<(), String> {
             continue;
         };
         until(&format!("{} and {} agree", x.name, y.name), || {
-            let a = x.on().ok().and_then(|o| {
-                o.w()
-                    .node()
-                    .channel(&y.id)
-                    .map(|c| (c.state().clone(), c.counter()))
-            });
-            let b = y.on().ok().and_then(|o| {
-                o.w()
-                    .node()
-                    .channel(&x.id)
-                    .map(|c| (c.state().clone(), c.counter()))
-            });
-            a.is_some() && a == b
+            let a = x.channel_with(y);
+            a.is_some() && a == y.channel_with(x)
         })
         .await?;
     }

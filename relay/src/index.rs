@@ -5,7 +5,6 @@
 //! minutes, and on reconnecting a peer sends everything it holds, so a restarted relay fills
 //! its index again within one report period without a disk.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,10 +20,9 @@ use tracing::{debug, info, warn};
 /// Most bytes of reports sent to a peer in one frame (a frame holds at most 521 KiB).
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// The index and the newest signed report of each wallet (what peers are sent).
+/// The index, shared with the relay's connections and its peers.
 pub struct IndexService {
     index: RwLock<Index>,
-    latest: RwLock<HashMap<NodeId, SignedReport>>,
     news: broadcast::Sender<SignedReport>,
     peers: Vec<RelayAddress>,
 }
@@ -35,7 +33,6 @@ impl IndexService {
         let (news, _) = broadcast::channel(4096);
         Arc::new(IndexService {
             index: RwLock::new(Index::new()),
-            latest: RwLock::new(HashMap::new()),
             news,
             peers,
         })
@@ -48,28 +45,20 @@ impl IndexService {
 
     /// Take `report` if it verifies and is newer than the one held; peers hear of it.
     pub fn accept(&self, report: SignedReport, now_ms: u64) -> Result<(), ReportError> {
-        {
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            index.apply(&report, now_ms)?;
-        }
-        if let Ok(mut latest) = self.latest.write() {
-            latest.insert(report.report.node, report.clone());
-        }
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&report, now_ms)?;
         let _ = self.news.send(report);
         Ok(())
     }
 
     /// Drop what expired by `now_ms`.
     pub fn expire(&self, now_ms: u64) -> usize {
-        let n = self
-            .index
+        self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .expire(now_ms);
-        if let Ok(mut latest) = self.latest.write() {
-            latest.retain(|_, r| r.report.expires_ms > now_ms);
-        }
-        n
+            .expire(now_ms)
     }
 
     /// Counts, for logs.
@@ -91,10 +80,12 @@ impl IndexService {
     }
 
     fn snapshot(&self) -> Vec<SignedReport> {
-        self.latest
+        self.index
             .read()
-            .map(|l| l.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(|e| e.into_inner())
+            .reports()
+            .cloned()
+            .collect()
     }
 
     /// Keep every peer up to date, for as long as the relay runs.

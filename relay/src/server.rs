@@ -633,12 +633,7 @@ fn queue_envelope(
     if let Err(retry_after_ms) = shared.take_token(sender) {
         return Queued::Refused(Refusal::SenderQuota { retry_after_ms });
     }
-    let queued = match &relay {
-        None => shared.store.enqueue_insert(to, envelope, now_ms()),
-        Some(r) => shared
-            .store
-            .enqueue_forward(r.clone(), to, envelope, now_ms()),
-    };
+    let queued = shared.store.enqueue(relay.clone(), to, envelope, now_ms());
     match queued {
         Ok(p) => Queued::Stored(p, relay),
         Err(e) => {

@@ -171,44 +171,36 @@ impl Store {
         envelope: Vec<u8>,
         now_ms: u64,
     ) -> Result<Result<u64, Refusal>, StoreError> {
-        self.enqueue_insert(recipient, envelope, now_ms)?
+        self.enqueue(None, recipient, envelope, now_ms)?
             .await
             .map_err(|_| StoreError::Closed)?
     }
 
     /// Queue an insert now (so inserts keep the order they were queued in) and get its answer
-    /// later: lets one connection have many envelopes in flight.
-    pub fn enqueue_insert(
+    /// later: lets one connection have many envelopes in flight. With `relay`, the envelope is
+    /// for a user of that relay and waits in the forward queue.
+    pub fn enqueue(
         &self,
+        relay: Option<RelayAddress>,
         recipient: NodeId,
         envelope: Vec<u8>,
         now_ms: u64,
     ) -> Result<Pending, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Insert {
-            recipient,
-            envelope,
-            now_ms,
-            reply,
-        })?;
-        Ok(rx)
-    }
-
-    /// Like [`Store::enqueue_insert`], for an envelope to forward to `relay`.
-    pub fn enqueue_forward(
-        &self,
-        relay: RelayAddress,
-        recipient: NodeId,
-        envelope: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<Pending, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Op::InsertForward {
-            relay,
-            recipient,
-            envelope,
-            now_ms,
-            reply,
+        self.send(match relay {
+            None => Op::Insert {
+                recipient,
+                envelope,
+                now_ms,
+                reply,
+            },
+            Some(relay) => Op::InsertForward {
+                relay,
+                recipient,
+                envelope,
+                now_ms,
+                reply,
+            },
         })?;
         Ok(rx)
     }

@@ -206,12 +206,12 @@ impl Graph {
     }
 }
 
-/// A wallet's report as the index holds it.
+/// A wallet's report as the index holds it: as signed (what peers are sent), and its entries
+/// by slot (what to take back when a newer one comes or it expires).
 struct Held {
-    issued_ms: u64,
-    expires_ms: u64,
-    /// (friend slot, currency slot, send, recv)
-    entries: Vec<(u32, u16, u64, u64)>,
+    signed: SignedReport,
+    /// (friend slot, currency slot)
+    entries: Vec<(u32, u16)>,
 }
 
 /// A route the index offers.
@@ -354,11 +354,11 @@ impl Index {
         let r = &signed.report;
         let w = self.slot(r.node);
         if let Some(Some(old)) = self.held.get(w as usize)
-            && old.issued_ms >= r.issued_ms
+            && old.signed.report.issued_ms >= r.issued_ms
         {
             return Err(ReportError::Stale {
                 issued_ms: r.issued_ms,
-                held_ms: old.issued_ms,
+                held_ms: old.signed.report.issued_ms,
             });
         }
         if self.currency_slots.len() + r.entries.len() > u16::MAX as usize {
@@ -377,7 +377,7 @@ impl Index {
                 g.set(w, f, Side::From, e.send.min(MAX_AMOUNT), &self.rates);
                 g.set(f, w, Side::To, e.recv.min(MAX_AMOUNT), &self.rates);
             }
-            entries.push((f, c, e.send, e.recv));
+            entries.push((f, c));
         }
         if let Some(rate) = self.rates.get_mut(w as usize) {
             *rate = Some(r.rate);
@@ -387,8 +387,7 @@ impl Index {
         }
         if let Some(h) = self.held.get_mut(w as usize) {
             *h = Some(Held {
-                issued_ms: r.issued_ms,
-                expires_ms: r.expires_ms,
+                signed: signed.clone(),
                 entries,
             });
         }
@@ -403,7 +402,7 @@ impl Index {
         if let Some(rate) = self.rates.get_mut(w as usize) {
             *rate = None;
         }
-        for (f, c, _, _) in old.entries {
+        for (f, c) in old.entries {
             if let Some(g) = self.graphs.get_mut(c as usize) {
                 g.set(w, f, Side::From, NONE, &self.rates);
                 g.set(f, w, Side::To, NONE, &self.rates);
@@ -421,7 +420,7 @@ impl Index {
             .iter()
             .enumerate()
             .filter_map(|(i, h)| match h {
-                Some(h) if h.expires_ms <= now_ms => Some(i as u32),
+                Some(h) if h.signed.report.expires_ms <= now_ms => Some(i as u32),
                 _ => None,
             })
             .collect();
@@ -434,7 +433,15 @@ impl Index {
     /// When the report held for `node` was issued.
     pub fn issued_ms(&self, node: &NodeId) -> Option<u64> {
         let s = *self.slots.get(node)?;
-        self.held.get(s as usize)?.as_ref().map(|h| h.issued_ms)
+        self.held
+            .get(s as usize)?
+            .as_ref()
+            .map(|h| h.signed.report.issued_ms)
+    }
+
+    /// Every report in force, as signed (for a peer index).
+    pub fn reports(&self) -> impl Iterator<Item = &SignedReport> {
+        self.held.iter().flatten().map(|h| &h.signed)
     }
 
     /// Counts, for logs.
@@ -926,20 +933,8 @@ impl Search<'_> {
         sc.begin(self.index.ids.len() + 1);
         let stamp = sc.stamp;
         let (fi, ti) = (self.ix(self.from), self.ix(self.to));
-        *sc.fwd.get_mut(fi)? = Label {
-            cost: 0,
-            link: self.from,
-            stamp,
-            done: 0,
-            hops: 0,
-        };
-        *sc.bwd.get_mut(ti)? = Label {
-            cost: 0,
-            link: self.to,
-            stamp,
-            done: 0,
-            hops: 0,
-        };
+        *sc.fwd.get_mut(fi)? = Label::new(0, self.from, stamp, 0);
+        *sc.bwd.get_mut(ti)? = Label::new(0, self.to, stamp, 0);
         sc.heap_f.push(Reverse((0, self.from)));
         sc.heap_b.push(Reverse((0, self.to)));
         let mut best: Option<(u64, u32)> = None;
@@ -998,26 +993,8 @@ impl Search<'_> {
                 let Some((d, v, label)) = next else {
                     continue;
                 };
-                if (v != self.to && !self.mediator(v)) || label.hops >= MAX_HOPS {
-                    continue;
-                }
-                let need = part.saturating_add(self.fees_from(&label));
                 let mut meets = Vec::new();
-                self.ins(v, |u, cap, reports| {
-                    if self.rest(u, v, cap, used) < need
-                        || !self.may_lead(u, reports)
-                        || !self.not_avoided(u, v)
-                    {
-                        return;
-                    }
-                    let nd = d
-                        .saturating_add(self.fee(u, part))
-                        .saturating_add(self.hop_cost);
-                    let next = Label::new(nd, v, stamp, label.hops + 1);
-                    if relax(&mut sc.bwd, &mut sc.heap_b, self.ix(u), u, next) {
-                        meets.push(u);
-                    }
-                });
+                self.step_back(sc, (d, v, label), part, used, |u| meets.push(u));
                 for u in meets {
                     self.consider(sc, u, part, used, &mut best, met);
                 }
@@ -1065,13 +1042,7 @@ impl Search<'_> {
     fn exact_path(&self, sc: &mut Scratch, part: u64, used: &Used) -> Option<Vec<u32>> {
         sc.begin(self.index.ids.len() + 1);
         let stamp = sc.stamp;
-        *sc.bwd.get_mut(self.ix(self.to))? = Label {
-            cost: 0,
-            link: self.to,
-            stamp,
-            done: 0,
-            hops: 0,
-        };
+        *sc.bwd.get_mut(self.ix(self.to))? = Label::new(0, self.to, stamp, 0);
         sc.heap_b.push(Reverse((0, self.to)));
         let mut settled = 0usize;
         while let Some(next) = settle(&mut sc.bwd, &mut sc.heap_b, stamp, |n| self.ix(n)) {
@@ -1091,32 +1062,42 @@ impl Search<'_> {
                 }
                 return Some(path);
             }
-            if (v != self.to && !self.mediator(v)) || label.hops >= MAX_HOPS {
-                continue;
-            }
-            let need = part.saturating_add(self.fees_from(&label));
-            let heap = &mut sc.heap_b;
-            let labels = &mut sc.bwd;
-            self.ins(v, |u, cap, reports| {
-                if self.rest(u, v, cap, used) < need
-                    || !self.may_lead(u, reports)
-                    || !self.not_avoided(u, v)
-                {
-                    return;
-                }
-                let nd = d
-                    .saturating_add(self.fee(u, part))
-                    .saturating_add(self.hop_cost);
-                relax(
-                    labels,
-                    heap,
-                    self.ix(u),
-                    u,
-                    Label::new(nd, v, stamp, label.hops + 1),
-                );
-            });
+            self.step_back(sc, (d, v, label), part, used, |_| {});
         }
         None
+    }
+
+    /// From the settled node `v` (cost `d`, `label`), label each node that may come before it
+    /// on a route and whose hop to `v` carries `part` with the fees after it; `labelled` hears
+    /// of each node that got a better label.
+    fn step_back(
+        &self,
+        sc: &mut Scratch,
+        (d, v, label): (u64, u32, Label),
+        part: u64,
+        used: &Used,
+        mut labelled: impl FnMut(u32),
+    ) {
+        if (v != self.to && !self.mediator(v)) || label.hops >= MAX_HOPS {
+            return;
+        }
+        let need = part.saturating_add(self.fees_from(&label));
+        let stamp = sc.stamp;
+        self.ins(v, |u, cap, reports| {
+            if self.rest(u, v, cap, used) < need
+                || !self.may_lead(u, reports)
+                || !self.not_avoided(u, v)
+            {
+                return;
+            }
+            let nd = d
+                .saturating_add(self.fee(u, part))
+                .saturating_add(self.hop_cost);
+            let next = Label::new(nd, v, stamp, label.hops + 1);
+            if relax(&mut sc.bwd, &mut sc.heap_b, self.ix(u), u, next) {
+                labelled(u);
+            }
+        });
     }
 
     /// Mediator fees on `path` for delivering `dest`.
