@@ -150,7 +150,11 @@ fn main() {
         let r = index.find_routes(&q);
         times.push(t.elapsed().as_secs_f64() * 1e3);
         if std::env::var("DBG").is_ok() {
-            eprintln!("query {amount}: {:.1} ms", times.last().unwrap());
+            eprintln!(
+                "query {amount}: {:.1} ms {:?}",
+                times.last().unwrap(),
+                r.as_ref().map(|s| s.routes.len())
+            );
         }
         match r {
             Ok(set) => {
