@@ -250,22 +250,7 @@ fn currency(name: &str) -> Result<Currency, String> {
 
 /// Parse `KEY@HOST:PORT`.
 fn relay_address(text: &str) -> Result<RelayAddress, String> {
-    let (key, addr) = text
-        .split_once('@')
-        .ok_or_else(|| format!("{text:?}: expected the relay as KEY@HOST:PORT"))?;
-    let key: NodeId = key
-        .parse()
-        .map_err(|e| format!("{text:?}: bad relay key: {e}"))?;
-    if addr
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(format!("{text:?}: expected the relay as KEY@HOST:PORT"));
-    }
-    Ok(RelayAddress {
-        addr: addr.to_string(),
-        key,
-    })
+    text.parse()
 }
 
 /// A friend by name, by key, or by the start of a key (at least 4 characters).

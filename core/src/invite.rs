@@ -178,10 +178,6 @@ impl Invitation {
         Ok(inv)
     }
 
-    fn qr(&self) -> Result<qrcode::QrCode, InviteError> {
-        qr_code(&self.to_uri())
-    }
-
     /// The QR code as an SVG document.
     pub fn qr_svg(&self) -> Result<String, InviteError> {
         qr_svg(&self.to_uri())
@@ -194,42 +190,7 @@ impl Invitation {
 
     /// The QR code as a PNG image, `scale` pixels per module, with the standard quiet zone.
     pub fn qr_png(&self, scale: u32) -> Result<Vec<u8>, InviteError> {
-        let code = self.qr()?;
-        let modules = code.width() as u32;
-        let quiet = 4u32;
-        let scale = scale.clamp(1, 32);
-        let side = (modules + 2 * quiet) * scale;
-        let colors = code.to_colors();
-        let mut pixels = vec![255u8; (side * side) as usize];
-        for y in 0..modules {
-            for x in 0..modules {
-                let dark = colors
-                    .get((y * modules + x) as usize)
-                    .is_some_and(|c| *c == qrcode::Color::Dark);
-                if !dark {
-                    continue;
-                }
-                for dy in 0..scale {
-                    let row = ((quiet + y) * scale + dy) * side;
-                    let start = (row + (quiet + x) * scale) as usize;
-                    if let Some(px) = pixels.get_mut(start..start + scale as usize) {
-                        px.fill(0);
-                    }
-                }
-            }
-        }
-        let mut out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut out, side, side);
-            enc.set_color(png::ColorType::Grayscale);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc
-                .write_header()
-                .map_err(|e| InviteError::Qr(e.to_string()))?;
-            w.write_image_data(&pixels)
-                .map_err(|e| InviteError::Qr(e.to_string()))?;
-        }
-        Ok(out)
+        qr_png(&self.to_uri(), scale)
     }
 }
 
@@ -290,6 +251,46 @@ fn qr_code(uri: &str) -> Result<qrcode::QrCode, InviteError> {
     // Upper-case base32 fits QR's alphanumeric mode (the scheme too).
     qrcode::QrCode::with_error_correction_level(uri.to_ascii_uppercase(), qrcode::EcLevel::M)
         .map_err(|e| InviteError::Qr(e.to_string()))
+}
+
+/// A QR code as a grey-scale PNG, `scale` (1 to 32) pixels per module, with the quiet zone.
+fn qr_png(uri: &str, scale: u32) -> Result<Vec<u8>, InviteError> {
+    let code = qr_code(uri)?;
+    let modules = code.width() as u32;
+    let quiet = 4u32;
+    let scale = scale.clamp(1, 32);
+    let side = (modules + 2 * quiet) * scale;
+    let colors = code.to_colors();
+    let mut pixels = vec![255u8; (side * side) as usize];
+    for y in 0..modules {
+        for x in 0..modules {
+            let dark = colors
+                .get((y * modules + x) as usize)
+                .is_some_and(|c| *c == qrcode::Color::Dark);
+            if !dark {
+                continue;
+            }
+            for dy in 0..scale {
+                let row = ((quiet + y) * scale + dy) * side;
+                let start = (row + (quiet + x) * scale) as usize;
+                if let Some(px) = pixels.get_mut(start..start + scale as usize) {
+                    px.fill(0);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc
+            .write_header()
+            .map_err(|e| InviteError::Qr(e.to_string()))?;
+        w.write_image_data(&pixels)
+            .map_err(|e| InviteError::Qr(e.to_string()))?;
+    }
+    Ok(out)
 }
 
 fn qr_svg(uri: &str) -> Result<String, InviteError> {
@@ -391,6 +392,11 @@ impl PaymentRequest {
     /// The QR code as text for a terminal.
     pub fn qr_terminal(&self) -> Result<String, InviteError> {
         qr_terminal(&self.to_uri())
+    }
+
+    /// The QR code as a PNG image, `scale` pixels per module, with the standard quiet zone.
+    pub fn qr_png(&self, scale: u32) -> Result<Vec<u8>, InviteError> {
+        qr_png(&self.to_uri(), scale)
     }
 }
 

@@ -363,6 +363,47 @@ fn avoided_hops_first_hops_privacy_and_expiry() {
     ));
 }
 
+/// Regression (found by the Kotlin bindings suite): a buyer paying a friend right after the
+/// limits were set, before any report names the currency, got "no route". The friend is
+/// reached over the buyer's own channel, with or without the index.
+#[test]
+fn a_friend_is_paid_directly_before_the_index_knows_the_currency() {
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, rate(0, 0));
+    let s = net.add_node(2, rate(0, 0));
+    net.befriend(a, s, &eur(), 100).unwrap();
+    // The index holds reports in another currency only: both wallets have slots.
+    let usd = Currency::new("USD").unwrap();
+    let mut other = LocalNet::new();
+    let a2 = other.add_node(1, rate(0, 0));
+    let s2 = other.add_node(2, rate(0, 0));
+    other.befriend(a2, s2, &usd, 100).unwrap();
+    let index = index_of(&other);
+    let mut q = query(a, s, 30, 4);
+    q.first_hops = Some(vec![(s, 100)]);
+    let set = index.find_routes(&q).unwrap();
+    assert_eq!(set.routes.len(), 1);
+    assert_eq!(set.routes[0].route, vec![a, s]);
+    assert_eq!(set.total_fee, 0);
+    // Without asking the index at all.
+    let direct = q.direct().unwrap();
+    assert_eq!(direct.routes[0].route, vec![a, s]);
+    assert_eq!(direct.routes[0].dest_payment, 30);
+    assert_eq!(direct.total_fee, 0);
+    check_set(&net, &q, &direct);
+    // Not when the channel is short, or was refused before, or the seller is no friend.
+    q.amount = 101;
+    assert!(q.direct().is_none());
+    q.amount = 30;
+    q.avoid = vec![(a, s)];
+    assert!(q.direct().is_none());
+    q.avoid.clear();
+    q.first_hops = Some(vec![]);
+    assert!(q.direct().is_none());
+    q.first_hops = None;
+    assert!(q.direct().is_none());
+}
+
 /// Every simple path from `a` to `b` (small graphs only).
 fn simple_paths(adj: &BTreeMap<NodeId, Vec<NodeId>>, a: NodeId, b: NodeId) -> Vec<Vec<NodeId>> {
     fn walk(

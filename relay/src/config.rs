@@ -97,24 +97,8 @@ impl Config {
         self.index_peers
             .iter()
             .map(|p| {
-                let (key, addr) = p.split_once('@').ok_or_else(|| {
-                    ConfigError::Invalid(format!("index peer {p:?}: expected KEY@HOST:PORT"))
-                })?;
-                let key = key.parse().map_err(|e| {
-                    ConfigError::Invalid(format!("index peer {p:?}: bad relay key: {e}"))
-                })?;
-                if addr
-                    .rsplit_once(':')
-                    .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-                {
-                    return Err(ConfigError::Invalid(format!(
-                        "index peer {p:?}: expected KEY@HOST:PORT"
-                    )));
-                }
-                Ok(RelayAddress {
-                    addr: addr.to_string(),
-                    key,
-                })
+                p.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("index peer: {e}")))
             })
             .collect()
     }

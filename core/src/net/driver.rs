@@ -33,6 +33,36 @@ pub enum DriverStatus {
     Stopped,
 }
 
+/// Why a wait on the driver ended without what was waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The wallet has no relay.
+    #[error("this wallet has no relay yet; choose one (a relay's KEY@HOST:PORT) first")]
+    NoRelay,
+    /// The driver was stopped.
+    #[error("the wallet is offline (its network driver was stopped)")]
+    Stopped,
+    /// No connection within the time.
+    #[error("could not reach the relay within {secs} s{}", if last_error.is_empty() { String::new() } else { format!(" ({last_error})") })]
+    Unreachable {
+        /// The limit.
+        secs: u64,
+        /// Why the last try failed.
+        last_error: String,
+    },
+    /// Connected, but mail still waiting when time ran out.
+    #[error("not in sync with the relay within {secs} s ({outbox} messages still to send)")]
+    NotSynced {
+        /// The limit.
+        secs: u64,
+        /// Messages still queued.
+        outbox: u64,
+    },
+    /// The wallet failed.
+    #[error(transparent)]
+    Wallet(WalletError),
+}
+
 /// A running driver. Dropping it does not stop it; call [`Driver::stop`].
 pub struct Driver {
     stop: watch::Sender<bool>,
@@ -56,7 +86,12 @@ impl Driver {
     /// Start driving `wallet` over `endpoint`.
     pub fn spawn(wallet: Arc<Mutex<Wallet>>, endpoint: quinn::Endpoint) -> Driver {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (status_tx, status_rx) = watch::channel(DriverStatus::NoRelay);
+        // Starting: "no relay" is said only once the wallet was asked.
+        let (status_tx, status_rx) = watch::channel(DriverStatus::Connecting {
+            attempt: 0,
+            retry_in_ms: 0,
+            last_error: String::new(),
+        });
         let (queries_tx, queries_rx) = tokio::sync::mpsc::channel(16);
         let (drained_tx, drained_rx) = watch::channel(0u64);
         let links = Links {
@@ -73,11 +108,16 @@ impl Driver {
         }
     }
 
-    /// Ask the relay's index for routes, over the wallet's own connection (waiting for one).
+    /// Routes for `query`: straight to the seller when it is a friend who can take the whole
+    /// amount ([`crate::routing::RouteQuery::direct`]), else from the relay's index over the
+    /// wallet's own connection (waiting for one).
     pub async fn find_routes(
         &self,
         query: crate::routing::RouteQuery,
     ) -> Result<crate::routing::RouteSet, ClientError> {
+        if let Some(direct) = query.direct() {
+            return Ok(direct);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || ClientError::Closed("the driver stopped".into());
         self.queries.send((query, tx)).await.map_err(|_| gone())?;
@@ -98,6 +138,75 @@ impl Driver {
     /// Changes of status, to show progress.
     pub fn watch_status(&self) -> watch::Receiver<DriverStatus> {
         self.status.clone()
+    }
+
+    /// Wait until connected, at most `limit`; `retrying` hears each new reason a try failed.
+    pub async fn connected(
+        &self,
+        limit: Duration,
+        mut retrying: impl FnMut(&str),
+    ) -> Result<(), WaitError> {
+        let start = tokio::time::Instant::now();
+        let mut status = self.status.clone();
+        let mut said = String::new();
+        loop {
+            let now = status.borrow_and_update().clone();
+            match now {
+                DriverStatus::Connected => return Ok(()),
+                DriverStatus::NoRelay => return Err(WaitError::NoRelay),
+                DriverStatus::Stopped => return Err(WaitError::Stopped),
+                DriverStatus::Connecting { last_error, .. } if last_error != said => {
+                    retrying(&last_error);
+                    said = last_error;
+                }
+                DriverStatus::Connecting { .. } => {}
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(WaitError::Unreachable {
+                    secs: limit.as_secs(),
+                    last_error: said,
+                });
+            }
+            let _ = tokio::time::timeout(left, status.changed()).await;
+        }
+    }
+
+    /// Wait until everything queued was handed to the relay and the mailbox was read to the
+    /// end at least once since the driver started, at most `limit`.
+    pub async fn synced(
+        &self,
+        wallet: &Mutex<Wallet>,
+        limit: Duration,
+        retrying: impl FnMut(&str),
+    ) -> Result<(), WaitError> {
+        let start = tokio::time::Instant::now();
+        self.connected(limit, retrying).await?;
+        let mut drained = self.drained.clone();
+        let changes = lock(wallet).watch_changes();
+        let mut changes = changes;
+        loop {
+            let outbox = lock(wallet).outbox_len().map_err(WaitError::Wallet)?;
+            let caught_up = *drained.borrow_and_update() > 0;
+            if outbox == 0 && caught_up {
+                return Ok(());
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(WaitError::NotSynced {
+                    secs: limit.as_secs(),
+                    outbox,
+                });
+            }
+            // Sent mail leaves the outbox in a step; the mailbox's end moves `drained`; a short
+            // nap covers anything else.
+            let nap = left.min(Duration::from_millis(50));
+            tokio::select! {
+                _ = drained.changed() => {}
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
     }
 
     /// Stop after the current step (nothing half-done: every step is durable).

@@ -24,6 +24,39 @@ pub struct RelayAddress {
     pub key: NodeId,
 }
 
+impl std::fmt::Display for RelayAddress {
+    /// `KEY@HOST:PORT`, the form operators give out and [`str::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.key, self.addr)
+    }
+}
+
+impl std::str::FromStr for RelayAddress {
+    type Err = String;
+
+    /// Read `KEY@HOST:PORT` (a relay's key and where it listens). The error says what is wrong
+    /// in words a person can act on.
+    fn from_str(text: &str) -> Result<RelayAddress, String> {
+        let text = text.trim();
+        let (key, addr) = text
+            .split_once('@')
+            .ok_or_else(|| format!("{text:?}: expected the relay as KEY@HOST:PORT"))?;
+        let key: NodeId = key
+            .parse()
+            .map_err(|e| format!("{text:?}: bad relay key: {e}"))?;
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("{text:?}: expected the relay as KEY@HOST:PORT"));
+        }
+        Ok(RelayAddress {
+            addr: addr.to_string(),
+            key,
+        })
+    }
+}
+
 /// A wallet to its relay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToRelay {

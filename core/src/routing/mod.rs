@@ -271,6 +271,34 @@ pub struct RouteQuery {
     pub first_hops: Option<Vec<(NodeId, u64)>>,
 }
 
+impl RouteQuery {
+    /// The route straight to the seller when the seller is the buyer's friend and that channel
+    /// carries the whole amount (and was not refused before): no fee and one hop, so no other
+    /// set of routes is cheaper, and no index is needed to find it.
+    pub fn direct(&self) -> Option<RouteSet> {
+        let cap = self
+            .first_hops
+            .as_ref()?
+            .iter()
+            .find(|(f, _)| *f == self.to)?
+            .1;
+        if cap < self.amount || self.avoid.contains(&(self.from, self.to)) || self.amount == 0 {
+            return None;
+        }
+        Some(RouteSet {
+            routes: vec![RouteQuote {
+                route: vec![self.from, self.to],
+                fees: Vec::new(),
+                dest_payment: self.amount,
+                capacity: cap,
+                total_fee: 0,
+            }],
+            amount: self.amount,
+            total_fee: 0,
+        })
+    }
+}
+
 /// Why no routes were found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RouteError {
@@ -483,13 +511,13 @@ impl Index {
             reachable,
             max_routes: q.max_routes,
         };
-        let Some(graph) = self
+        // No report names the currency yet: the buyer's own first hops may still reach.
+        let empty = Graph::default();
+        let graph = self
             .currency_slots
             .get(&q.currency)
             .and_then(|c| self.graphs.get(*c as usize))
-        else {
-            return Err(no_route(0));
-        };
+            .unwrap_or(&empty);
         let first_hops: Option<FastMap<u32, u64>> = q.first_hops.as_ref().map(|hops| {
             hops.iter()
                 .filter_map(|(f, cap)| Some((*self.slots.get(f)?, (*cap).min(MAX_AMOUNT))))

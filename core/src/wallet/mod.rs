@@ -335,6 +335,8 @@ pub struct Wallet {
     broken: Option<String>,
     /// Signalled after every committed step, so a network driver sends new mail at once.
     outbox_signal: Arc<tokio::sync::Notify>,
+    /// Counts committed steps, so an app waiting for events (or any change) wakes at once.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     _lock: File,
 }
 
@@ -509,6 +511,7 @@ impl Wallet {
             last_settings: changes.settings,
             broken: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
         })
     }
@@ -554,6 +557,7 @@ impl Wallet {
             last_settings: parts.settings,
             broken: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
         };
         if store::get_meta(&wallet.conn, "restore_pending")?.is_some() {
@@ -596,6 +600,12 @@ impl Wallet {
     /// Notified after each committed step (new mail may be in the outbox).
     pub fn outbox_signal(&self) -> Arc<tokio::sync::Notify> {
         self.outbox_signal.clone()
+    }
+
+    /// Changes each time a step is committed (a new event, a new balance, ...): wait on it
+    /// instead of polling, then read what is new.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The clock's time now.
@@ -662,6 +672,7 @@ impl Wallet {
             Ok(()) => {
                 self.last_settings = changes.settings;
                 self.outbox_signal.notify_one();
+                self.changes.send_modify(|n| *n = n.wrapping_add(1));
                 Ok(value)
             }
             Err(e) => {
