@@ -36,10 +36,6 @@ bash "$D/setup-swift.sh"
 bash "$D/test-swift.sh"
 
 step "the library for phones (cargo check)"
-for target in aarch64-linux-android aarch64-apple-ios; do
-  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-  cargo check --locked -q -p offst-ffi --target "$target"
-  echo "offst-ffi checks for $target"
-done
+bash "$D/check-phones.sh"
 
 took "bindings, all" "$T0"

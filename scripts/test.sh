@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test Offst has, in the order a failure is cheapest to find. The README's test command;
-# CI (.ci/run) runs exactly this. Needs only the Rust toolchain (cargo, rustfmt, clippy).
+# CI (.ci/run) runs exactly this. Needs the Rust toolchain (cargo, rustfmt, clippy), a JDK, npm,
+# and root (apt-get, debootstrap) for the bindings' toolchains, which it installs when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,16 @@ echo "$demo"
 echo "$demo" | grep -q '"payments_completed":4' || { echo "the demo did not complete its 4 payments" >&2; exit 1; }
 echo "$demo" | grep -q '"sum":0' || { echo "the demo's balances do not sum to zero" >&2; exit 1; }
 
+step "bindings: Kotlin (JVM) and Swift (XCTest) suites against a real relay; phone targets"
+# Sets up kotlinc, JNA, a Debian 13 chroot with Swift and the phone targets when missing (kept
+# in $OFFST_TOOLS, default /var/cache/offst-tools); see docs/mobile.md.
+blog=$(mktemp)
+trap 'rm -f "$log" "$blog"' EXIT
+bash scripts/test-bindings.sh 2>&1 | tee "$blog"
+kotlin=$(grep -Eo '^[0-9]+ passed, [0-9]+ failed' "$blog" | tail -n 1)
+swift=$(grep -Eo 'Executed [0-9]+ tests?, with [0-9]+ failures?' "$blog" | tail -n 1)
+[ -n "$kotlin" ] && [ -n "$swift" ] || { echo "a bindings suite did not report" >&2; exit 1; }
+
 step "seed story through the protocol alone"
 cargo run --release --locked -q -p offst-core --example simulate -- --story seed
 
@@ -50,4 +61,4 @@ step "crash storm: 30 SIGKILLs of a process running three wallets, seed 11"
 # Exits non-zero if anything was lost; prints one JSON object as its last line.
 cargo run --release --locked -q -p offst-tests --bin crash-storm -- --kills 30 --seed 11 --json | tail -n 1
 
-printf '\nall checks passed\n%s passed, %s failed\n' "$passed" "$failed"
+printf '\nall checks passed\nKotlin: %s\nSwift: %s\n%s passed, %s failed\n' "$kotlin" "$swift" "$passed" "$failed"

@@ -245,6 +245,7 @@ fun main() {
     }
 
     runBlocking { alice.shutdown() }
+    viewModelChecks(relay, root)
     println("$passed passed, $failed failed")
     if (failed > 0) kotlin.system.exitProcess(1)
 }
