@@ -812,8 +812,14 @@ impl Wallet {
             .parse()
             .map_err(|e| FriendError::BadId(format!("{id:?} is not a key: {e}")))?;
         let mut w = self.lock();
-        w.accept_friend_request(from, &name)
-            .map_err(|e| FriendError::UnknownFriend(e.to_string()))?;
+        w.accept_friend_request(from, &name).map_err(|e| match e {
+            core_wallet::WalletError::Refused(NodeError::UnknownFriend(_)) => {
+                FriendError::UnknownFriend(format!(
+                    "no friend request from {from}: they ask by accepting your invitation"
+                ))
+            }
+            e => FriendError::from(e),
+        })?;
         Ok(Self::friend_record(&w, from)?)
     }
 
@@ -840,10 +846,7 @@ impl Wallet {
     pub fn set_limit(&self, id: String, currency: String, amount: u64) -> Result<(), FriendError> {
         let f = self.friend_of(&id)?;
         let c = self::currency(&currency).map_err(FriendError::Refused)?;
-        self.lock().set_limit(f, c, amount).map_err(|e| match e {
-            core_wallet::WalletError::Refused(n) => FriendError::Refused(n.to_string()),
-            e => FriendError::from(WalletError::from(e)),
-        })
+        Ok(self.lock().set_limit(f, c, amount)?)
     }
 
     /// The total per currency over all friends.

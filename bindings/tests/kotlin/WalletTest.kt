@@ -203,6 +203,8 @@ fun main() {
         assertTrue(e.message!!.contains("not your friend"), e.message)
         assertFailsWith<FriendException.BadId> { alice.setLimit("carol", "EUR", 10UL) }
         assertFailsWith<FriendException.UnknownFriend> { alice.friend(stranger, 5U) }
+        val none = assertFailsWith<FriendException.UnknownFriend> { alice.acceptFriendRequest(stranger, "Alice") }
+        assertTrue(none.message!!.contains("no friend request"), none.message)
     }
 
     check("an amount over capacity") {
