@@ -16,5 +16,5 @@ fi
 "$KOTLIN_HOME/bin/kotlinc" -J-Xmx2g -nowarn -cp "$CP" "${sources[@]}" -d "$BUILD/kotlin/classes"
 took kotlinc "$t"
 t=$(ts)
-java -Djna.library.path="$LIBDIR" -cp "$BUILD/kotlin/classes:$CP:$L/kotlin-stdlib.jar" WalletTestKt
+timeout 600 java -Djna.library.path="$LIBDIR" -cp "$BUILD/kotlin/classes:$CP:$L/kotlin-stdlib.jar" WalletTestKt
 took "kotlin tests" "$t"

@@ -26,7 +26,7 @@ unshare --mount --propagation private -- bash -ec "
     L=/src/target/debug
     swift build --build-tests -Xlinker -L\$L 2>&1 | grep -v \"^\\[\" || true
     test -d .build/debug || { echo \"swift build failed\" >&2; exit 1; }
-    LD_LIBRARY_PATH=\$L swift test --skip-build --disable-swift-testing
+    LD_LIBRARY_PATH=\$L timeout 600 swift test --skip-build --disable-swift-testing
   '
 "
 took "swift build and test" "$t"

@@ -52,40 +52,60 @@ func until(_ ws: [OffstWallet], _ what: String, _ cond: () async throws -> Bool)
     XCTFail("not within 60 rounds: \(what)")
 }
 
+/// Two wallets on the relay, friends, each letting the other owe it `limit` EUR.
+func friends(limit: UInt64 = 100) async throws -> (OffstWallet, OffstWallet) {
+    let relay = try relayAddress()
+    let alice = try await OffstWallet.create(dir: tempDir("alice"), relay: relay, keys: TestKeyStore("alice"))
+    let bob = try await OffstWallet.create(dir: tempDir("bob"), relay: relay, keys: TestKeyStore("bob"))
+    let inv = try await alice.invite(name: "Alice")
+    _ = try await bob.accept(invitation: inv.text, name: "Bob")
+    try await until([bob, alice], "Bob's request reaches Alice") {
+        try await alice.friendRequests().contains { $0.id == bob.id }
+    }
+    _ = try await alice.acceptFriendRequest(bob.id, name: "Alice")
+    try await alice.setLimit(friend: bob.id, currency: "EUR", amount: limit)
+    try await bob.setLimit(friend: alice.id, currency: "EUR", amount: limit)
+    try await until([alice, bob], "limits agreed") {
+        let line = try await bob.friends().first?.lines.first
+        return line?.weMayOwe == limit && line?.theyMayOwe == limit
+    }
+    return (alice, bob)
+}
+
 final class WalletStoryTests: XCTestCase {
-    func testStory() async throws {
+    /// Onboarding, the invitation and its acceptance, through the view models; logs reach the
+    /// foreign Logger.
+    func testOnboardingInvitationAndAcceptance() async throws {
         let relay = try relayAddress()
         let logs = Lines()
         setLogger(logger: logs, level: .info)
-        let aliceKeys = TestKeyStore("alice's keychain")
-        let bobKeys = passphraseKeyStore(passphrase: "bob's passphrase")
-
-        // Onboarding: no relay is refused with a sentence; then both wallets are made.
-        let onboarding = OnboardingViewModel(dir: tempDir("alice"), keys: aliceKeys)
+        let onboarding = OnboardingViewModel(dir: tempDir("alice"), keys: TestKeyStore("alice's keychain"))
         await onboarding.create()
         XCTAssertNil(onboarding.wallet)
         XCTAssertTrue(onboarding.error?.contains("relay") ?? false)
         onboarding.relay = relay
         await onboarding.create()
         let alice = try XCTUnwrap(onboarding.wallet, onboarding.error ?? "")
-        let bob = try await OffstWallet.create(dir: tempDir("bob"), relay: relay, keys: bobKeys)
+        let bob = try await OffstWallet.create(dir: tempDir("bob"), relay: relay,
+                                               keys: passphraseKeyStore(passphrase: "bob's passphrase"))
         try await alice.sync()
         let connection = await alice.connection()
         XCTAssertEqual(connection, .connected)
         XCTAssertTrue(logs.lines.contains { $0.contains("connected to the relay") })
 
-        // Add a friend: Alice shows her code, Bob scans it, Alice accepts his request.
         let aliceAdd = AddFriendViewModel(wallet: alice)
         aliceAdd.myName = "Alice"
         await aliceAdd.showMyCode()
         let inv = try XCTUnwrap(aliceAdd.invitation)
         XCTAssertTrue(inv.text.hasPrefix("OFFSTI1"))
+        XCTAssertEqual(inv.uri, "offst:" + inv.text)
         XCTAssertTrue(inv.qrSvg.contains("<svg"))
         XCTAssertEqual(Array(inv.qrPng.prefix(4)), [0x89, 0x50, 0x4E, 0x47])
         let bobAdd = AddFriendViewModel(wallet: bob)
         bobAdd.myName = "Bob"
         await bobAdd.scanned(inv.uri)
         XCTAssertEqual(bobAdd.added?.id, alice.id, bobAdd.error ?? "")
+        XCTAssertEqual(bobAdd.added?.name, "Alice")
         try await until([bob, alice], "Bob's request reaches Alice") {
             await aliceAdd.refreshRequests()
             return aliceAdd.requests.contains { $0.id == bob.id }
@@ -94,20 +114,36 @@ final class WalletStoryTests: XCTestCase {
         XCTAssertEqual(request.name, "Bob")
         await aliceAdd.accept(request: request)
         XCTAssertEqual(aliceAdd.added?.id, bob.id, aliceAdd.error ?? "")
+        let home = HomeViewModel(wallet: alice)
+        await home.refresh()
+        XCTAssertEqual(home.friends.map(\.id), [bob.id])
+        await alice.shutdown()
+        await bob.shutdown()
+    }
 
-        // Limits both ways, from the friend screen.
+    /// Limits both ways from the friend screen; bad input gets a sentence.
+    func testLimits() async throws {
+        let (alice, bob) = try await friends(limit: 10)
         let aliceOnBob = FriendDetailViewModel(wallet: alice, friendId: bob.id)
-        await aliceOnBob.setLimit("100", currency: "EUR")
-        XCTAssertNil(aliceOnBob.error)
         await aliceOnBob.setLimit("lots", currency: "EUR")
         XCTAssertEqual(aliceOnBob.error, "lots is not a whole amount")
-        try await bob.setLimit(friend: alice.id, currency: "EUR", amount: 50)
-        try await until([alice, bob], "limits agreed") {
-            let line = try await bob.friends().first?.lines.first
-            return line?.weMayOwe == 100 && line?.theyMayOwe == 50
+        await aliceOnBob.setLimit("100", currency: "EUR")
+        XCTAssertNil(aliceOnBob.error)
+        // A change of limit is a signed move: it shows once the channel has taken it.
+        try await until([alice, bob], "both see the new limit") {
+            await aliceOnBob.load()
+            let bobSees = try await bob.friends().first?.lines.first?.weMayOwe
+            return bobSees == 100 && aliceOnBob.detail?.friend.lines.first?.theyMayOwe == 100
         }
+        XCTAssertTrue(aliceOnBob.detail?.history.contains { $0.kind == .limitSet } ?? false)
+        await alice.shutdown()
+        await bob.shutdown()
+    }
 
-        // Alice asks for 30; Bob scans, sees the fee, confirms, gets the receipt; Alice hears.
+    /// Invoice, quote, pay with progress, the payer's receipt, the payee's event; then home
+    /// and history show it.
+    func testInvoicePayReceiptAndEvent() async throws {
+        let (alice, bob) = try await friends()
         let events = alice.events()
         let requestVM = RequestViewModel(wallet: alice)
         await requestVM.create(amount: "0", currency: "EUR", memo: "coffee")
@@ -134,40 +170,45 @@ final class WalletStoryTests: XCTestCase {
         }
         XCTAssertTrue(heard)
 
-        // Home and history.
         let home = HomeViewModel(wallet: bob)
         try await until([alice, bob], "balances settle") {
             await home.refresh()
             return home.balances == [Balance(currency: "EUR", total: -30)]
         }
-        XCTAssertEqual(home.friends.map(\.id), [alice.id])
         let history = try await bob.history()
         XCTAssertTrue(history.contains { $0.kind == .paymentCompleted && $0.amount == -30 })
+        XCTAssertTrue(zip(history, history.dropFirst()).allSatisfy { $0.seq > $1.seq }, "newest first")
+        let aliceOnBob = FriendDetailViewModel(wallet: alice, friendId: bob.id)
         await aliceOnBob.load()
         XCTAssertEqual(aliceOnBob.detail?.friend.lines.first?.balance, 30)
+        await alice.shutdown()
+        await bob.shutdown()
+    }
 
-        // Settings: privacy, backup.
-        let settings = SettingsViewModel(wallet: bob)
-        await settings.load()
-        XCTAssertEqual(settings.relay, relay)
-        await settings.setPrivacy(.buckets)
-        XCTAssertEqual(try bob.wallet.reportPrivacy(), .buckets)
-        let backup = tempDir("bob.backup")
-        try FileManager.default.createDirectory(atPath: (backup as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        await settings.backup(to: backup, keys: bobKeys)
-        XCTAssertEqual(settings.backedUp, backup, settings.error ?? "")
-
-        // Errors, each a sentence: a bad invitation, an unknown friend, over capacity.
+    /// A bad invitation, an unknown friend, an amount over capacity: typed errors with
+    /// sentences, nothing changed.
+    func testErrors() async throws {
+        let relay = try relayAddress()
+        let (alice, bob) = try await friends(limit: 100)
+        let bobAdd = AddFriendViewModel(wallet: bob)
         await bobAdd.scanned("hello")
         XCTAssertNotNil(bobAdd.error)
         do { _ = try await bob.accept(invitation: "hello", name: "Bob"); XCTFail("accepted nonsense") }
         catch let e as InviteError { guard case .NotOffst = e else { return XCTFail("\(e)") } }
+        let inv = try await alice.invite(name: "Alice").text
+        let damaged = String(inv.dropLast(3)) + (inv.hasSuffix("A") ? "B" : "A") + String(inv.suffix(2))
+        do { _ = try await bob.accept(invitation: damaged, name: "Bob"); XCTFail("accepted a damaged code") }
+        catch let e as InviteError {
+            switch e { case .Damaged, .Forged: break; default: XCTFail("\(e)") }
+        }
         let stranger = String(relay.split(separator: "@")[0])
         do { try await alice.setLimit(friend: stranger, currency: "EUR", amount: 5); XCTFail("a stranger") }
         catch let e as FriendError {
             guard case .UnknownFriend = e else { return XCTFail("\(e)") }
             XCTAssertTrue(message(of: e).contains("not your friend"), message(of: e))
         }
+        do { try await alice.setLimit(friend: "carol", currency: "EUR", amount: 5); XCTFail("not a key") }
+        catch let e as FriendError { guard case .BadId = e else { return XCTFail("\(e)") } }
         let big = try await alice.invoice(amount: 1000, currency: "EUR", memo: "a car")
         let payBig = PayViewModel(wallet: bob)
         await payBig.scanned(big.text)
@@ -175,11 +216,40 @@ final class WalletStoryTests: XCTestCase {
         XCTAssertTrue(why.contains("1000"), why)
         do { _ = try await bob.quote(big.text); XCTFail("over capacity") }
         catch let e as PayError { guard case .NoRoute = e else { return XCTFail("\(e)") } }
-
+        let balances = try await bob.balances()
+        XCTAssertEqual(balances, [Balance(currency: "EUR", total: 0)])
         await alice.shutdown()
         await bob.shutdown()
     }
 
+    /// Settings: the relay, report privacy, backup, and a restore that keeps the friends.
+    func testSettingsBackupAndRestore() async throws {
+        let relay = try relayAddress()
+        let (alice, bob) = try await friends()
+        let settings = SettingsViewModel(wallet: bob)
+        await settings.load()
+        XCTAssertEqual(settings.relay, relay)
+        await settings.setPrivacy(.buckets)
+        XCTAssertEqual(try bob.wallet.reportPrivacy(), .buckets)
+        await settings.setRelay("nonsense")
+        XCTAssertNotNil(settings.error)
+        let backup = tempDir("bob.backup")
+        try FileManager.default.createDirectory(atPath: (backup as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        await settings.backup(to: backup, keys: TestKeyStore("bob"))
+        XCTAssertEqual(settings.backedUp, backup, settings.error ?? "")
+        await bob.shutdown()
+        let restored = OnboardingViewModel(dir: tempDir("bob-restored"), keys: TestKeyStore("bob"))
+        await restored.restore(backup: backup)
+        let again = try XCTUnwrap(restored.wallet, restored.error ?? "")
+        XCTAssertEqual(again.id, bob.id)
+        let friends = try await again.friends()
+        XCTAssertEqual(friends.map(\.id), [alice.id])
+        await again.shutdown()
+        await alice.shutdown()
+    }
+
+    /// A wallet in use, a wrong key, a locked key store, then the right key.
     func testWrongKeyAndLockedKeyStore() async throws {
         let relay = try relayAddress()
         let dir = tempDir("carol")
