@@ -159,6 +159,9 @@ pub struct CreditLine {
     pub frozen_by_us: u64,
     /// Held by payments of theirs under way toward us.
     pub frozen_by_them: u64,
+    /// A new `they_may_owe` we set that takes effect at our next turn to move (the friend
+    /// may hold the turn while offline): show it as pending.
+    pub they_may_owe_pending: Option<u64>,
 }
 
 /// A friend and the credit lines with them.
@@ -684,6 +687,7 @@ fn line(l: &core_wallet::LineView) -> CreditLine {
         we_may_owe: l.their_limit,
         frozen_by_us: l.frozen_by_us,
         frozen_by_them: l.frozen_by_them,
+        they_may_owe_pending: l.pending_limit,
     }
 }
 

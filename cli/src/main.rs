@@ -601,6 +601,7 @@ fn friends(dir: &Path, json: bool) -> Result<(), String> {
                 "their_limit": l.their_limit,
                 "frozen_by_us": l.frozen_by_us,
                 "frozen_by_them": l.frozen_by_them,
+                "pending_limit": l.pending_limit,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>()}));
         return Ok(());
@@ -612,8 +613,14 @@ fn friends(dir: &Path, json: bool) -> Result<(), String> {
         println!("{} {}", v.name, v.id);
         for l in &v.lines {
             println!(
-                "  {}: balance {:+} (they may owe you {}, you may owe them {})",
-                l.currency, l.balance, l.our_limit, l.their_limit
+                "  {}: balance {:+} (they may owe you {}{}, you may owe them {})",
+                l.currency,
+                l.balance,
+                l.our_limit,
+                l.pending_limit
+                    .map(|p| format!(" ({p} once sent)"))
+                    .unwrap_or_default(),
+                l.their_limit
             );
         }
     }

@@ -685,3 +685,42 @@ fn hostile_envelopes_are_refused_and_change_nothing() {
     assert_eq!(b.history_len().unwrap(), history);
     pay(&mut ws, 2);
 }
+
+/// Regression (found by the bindings' view-model tests): a limit set by the friend without the
+/// turn to move did not show at all until the friend moved. The view says it is pending.
+#[test]
+fn a_limit_waiting_for_the_turn_shows_as_pending() {
+    let t = TempDir::new("pending-limit");
+    let mut ws: Vec<Wallet> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, WalletOptions::default()).unwrap())
+        .collect();
+    befriend(&mut ws, 0, 1, 100).unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    let (a, b) = (ws[0].id(), ws[1].id());
+    ws[0].set_limit(b, hours(), 150).unwrap();
+    ws[1].set_limit(a, hours(), 170).unwrap();
+    let line = |w: &Wallet, f| w.friend_view(f, 0).unwrap().lines[0].clone();
+    let (la, lb) = (line(&ws[0], b), line(&ws[1], a));
+    // Each shows its new limit, in force or pending; one of the two waits for the turn.
+    assert!(
+        la.our_limit == 150 || la.pending_limit == Some(150),
+        "{la:?}"
+    );
+    assert!(
+        lb.our_limit == 170 || lb.pending_limit == Some(170),
+        "{lb:?}"
+    );
+    assert!(la.pending_limit.is_some() || lb.pending_limit.is_some());
+    pump(&mut ws, 10_000).unwrap();
+    let (la, lb) = (line(&ws[0], b), line(&ws[1], a));
+    assert_eq!(
+        (la.our_limit, la.pending_limit, la.their_limit),
+        (150, None, 170)
+    );
+    assert_eq!(
+        (lb.our_limit, lb.pending_limit, lb.their_limit),
+        (170, None, 150)
+    );
+}

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
 
 use crate::protocol::amount::{Currency, Rate};
+use crate::protocol::channel::Op;
 use crate::protocol::identity::{Identity, NodeId};
 use crate::protocol::message::Message;
 use crate::protocol::node::{
@@ -268,6 +269,9 @@ pub struct LineView {
     pub frozen_by_us: u64,
     /// Credit they have frozen toward us.
     pub frozen_by_them: u64,
+    /// A new `our_limit` we set that waits for our turn to move (it takes effect then; the
+    /// friend may hold the turn while offline).
+    pub pending_limit: Option<u64>,
 }
 
 /// One friend: name, credit lines and recent history.
@@ -1085,7 +1089,7 @@ impl Wallet {
             .channel(&friend)
             .ok_or(WalletError::Refused(NodeError::UnknownFriend(friend)))?;
         let side = ch.local_side();
-        let lines = ch
+        let mut lines: Vec<LineView> = ch
             .state()
             .lines
             .iter()
@@ -1096,8 +1100,26 @@ impl Wallet {
                 their_limit: l.limit_of(side.other()),
                 frozen_by_us: l.frozen_by(side),
                 frozen_by_them: l.frozen_by(side.other()),
+                pending_limit: None,
             })
             .collect();
+        // Limits set but not yet sent (the last one of each currency is what will hold).
+        for op in ch.queue() {
+            if let Op::SetLimit { currency, limit } = op {
+                match lines.iter_mut().find(|l| l.currency == *currency) {
+                    Some(l) => l.pending_limit = Some(*limit),
+                    None => lines.push(LineView {
+                        currency: currency.clone(),
+                        balance: 0,
+                        our_limit: 0,
+                        their_limit: 0,
+                        frozen_by_us: 0,
+                        frozen_by_them: 0,
+                        pending_limit: Some(*limit),
+                    }),
+                }
+            }
+        }
         let name: Option<String> = self
             .conn
             .query_row(

@@ -135,7 +135,7 @@ struct FriendView: View {
                 Section(d.friend.name) {
                     ForEach(d.friend.lines, id: \.currency) { l in
                         Text("\(l.currency): balance \(l.balance)")
-                        Text("They may owe you \(l.theyMayOwe); you may owe them \(l.weMayOwe)").font(.caption)
+                        Text("They may owe you \(l.theyMayOwe)\(l.theyMayOwePending.map { " (\($0) once your friend is online)" } ?? ""); you may owe them \(l.weMayOwe)").font(.caption)
                     }
                 }
                 Section("Limit") {

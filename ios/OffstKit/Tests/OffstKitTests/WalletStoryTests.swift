@@ -129,6 +129,8 @@ final class WalletStoryTests: XCTestCase {
         XCTAssertEqual(aliceOnBob.error, "lots is not a whole amount")
         await aliceOnBob.setLimit("100", currency: "EUR")
         XCTAssertNil(aliceOnBob.error)
+        let line = aliceOnBob.detail?.friend.lines.first
+        XCTAssertTrue(line?.theyMayOwe == 100 || line?.theyMayOwePending == 100, "\(String(describing: line))")
         // A change of limit is a signed move: it shows once the channel has taken it.
         try await until([alice, bob], "both see the new limit") {
             await aliceOnBob.load()

@@ -62,6 +62,8 @@ fun viewModelChecks(relay: String, root: Path) {
         assertEquals("lots is not a whole amount", carolOnDave.error.value)
         carolOnDave.setLimit("40", "EUR")
         assertNull(carolOnDave.error.value)
+        val line = carolOnDave.detail.value?.friend?.lines?.single()
+        assertTrue(line?.theyMayOwe == 40UL || line?.theyMayOwePending == 40UL, "in force or pending: $line")
         FriendDetailViewModel(dave, carol.id()).setLimit("40", "EUR")
         // A limit is a signed move: it shows once the channel has taken it (the friend may
         // hold the turn to move).

@@ -128,7 +128,8 @@ fun FriendScreen(wallet: Wallet, id: String) {
             Text(d.friend.name, style = MaterialTheme.typography.headlineMedium)
             d.friend.lines.forEach { l ->
                 Text("${l.currency}: balance ${l.balance}")
-                Text("They may owe you ${l.theyMayOwe}; you may owe them ${l.weMayOwe}")
+                val pending = l.theyMayOwePending?.let { " ($it once your friend is online)" } ?: ""
+                Text("They may owe you ${l.theyMayOwe}$pending; you may owe them ${l.weMayOwe}")
             }
             OutlinedTextField(limit, { limit = it }, label = { Text("They may owe you up to") })
             OutlinedTextField(currency, { currency = it }, label = { Text("Currency") })
