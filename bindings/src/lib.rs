@@ -289,6 +289,45 @@ pub struct Receipt {
     pub text: String,
 }
 
+/// Which side of a payment we are.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentRole {
+    /// We pay.
+    Buyer,
+    /// We are paid.
+    Seller,
+}
+
+/// Where a payment stands.
+#[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Ours, under way.
+    InFlight,
+    /// Ours, done: the receipt is there.
+    Completed,
+    /// Cancelled or expired: nothing moved.
+    Cancelled,
+    /// An invoice of ours, not paid yet.
+    Open,
+    /// An invoice of ours, paid.
+    Paid,
+}
+
+/// A payment (ours or to us) by its invoice.
+#[derive(uniffi::Record, Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    /// The invoice.
+    pub invoice_id: String,
+    /// Our side.
+    pub role: PaymentRole,
+    /// Where it stands.
+    pub status: PaymentStatus,
+    /// The receipt, once a payment of ours completed.
+    pub receipt: Option<Receipt>,
+    /// Its history, oldest first.
+    pub history: Vec<HistoryItem>,
+}
+
 /// What happened (history rows and events).
 #[derive(uniffi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -991,6 +1030,46 @@ impl Wallet {
             Ok(receipt(&r))
         })
         .await
+    }
+
+    /// A payment of ours, or an invoice of ours, by the invoice's id.
+    pub fn payment(&self, invoice_id: String) -> Result<Payment, PayError> {
+        let id: offst_core::protocol::payment::InvoiceId = invoice_id
+            .parse()
+            .map_err(|e| PayError::BadRequest(format!("not an invoice id: {e}")))?;
+        let v = self.lock().payment_view(id).map_err(|e| match e {
+            core_wallet::WalletError::Refused(NodeError::UnknownPayment(_)) => {
+                PayError::Refused(format!("no payment or invoice {invoice_id} in this wallet"))
+            }
+            e => PayError::Refused(e.to_string()),
+        })?;
+        Ok(Payment {
+            invoice_id: v.invoice.to_string(),
+            role: match v.role {
+                core_wallet::PaymentRole::Buyer => PaymentRole::Buyer,
+                core_wallet::PaymentRole::Seller => PaymentRole::Seller,
+            },
+            status: match v.status {
+                "in_flight" => PaymentStatus::InFlight,
+                "completed" => PaymentStatus::Completed,
+                "open" => PaymentStatus::Open,
+                "paid" => PaymentStatus::Paid,
+                _ => PaymentStatus::Cancelled,
+            },
+            receipt: v.receipt.as_ref().map(receipt),
+            history: v.history.into_iter().map(HistoryItem::from).collect(),
+        })
+    }
+
+    /// Give up a payment of ours that is not committed yet: the credit it holds is freed at
+    /// once and nothing moves. Refused once the seller has it (it then completes).
+    pub fn abandon_payment(&self, invoice_id: String) -> Result<(), PayError> {
+        let id: offst_core::protocol::payment::InvoiceId = invoice_id
+            .parse()
+            .map_err(|e| PayError::BadRequest(format!("not an invoice id: {e}")))?;
+        self.lock()
+            .abandon_payment(id)
+            .map_err(|e| PayError::Refused(e.to_string()))
     }
 
     /// History, newest first: `limit` rows older than `before` (a `seq`; none: the newest).

@@ -166,3 +166,26 @@ fn receipts_verify_offline_and_any_tampering_is_caught() {
         PaymentError::BadSignature(_)
     ));
 }
+
+/// Ids written as hex read back (the apps name payments by invoice id), and anything else is
+/// refused with a sentence.
+#[test]
+fn ids_read_back_from_their_hex_form() {
+    use offst_core::protocol::payment::InvoiceId;
+    let id = InvoiceId([0xa7; 32]);
+    let text = id.to_string();
+    assert_eq!(text.len(), 64);
+    assert_eq!(text.parse::<InvoiceId>(), Ok(id));
+    assert_eq!(text.to_uppercase().parse::<InvoiceId>(), Ok(id));
+    assert_eq!(format!(" {text}\n").parse::<InvoiceId>(), Ok(id));
+    for bad in [
+        "",
+        "a7",
+        &text[..62],
+        &format!("{text}00"),
+        &text.replace('a', "g"),
+    ] {
+        let e = bad.parse::<InvoiceId>().unwrap_err();
+        assert!(e.contains("64 hex"), "{e}");
+    }
+}

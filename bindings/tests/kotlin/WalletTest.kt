@@ -172,6 +172,17 @@ fun main() {
         assertEquals(receipt, verifyReceipt(receipt.text))
         val paid = aliceEvents.waitFor(EventKind.INVOICE_PAID)
         assertEquals(invoice.id, paid.invoiceId)
+        val mine = bob.payment(invoice.id)
+        assertEquals(PaymentRole.BUYER, mine.role)
+        assertEquals(PaymentStatus.COMPLETED, mine.status)
+        assertEquals(receipt, mine.receipt)
+        assertTrue(mine.history.any { it.kind == EventKind.PAYMENT_COMPLETED })
+        val theirs = alice.payment(invoice.id)
+        assertEquals(PaymentRole.SELLER, theirs.role)
+        assertEquals(PaymentStatus.PAID, theirs.status)
+        assertFailsWith<PayException.BadRequest> { bob.payment("coffee") }
+        assertFailsWith<PayException.Refused> { bob.payment("00".repeat(32)) }
+        assertFailsWith<PayException.Refused> { bob.abandonPayment(invoice.id) } // committed
         until(alice, bob, what = "balances settle") {
             alice.balances() == listOf(Balance("EUR", 30L)) && bob.balances() == listOf(Balance("EUR", -30L))
         }

@@ -40,6 +40,21 @@ macro_rules! id32 {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            /// Read the 64 hex characters [`std::fmt::Display`] writes (either case).
+            fn from_str(text: &str) -> Result<$name, String> {
+                let bytes = data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(text.trim().as_bytes())
+                    .map_err(|_| format!("{text:?} is not 64 hex characters"))?;
+                let bytes: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| format!("{text:?} is not 64 hex characters"))?;
+                Ok($name(bytes))
+            }
+        }
+
         impl std::fmt::Display for $name {
             /// Lowercase hex, 64 characters.
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -171,6 +171,11 @@ final class WalletStoryTests: XCTestCase {
             if requestVM.paid { heard = true; break }
         }
         XCTAssertTrue(heard)
+        let mine = try bob.wallet.payment(invoiceId: invoice.id)
+        XCTAssertEqual(mine.role, .buyer)
+        XCTAssertEqual(mine.status, .completed)
+        XCTAssertEqual(mine.receipt, receipt)
+        XCTAssertEqual(try alice.wallet.payment(invoiceId: invoice.id).status, .paid)
 
         let home = HomeViewModel(wallet: bob)
         try await until([alice, bob], "balances settle") {
