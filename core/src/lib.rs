@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod invite;
+pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod routing;

@@ -208,6 +208,8 @@ pub struct Stats {
     pub delivered: u64,
     /// Envelopes forwarded to other relays since start.
     pub forwarded: u64,
+    /// SQLite transactions the mailbox store committed since start.
+    pub commits: u64,
 }
 
 impl RelayHandle {
@@ -218,6 +220,7 @@ impl RelayHandle {
             accepted: self.shared.accepted.load(Ordering::Relaxed),
             delivered: self.shared.delivered.load(Ordering::Relaxed),
             forwarded: self.shared.forwarded.load(Ordering::Relaxed),
+            commits: self.shared.store.commits(),
         }
     }
 

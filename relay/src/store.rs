@@ -103,6 +103,8 @@ pub struct Mail {
 
 /// The mail store.
 pub struct Store {
+    /// Transactions committed by the writer (each holds a batch: group commit).
+    commits: Arc<std::sync::atomic::AtomicU64>,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
@@ -144,15 +146,23 @@ impl Store {
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
         let (tx, rx) = mpsc::channel::<Op>();
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = commits.clone();
         let handle = std::thread::Builder::new()
             .name("mail-writer".into())
-            .spawn(move || writer_loop(&mut writer, rx, usage, bounds))
+            .spawn(move || writer_loop(&mut writer, rx, usage, bounds, &counted))
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         Ok(Store {
+            commits,
             ops: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             reader: Arc::new(Mutex::new(reader)),
         })
+    }
+
+    /// Transactions committed so far (one per batch of operations).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
@@ -379,6 +389,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Op>,
     mut usage: HashMap<NodeId, Usage>,
     bounds: Bounds,
+    commits: &std::sync::atomic::AtomicU64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -481,6 +492,7 @@ fn writer_loop(
                 }
             }
             tx.commit()?;
+            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         })();
         match result {

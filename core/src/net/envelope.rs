@@ -241,6 +241,7 @@ fn seal_raw(
     nonce.copy_from_slice(&entropy[32..]);
     let eph = StaticSecret::from(eph_bytes);
     let eph_pub = PublicKey::from(&eph).to_bytes();
+    crate::metrics::sealed();
     let shared = eph.diffie_hellman(&PublicKey::from(recipient_key));
     let key = symmetric_key(shared.as_bytes(), &eph_pub, &recipient_key);
     let inner = Inner {
@@ -305,6 +306,7 @@ pub fn open(me: &Identity, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
     let ct = rest.get(56..).ok_or(EnvelopeError::Truncated)?;
     let secret = mail_secret(me);
     let my_key = PublicKey::from(&secret).to_bytes();
+    crate::metrics::opened();
     let shared = secret.diffie_hellman(&PublicKey::from(eph_pub));
     let key = symmetric_key(shared.as_bytes(), &eph_pub, &my_key);
     let plain = XChaCha20Poly1305::new(&key.into())

@@ -82,7 +82,10 @@ pub async fn pay(
     progress(PayStep::Sent(set));
     let mut retries = 0u32;
     let mut said = Instant::now();
+    // Woken by every committed step of the wallet (an answer, a receipt), not by a timer.
+    let mut changes = lock(wallet).watch_changes();
     loop {
+        changes.borrow_and_update();
         let now = lock(wallet).node().payment_progress(&invoice);
         let Some(p) = now else {
             return Err(PayError::Cancelled);
@@ -160,6 +163,12 @@ pub async fn pay(
             progress(PayStep::Waiting(start.elapsed()));
             said = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let nap = limit
+            .saturating_sub(start.elapsed())
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { tokio::time::sleep(nap).await },
+            _ = tokio::time::sleep(nap) => {}
+        }
     }
 }

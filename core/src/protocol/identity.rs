@@ -27,6 +27,7 @@ pub struct Hash(pub [u8; 32]);
 impl Hash {
     /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
     pub fn of<T: Serialize>(domain: &'static str, value: &T) -> Hash {
+        crate::metrics::hashed();
         let mut hasher = blake3::Hasher::new_derive_key(domain);
         let bytes = postcard::to_allocvec(value).unwrap_or_default();
         hasher.update(&bytes);
@@ -35,6 +36,7 @@ impl Hash {
 
     /// Hash of raw bytes under a domain.
     pub fn of_bytes(domain: &'static str, bytes: &[u8]) -> Hash {
+        crate::metrics::hashed();
         let mut hasher = blake3::Hasher::new_derive_key(domain);
         hasher.update(bytes);
         Hash(*hasher.finalize().as_bytes())
@@ -121,6 +123,7 @@ impl NodeId {
         value: &T,
         signature: &Signature,
     ) -> Result<(), BadSignature> {
+        crate::metrics::verified();
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature(*self))?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(&canonical_bytes(domain, value), &sig)
@@ -217,6 +220,7 @@ impl Identity {
 
     /// Sign `canonical_bytes(domain, value)`.
     pub fn sign<T: Serialize>(&self, domain: &str, value: &T) -> Signature {
+        crate::metrics::signed();
         Signature(self.key.sign(&canonical_bytes(domain, value)).to_bytes())
     }
 }

@@ -612,6 +612,11 @@ impl Wallet {
         self.changes.subscribe()
     }
 
+    /// Steps committed since this wallet was opened (one SQLite transaction each).
+    pub fn commits(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// The clock's time now.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()

@@ -1,0 +1,871 @@
+//! `offst-bench`: the load generator. Starts two relays and the wallets of a scenario in this
+//! process, all durable (real SQLite files with `synchronous=FULL`, real QUIC on loopback
+//! through the relays), runs payments at a target rate or flat out, and reports payments/s,
+//! latency, CPU, bytes on the wire and SQLite commits per payment. It also reports the crypto
+//! floor: what the signatures, checks, hashes and envelope encryption of one payment cost on
+//! this machine, measured on the same run, and the payments/s they alone would allow.
+//!
+//! Scenarios:
+//! - `direct`: friend pays friend;
+//! - `chain --hops H`: through H-1 mediators, each charging a fee;
+//! - `multi --routes K`: payments too big for one route, split over K mediators (back and
+//!   forth, so the capacity comes back);
+//! - `offline --hops H`: a chain whose middle mediator goes offline and comes back.
+//!
+//! Wallets alternate between the two relays, so most hops cross from one relay to the other.
+//! Every payment goes the way an app pays: routes from the relay's index (a friend who can take
+//! the whole amount is paid directly), then the payment, followed to its receipt. At the end it
+//! waits for every message to settle and checks the invariants: both sides of every channel
+//! agree, nothing stays frozen, balances sum to zero, and the seller got exactly what completed.
+//! The last line is one JSON object.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use offst_core::invite::PaymentRequest;
+use offst_core::metrics::{CryptoCounts, crypto_counts};
+use offst_core::net::client::client_endpoint;
+use offst_core::net::driver::Driver;
+use offst_core::protocol::amount::{Currency, Rate};
+use offst_core::protocol::identity::NodeId;
+use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
+use offst_relay::{Config, RelayHandle};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "Offst load generator: payments through real relays, against the crypto floor")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Friend pays friend.
+    Direct(Common),
+    /// Through hops-1 mediators, each charging 1 + 0.1 %.
+    Chain {
+        /// Hops from buyer to seller.
+        #[arg(long, default_value_t = 4)]
+        hops: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Payments split over several routes (buyer and seller pay each other in turn).
+    Multi {
+        /// Parallel mediators between buyer and seller.
+        #[arg(long, default_value_t = 4)]
+        routes: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A chain whose middle mediator goes offline and comes back.
+    Offline {
+        /// Hops from buyer to seller.
+        #[arg(long, default_value_t = 3)]
+        hops: usize,
+        /// How long the mediator stays away, and then online, each time (ms).
+        #[arg(long, default_value_t = 1_500)]
+        away_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    /// Payments to make.
+    #[arg(long, default_value_t = 1_000)]
+    payments: u64,
+    /// Payments started per second (0: flat out, limited by --inflight). Default: flat out,
+    /// except `multi`: 1 per second, since its splits need the index to know the capacities
+    /// the last payment left, and wallets report changes at most every half second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most payments under way at once.
+    #[arg(long, default_value_t = 32)]
+    inflight: usize,
+    /// Each payment's amount (multi: the default needs three of four routes).
+    #[arg(long)]
+    amount: Option<u64>,
+    /// Give a payment up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// Print only the JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything moves in this currency; limits are large enough for every scenario except
+/// `multi`, whose channels are small on purpose.
+const LIMIT: u64 = 1_000_000_000_000;
+const MULTI_LIMIT: u64 = 1_000;
+const MEDIATOR_RATE: Rate = Rate {
+    base: 1,
+    ppm: 1_000,
+};
+
+fn units() -> Currency {
+    Currency::new("EUR").unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+fn lock(w: &Mutex<Wallet>) -> MutexGuard<'_, Wallet> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One wallet with its network driver (none while "offline").
+struct Node {
+    wallet: Arc<Mutex<Wallet>>,
+    driver: tokio::sync::RwLock<Option<Driver>>,
+    id: NodeId,
+}
+
+impl Node {
+    fn start(dir: &Path, rate: Rate, relay: &RelayHandle) -> Result<Node, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let key = dir.join("wallet.key");
+        KeyFile::generate(&key).map_err(|e| e.to_string())?;
+        let options = WalletOptions {
+            rate,
+            ..WalletOptions::default()
+        };
+        let mut w = Wallet::create(dir, &KeyFile::new(&key), options).map_err(|e| e.to_string())?;
+        w.set_relay(offst_core::net::wire::RelayAddress {
+            addr: relay.addr.to_string(),
+            key: relay.key,
+        })
+        .map_err(|e| e.to_string())?;
+        let id = w.id();
+        let wallet = Arc::new(Mutex::new(w));
+        let driver = Driver::spawn(
+            wallet.clone(),
+            client_endpoint().map_err(|e| e.to_string())?,
+        );
+        Ok(Node {
+            wallet,
+            driver: tokio::sync::RwLock::new(Some(driver)),
+            id,
+        })
+    }
+
+    async fn go_offline(&self) {
+        if let Some(d) = self.driver.write().await.take() {
+            d.stop().await;
+        }
+    }
+
+    async fn come_back(&self) -> Result<(), String> {
+        let mut slot = self.driver.write().await;
+        if slot.is_none() {
+            let endpoint = client_endpoint().map_err(|e| e.to_string())?;
+            *slot = Some(Driver::spawn(self.wallet.clone(), endpoint));
+        }
+        Ok(())
+    }
+
+    async fn synced(&self, limit: Duration) -> Result<(), String> {
+        let d = self.driver.read().await;
+        let d = d.as_ref().ok_or("offline")?;
+        d.synced(&self.wallet, limit, |_| {})
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn start_relays(root: &Path) -> Result<Vec<RelayHandle>, String> {
+    let dirs = [root.join("relay-1"), root.join("relay-2")];
+    let mut keys = Vec::new();
+    let mut ports = Vec::new();
+    for d in &dirs {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+        keys.push(
+            offst_relay::server::load_or_create_identity(d)
+                .map_err(|e| e.to_string())?
+                .id(),
+        );
+        ports.push(
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map_err(|e| e.to_string())?
+                .port(),
+        );
+    }
+    let mut relays = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let other = 1 - i;
+        let (Some(port), Some(peer_key), Some(peer_port)) =
+            (ports.get(i), keys.get(other), ports.get(other))
+        else {
+            return Err("relay set-up".into());
+        };
+        let config = Config {
+            listen: ([127, 0, 0, 1], *port).into(),
+            data_dir: dir.clone(),
+            index_peers: vec![format!("{peer_key}@127.0.0.1:{peer_port}")],
+            // A load test sends far faster than one phone may.
+            sender_rate_per_sec: 1_000_000,
+            sender_burst: 1_000_000,
+            ..Config::default()
+        };
+        relays.push(
+            offst_relay::start(config)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(relays)
+}
+
+async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            return Err(format!("gave up waiting: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// `a` invites `b`, `b` accepts, `a` accepts the request; each lets the other owe `limit`.
+async fn befriend(a: &Node, b: &Node, limit: u64) -> Result<(), String> {
+    let inv = lock(&a.wallet)
+        .invite("", 3_600_000)
+        .map_err(|e| e.to_string())?;
+    lock(&b.wallet)
+        .accept_invitation(&inv, "")
+        .map_err(|e| e.to_string())?;
+    until("a friend request", Duration::from_secs(60), || {
+        lock(&a.wallet)
+            .friend_requests()
+            .is_ok_and(|r| r.iter().any(|r| r.from.id == b.id))
+    })
+    .await?;
+    lock(&a.wallet)
+        .accept_friend_request(b.id, "")
+        .map_err(|e| e.to_string())?;
+    until("the friendship", Duration::from_secs(60), || {
+        lock(&b.wallet).node().channel(&a.id).is_some()
+            && lock(&a.wallet).node().channel(&b.id).is_some()
+            && lock(&b.wallet).contact(&a.id).is_ok_and(|c| c.is_some())
+    })
+    .await?;
+    lock(&a.wallet)
+        .set_limit(b.id, units(), limit)
+        .map_err(|e| e.to_string())?;
+    lock(&b.wallet)
+        .set_limit(a.id, units(), limit)
+        .map_err(|e| e.to_string())?;
+    let agreed = |x: &Node, y: &Node| {
+        let w = lock(&x.wallet);
+        w.friend_view(y.id, 0).is_ok_and(|v| {
+            v.lines
+                .iter()
+                .any(|l| l.our_limit == limit && l.their_limit == limit)
+        })
+    };
+    until("the limits", Duration::from_secs(60), || {
+        agreed(a, b) && agreed(b, a)
+    })
+    .await
+}
+
+/// Who pays whom in a scenario.
+struct Plan {
+    name: &'static str,
+    hops: usize,
+    nodes: Vec<Arc<Node>>,
+    /// (buyer, seller) for payment i: i % pairs.len().
+    pairs: Vec<(usize, usize)>,
+    amount: u64,
+    /// The node that goes offline now and then.
+    flaky: Option<(usize, u64)>,
+    /// Friendships made.
+    channels: usize,
+}
+
+async fn build(scenario: &Scenario, root: &Path, relays: &[RelayHandle]) -> Result<Plan, String> {
+    let relay = |i: usize| relays.get(i % relays.len()).ok_or("no relay");
+    let dir = |i: usize| root.join(format!("wallet-{i}"));
+    let (name, hops, shape, amount, flaky) = match scenario {
+        Scenario::Direct(c) => ("direct", 1, Shape::Chain(1), c.amount.unwrap_or(10), None),
+        Scenario::Chain { hops, common } => (
+            "chain",
+            *hops,
+            Shape::Chain(*hops),
+            common.amount.unwrap_or(10),
+            None,
+        ),
+        Scenario::Multi { routes, common } => (
+            "multi",
+            2,
+            Shape::Diamond(*routes),
+            common.amount.unwrap_or(MULTI_LIMIT * 5 / 2),
+            None,
+        ),
+        Scenario::Offline {
+            hops,
+            away_ms,
+            common,
+        } => (
+            "offline",
+            *hops,
+            Shape::Chain(*hops),
+            common.amount.unwrap_or(10),
+            Some((hops / 2, *away_ms)),
+        ),
+    };
+    if hops == 0 || hops > 7 {
+        return Err("hops must be 1 to 7".into());
+    }
+    let mut nodes = Vec::new();
+    match shape {
+        Shape::Chain(h) => {
+            for i in 0..=h {
+                let rate = if i == 0 || i == h {
+                    Rate { base: 0, ppm: 0 }
+                } else {
+                    MEDIATOR_RATE
+                };
+                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?)?));
+            }
+            for i in 0..h {
+                let (Some(a), Some(b)) = (nodes.get(i), nodes.get(i + 1)) else {
+                    return Err("chain".into());
+                };
+                befriend(a, b, LIMIT).await?;
+            }
+            Ok(Plan {
+                name,
+                hops,
+                pairs: vec![(0, h)],
+                nodes,
+                amount,
+                flaky,
+                channels: h,
+            })
+        }
+        Shape::Diamond(k) => {
+            // 0: buyer, 1: seller, 2..: mediators.
+            for i in 0..k + 2 {
+                let rate = if i < 2 {
+                    Rate { base: 0, ppm: 0 }
+                } else {
+                    MEDIATOR_RATE
+                };
+                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?)?));
+            }
+            for m in 2..k + 2 {
+                let (Some(b), Some(s), Some(mm)) = (nodes.first(), nodes.get(1), nodes.get(m))
+                else {
+                    return Err("diamond".into());
+                };
+                befriend(b, mm, MULTI_LIMIT).await?;
+                befriend(mm, s, MULTI_LIMIT).await?;
+            }
+            Ok(Plan {
+                name,
+                hops,
+                pairs: vec![(0, 1), (1, 0)],
+                nodes,
+                amount,
+                flaky,
+                channels: 2 * k,
+            })
+        }
+    }
+}
+
+enum Shape {
+    Chain(usize),
+    Diamond(usize),
+}
+
+/// CPU seconds this process used so far (user + system).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command (in parentheses): utime is the 14th field, stime the 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes sent on the loopback interface so far (every packet between wallets and relays).
+fn loopback_bytes() -> u64 {
+    let Ok(dev) = std::fs::read_to_string("/proc/net/dev") else {
+        return 0;
+    };
+    dev.lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == "lo").then(|| {
+                rest.split_whitespace()
+                    .nth(8)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Unit costs of the crypto a payment does, measured here (seconds each).
+struct Unit {
+    sign: f64,
+    verify: f64,
+    hash: f64,
+    seal: f64,
+    open: f64,
+}
+
+fn measure_crypto() -> Unit {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    use ed25519_dalek::{Signer, Verifier};
+    let time = |n: u32, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        t.elapsed().as_secs_f64() / f64::from(n)
+    };
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let public = key.verifying_key();
+    let msg = [5u8; 200];
+    let sig = key.sign(&msg);
+    let sign = time(2_000, &mut || {
+        std::hint::black_box(key.sign(std::hint::black_box(&msg)));
+    });
+    // As the protocol checks: the public key decoded from its bytes each time.
+    let pk = public.to_bytes();
+    let verify = time(2_000, &mut || {
+        let k = ed25519_dalek::VerifyingKey::from_bytes(&pk);
+        std::hint::black_box(k.map(|k| k.verify(&msg, &sig).is_ok()).ok());
+    });
+    let hash = time(20_000, &mut || {
+        let mut h = blake3::Hasher::new_derive_key("offst bench");
+        h.update(&msg);
+        std::hint::black_box(h.finalize());
+    });
+    // An envelope: one X25519 agreement, a key derivation, XChaCha20-Poly1305 over 1 KiB.
+    let secret = x25519_dalek::StaticSecret::from([9u8; 32]);
+    let their = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([3u8; 32]));
+    let body = vec![1u8; 1024];
+    let nonce = chacha20poly1305::XNonce::default();
+    let seal = time(2_000, &mut || {
+        let shared = secret.diffie_hellman(&their);
+        let k = blake3::derive_key("offst bench", shared.as_bytes());
+        let c = chacha20poly1305::XChaCha20Poly1305::new(&k.into());
+        std::hint::black_box(c.encrypt(&nonce, body.as_slice()).ok());
+    });
+    let shared = secret.diffie_hellman(&their);
+    let k = blake3::derive_key("offst bench", shared.as_bytes());
+    let sealed = chacha20poly1305::XChaCha20Poly1305::new(&k.into())
+        .encrypt(&nonce, body.as_slice())
+        .unwrap_or_default();
+    let open = time(2_000, &mut || {
+        let shared = secret.diffie_hellman(&their);
+        let k = blake3::derive_key("offst bench", shared.as_bytes());
+        let c = chacha20poly1305::XChaCha20Poly1305::new(&k.into());
+        std::hint::black_box(c.decrypt(&nonce, sealed.as_slice()).ok());
+    });
+    Unit {
+        sign,
+        verify,
+        hash,
+        seal,
+        open,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0.0)
+}
+
+/// One payment: the seller's request, then the buyer pays it and follows it to the receipt.
+async fn one_payment(
+    buyer: &Node,
+    seller: &Node,
+    amount: u64,
+    limit: Duration,
+) -> Result<(), String> {
+    let request: PaymentRequest = {
+        let mut s = lock(&seller.wallet);
+        let inv = s
+            .create_invoice(units(), amount, 300_000, "")
+            .map_err(|e| e.to_string())?;
+        s.payment_request(&inv).map_err(|e| e.to_string())?
+    };
+    let d = buyer.driver.read().await;
+    let d = d.as_ref().ok_or("the buyer is offline")?;
+    offst_core::net::payer::pay(&buyer.wallet, d, &request, 8, limit, |_| {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Check what must hold once everything settled; returns the violations, described.
+fn invariants(plan: &Plan, completed: u64, before: &[i128]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut sum: i128 = 0;
+    let mut nets = Vec::new();
+    for (i, n) in plan.nodes.iter().enumerate() {
+        let w = lock(&n.wallet);
+        let mut net: i128 = 0;
+        for f in w.node().friends().copied().collect::<Vec<_>>() {
+            let Ok(v) = w.friend_view(f, 0) else {
+                bad.push(format!("wallet {i}: no view of a friend"));
+                continue;
+            };
+            for l in &v.lines {
+                net += l.balance;
+                if l.frozen_by_us != 0 || l.frozen_by_them != 0 {
+                    bad.push(format!("wallet {i}: credit still frozen with a friend"));
+                }
+            }
+            // Both sides of the channel agree.
+            if let Some(other) = plan.nodes.iter().find(|o| o.id == f) {
+                let theirs = lock(&other.wallet)
+                    .friend_view(n.id, 0)
+                    .ok()
+                    .and_then(|v| v.lines.first().map(|l| l.balance));
+                let mine = v.lines.first().map(|l| l.balance);
+                if theirs.map(|t| -t) != mine {
+                    bad.push(format!("wallet {i}: the two sides of a channel disagree"));
+                }
+            }
+        }
+        sum += net;
+        nets.push(net);
+    }
+    if sum != 0 {
+        bad.push(format!("balances sum to {sum}, not 0"));
+    }
+    // For one-way scenarios the seller got exactly amount per completed payment.
+    if let [(b, s)] = plan.pairs.as_slice() {
+        let got = nets.get(*s).copied().unwrap_or(0) - before.get(*s).copied().unwrap_or(0);
+        let want = i128::from(plan.amount) * i128::from(completed);
+        if got != want {
+            bad.push(format!("the seller got {got}, not {want}"));
+        }
+        let paid = before.get(*b).copied().unwrap_or(0) - nets.get(*b).copied().unwrap_or(0);
+        if paid < want {
+            bad.push(format!(
+                "the buyer paid {paid}, less than the {want} delivered"
+            ));
+        }
+    }
+    bad
+}
+
+fn nets(plan: &Plan) -> Vec<i128> {
+    plan.nodes
+        .iter()
+        .map(|n| {
+            let w = lock(&n.wallet);
+            w.node()
+                .friends()
+                .copied()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|f| w.friend_view(f, 0).ok())
+                .flat_map(|v| v.lines.into_iter().map(|l| l.balance))
+                .sum()
+        })
+        .collect()
+}
+
+fn commits(plan: &Plan) -> u64 {
+    plan.nodes.iter().map(|n| lock(&n.wallet).commits()).sum()
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, String> {
+    let common = match &args.scenario {
+        Scenario::Direct(c)
+        | Scenario::Chain { common: c, .. }
+        | Scenario::Multi { common: c, .. }
+        | Scenario::Offline { common: c, .. } => c.clone(),
+    };
+    let say = |s: &str| {
+        if !common.json {
+            eprintln!("{s}");
+        }
+    };
+    let rate = common.rate.unwrap_or(match args.scenario {
+        Scenario::Multi { .. } => 1.0,
+        _ => 0.0,
+    });
+    let root: PathBuf = std::env::temp_dir().join(format!("offst-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let result = async {
+        say("measuring the crypto floor's unit costs");
+        let unit = measure_crypto();
+        let relays = start_relays(&root).await?;
+        say("starting wallets and making friends by invitation");
+        let plan = build(&args.scenario, &root, &relays).await?;
+        // Routes come from the index: wait until every wallet's report is in.
+        let n = plan.nodes.len();
+        // Every channel both ways, with its limits.
+        let hops = 2 * plan.channels as u64;
+        until(
+            "every wallet's report in the index",
+            Duration::from_secs(60),
+            || {
+                relays.iter().all(|r| {
+                    r.index_stats()
+                        .is_some_and(|s| s.reporting >= n as u64 && s.hops >= hops)
+                })
+            },
+        )
+        .await?;
+        let before_nets = nets(&plan);
+        // The mediator that comes and goes.
+        let stop_flaky = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flaky = plan.flaky.and_then(|(i, away)| {
+            let node = plan.nodes.get(i)?.clone();
+            let stop = stop_flaky.clone();
+            Some(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(away)).await;
+                    node.go_offline().await;
+                    tokio::time::sleep(Duration::from_millis(away)).await;
+                    let _ = node.come_back().await;
+                }
+                let _ = node.come_back().await;
+            }))
+        });
+        say(&format!(
+            "{} payments of {} ({}, {} hop(s)), {}",
+            common.payments,
+            plan.amount,
+            plan.name,
+            plan.hops,
+            if rate > 0.0 {
+                format!("{} per second", rate)
+            } else {
+                format!("flat out, {} at once", common.inflight)
+            }
+        ));
+        let (crypto0, cpu0, bytes0, commits0) = (
+            crypto_counts(),
+            cpu_seconds(),
+            loopback_bytes(),
+            commits(&plan),
+        );
+        let relay_commits0: u64 = relays.iter().map(|r| r.stats().commits).sum();
+        let start = Instant::now();
+        let gate = Arc::new(tokio::sync::Semaphore::new(common.inflight.max(1)));
+        let mut tasks = Vec::new();
+        let limit = Duration::from_secs(common.timeout);
+        let pairs = plan.pairs.clone();
+        let progress_every = (common.payments / 10).max(1);
+        for i in 0..common.payments {
+            if rate > 0.0 {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let permit = gate
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let (b, s) = pairs
+                .get(i as usize % pairs.len())
+                .copied()
+                .ok_or("no pair")?;
+            let (Some(buyer), Some(seller)) = (plan.nodes.get(b), plan.nodes.get(s)) else {
+                return Err("pair".to_string());
+            };
+            let (buyer, seller, amount) = (buyer.clone(), seller.clone(), plan.amount);
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = one_payment(&buyer, &seller, amount, limit).await;
+                drop(permit);
+                (t.elapsed().as_secs_f64() * 1e3, r)
+            }));
+            if (i + 1) % progress_every == 0 {
+                say(&format!(
+                    "  {} started, {:.1} s",
+                    i + 1,
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+        }
+        let mut latencies = Vec::new();
+        let mut completed = 0u64;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for t in tasks {
+            let (ms, r) = t.await.map_err(|e| e.to_string())?;
+            match r {
+                Ok(()) => {
+                    completed += 1;
+                    latencies.push(ms);
+                }
+                Err(e) => *errors.entry(e).or_default() += 1,
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let (crypto, cpu, bytes, wallet_commits) = (
+            crypto_counts().since(&crypto0),
+            cpu_seconds() - cpu0,
+            loopback_bytes().saturating_sub(bytes0),
+            commits(&plan).saturating_sub(commits0),
+        );
+        let relay_commits = relays
+            .iter()
+            .map(|r| r.stats().commits)
+            .sum::<u64>()
+            .saturating_sub(relay_commits0);
+        stop_flaky.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(f) = flaky {
+            let _ = f.await;
+        }
+        say("settling: every wallet in sync, nothing frozen");
+        let settle = Instant::now();
+        let mut violations;
+        loop {
+            for node in &plan.nodes {
+                let _ = node.synced(Duration::from_secs(30)).await;
+            }
+            violations = invariants(&plan, completed, &before_nets);
+            if violations.is_empty() || settle.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for v in &violations {
+            eprintln!("invariant violated: {v}");
+        }
+        latencies.sort_by(f64::total_cmp);
+        let done = completed.max(1) as f64;
+        let per = |x: u64| x as f64 / done;
+        let floor_cpu = per(crypto.signs) * unit.sign
+            + per(crypto.verifies) * unit.verify
+            + per(crypto.hashes) * unit.hash
+            + per(crypto.seals) * unit.seal
+            + per(crypto.opens) * unit.open;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let floor_pps = if floor_cpu > 0.0 {
+            cores / floor_cpu
+        } else {
+            0.0
+        };
+        let pps = completed as f64 / seconds;
+        for node in &plan.nodes {
+            node.go_offline().await;
+        }
+        for r in relays {
+            r.shutdown().await;
+        }
+        let counts = |c: &CryptoCounts| {
+            json!({
+                "signs_per_payment": per(c.signs),
+                "verifies_per_payment": per(c.verifies),
+                "hashes_per_payment": per(c.hashes),
+                "seals_per_payment": per(c.seals),
+                "opens_per_payment": per(c.opens),
+                "unit_us": {
+                    "sign": unit.sign * 1e6, "verify": unit.verify * 1e6, "hash": unit.hash * 1e6,
+                    "seal_1k": unit.seal * 1e6, "open_1k": unit.open * 1e6,
+                },
+                "floor_cpu_ms_per_payment": floor_cpu * 1e3,
+            })
+        };
+        Ok(json!({
+            "scenario": plan.name,
+            "hops": plan.hops,
+            "wallets": plan.nodes.len(),
+            "relays": 2,
+            "payments": common.payments,
+            "amount": plan.amount,
+            "rate": rate,
+            "inflight": common.inflight,
+            "completed": completed,
+            "cancelled": common.payments - completed,
+            "errors": errors,
+            "seconds": seconds,
+            "payments_per_sec": pps,
+            "p50_ms": percentile(&latencies, 0.50),
+            "p95_ms": percentile(&latencies, 0.95),
+            "p99_ms": percentile(&latencies, 0.99),
+            "cpu_sec_per_payment": cpu / done,
+            "cores": cores,
+            "bytes_per_payment": per(bytes),
+            "wallet_commits_per_payment": per(wallet_commits),
+            "relay_commits_per_payment": per(relay_commits),
+            "crypto": counts(&crypto),
+            "crypto_floor_payments_per_sec": floor_pps,
+            "ratio_to_crypto_floor": if floor_pps > 0.0 { pps / floor_pps } else { 0.0 },
+            "invariant_violations": violations.len(),
+            "started_ms": now_ms(),
+        }))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let json = match &args.scenario {
+        Scenario::Direct(c)
+        | Scenario::Chain { common: c, .. }
+        | Scenario::Multi { common: c, .. }
+        | Scenario::Offline { common: c, .. } => c.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(v) => {
+            let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+            if !json {
+                eprintln!(
+                    "{} of {} completed in {:.1} s: {:.1} payments/s, p50 {:.1} ms, p99 {:.1} ms; crypto floor {:.0}/s",
+                    f("completed"),
+                    f("payments"),
+                    f("seconds"),
+                    f("payments_per_sec"),
+                    f("p50_ms"),
+                    f("p99_ms"),
+                    f("crypto_floor_payments_per_sec"),
+                );
+            }
+            println!("{v}");
+            if v.get("invariant_violations")
+                .and_then(serde_json::Value::as_u64)
+                == Some(0)
+            {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
