@@ -61,4 +61,9 @@ step "crash storm: 30 SIGKILLs of a process running three wallets, seed 11"
 # Exits non-zero if anything was lost; prints one JSON object as its last line.
 cargo run --release --locked -q -p offst-tests --bin crash-storm -- --kills 30 --seed 11 --json | tail -n 1
 
+step "load generator: 500 payments through 3 mediators and 2 relays, then 200 past a mediator that comes and goes"
+# Exits non-zero if an invariant broke (channels disagree, credit frozen, sum not zero).
+cargo run --release --locked -q -p offst-bench -- chain --hops 4 --payments 500 --json | tail -n 1
+cargo run --release --locked -q -p offst-bench -- offline --hops 3 --payments 200 --inflight 8 --json | tail -n 1
+
 printf '\nall checks passed\nKotlin: %s\nSwift: %s\n%s passed, %s failed\n' "$kotlin" "$swift" "$passed" "$failed"
