@@ -97,6 +97,10 @@ struct Common {
     /// Print only the JSON object.
     #[arg(long)]
     json: bool,
+    /// Wallets commit with `synchronous=NORMAL` (safe against a killed app, not against a
+    /// power loss): to see what the wallets' fsyncs cost. The goals are measured without it.
+    #[arg(long)]
+    normal_sync: bool,
 }
 
 /// Everything moves in this currency; limits are large enough for every scenario except
@@ -130,12 +134,17 @@ struct Node {
 }
 
 impl Node {
-    fn start(dir: &Path, rate: Rate, relay: &RelayHandle) -> Result<Node, String> {
+    fn start(dir: &Path, rate: Rate, relay: &RelayHandle, normal: bool) -> Result<Node, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let key = dir.join("wallet.key");
         KeyFile::generate(&key).map_err(|e| e.to_string())?;
         let options = WalletOptions {
             rate,
+            durability: if normal {
+                offst_core::wallet::Durability::Normal
+            } else {
+                offst_core::wallet::Durability::Full
+            },
             ..WalletOptions::default()
         };
         let mut w = Wallet::create(dir, &KeyFile::new(&key), options).map_err(|e| e.to_string())?;
@@ -293,7 +302,12 @@ struct Plan {
     channels: usize,
 }
 
-async fn build(scenario: &Scenario, root: &Path, relays: &[RelayHandle]) -> Result<Plan, String> {
+async fn build(
+    scenario: &Scenario,
+    root: &Path,
+    relays: &[RelayHandle],
+    normal: bool,
+) -> Result<Plan, String> {
     let relay = |i: usize| relays.get(i % relays.len()).ok_or("no relay");
     let dir = |i: usize| root.join(format!("wallet-{i}"));
     let (name, hops, shape, amount, flaky) = match scenario {
@@ -336,7 +350,7 @@ async fn build(scenario: &Scenario, root: &Path, relays: &[RelayHandle]) -> Resu
                 } else {
                     MEDIATOR_RATE
                 };
-                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?)?));
+                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?, normal)?));
             }
             for i in 0..h {
                 let (Some(a), Some(b)) = (nodes.get(i), nodes.get(i + 1)) else {
@@ -362,7 +376,7 @@ async fn build(scenario: &Scenario, root: &Path, relays: &[RelayHandle]) -> Resu
                 } else {
                     MEDIATOR_RATE
                 };
-                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?)?));
+                nodes.push(Arc::new(Node::start(&dir(i), rate, relay(i)?, normal)?));
             }
             for m in 2..k + 2 {
                 let (Some(b), Some(s), Some(mm)) = (nodes.first(), nodes.get(1), nodes.get(m))
@@ -617,7 +631,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         let unit = measure_crypto();
         let relays = start_relays(&root).await?;
         say("starting wallets and making friends by invitation");
-        let plan = build(&args.scenario, &root, &relays).await?;
+        let plan = build(&args.scenario, &root, &relays, common.normal_sync).await?;
         // Routes come from the index: wait until every wallet's report is in.
         let n = plan.nodes.len();
         // Every channel both ways, with its limits.
@@ -812,6 +826,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "crypto_floor_payments_per_sec": floor_pps,
             "ratio_to_crypto_floor": if floor_pps > 0.0 { pps / floor_pps } else { 0.0 },
             "invariant_violations": violations.len(),
+            "wallet_sync": if common.normal_sync { "normal" } else { "full" },
             "started_ms": now_ms(),
         }))
     }
