@@ -32,7 +32,7 @@ use offst_core::net::driver::Driver;
 use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
 use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
-use offst_relay::{Config, RelayHandle};
+use offst_relay::RelayHandle;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -192,46 +192,12 @@ impl Node {
 
 async fn start_relays(root: &Path) -> Result<Vec<RelayHandle>, String> {
     let dirs = [root.join("relay-1"), root.join("relay-2")];
-    let mut keys = Vec::new();
-    let mut ports = Vec::new();
-    for d in &dirs {
-        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        keys.push(
-            offst_relay::server::load_or_create_identity(d)
-                .map_err(|e| e.to_string())?
-                .id(),
-        );
-        ports.push(
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .map_err(|e| e.to_string())?
-                .port(),
-        );
-    }
-    let mut relays = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        let other = 1 - i;
-        let (Some(port), Some(peer_key), Some(peer_port)) =
-            (ports.get(i), keys.get(other), ports.get(other))
-        else {
-            return Err("relay set-up".into());
-        };
-        let config = Config {
-            listen: ([127, 0, 0, 1], *port).into(),
-            data_dir: dir.clone(),
-            index_peers: vec![format!("{peer_key}@127.0.0.1:{peer_port}")],
-            // A load test sends far faster than one phone may.
-            sender_rate_per_sec: 1_000_000,
-            sender_burst: 1_000_000,
-            ..Config::default()
-        };
-        relays.push(
-            offst_relay::start(config)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(relays)
+    offst_relay::local::start_on_loopback(&dirs, |c| {
+        // A load test sends far faster than one phone may.
+        c.sender_rate_per_sec = 1_000_000;
+        c.sender_burst = 1_000_000;
+    })
+    .await
 }
 
 async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {

@@ -559,6 +559,26 @@ fn relay_address(text: &str) -> Result<RelayAddress, String> {
     text.parse()
 }
 
+/// The relay in `config`, read (none given: `None`).
+fn config_relay(config: &WalletConfig) -> Result<Option<RelayAddress>, WalletError> {
+    config
+        .relay
+        .as_deref()
+        .map(relay_address)
+        .transpose()
+        .map_err(WalletError::BadConfig)
+}
+
+/// Run a blocking wallet call (Argon2, SQLite) on the runtime's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, core_wallet::WalletError> + Send + 'static,
+) -> Result<T, WalletError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| WalletError::Internal(e.to_string()))?
+        .map_err(WalletError::from)
+}
+
 fn rate(config: &WalletConfig) -> Rate {
     Rate {
         base: config.fee_base,
@@ -574,12 +594,7 @@ pub async fn create_wallet(
     keys: Arc<dyn KeyStore>,
 ) -> Result<Arc<Wallet>, WalletError> {
     on_runtime(async move {
-        let relay = config
-            .relay
-            .as_deref()
-            .map(relay_address)
-            .transpose()
-            .map_err(WalletError::BadConfig)?;
+        let relay = config_relay(&config)?;
         let dir = std::path::PathBuf::from(&config.dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| WalletError::Storage(format!("{}: {e}", dir.display())))?;
@@ -587,11 +602,8 @@ pub async fn create_wallet(
             rate: rate(&config),
             ..Default::default()
         };
-        let mut w = tokio::task::spawn_blocking(move || {
-            core_wallet::Wallet::create(&dir, &Keys(keys), options)
-        })
-        .await
-        .map_err(|e| WalletError::Internal(e.to_string()))??;
+        let mut w =
+            blocking(move || core_wallet::Wallet::create(&dir, &Keys(keys), options)).await?;
         if let Some(r) = relay {
             w.set_relay(r)?;
         }
@@ -608,18 +620,12 @@ pub async fn open_wallet(
     keys: Arc<dyn KeyStore>,
 ) -> Result<Arc<Wallet>, WalletError> {
     on_runtime(async move {
-        let relay = config
-            .relay
-            .as_deref()
-            .map(relay_address)
-            .transpose()
-            .map_err(WalletError::BadConfig)?;
+        let relay = config_relay(&config)?;
         let dir = std::path::PathBuf::from(&config.dir);
-        let mut w = tokio::task::spawn_blocking(move || {
+        let mut w = blocking(move || {
             core_wallet::Wallet::open(&dir, &Keys(keys), core_wallet::WalletOptions::default())
         })
-        .await
-        .map_err(|e| WalletError::Internal(e.to_string()))??;
+        .await?;
         if let Some(r) = relay
             && w.relay()?.as_ref() != Some(&r)
         {
@@ -640,7 +646,7 @@ pub async fn restore_wallet(
 ) -> Result<Arc<Wallet>, WalletError> {
     on_runtime(async move {
         let dir = std::path::PathBuf::from(&config.dir);
-        let w = tokio::task::spawn_blocking(move || {
+        let w = blocking(move || {
             let keys = Keys(keys);
             core_wallet::Wallet::restore(
                 std::path::Path::new(&backup_path),
@@ -651,8 +657,7 @@ pub async fn restore_wallet(
                 core_wallet::WalletOptions::default(),
             )
         })
-        .await
-        .map_err(|e| WalletError::Internal(e.to_string()))??;
+        .await?;
         Wallet::start(w)
     })
     .await
@@ -1161,14 +1166,12 @@ impl Wallet {
         keys: Arc<dyn KeyStore>,
     ) -> Result<(), WalletError> {
         on_runtime(async move {
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 self.lock()
                     .backup(std::path::Path::new(&path), &Keys(keys))
                     .map(|_| ())
-                    .map_err(WalletError::from)
             })
             .await
-            .map_err(|e| WalletError::Internal(e.to_string()))?
         })
         .await
     }

@@ -12,7 +12,7 @@ use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
 use offst_core::protocol::node::PaymentStatus;
 use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
-use offst_relay::{Config, RelayHandle};
+use offst_relay::RelayHandle;
 use serde_json::json;
 
 use crate::online::Online;
@@ -79,42 +79,7 @@ fn open_wallet(dir: &Path, rate: Rate) -> Result<Wallet, String> {
 
 async fn start_relays(root: &Path) -> Result<(RelayHandle, RelayHandle), String> {
     let dirs = [root.join("relay-1"), root.join("relay-2")];
-    let mut keys = Vec::new();
-    let mut ports = Vec::new();
-    for d in &dirs {
-        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-        keys.push(
-            offst_relay::server::load_or_create_identity(d)
-                .map_err(|e| e.to_string())?
-                .id(),
-        );
-        ports.push(
-            std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .map_err(|e| e.to_string())?
-                .port(),
-        );
-    }
-    let mut relays = Vec::new();
-    for i in 0..2 {
-        let other = 1 - i;
-        let (Some(dir), Some(port), Some(peer_key), Some(peer_port)) =
-            (dirs.get(i), ports.get(i), keys.get(other), ports.get(other))
-        else {
-            return Err("relay set-up".into());
-        };
-        let config = Config {
-            listen: ([127, 0, 0, 1], *port).into(),
-            data_dir: dir.clone(),
-            index_peers: vec![format!("{peer_key}@127.0.0.1:{peer_port}")],
-            ..Config::default()
-        };
-        relays.push(
-            offst_relay::start(config)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
+    let mut relays = offst_relay::local::start_on_loopback(&dirs, |_| {}).await?;
     let two = relays.pop().ok_or("relay set-up")?;
     let one = relays.pop().ok_or("relay set-up")?;
     Ok((one, two))

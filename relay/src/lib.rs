@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod index;
+pub mod local;
 pub mod server;
 pub mod store;
 
