@@ -555,16 +555,12 @@ pub fn version() -> String {
 // ------------------------------------------------------------------------------------------
 // Opening
 
-fn relay_address(text: &str) -> Result<RelayAddress, String> {
-    text.parse()
-}
-
 /// The relay in `config`, read (none given: `None`).
 fn config_relay(config: &WalletConfig) -> Result<Option<RelayAddress>, WalletError> {
     config
         .relay
         .as_deref()
-        .map(relay_address)
+        .map(str::parse)
         .transpose()
         .map_err(WalletError::BadConfig)
 }
@@ -779,7 +775,7 @@ impl Wallet {
     /// Use the relay `KEY@HOST:PORT` from now on; friends are told, and mail still at the old
     /// relay is fetched.
     pub fn set_relay(&self, relay: String) -> Result<(), WalletError> {
-        let r = relay_address(&relay).map_err(WalletError::BadConfig)?;
+        let r: RelayAddress = relay.parse().map_err(WalletError::BadConfig)?;
         let mut w = self.lock();
         if w.relay()?.is_none() {
             w.set_relay(r)?;
@@ -957,17 +953,10 @@ impl Wallet {
         on_runtime(async move {
             let req = PaymentRequest::parse(&request, now_ms())?;
             let query = self.lock().route_query(&req, max_routes.max(1));
-            let driver = self.driver.read().await;
-            let driver = driver
-                .as_ref()
-                .ok_or_else(|| PayError::Offline("the wallet is closed".into()))?;
-            driver
-                .connected(Duration::from_secs(30), |_| {})
+            let driver = self.connected_driver().await?;
+            let driver = driver.as_ref().ok_or_else(closed)?;
+            let set = payer::routes(driver, query)
                 .await
-                .map_err(|e| PayError::Offline(e.to_string()))?;
-            let set = tokio::time::timeout(Duration::from_secs(30), driver.find_routes(query))
-                .await
-                .map_err(|_| PayError::Offline("the relay's index did not answer in 30 s".into()))?
                 .map_err(|e| no_routes(&req, e))?;
             Ok(PaymentQuote {
                 request: request_info(&req),
@@ -999,14 +988,8 @@ impl Wallet {
     ) -> Result<Receipt, PayError> {
         on_runtime(async move {
             let req = PaymentRequest::parse(&request, now_ms())?;
-            let driver = self.driver.read().await;
-            let driver = driver
-                .as_ref()
-                .ok_or_else(|| PayError::Offline("the wallet is closed".into()))?;
-            driver
-                .connected(Duration::from_secs(30), |_| {})
-                .await
-                .map_err(|e| PayError::Offline(e.to_string()))?;
+            let driver = self.connected_driver().await?;
+            let driver = driver.as_ref().ok_or_else(closed)?;
             let r = payer::pay(
                 &self.inner,
                 driver,
@@ -1197,7 +1180,25 @@ impl Wallet {
     }
 }
 
+fn closed() -> PayError {
+    PayError::Offline("the wallet is closed".into())
+}
+
 impl Wallet {
+    /// The driver, once connected to the relay (at most 30 s), for paying.
+    async fn connected_driver(
+        &self,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, Option<Driver>>, PayError> {
+        let guard = self.driver.read().await;
+        guard
+            .as_ref()
+            .ok_or_else(closed)?
+            .connected(Duration::from_secs(30), |_| {})
+            .await
+            .map_err(|e| PayError::Offline(e.to_string()))?;
+        Ok(guard)
+    }
+
     /// [`Wallet::next_event`] when already on the runtime.
     async fn next_event_here(self: Arc<Self>) -> Result<HistoryItem, WalletError> {
         let mut changes = self.lock().watch_changes();

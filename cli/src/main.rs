@@ -738,9 +738,8 @@ async fn pay(
         online.connected(Duration::from_secs(30)).await?;
         let terms = req.invoice.terms.clone();
         let query = online.w().route_query(&req, max_routes);
-        let set = tokio::time::timeout(Duration::from_secs(30), online.driver.find_routes(query))
+        let set = offst_core::net::payer::routes(&online.driver, query)
             .await
-            .map_err(|_| "the relay's index did not answer in 30 s".to_string())?
             .map_err(|e| format!("can't pay {} {}: {e}", terms.amount, terms.currency))?;
         if !json {
             println!(

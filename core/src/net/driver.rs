@@ -183,8 +183,7 @@ impl Driver {
         let start = tokio::time::Instant::now();
         self.connected(limit, retrying).await?;
         let mut drained = self.drained.clone();
-        let changes = lock(wallet).watch_changes();
-        let mut changes = changes;
+        let mut changes = lock(wallet).watch_changes();
         loop {
             let outbox = lock(wallet).outbox_len().map_err(WaitError::Wallet)?;
             let caught_up = *drained.borrow_and_update() > 0;

@@ -55,7 +55,8 @@ fn lock(w: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, ClientError> {
+/// Routes for `query` from the driver, waiting at most 30 s for the relay's index.
+pub async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, ClientError> {
     tokio::time::timeout(Duration::from_secs(30), driver.find_routes(query))
         .await
         .map_err(|_| ClientError::Closed("the relay's index did not answer in 30 s".into()))?
