@@ -85,8 +85,8 @@ struct Common {
     /// the last payment left, and wallets report changes at most every half second.
     #[arg(long)]
     rate: Option<f64>,
-    /// Most payments under way at once.
-    #[arg(long, default_value_t = 32)]
+    /// Most payments under way at once (flat out: enough to keep every channel's moves full).
+    #[arg(long, default_value_t = 128)]
     inflight: usize,
     /// Each payment's amount (multi: the default needs three of four routes).
     #[arg(long)]
@@ -570,8 +570,13 @@ fn nets(plan: &Plan) -> Vec<i128> {
         .collect()
 }
 
-fn commits(plan: &Plan) -> u64 {
-    plan.nodes.iter().map(|n| lock(&n.wallet).commits()).sum()
+/// The wallets' durable steps and their SQLite write transactions (fewer when steps share a
+/// group commit; more for outbox bookkeeping).
+fn commits(plan: &Plan) -> (u64, u64) {
+    plan.nodes.iter().fold((0, 0), |(steps, disk), n| {
+        let w = lock(&n.wallet);
+        (steps + w.commits(), disk + w.disk_commits())
+    })
 }
 
 async fn run(args: Args) -> Result<serde_json::Value, String> {
@@ -704,8 +709,10 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             crypto_counts().since(&crypto0),
             cpu_seconds() - cpu0,
             loopback_bytes().saturating_sub(bytes0),
-            commits(&plan).saturating_sub(commits0),
+            commits(&plan),
         );
+        let wallet_steps = wallet_commits.0.saturating_sub(commits0.0);
+        let wallet_commits = wallet_commits.1.saturating_sub(commits0.1);
         let relay_commits = relays
             .iter()
             .map(|r| r.stats().commits)
@@ -786,6 +793,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "cpu_sec_per_payment": cpu / done,
             "cores": cores,
             "bytes_per_payment": per(bytes),
+            "wallet_steps_per_payment": per(wallet_steps),
             "wallet_commits_per_payment": per(wallet_commits),
             "relay_commits_per_payment": per(relay_commits),
             "crypto": counts(&crypto),
@@ -801,6 +809,16 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     result
 }
 
+/// The runtime's worker threads: `BENCH_WORKERS`, or one per core. Wallets block their worker
+/// while SQLite waits for the disk, so more threads than cores keep the cores busy meanwhile
+/// (in real life each wallet is its own phone).
+fn workers() -> usize {
+    std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let json = match &args.scenario {
@@ -810,6 +828,7 @@ fn main() -> std::process::ExitCode {
         | Scenario::Offline { common: c, .. } => c.json,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers())
         .enable_all()
         .build()
     {

@@ -724,3 +724,98 @@ fn a_limit_waiting_for_the_turn_shows_as_pending() {
         (170, None, 150)
     );
 }
+
+/// Envelopes that arrive together are one group commit: one SQLite commit for all of them, a
+/// copy inside the group refused as a replay. If the commit can't be made (here: the disk is
+/// full), none of them counts: the node is as before, nothing is marked seen, and the same
+/// envelopes delivered again (the relay keeps what was not acknowledged) are applied.
+#[test]
+fn a_group_commit_is_all_or_nothing() {
+    use offst_core::net::wire::RelayAddress;
+    use offst_core::wallet::{Contact, Delivery};
+    let t = TempDir::new("group");
+    let mut ws = trio(&t);
+    let relay = |port: u16| -> RelayAddress {
+        format!("{}@127.0.0.1:{port}", offst_tests::identity(9).id())
+            .parse()
+            .unwrap()
+    };
+    let contact = |w: &Wallet, name: &str| Contact {
+        id: w.id(),
+        name: name.into(),
+        mail_key: w.mail_key(),
+        relay: relay(1),
+    };
+    let (ca, cb) = (contact(&ws[0], "a"), contact(&ws[1], "b"));
+    ws[0].set_contact(cb).unwrap();
+    ws[1].set_contact(ca).unwrap();
+    ws[0].set_relay(relay(1)).unwrap();
+    // Each move of a's relay tells b, in an envelope that b records.
+    let mut port = 2;
+    let mut envelopes_for_b = |a: &mut Wallet, n: usize| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            a.move_relay(relay(port)).unwrap();
+            port += 1;
+            for item in a.outbox(100).unwrap() {
+                // A fresh envelope id each time.
+                let mut entropy = [7u8; 72];
+                entropy[..8].copy_from_slice(&(port as u64).to_le_bytes());
+                let (env, _) = a.seal_outgoing(&item, entropy).unwrap();
+                a.outbox_sent(item.seq).unwrap();
+                out.push(env);
+            }
+        }
+        out
+    };
+
+    // Five envelopes and a copy of the first: one commit, the copy refused.
+    let mut group = envelopes_for_b(&mut ws[0], 5);
+    group.push(group[0].clone());
+    let commits = ws[1].disk_commits();
+    let got = ws[1].receive_envelopes(&group).unwrap();
+    assert_eq!(ws[1].disk_commits() - commits, 1, "one group, one commit");
+    assert_eq!(got.len(), 6);
+    assert!(got[..5].iter().all(|d| *d == Delivery::Applied), "{got:?}");
+    assert!(matches!(&got[5], Delivery::Refused(why) if why.contains("replay")));
+
+    // Now b's disk is full: groups fail whole, and leave b as it was.
+    let b = ws.remove(1);
+    drop(b);
+    let size = std::fs::metadata(t.path("b").join("wallet.db"))
+        .unwrap()
+        .len();
+    let capped = WalletOptions {
+        max_size_bytes: Some(size),
+        ..WalletOptions::default()
+    };
+    let mut b = Wallet::open(&t.path("b"), &test_keys(2), capped).unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        let group = envelopes_for_b(&mut ws[0], 20);
+        let before = (b.node().parts(), b.contact(&ws[0].id()).unwrap());
+        match b.receive_envelopes(&group) {
+            Ok(got) => assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}"),
+            Err(e) => {
+                assert!(matches!(e, WalletError::DiskFull), "{e}");
+                assert_eq!(
+                    (b.node().parts(), b.contact(&ws[0].id()).unwrap()),
+                    before,
+                    "a failed group left something behind"
+                );
+                refused = Some(group);
+                break;
+            }
+        }
+    }
+    let group = refused.expect("the capped disk never filled");
+    // With room again, the same envelopes are new to b: none was recorded as seen.
+    drop(b);
+    let mut b = Wallet::open(&t.path("b"), &test_keys(2), WalletOptions::default()).unwrap();
+    let got = b.receive_envelopes(&group).unwrap();
+    assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}");
+    assert_eq!(
+        b.contact(&ws[0].id()).unwrap().unwrap().relay,
+        relay(port - 1)
+    );
+}

@@ -71,6 +71,9 @@ enum Reply {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>>;
 
+/// An envelope to send: the recipient, their relay when it is not ours, the sealed bytes.
+pub type OutgoingEnvelope = (NodeId, Option<RelayAddress>, Vec<u8>);
+
 /// An open connection to a relay.
 pub struct RelayConnection {
     conn: quinn::Connection,
@@ -246,14 +249,49 @@ impl RelayConnection {
         &self,
         query: crate::routing::RouteQuery,
     ) -> Result<crate::routing::RouteSet, ClientError> {
-        match self.request(|id| ToRelay::FindRoutes { id, query }).await? {
-            Reply::Routes(set) => Ok(set),
-            Reply::Accepted => Err(ClientError::Closed("the relay answered out of turn".into())),
-        }
+        self.ask_routes(query).await?.await
+    }
+
+    /// Send a route query and return at once: the answer comes through the returned future,
+    /// which does not borrow the connection (so a driver goes on with its mail meanwhile).
+    pub async fn ask_routes(
+        &self,
+        query: crate::routing::RouteQuery,
+    ) -> Result<
+        impl std::future::Future<Output = Result<crate::routing::RouteSet, ClientError>>
+        + Send
+        + 'static,
+        ClientError,
+    > {
+        let rx = self.start(|id| ToRelay::FindRoutes { id, query }).await?;
+        let closed = self.closed.clone();
+        Ok(async move {
+            let reply = rx.await.map_err(|_| {
+                let why = closed.lock().ok().and_then(|c| c.clone());
+                ClientError::Closed(why.unwrap_or_else(|| "connection closed".into()))
+            })??;
+            match reply {
+                Reply::Routes(set) => Ok(set),
+                Reply::Accepted => {
+                    Err(ClientError::Closed("the relay answered out of turn".into()))
+                }
+            }
+        })
     }
 
     /// Send the request `make(id)` and wait for the relay's answer to `id`.
     async fn request(&self, make: impl FnOnce(u64) -> ToRelay) -> Result<Reply, ClientError> {
+        self.start(make)
+            .await?
+            .await
+            .map_err(|_| ClientError::Closed(self.closed_reason()))?
+    }
+
+    /// Send a request; its answer comes through the receiver.
+    async fn start(
+        &self,
+        make: impl FnOnce(u64) -> ToRelay,
+    ) -> Result<oneshot::Receiver<Result<Reply, ClientError>>, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -263,8 +301,7 @@ impl RelayConnection {
             .send(make(id))
             .await
             .map_err(|_| ClientError::Closed(self.closed_reason()))?;
-        rx.await
-            .map_err(|_| ClientError::Closed(self.closed_reason()))?
+        Ok(rx)
     }
 
     /// Send `envelope` to `to`, a user of the relay `relay` (which may be this one); returns
@@ -299,6 +336,59 @@ impl RelayConnection {
     /// gone.
     pub async fn recv_or_empty(&mut self) -> Option<Incoming> {
         self.mail.recv().await
+    }
+
+    /// What has already arrived, without waiting: `None` when nothing has.
+    pub fn try_recv_or_empty(&mut self) -> Option<Incoming> {
+        self.mail.try_recv().ok()
+    }
+
+    /// Send several envelopes at once (each to `to`, through `relay` when it is another relay
+    /// than ours), without waiting for one answer before sending the next: the relay commits
+    /// them together. The answers come back in the same order.
+    pub async fn send_all(&self, items: Vec<OutgoingEnvelope>) -> Vec<Result<(), ClientError>> {
+        self.start_all(items).await.await
+    }
+
+    /// Like [`RelayConnection::send_all`], but returns once everything is sent: the answers
+    /// come through the returned future, which does not borrow the connection (so a driver
+    /// goes on with its mail while the relay commits).
+    pub async fn start_all(
+        &self,
+        items: Vec<OutgoingEnvelope>,
+    ) -> impl std::future::Future<Output = Vec<Result<(), ClientError>>> + Send + 'static {
+        let mut waits = Vec::with_capacity(items.len());
+        for (to, relay, envelope) in items {
+            let started = self
+                .start(|id| match relay {
+                    None => ToRelay::Send { id, to, envelope },
+                    Some(relay) => ToRelay::Forward {
+                        id,
+                        to,
+                        relay,
+                        envelope,
+                    },
+                })
+                .await;
+            waits.push(started);
+        }
+        let closed = self.closed.clone();
+        async move {
+            let mut out = Vec::with_capacity(waits.len());
+            for wait in waits {
+                let reply = match wait {
+                    Ok(rx) => rx.await.unwrap_or_else(|_| {
+                        let why = closed.lock().ok().and_then(|c| c.clone());
+                        Err(ClientError::Closed(
+                            why.unwrap_or_else(|| "connection closed".into()),
+                        ))
+                    }),
+                    Err(e) => Err(e),
+                };
+                out.push(reply.map(drop));
+            }
+            out
+        }
     }
 
     /// Mail up to and including `seq` was handled: the relay may delete it.

@@ -407,43 +407,45 @@ async fn serve(
     links: &mut Links,
 ) -> Result<(), String> {
     let mut tick = tokio::time::interval(TICK);
-    let mut unreachable: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+    let mut sending = Sending::new();
     let mut reports = Reporting::default();
     loop {
-        send_outbox(wallet, conn, relay, &mut unreachable).await?;
+        sending.start(wallet, conn, relay).await?;
         reports.maybe_send(wallet, conn).await?;
         tokio::select! {
+            Some((seqs, results)) = sending.answers.recv() => {
+                sending.finish(wallet, seqs, results)?;
+            }
+            // Held back by the relay (a quota): go on when the pause ends.
+            _ = tokio::time::sleep_until(sending.hold.unwrap_or_else(tokio::time::Instant::now)), if sending.hold.is_some() => {
+                sending.hold = None;
+            }
             q = links.queries.recv() => {
                 if let Some((query, answer)) = q {
-                    let result = conn.find_routes(query).await;
-                    debug!(ok = result.is_ok(), "route query answered");
-                    let _ = answer.send(result);
+                    // Asked here, answered on the side: mail keeps flowing meanwhile.
+                    match conn.ask_routes(query).await {
+                        Ok(reply) => {
+                            tokio::spawn(async move {
+                                let result = reply.await;
+                                debug!(ok = result.is_ok(), "route query answered");
+                                let _ = answer.send(result);
+                            });
+                        }
+                        Err(e) => {
+                            let _ = answer.send(Err(e));
+                        }
+                    }
                 }
             }
             d = conn.recv_or_empty() => {
-                let d = match d {
-                    Some(super::client::Incoming::Mail(d)) => d,
-                    Some(super::client::Incoming::Empty) => {
-                        links.drained.send_modify(|n| *n += 1);
-                        continue;
-                    }
-                    None => {
-                        return Err(conn.close_reason().unwrap_or_else(|| "closed".into()));
-                    }
+                let Some(first) = d else {
+                    return Err(conn.close_reason().unwrap_or_else(|| "closed".into()));
                 };
-                let result = lock(wallet).receive_envelope(&d.envelope);
-                match result {
-                    Ok(delivery) => {
-                        debug!(seq = d.seq, ?delivery, "mail handled");
-                        conn.ack(d.seq).await.map_err(|e| e.to_string())?;
-                    }
-                    // Not acknowledged: the relay keeps it and delivers it again.
-                    Err(e) => return Err(format!("could not store received mail: {e}")),
-                }
+                receive_batch(wallet, conn, first, links).await?;
             }
             // Something changed (new mail, a new contact, or a move): try everything again.
             _ = signal.notified() => {
-                unreachable.clear();
+                sending.unreachable.clear();
                 let chosen = lock(wallet).relay();
                 if let Ok(Some(now)) = chosen
                     && now != *relay
@@ -541,65 +543,187 @@ impl Reporting {
     }
 }
 
-async fn send_outbox(
+/// Most envelopes handled in one group commit, and most outbox messages sent at once.
+const BATCH: usize = 64;
+
+/// Handle `first` and whatever else has already arrived (up to [`BATCH`] envelopes) as one
+/// group commit, then acknowledge them: the relay's acknowledgement is cumulative, so the last
+/// seq covers the batch. Nothing is acknowledged unless its step committed.
+async fn receive_batch(
     wallet: &Mutex<Wallet>,
-    conn: &RelayConnection,
-    relay: &crate::net::wire::RelayAddress,
-    unreachable: &mut std::collections::BTreeSet<u64>,
+    conn: &mut RelayConnection,
+    first: super::client::Incoming,
+    links: &mut Links,
 ) -> Result<(), String> {
-    loop {
-        let items = lock(wallet).outbox(64).map_err(|e| e.to_string())?;
-        let items: Vec<_> = items
-            .into_iter()
-            .filter(|i| !unreachable.contains(&i.seq))
-            .collect();
-        if items.is_empty() {
-            return Ok(());
+    let mut mail = Vec::new();
+    let mut empty = false;
+    let mut next = Some(first);
+    while let Some(incoming) = next.take() {
+        match incoming {
+            super::client::Incoming::Mail(d) => mail.push(d),
+            super::client::Incoming::Empty => empty = true,
         }
-        for item in items {
-            let mut entropy = [0u8; 72];
-            getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;
-            let sealed = lock(wallet).seal_outgoing(&item, entropy);
-            let (envelope, to_relay) = match sealed {
-                Ok(x) => x,
-                Err(WalletError::Storage(why)) => {
-                    // No contact for this friend (yet): keep it for when there is one.
-                    warn!(from = %lock(wallet).id().short(), to = %item.to.short(), kind = item.kind, "can't send: {why}");
-                    unreachable.insert(item.seq);
-                    continue;
+        if mail.len() < BATCH && !empty {
+            next = conn.try_recv_or_empty();
+        }
+    }
+    if !mail.is_empty() {
+        let envelopes: Vec<Vec<u8>> = mail.iter().map(|d| d.envelope.clone()).collect();
+        let result = lock(wallet).receive_envelopes(&envelopes);
+        match result {
+            Ok(deliveries) => {
+                debug!(count = deliveries.len(), "mail handled");
+                let last = mail.iter().map(|d| d.seq).max().unwrap_or_default();
+                conn.ack(last).await.map_err(|e| e.to_string())?;
+            }
+            // Not acknowledged: the relay keeps it and delivers it again.
+            Err(e) => return Err(format!("could not store received mail: {e}")),
+        }
+    }
+    if empty {
+        links.drained.send_modify(|n| *n += 1);
+    }
+    Ok(())
+}
+
+/// Most messages sent and not yet answered by the relay, per connection.
+const MAX_UNANSWERED: usize = 512;
+
+/// A batch's outbox seqs with the relay's answer to each.
+type Answered = (Vec<u64>, Vec<Result<(), ClientError>>);
+
+/// The outbox on its way to the relay: batches are sent without waiting for the answers to the
+/// batches before (the relay commits them together), and each message leaves the outbox only
+/// once the relay answered that it holds it.
+struct Sending {
+    /// Outbox messages for friends we can't reach yet (no contact): skipped, not allowed to
+    /// block the rest, until something changes.
+    unreachable: std::collections::BTreeSet<u64>,
+    /// Sent, answer not in yet.
+    unanswered: std::collections::BTreeSet<u64>,
+    /// The answers of each batch, in the order sent.
+    answers: tokio::sync::mpsc::UnboundedReceiver<Answered>,
+    answer_tx: tokio::sync::mpsc::UnboundedSender<Answered>,
+    /// No new sends before this (the relay asked us to wait).
+    hold: Option<tokio::time::Instant>,
+}
+
+impl Sending {
+    fn new() -> Sending {
+        let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
+        Sending {
+            unreachable: Default::default(),
+            unanswered: Default::default(),
+            answers,
+            answer_tx,
+            hold: None,
+        }
+    }
+
+    /// Seal and send what the outbox holds that is not sent yet, in batches of [`BATCH`].
+    async fn start(
+        &mut self,
+        wallet: &Mutex<Wallet>,
+        conn: &RelayConnection,
+        relay: &crate::net::wire::RelayAddress,
+    ) -> Result<(), String> {
+        while self.hold.is_none() && self.unanswered.len() < MAX_UNANSWERED {
+            let skip = self.unreachable.len() + self.unanswered.len();
+            let items = lock(wallet)
+                .outbox(BATCH + skip)
+                .map_err(|e| e.to_string())?;
+            let items: Vec<_> = items
+                .into_iter()
+                .filter(|i| !self.unreachable.contains(&i.seq) && !self.unanswered.contains(&i.seq))
+                .take(BATCH)
+                .collect();
+            if items.is_empty() {
+                return Ok(());
+            }
+            // Seal everything under one lock, then send it all at once.
+            let mut seqs = Vec::with_capacity(items.len());
+            let mut sends = Vec::with_capacity(items.len());
+            {
+                let w = lock(wallet);
+                for item in &items {
+                    let mut entropy = [0u8; 72];
+                    getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;
+                    match w.seal_outgoing(item, entropy) {
+                        Ok((envelope, to_relay)) => {
+                            let via = (to_relay.key != relay.key).then_some(to_relay);
+                            seqs.push(item.seq);
+                            sends.push((item.to, via, envelope));
+                        }
+                        Err(WalletError::Storage(why)) => {
+                            // No contact for this friend (yet): keep it for when there is one.
+                            warn!(from = %w.id().short(), to = %item.to.short(), kind = item.kind, "can't send: {why}");
+                            self.unreachable.insert(item.seq);
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
                 }
-                Err(e) => return Err(e.to_string()),
-            };
-            debug!(seq = item.seq, to = %item.to.short(), "sending");
-            let sent = if to_relay.key == relay.key {
-                conn.send(item.to, envelope).await
-            } else {
-                conn.forward(item.to, to_relay, envelope).await
-            };
-            match sent {
-                Ok(()) => lock(wallet)
-                    .outbox_sent(item.seq)
-                    .map_err(|e| e.to_string())?,
+            }
+            if seqs.is_empty() {
+                continue;
+            }
+            debug!(count = seqs.len(), "sending");
+            self.unanswered.extend(seqs.iter().copied());
+            let answers = conn.start_all(sends).await;
+            let tx = self.answer_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((seqs, answers.await));
+            });
+        }
+        Ok(())
+    }
+
+    /// The relay answered a batch: what it holds leaves the outbox; what it refused for now
+    /// is sent again after the pause it asked for.
+    fn finish(
+        &mut self,
+        wallet: &Mutex<Wallet>,
+        seqs: Vec<u64>,
+        results: Vec<Result<(), ClientError>>,
+    ) -> Result<(), String> {
+        let mut gone = Vec::with_capacity(seqs.len());
+        let mut failed = None;
+        for (seq, result) in seqs.iter().copied().zip(results) {
+            match result {
+                Ok(()) => gone.push(seq),
                 Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
-                    break;
+                    self.pause(Duration::from_millis(retry_after_ms.max(10)));
                 }
                 Err(ClientError::Refused(Refusal::TooLarge { size, max })) => {
                     warn!(
                         size,
                         max, "the relay refuses a message as too large; dropping it"
                     );
-                    lock(wallet)
-                        .outbox_sent(item.seq)
-                        .map_err(|e| e.to_string())?;
+                    gone.push(seq);
                 }
                 Err(ClientError::Refused(r)) => {
                     debug!("relay refused for now: {r}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    return Ok(());
+                    self.pause(Duration::from_millis(500));
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    failed.get_or_insert(e.to_string());
+                }
             }
         }
+        for seq in &seqs {
+            self.unanswered.remove(seq);
+        }
+        // What the relay did take is recorded even when the connection then failed.
+        lock(wallet)
+            .outbox_sent_all(&gone)
+            .map_err(|e| e.to_string())?;
+        match failed {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn pause(&mut self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        self.hold = Some(self.hold.map_or(until, |h| h.max(until)));
     }
 }

@@ -21,7 +21,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::protocol::identity::{Identity, NodeId, Signature};
+use crate::protocol::identity::{Identity, Memo, NodeId, Signature};
 
 /// The envelope format.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -103,11 +103,20 @@ impl MailKey {
         }
     }
 
-    /// Check the owner signed it.
+    /// Check the owner signed it. A mail key that verified once is remembered (the check is
+    /// a pure function of the key's bytes), so sealing to a friend does not check their key's
+    /// signature again for every envelope.
     pub fn verify(&self) -> Result<(), EnvelopeError> {
-        self.owner
-            .verify(MAIL_KEY_DOMAIN, &(self.owner, self.key), &self.signature)
-            .map_err(|_| EnvelopeError::BadMailKey(self.owner))
+        /// Owner, key and signature of a mail key that verified.
+        type Checked = ([u8; 32], [u8; 32], [u8; 64]);
+        static GOOD: Memo<Checked, ()> = Memo::new();
+        let id = (*self.owner.as_bytes(), self.key, self.signature.0);
+        GOOD.get_or(id, || {
+            self.owner
+                .verify(MAIL_KEY_DOMAIN, &(self.owner, self.key), &self.signature)
+                .ok()
+        })
+        .ok_or(EnvelopeError::BadMailKey(self.owner))
     }
 }
 

@@ -83,8 +83,9 @@ pub async fn pay(
     progress(PayStep::Sent(set));
     let mut retries = 0u32;
     let mut said = Instant::now();
-    // Woken by every committed step of the wallet (an answer, a receipt), not by a timer.
-    let mut changes = lock(wallet).watch_changes();
+    // Woken by each committed step that changed this payment (an answer, a receipt), not by
+    // a timer nor by the steps of other payments.
+    let mut changes = lock(wallet).watch_payment(invoice);
     loop {
         changes.borrow_and_update();
         let now = lock(wallet).node().payment_progress(&invoice);

@@ -124,11 +124,53 @@ impl NodeId {
         signature: &Signature,
     ) -> Result<(), BadSignature> {
         crate::metrics::verified();
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| BadSignature(*self))?;
+        let key = verifying_key(&self.0).ok_or(BadSignature(*self))?;
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         key.verify_strict(&canonical_bytes(domain, value), &sig)
             .map_err(|_| BadSignature(*self))
     }
+}
+
+/// A bounded memo shared by the process: values computed from keys that stay the same (a
+/// decompressed public key, a mail key's checked signature) are kept instead of computed on
+/// every use. When full it is emptied and fills again: the few keys in use come back at once.
+pub(crate) struct Memo<K, V> {
+    map: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<K, V>>>,
+}
+
+/// Entries a [`Memo`] holds before it starts over.
+const MEMO_ENTRIES: usize = 4096;
+
+impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
+    pub(crate) const fn new() -> Memo<K, V> {
+        Memo {
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The value for `key`, computed by `make` (and kept) when it is not known yet. A `None`
+    /// from `make` is not kept.
+    pub(crate) fn get_or(&self, key: K, make: impl FnOnce() -> Option<V>) -> Option<V> {
+        let map = self.map.get_or_init(Default::default);
+        if let Some(v) = map.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Some(v);
+        }
+        let v = make()?;
+        if let Ok(mut m) = map.lock() {
+            if m.len() >= MEMO_ENTRIES {
+                m.clear();
+            }
+            m.insert(key, v.clone());
+        }
+        Some(v)
+    }
+}
+
+/// The decompressed form of a public key (decompressing costs about a quarter of a
+/// signature check, and a wallet checks the same few keys over and over).
+fn verifying_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    static KEYS: Memo<[u8; 32], VerifyingKey> = Memo::new();
+    KEYS.get_or(*bytes, || VerifyingKey::from_bytes(bytes).ok())
 }
 
 const BASE32_LOWER: data_encoding::Encoding = data_encoding::BASE32_NOPAD_NOCASE;

@@ -6,7 +6,7 @@
 //! [`super::Wallet::next_event`] and acknowledges with [`super::Wallet::event_handled`] sees
 //! every event at least once, in order, across crashes.
 
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{Connection, Row, params};
 
 use crate::protocol::amount::Currency;
 use crate::protocol::identity::NodeId;
@@ -230,11 +230,7 @@ pub(crate) fn clamp(v: u64) -> i64 {
 }
 
 /// Write `entry` and queue it for the app.
-pub(crate) fn append(
-    tx: &Transaction<'_>,
-    at_ms: u64,
-    entry: &NewEntry,
-) -> Result<u64, WalletError> {
+pub(crate) fn append(tx: &Connection, at_ms: u64, entry: &NewEntry) -> Result<u64, WalletError> {
     tx.prepare_cached(
         "INSERT INTO history (at_ms, kind, friend, invoice, currency, amount, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

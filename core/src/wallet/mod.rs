@@ -13,12 +13,13 @@ pub mod keys;
 mod network;
 mod store;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::protocol::amount::{Currency, Rate};
 use crate::protocol::channel::Op;
@@ -341,7 +342,24 @@ pub struct Wallet {
     outbox_signal: Arc<tokio::sync::Notify>,
     /// Counts committed steps, so an app waiting for events (or any change) wakes at once.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// How hard steps wait for the disk.
+    durability: Durability,
+    /// SQLite write transactions committed on this connection (see [`Wallet::disk_commits`]).
+    disk_commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Set while a group commit is open ([`Wallet::receive_envelopes`]).
+    group: Option<Group>,
+    /// Who waits on which payment of ours ([`Wallet::watch_payment`]).
+    payment_watchers: HashMap<InvoiceId, tokio::sync::watch::Sender<u64>>,
     _lock: File,
+}
+
+/// A group commit in progress.
+#[derive(Debug, Default)]
+struct Group {
+    /// Steps written into the group's transaction.
+    steps: u64,
+    /// Payments of ours those steps changed.
+    payments: Vec<InvoiceId>,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -506,6 +524,7 @@ impl Wallet {
         store::put_meta(&tx, "created_ms", &options.clock.now_ms().to_le_bytes())?;
         tx.commit().map_err(WalletError::from_sqlite)?;
         set_size_cap(&conn, options.max_size_bytes)?;
+        let disk_commits = store::count_commits(&mut conn)?;
         Ok(Wallet {
             dir: dir.to_path_buf(),
             conn,
@@ -514,6 +533,10 @@ impl Wallet {
             clock: options.clock,
             last_settings: changes.settings,
             broken: None,
+            durability: options.durability,
+            disk_commits,
+            group: None,
+            payment_watchers: HashMap::new(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -552,6 +575,7 @@ impl Wallet {
         let parts = store::load_parts(&conn)?;
         let node = Node::from_parts(identity.clone(), &parts)?;
         set_size_cap(&conn, options.max_size_bytes)?;
+        let disk_commits = store::count_commits(&mut conn)?;
         let mut wallet = Wallet {
             dir: dir.to_path_buf(),
             conn,
@@ -560,6 +584,10 @@ impl Wallet {
             clock: options.clock,
             last_settings: parts.settings,
             broken: None,
+            durability: options.durability,
+            disk_commits,
+            group: None,
+            payment_watchers: HashMap::new(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -617,6 +645,12 @@ impl Wallet {
         *self.changes.borrow()
     }
 
+    /// SQLite write transactions committed since this wallet was opened: steps (one per step,
+    /// or one per group commit), outbox bookkeeping, settings. What the disk sees.
+    pub fn disk_commits(&self) -> u64 {
+        self.disk_commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The clock's time now.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
@@ -626,10 +660,14 @@ impl Wallet {
     /// the messages it sends, the events it reports (its own history rows too) and `extra`.
     /// If the transaction fails, the node is reloaded from the database (which the failed step
     /// did not touch) and the error returned: memory never runs ahead of the disk.
+    ///
+    /// Inside a group commit ([`Wallet::receive_envelopes`]) the step writes into the group's
+    /// one transaction instead; nothing leaves (no signal, no outbox read by anyone else: the
+    /// caller holds the wallet) until the group commits.
     fn step<T>(
         &mut self,
         f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
-        extra: impl FnOnce(&Transaction<'_>, &T) -> Result<(), WalletError>,
+        extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
         if let Some(why) = &self.broken {
             return Err(WalletError::Storage(format!(
@@ -646,18 +684,22 @@ impl Wallet {
                 Output::Event(e) => entries.push(NewEntry::from_event(&e)),
             }
         }
-        let result = (|| {
-            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
-            let unchanged = changes.channels.is_empty()
-                && changes.payments.is_empty()
-                && changes.invoices.is_empty()
-                && changes.outcomes.is_empty()
-                && changes.settings == self.last_settings;
+        let touched: Vec<InvoiceId> = if self.payment_watchers.is_empty() {
+            Vec::new()
+        } else {
+            changes.payments.iter().map(|(id, _)| *id).collect()
+        };
+        let unchanged = changes.channels.is_empty()
+            && changes.payments.is_empty()
+            && changes.invoices.is_empty()
+            && changes.outcomes.is_empty()
+            && changes.settings == self.last_settings;
+        let write = |conn: &Connection| -> Result<(), WalletError> {
             if !unchanged {
-                store::apply_changes(&tx, &changes)?;
+                store::apply_changes(conn, &changes)?;
             }
             if !sends.is_empty() {
-                let mut put = tx
+                let mut put = conn
                     .prepare_cached(
                         "INSERT INTO outbox (recipient, message, created_ms) VALUES (?1, ?2, ?3)",
                     )
@@ -671,23 +713,128 @@ impl Wallet {
                 }
             }
             for e in &entries {
-                history::append(&tx, now, e)?;
+                history::append(conn, now, e)?;
             }
-            extra(&tx, &value)?;
+            extra(conn, &value)
+        };
+        if let Some(group) = &mut self.group {
+            return match write(&self.conn) {
+                Ok(()) => {
+                    group.steps += 1;
+                    group.payments.extend(touched);
+                    self.last_settings = changes.settings;
+                    Ok(value)
+                }
+                // The group's transaction is rolled back by whoever opened it.
+                Err(e) => Err(e),
+            };
+        }
+        let result = (|| {
+            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+            write(&tx)?;
             // An empty transaction commits without touching the disk.
             tx.commit().map_err(WalletError::from_sqlite)
         })();
         match result {
             Ok(()) => {
                 self.last_settings = changes.settings;
-                self.outbox_signal.notify_one();
-                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+                self.committed(1, &touched);
                 Ok(value)
             }
             Err(e) => {
-                if let Err(again) = self.reload() {
-                    self.broken = Some(again.to_string());
+                self.recover();
+                Err(e)
+            }
+        }
+    }
+
+    /// After a commit of `steps` steps that changed `payments`: wake the driver, whoever
+    /// watches for any change, and whoever waits on one of those payments.
+    fn committed(&mut self, steps: u64, payments: &[InvoiceId]) {
+        self.outbox_signal.notify_one();
+        self.changes.send_modify(|n| *n = n.wrapping_add(steps));
+        for id in payments {
+            if let Some(w) = self.payment_watchers.get(id) {
+                if w.receiver_count() == 0 {
+                    self.payment_watchers.remove(id);
+                } else {
+                    w.send_modify(|n| *n = n.wrapping_add(1));
                 }
+            }
+        }
+    }
+
+    /// Changes each time a step that changed our payment `invoice` is committed: a payer waits
+    /// on this rather than on every change of the wallet, so a thousand payments under way do
+    /// not each wake for every step of the others.
+    pub fn watch_payment(&mut self, invoice: InvoiceId) -> tokio::sync::watch::Receiver<u64> {
+        if self.payment_watchers.len() >= 64 {
+            // Forget the payments nobody waits on any more.
+            self.payment_watchers.retain(|_, w| w.receiver_count() > 0);
+        }
+        self.payment_watchers
+            .entry(invoice)
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// After a failed transaction: read the state back from the disk, or refuse further steps.
+    fn recover(&mut self) {
+        if let Err(again) = self.reload() {
+            self.broken = Some(again.to_string());
+        }
+    }
+
+    /// Handle several envelopes from the relay as one group commit: each is its own step in
+    /// memory, in order, and all of them reach the disk in one transaction (one fsync). Nothing
+    /// leaves before that commit, and the caller acknowledges the envelopes only after it.
+    ///
+    /// If any step's storage fails, or the commit does, the whole group is rolled back, the node
+    /// is read back from the disk and the error returned: none of the envelopes counts as
+    /// received, and the relay delivers them all again.
+    pub fn receive_envelopes(
+        &mut self,
+        envelopes: &[Vec<u8>],
+    ) -> Result<Vec<Delivery>, WalletError> {
+        if let [one] = envelopes {
+            return Ok(vec![self.receive_envelope(one)?]);
+        }
+        if let Some(why) = &self.broken {
+            return Err(WalletError::Storage(format!(
+                "a step failed and the wallet could not read its state back ({why}); open it again"
+            )));
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(WalletError::from_sqlite)?;
+        self.group = Some(Group::default());
+        let mut out = Vec::with_capacity(envelopes.len());
+        let mut failed = None;
+        for e in envelopes {
+            match self.receive_envelope(e) {
+                Ok(d) => out.push(d),
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
+        }
+        let group = self.group.take().unwrap_or_default();
+        let result = match failed {
+            Some(err) => Err(err),
+            None => self
+                .conn
+                .execute_batch("COMMIT")
+                .map_err(WalletError::from_sqlite),
+        };
+        match result {
+            Ok(()) => {
+                self.committed(group.steps, &group.payments);
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.recover();
                 Err(e)
             }
         }
@@ -707,7 +854,7 @@ impl Wallet {
         &mut self,
         f: impl FnOnce(&mut Node, u64) -> Result<(T, Vec<Output>), NodeError>,
         entries: impl FnOnce(&T) -> Vec<NewEntry>,
-        extra: impl FnOnce(&Transaction<'_>, &T) -> Result<(), WalletError>,
+        extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
         self.step(
             |node, now| match f(node, now) {
@@ -933,7 +1080,7 @@ impl Wallet {
         &mut self,
         from: NodeId,
         message: Message,
-        extra: impl FnOnce(&Transaction<'_>) -> Result<(), WalletError>,
+        extra: impl FnOnce(&Connection) -> Result<(), WalletError>,
     ) -> Result<Delivery, WalletError> {
         self.step(
             |node, now| match node.handle_message(now, from, message) {
@@ -996,10 +1143,47 @@ impl Wallet {
 
     /// A message left: a relay holds it now. Idempotent.
     pub fn outbox_sent(&mut self, seq: u64) -> Result<(), WalletError> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE seq = ?1", [history::clamp(seq)])
-            .map(|_| ())
-            .map_err(WalletError::from_sqlite)
+        self.outbox_sent_all(&[seq])
+    }
+
+    /// Several messages left: relays hold them now. One transaction; idempotent.
+    ///
+    /// This commit does not wait for the disk even when the wallet's steps do
+    /// (`synchronous=NORMAL` for this one transaction): the next step's commit makes it
+    /// durable. Losing it in a power cut costs nothing but a resend, which the friend's
+    /// channel recognises as a copy and ignores.
+    pub fn outbox_sent_all(&mut self, seqs: &[u64]) -> Result<(), WalletError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let relax = self.durability == Durability::Full;
+        if relax {
+            self.conn
+                .execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(WalletError::from_sqlite)?;
+        }
+        let result = (|| {
+            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+            {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+                    .map_err(WalletError::from_sqlite)?;
+                for seq in seqs {
+                    del.execute([history::clamp(*seq)])
+                        .map_err(WalletError::from_sqlite)?;
+                }
+            }
+            tx.commit().map_err(WalletError::from_sqlite)
+        })();
+        if relax {
+            // Steps must wait for the disk again; if even this fails, refuse further steps
+            // rather than commit them without it.
+            if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL") {
+                self.broken = Some(format!("could not restore synchronous=FULL: {e}"));
+                return Err(WalletError::from_sqlite(e));
+            }
+        }
+        result
     }
 
     fn count(&self, sql: &str) -> Result<u64, WalletError> {

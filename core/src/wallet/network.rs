@@ -97,7 +97,7 @@ fn contact_from_row(
     })
 }
 
-fn put_contact(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), WalletError> {
+fn put_contact(tx: &rusqlite::Connection, c: &Contact) -> Result<(), WalletError> {
     tx.execute(
         "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(friend) DO UPDATE SET name = excluded.name, mail_key = excluded.mail_key,
@@ -115,7 +115,7 @@ fn put_contact(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), Wallet
 }
 
 /// Record a new friend's contact and name (with the step that adds the friend).
-fn add_contact_as_friend(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<(), WalletError> {
+fn add_contact_as_friend(tx: &rusqlite::Connection, c: &Contact) -> Result<(), WalletError> {
     put_contact(tx, c)?;
     tx.execute(
         "INSERT OR REPLACE INTO friends (friend, name, added_ms) VALUES (?1, ?2, 0)",
@@ -126,7 +126,7 @@ fn add_contact_as_friend(tx: &rusqlite::Transaction<'_>, c: &Contact) -> Result<
 }
 
 fn queue_control(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     to: NodeId,
     control: &Control,
     now: u64,
@@ -716,7 +716,7 @@ impl Wallet {
 }
 
 fn mark_seen(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     sender: &NodeId,
     id: &[u8; 16],
     sent_ms: u64,

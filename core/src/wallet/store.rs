@@ -4,7 +4,10 @@
 //! invoice and remembered outcome (each a versioned blob from [`Node::take_changes`]), so a
 //! step writes only what it changed. Beside them: the outbox, the history and the event queue.
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::protocol::node::{Changes, Parts};
 
@@ -106,6 +109,20 @@ pub(crate) fn connect(
     Ok(conn)
 }
 
+/// Count the write transactions committed on `conn` from now on.
+pub(crate) fn count_commits(conn: &mut Connection) -> Result<Arc<AtomicU64>, WalletError> {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    // The hook sees every commit of a write transaction (also one that changed nothing, so
+    // the count errs high).
+    conn.commit_hook(Some(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+        false
+    }))
+    .map_err(WalletError::from_sqlite)?;
+    Ok(count)
+}
+
 /// The schema version of the database.
 pub(crate) fn version(conn: &Connection) -> Result<u32, WalletError> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -187,9 +204,9 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
 }
 
 /// Write one step's changes.
-pub(crate) fn apply_changes(tx: &Transaction<'_>, changes: &Changes) -> Result<(), WalletError> {
+pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), WalletError> {
     fn rows<K: AsRef<[u8]>>(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         table: &str,
         key: &str,
         rows: &[(K, Option<Vec<u8>>)],
