@@ -117,3 +117,141 @@ fn parts_of_another_identity_are_refused() {
     let err = Node::from_parts(identity(9), &node.parts()).unwrap_err();
     assert_eq!(err, PartsError::WrongIdentity);
 }
+
+/// Payments under way at once, all started before any message is delivered: the mediator's
+/// channels fill with pending requests.
+fn many_under_way(
+    n: u64,
+) -> (
+    offst_core::sim::local::LocalNet,
+    Vec<offst_core::protocol::identity::NodeId>,
+) {
+    let (mut net, ids) = chain(3, 10_000, Rate { base: 1, ppm: 0 });
+    for k in 0..n {
+        let invoice = net.invoice(ids[2], &hours(), 1, 100 + k).unwrap();
+        let plan = net.plan(&ids, 1).unwrap();
+        let now = net.now_ms;
+        let out = net
+            .node_mut(&ids[0])
+            .unwrap()
+            .pay(
+                now,
+                &invoice,
+                vec![plan],
+                offst_core::sim::local::entropy(k, 2),
+            )
+            .unwrap();
+        net.absorb(ids[0], out);
+    }
+    (net, ids)
+}
+
+/// A step reports the pending requests it changed, not every request still under way: over a
+/// whole run each request's row is written a handful of times (frozen, countersigned, answered,
+/// settled, deleted) on each of the mediator's two channels. A store fed only with these rows
+/// rebuilds the mediator exactly at every step.
+#[test]
+fn a_step_writes_only_the_pending_requests_it_changed() {
+    let n = 40;
+    let (mut net, ids) = many_under_way(n);
+    let b = ids[1];
+    let mut rows: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
+    let mut channels: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
+    let mut written = 0usize;
+    let mut most_pending = 0usize;
+    let mut all = net.node(&b).unwrap().clone();
+    all.mark_all_changed();
+    let first = all.take_changes();
+    for (k, v) in first.pending {
+        rows.insert(k, v.unwrap());
+    }
+    for (k, v) in first.channels {
+        channels.insert(k, v.unwrap());
+    }
+    net.node_mut(&b).unwrap().take_changes();
+    while net.step().unwrap() {
+        let node = net.node_mut(&b).unwrap();
+        most_pending = most_pending.max(
+            node.friends()
+                .copied()
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|f| node.channel(f).unwrap().state().pending.len())
+                .sum(),
+        );
+        let changes = node.take_changes();
+        written += changes.pending.iter().filter(|(_, v)| v.is_some()).count();
+        for (k, v) in changes.pending {
+            match v {
+                Some(v) => rows.insert(k, v),
+                None => rows.remove(&k),
+            };
+        }
+        for (k, v) in changes.channels {
+            match v {
+                Some(v) => channels.insert(k, v),
+                None => channels.remove(&k),
+            };
+        }
+        let mut stored = node.parts();
+        stored.channels = channels.values().cloned().collect();
+        stored.pending = rows.values().cloned().collect();
+        let back = Node::from_parts(identity(2), &stored).unwrap();
+        assert_eq!(back.parts(), node.parts(), "the store fell behind the node");
+    }
+    assert!(most_pending >= 10, "only {most_pending} under way at once");
+    assert!(rows.is_empty(), "settled requests left rows behind");
+    // Two channels, at most 6 writes of each request on each.
+    assert!(
+        written <= 2 * 6 * n as usize,
+        "{written} rows written for {n} payments"
+    );
+}
+
+/// A channel stored by the previous version (format 1, its pending requests inside) is read,
+/// and its next change writes it in the new form.
+#[test]
+fn a_channel_of_format_1_is_still_read() {
+    let (mut net, ids) = many_under_way(5);
+    for _ in 0..6 {
+        net.step().unwrap();
+    }
+    let node = net.node(&ids[1]).unwrap();
+    let mut parts = node.parts();
+    assert!(!parts.pending.is_empty(), "nothing pending to test with");
+    parts.channels = node
+        .friends()
+        .map(|f| postcard::to_extend(node.channel(f).unwrap(), vec![1u8]).unwrap())
+        .collect();
+    parts.pending.clear();
+    let mut back = Node::from_parts(identity(2), &parts).unwrap();
+    assert_eq!(back.parts(), node.parts());
+    // Touch every channel: the rows of their pending requests are written out.
+    back.mark_all_changed();
+    let changes = back.take_changes();
+    assert_eq!(changes.pending.len(), node.parts().pending.len());
+}
+
+/// A pending request whose channel is not stored means a damaged store: refused, not dropped.
+#[test]
+fn a_pending_request_without_its_channel_is_refused() {
+    let (mut net, ids) = many_under_way(3);
+    for _ in 0..6 {
+        net.step().unwrap();
+    }
+    let node = net.node(&ids[1]).unwrap();
+    let mut parts = node.parts();
+    assert!(!parts.pending.is_empty());
+    parts.channels.clear();
+    let err = Node::from_parts(identity(2), &parts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PartsError::Corrupt {
+                part: "pending request",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -732,42 +732,82 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             }
         }
         let Some(c) = conn.as_ref() else { continue };
-        for out in batch {
-            match c.send(out.recipient, out.envelope).await {
+        // The whole batch at once: the next relay commits it together and answers each in
+        // order, instead of one round trip and one commit per envelope.
+        let seqs: Vec<u64> = batch.iter().map(|out| out.seq).collect();
+        let answers = c
+            .send_all(
+                batch
+                    .into_iter()
+                    .map(|out| (out.recipient, None, out.envelope))
+                    .collect(),
+            )
+            .await;
+        // What the next relay holds leaves the queue. The cursor passes only what is settled
+        // in order, so an envelope refused for now is fetched (and sent) again.
+        let mut in_order = true;
+        let mut setback = None;
+        for (seq, answer) in seqs.into_iter().zip(answers) {
+            let settled = match answer {
                 Ok(()) => {
-                    cursor = out.seq;
-                    backoff = MIN_BACKOFF;
                     shared.forwarded.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = shared.store.delete_forward(out.seq) {
-                        warn!("forward queue: {e}");
-                    }
+                    true
                 }
                 Err(ClientError::Refused(Refusal::TooLarge { size, max })) => {
                     // Permanent: the next relay will never take it. Logged, then dropped.
                     error!(relay = %relay.key.short(), size, max, "the next relay refuses this envelope as too large; dropping it");
-                    cursor = out.seq;
-                    let _ = shared.store.delete_forward(out.seq);
+                    true
                 }
                 Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
-                    break;
+                    setback.get_or_insert(Setback::Quota(retry_after_ms));
+                    false
                 }
                 Err(ClientError::Refused(reason)) => {
                     debug!(relay = %relay.key.short(), "refused for now: {reason}; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    break;
+                    setback.get_or_insert(Setback::Refused);
+                    false
                 }
                 Err(e) => {
                     warn!(relay = %relay.key.short(), "connection lost: {e}; retrying in {backoff:?}");
-                    conn = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    break;
+                    setback.get_or_insert(Setback::Lost);
+                    false
                 }
+            };
+            if settled {
+                if in_order {
+                    cursor = seq;
+                }
+                if let Err(e) = shared.store.delete_forward(seq) {
+                    warn!("forward queue: {e}");
+                }
+            } else {
+                in_order = false;
+            }
+        }
+        match setback {
+            None => backoff = MIN_BACKOFF,
+            Some(Setback::Quota(ms)) => {
+                tokio::time::sleep(Duration::from_millis(ms.max(10))).await;
+            }
+            Some(s) => {
+                if matches!(s, Setback::Lost) {
+                    conn = None;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+/// Why a forwarded batch was not all taken.
+enum Setback {
+    /// The next relay asks us to wait this many ms.
+    Quota(u64),
+    /// Refused for now.
+    Refused,
+    /// The connection failed.
+    Lost,
 }
 
 /// Push the wallet's mail, oldest first, keeping at most `delivery_window` unacknowledged.

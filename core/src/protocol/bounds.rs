@@ -4,8 +4,11 @@
 //! gets a typed error (`core/tests/bounds.rs`). `docs/protocol.md` lists them with the reasons.
 
 /// Operations one move may carry. Keeps a move well under [`MAX_MESSAGE_SIZE`] even when every
-/// operation is a request over a route of [`MAX_ROUTE_LEN`] nodes.
-pub const MAX_OPS_PER_MOVE: usize = 32;
+/// operation is a request over a route of [`MAX_ROUTE_LEN`] nodes (about 100 KB), and half of
+/// [`MAX_PENDING_REQUESTS`], so that under load one move carries what queued while the friend
+/// held the token (32 capped the load generator's chain at about 400 payments/s; see
+/// `docs/benchmarks.md`).
+pub const MAX_OPS_PER_MOVE: usize = 128;
 
 /// Pending (frozen) requests one channel may hold, both directions together. A friend can never
 /// make us track more than this.

@@ -20,7 +20,7 @@ use super::bounds::{
 };
 use super::channel::{
     Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
-    ResetCertificate, ResetError, ResetProposal,
+    ResetCertificate, ResetError, ResetProposal, StoredPending,
 };
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
@@ -434,14 +434,20 @@ struct Settings {
     next_outcome_seq: u64,
 }
 
+/// Where a stored pending request belongs: its channel's friend and its id.
+pub type PendingKey = (NodeId, RequestId);
+
 /// What one step changed, ready for a store: for each changed channel (by friend), payment
 /// and invoice (by invoice id) and remembered outcome (by request id), its current encoding,
 /// or `None` when it was deleted; and the settings, always. Write them in the same transaction
 /// as the step's outgoing messages and events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Channels, by friend.
+    /// Channels (without their pending requests), by friend.
     pub channels: Vec<(NodeId, Option<Vec<u8>>)>,
+    /// Pending requests of channels, by friend and request: written when frozen or answered,
+    /// deleted once settled (see `channel::StoredPending`).
+    pub pending: Vec<(PendingKey, Option<Vec<u8>>)>,
     /// Payments we make, by invoice.
     pub payments: Vec<(InvoiceId, Option<Vec<u8>>)>,
     /// Invoices we issued, by invoice.
@@ -457,6 +463,8 @@ pub struct Changes {
 pub struct Parts {
     /// One per friend.
     pub channels: Vec<Vec<u8>>,
+    /// One per pending request of a channel (each names its friend and request).
+    pub pending: Vec<Vec<u8>>,
     /// One per payment we make.
     pub payments: Vec<Vec<u8>>,
     /// One per invoice we issued.
@@ -467,8 +475,18 @@ pub struct Parts {
     pub settings: Vec<u8>,
 }
 
-/// The version byte in front of every stored part.
-pub const PART_VERSION: u8 = 1;
+/// The version byte in front of every stored part. Version 2 stores a channel without its
+/// pending requests, which are parts of their own; version 1 (a channel with them inside) is
+/// still read. Other parts are the same in both.
+pub const PART_VERSION: u8 = 2;
+
+/// A pending request as stored: its channel's friend, its id, and where it stands.
+#[derive(Serialize, Deserialize)]
+struct PendingPart<'a> {
+    friend: NodeId,
+    request: RequestId,
+    stored: std::borrow::Cow<'a, StoredPending>,
+}
 
 /// Why stored parts could not be loaded. Nothing is half-loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -500,23 +518,43 @@ fn encode_part<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, vec![PART_VERSION]).unwrap_or_default()
 }
 
-fn decode_part<T: serde::de::DeserializeOwned>(
-    part: &'static str,
-    bytes: &[u8],
-) -> Result<T, PartsError> {
+fn encode_channel(ch: &Channel) -> Vec<u8> {
+    ch.encode_core(vec![PART_VERSION])
+}
+
+fn encode_pending(friend: NodeId, request: RequestId, stored: &StoredPending) -> Vec<u8> {
+    encode_part(&PendingPart {
+        friend,
+        request,
+        stored: std::borrow::Cow::Borrowed(stored),
+    })
+}
+
+/// The body of a part, once its version byte is known to be readable.
+fn part_body<'a>(part: &'static str, bytes: &'a [u8]) -> Result<(u8, &'a [u8]), PartsError> {
     match bytes.split_first() {
-        Some((&PART_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|e| PartsError::Corrupt {
-                part,
-                detail: e.to_string(),
-            })
-        }
+        Some((&v, body)) if (1..=PART_VERSION).contains(&v) => Ok((v, body)),
         Some((&got, _)) if got > PART_VERSION => Err(PartsError::NewerVersion { part, got }),
         _ => Err(PartsError::Corrupt {
             part,
             detail: "unknown format".into(),
         }),
     }
+}
+
+fn corrupt(part: &'static str) -> impl Fn(postcard::Error) -> PartsError {
+    move |e| PartsError::Corrupt {
+        part,
+        detail: e.to_string(),
+    }
+}
+
+fn decode_part<T: serde::de::DeserializeOwned>(
+    part: &'static str,
+    bytes: &[u8],
+) -> Result<T, PartsError> {
+    let (_, body) = part_body(part, bytes)?;
+    postcard::from_bytes(body).map_err(corrupt(part))
 }
 
 /// One person's protocol state.
@@ -536,6 +574,9 @@ pub struct Node {
     now_ms: u64,
     out: Vec<Output>,
     dirty: BTreeSet<NodeId>,
+    /// The pending requests as the store holds them (after the last [`Node::take_changes`]),
+    /// per friend, so a step reports only the requests it changed.
+    stored_pending: BTreeMap<NodeId, BTreeMap<RequestId, StoredPending>>,
 }
 
 impl Node {
@@ -554,6 +595,7 @@ impl Node {
             now_ms: 0,
             out: Vec::new(),
             dirty: BTreeSet::new(),
+            stored_pending: BTreeMap::new(),
         }
     }
 
@@ -627,8 +669,37 @@ impl Node {
                 .map(|(k, v)| (k, v.map(encode_part)))
                 .collect()
         }
+        let mut channels = Vec::new();
+        let mut pending = Vec::new();
+        for (friend, ch) in self.friends.take_changed() {
+            match ch {
+                Some(ch) => {
+                    channels.push((friend, Some(encode_channel(ch))));
+                    let stored = self.stored_pending.entry(friend).or_default();
+                    for (id, write) in ch.update_pending_rows(stored) {
+                        let row = stored
+                            .get(&id)
+                            .filter(|_| write)
+                            .map(|p| encode_pending(friend, id, p));
+                        pending.push(((friend, id), row));
+                    }
+                }
+                None => {
+                    channels.push((friend, None));
+                    for id in self
+                        .stored_pending
+                        .remove(&friend)
+                        .unwrap_or_default()
+                        .keys()
+                    {
+                        pending.push(((friend, *id), None));
+                    }
+                }
+            }
+        }
         Changes {
-            channels: encode_all(self.friends.take_changed()),
+            channels,
+            pending,
             payments: encode_all(self.buying.take_changed()),
             invoices: encode_all(self.selling.take_changed()),
             outcomes: encode_all(self.outcomes.take_changed()),
@@ -640,6 +711,7 @@ impl Node {
     /// node (for a first write into an empty store).
     pub fn mark_all_changed(&mut self) {
         self.friends.mark_all();
+        self.stored_pending.clear();
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();
@@ -647,8 +719,15 @@ impl Node {
 
     /// Everything this node stores, encoded (for a first write, a backup, or a check).
     pub fn parts(&self) -> Parts {
+        let mut pending = Vec::new();
+        for (friend, ch) in self.friends.iter() {
+            for (id, row) in ch.pending_rows() {
+                pending.push(encode_pending(*friend, id, &row));
+            }
+        }
         Parts {
-            channels: self.friends.values().map(encode_part).collect(),
+            channels: self.friends.values().map(encode_channel).collect(),
+            pending,
             payments: self.buying.values().map(encode_part).collect(),
             invoices: self.selling.values().map(encode_part).collect(),
             outcomes: self.outcomes.values().map(encode_part).collect(),
@@ -657,18 +736,43 @@ impl Node {
     }
 
     /// Rebuild a node from its stored parts and its identity. Refuses damaged parts, parts from
-    /// a newer version, and channels that belong to another identity, without building anything.
+    /// a newer version, channels that belong to another identity, and pending requests of no
+    /// stored channel, without building anything.
     pub fn from_parts(identity: Identity, parts: &Parts) -> Result<Node, PartsError> {
         let settings: Settings = decode_part("settings", &parts.settings)?;
+        let mut rows: BTreeMap<NodeId, BTreeMap<RequestId, StoredPending>> = BTreeMap::new();
+        for bytes in &parts.pending {
+            let p: PendingPart<'static> = decode_part("pending request", bytes)?;
+            rows.entry(p.friend)
+                .or_default()
+                .insert(p.request, p.stored.into_owned());
+        }
+        let me = identity.id();
         let mut friends = BTreeMap::new();
+        let mut stored_pending = BTreeMap::new();
         for bytes in &parts.channels {
-            let ch: Channel = decode_part("channel", bytes)?;
+            let ch = match part_body("channel", bytes)? {
+                // Version 1: the whole channel, its pending requests inside.
+                (1, body) => postcard::from_bytes::<Channel>(body).map_err(corrupt("channel"))?,
+                (_, body) => {
+                    let core = Channel::decode_core(body).map_err(corrupt("channel"))?;
+                    let mine = rows.remove(&core.remote()).unwrap_or_default();
+                    let ch = core.join(mine.clone());
+                    stored_pending.insert(ch.remote(), mine);
+                    ch
+                }
+            };
             let parties = ch.parties();
-            let me = identity.id();
             if (parties.first != me && parties.second != me) || ch.remote() == me {
                 return Err(PartsError::WrongIdentity);
             }
             friends.insert(ch.remote(), ch);
+        }
+        if !rows.is_empty() {
+            return Err(PartsError::Corrupt {
+                part: "pending request",
+                detail: "it belongs to no stored channel".into(),
+            });
         }
         let mut buying = BTreeMap::new();
         for bytes in &parts.payments {
@@ -690,6 +794,7 @@ impl Node {
         order.sort();
         let mut node = Node::new(identity, settings.rate);
         node.friends = Tracked::from_map(friends);
+        node.stored_pending = stored_pending;
         node.buying = Tracked::from_map(buying);
         node.selling = Tracked::from_map(selling);
         node.outcomes = Tracked::from_map(outcomes);

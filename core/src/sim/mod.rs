@@ -223,6 +223,7 @@ pub struct Sim {
 #[derive(Clone, Debug, Default)]
 struct ShadowStore {
     channels: BTreeMap<NodeId, Vec<u8>>,
+    pending: BTreeMap<(NodeId, RequestId), Vec<u8>>,
     payments: BTreeMap<InvoiceId, Vec<u8>>,
     invoices: BTreeMap<InvoiceId, Vec<u8>>,
     outcomes: BTreeMap<RequestId, Vec<u8>>,
@@ -249,6 +250,7 @@ impl ShadowStore {
             }
         }
         put(&mut self.channels, changes.channels);
+        put(&mut self.pending, changes.pending);
         put(&mut self.payments, changes.payments);
         put(&mut self.invoices, changes.invoices);
         put(&mut self.outcomes, changes.outcomes);
@@ -258,6 +260,7 @@ impl ShadowStore {
     fn parts(&self) -> Parts {
         Parts {
             channels: self.channels.values().cloned().collect(),
+            pending: self.pending.values().cloned().collect(),
             payments: self.payments.values().cloned().collect(),
             invoices: self.invoices.values().cloned().collect(),
             outcomes: self.outcomes.values().cloned().collect(),

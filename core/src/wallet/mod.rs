@@ -690,6 +690,7 @@ impl Wallet {
             changes.payments.iter().map(|(id, _)| *id).collect()
         };
         let unchanged = changes.channels.is_empty()
+            && changes.pending.is_empty()
             && changes.payments.is_empty()
             && changes.invoices.is_empty()
             && changes.outcomes.is_empty()

@@ -1,8 +1,8 @@
 //! The wallet's SQLite database: schema, migrations, and the tables a durable step writes.
 //!
-//! One file, `wallet.db`, in WAL mode. The node's state lives in one row per channel, payment,
-//! invoice and remembered outcome (each a versioned blob from [`Node::take_changes`]), so a
-//! step writes only what it changed. Beside them: the outbox, the history and the event queue.
+//! One file, `wallet.db`, in WAL mode. The node's state lives in one row per channel, pending
+//! request of a channel, payment, invoice and remembered outcome (each a versioned blob from
+//! [`Node::take_changes`]), so a step writes only what it changed. Beside them: the outbox, the history and the event queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +77,16 @@ pub const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX seen_by_time ON seen_envelopes(sent_ms);
     ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    ",
+    // 4: each pending request of a channel as its own row (part format 2), so a step writes
+    // the requests it changed instead of the whole channel with all of them.
+    "
+    CREATE TABLE pending (
+        friend BLOB NOT NULL,
+        request BLOB NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (friend, request)
+    ) STRICT, WITHOUT ROWID;
     ",
 ];
 
@@ -194,6 +204,7 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
     };
     Ok(Parts {
         channels: all("channels")?,
+        pending: all("pending")?,
         payments: all("payments")?,
         invoices: all("invoices")?,
         outcomes: all("outcomes")?,
@@ -238,6 +249,24 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         .map(|(k, v)| (*k.as_bytes(), v.clone()))
         .collect();
     rows(tx, "channels", "friend", &channels)?;
+    if !changes.pending.is_empty() {
+        let mut put = tx
+            .prepare_cached(
+                "INSERT INTO pending (friend, request, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(friend, request) DO UPDATE SET data = excluded.data",
+            )
+            .map_err(WalletError::from_sqlite)?;
+        let mut del = tx
+            .prepare_cached("DELETE FROM pending WHERE friend = ?1 AND request = ?2")
+            .map_err(WalletError::from_sqlite)?;
+        for ((friend, request), data) in &changes.pending {
+            match data {
+                Some(data) => put.execute(params![friend.as_bytes(), request.0, data]),
+                None => del.execute(params![friend.as_bytes(), request.0]),
+            }
+            .map_err(WalletError::from_sqlite)?;
+        }
+    }
     let payments: Vec<([u8; 32], Option<Vec<u8>>)> = changes
         .payments
         .iter()

@@ -13,6 +13,7 @@
 
 mod reset;
 mod state;
+mod stored;
 
 use std::collections::VecDeque;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::reset::{ResetCertificate, ResetError, ResetProposal, ResetTerms};
 pub use self::state::{ChannelState, CreditLine, Op, OpError, Parties, Pending, Side};
+pub use self::stored::{ChannelCore, StoredPending};
 use super::bounds::MAX_OPS_PER_MOVE;
 use super::identity::{Hash, Identity, NodeId, Signature};
 

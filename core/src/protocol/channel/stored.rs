@@ -1,0 +1,278 @@
+//! A channel as a store keeps it: the channel without its pending requests (small, rewritten at
+//! every step that touches the channel) and each pending request as its own row, written when
+//! it is frozen or answered and deleted once it is settled.
+//!
+//! Why: a channel holds every request still under way, twice (in the current state and in the
+//! last state both friends signed), each about half a kilobyte with its signatures. Written
+//! whole, a channel with a hundred payments under way costs about 100 KB at every step; split,
+//! a step writes only the requests it changed.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Channel, ChannelState, CreditLine, Move, Op, Parties, Pending, SignedHeader, Tip};
+use super::{ResetCertificate, Side};
+use crate::protocol::amount::Currency;
+use crate::protocol::identity::{Hash, NodeId};
+use crate::protocol::payment::RequestId;
+
+/// A pending request as stored beside its channel: where it stands in the current state and in
+/// the last state both friends signed (the tip's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredPending {
+    /// The same in both states.
+    Both(Pending),
+    /// Only in the current state (the last move froze it).
+    Current(Pending),
+    /// Only in the signed state (the last move settled it).
+    Signed(Pending),
+    /// In both, changed by the last move (answered).
+    Differ {
+        /// In the current state.
+        current: Box<Pending>,
+        /// In the signed state.
+        signed: Box<Pending>,
+    },
+}
+
+/// [`StoredPending`], borrowed from the channel.
+enum PendingRef<'a> {
+    Both(&'a Pending),
+    Current(&'a Pending),
+    Signed(&'a Pending),
+    Differ(&'a Pending, &'a Pending),
+}
+
+impl PendingRef<'_> {
+    fn same_as(&self, stored: &StoredPending) -> bool {
+        match (self, stored) {
+            (PendingRef::Both(a), StoredPending::Both(b))
+            | (PendingRef::Current(a), StoredPending::Current(b))
+            | (PendingRef::Signed(a), StoredPending::Signed(b)) => *a == b,
+            (PendingRef::Differ(a, c), StoredPending::Differ { current, signed }) => {
+                *a == current.as_ref() && *c == signed.as_ref()
+            }
+            _ => false,
+        }
+    }
+
+    fn to_stored(&self) -> StoredPending {
+        match self {
+            PendingRef::Both(p) => StoredPending::Both((*p).clone()),
+            PendingRef::Current(p) => StoredPending::Current((*p).clone()),
+            PendingRef::Signed(p) => StoredPending::Signed((*p).clone()),
+            PendingRef::Differ(current, signed) => StoredPending::Differ {
+                current: Box::new((*current).clone()),
+                signed: Box::new((*signed).clone()),
+            },
+        }
+    }
+}
+
+/// What a store writes for the channel itself: everything but the pending requests. The same
+/// fields as [`Channel`], in the same order, with each state's credit lines only.
+#[derive(Serialize)]
+struct CoreRef<'a> {
+    local: &'a NodeId,
+    parties: &'a Parties,
+    id: &'a Hash,
+    signed_lines: &'a BTreeMap<Currency, CreditLine>,
+    prev_header: &'a Option<SignedHeader>,
+    last: &'a Option<Move>,
+    reset: &'a Option<ResetCertificate>,
+    lines: &'a BTreeMap<Currency, CreditLine>,
+    queue: &'a VecDeque<Op>,
+    token_requested: bool,
+    peer_waiting: bool,
+    confirmed: bool,
+}
+
+/// A channel read back from a store, waiting for its pending requests ([`ChannelCore::join`]).
+#[derive(Debug, Deserialize)]
+pub struct ChannelCore {
+    local: NodeId,
+    parties: Parties,
+    id: Hash,
+    signed_lines: BTreeMap<Currency, CreditLine>,
+    prev_header: Option<SignedHeader>,
+    last: Option<Move>,
+    reset: Option<ResetCertificate>,
+    lines: BTreeMap<Currency, CreditLine>,
+    queue: VecDeque<Op>,
+    token_requested: bool,
+    peer_waiting: bool,
+    confirmed: bool,
+}
+
+impl ChannelCore {
+    /// The friend.
+    pub fn remote(&self) -> NodeId {
+        let side = if self.local == self.parties.first {
+            Side::First
+        } else {
+            Side::Second
+        };
+        self.parties.id(side.other())
+    }
+
+    /// Both ids in canonical order.
+    pub fn parties(&self) -> &Parties {
+        &self.parties
+    }
+
+    /// The channel, with its pending requests put back in both states.
+    pub fn join(self, rows: impl IntoIterator<Item = (RequestId, StoredPending)>) -> Channel {
+        let mut current = BTreeMap::new();
+        let mut signed = BTreeMap::new();
+        for (id, row) in rows {
+            match row {
+                StoredPending::Both(p) => {
+                    current.insert(id, p.clone());
+                    signed.insert(id, p);
+                }
+                StoredPending::Current(p) => {
+                    current.insert(id, p);
+                }
+                StoredPending::Signed(p) => {
+                    signed.insert(id, p);
+                }
+                StoredPending::Differ {
+                    current: c,
+                    signed: s,
+                } => {
+                    current.insert(id, *c);
+                    signed.insert(id, *s);
+                }
+            }
+        }
+        Channel {
+            local: self.local,
+            parties: self.parties,
+            id: self.id,
+            tip: Tip {
+                prev_state: ChannelState {
+                    lines: self.signed_lines,
+                    pending: signed,
+                },
+                prev_header: self.prev_header,
+                last: self.last,
+                reset: self.reset,
+            },
+            state: ChannelState {
+                lines: self.lines,
+                pending: current,
+            },
+            queue: self.queue,
+            token_requested: self.token_requested,
+            peer_waiting: self.peer_waiting,
+            confirmed: self.confirmed,
+        }
+    }
+}
+
+impl Channel {
+    /// The channel without its pending requests, encoded after `prefix` (see
+    /// [`ChannelCore`]).
+    pub fn encode_core(&self, prefix: Vec<u8>) -> Vec<u8> {
+        let core = CoreRef {
+            local: &self.local,
+            parties: &self.parties,
+            id: &self.id,
+            signed_lines: &self.tip.prev_state.lines,
+            prev_header: &self.tip.prev_header,
+            last: &self.tip.last,
+            reset: &self.tip.reset,
+            lines: &self.state.lines,
+            queue: &self.queue,
+            token_requested: self.token_requested,
+            peer_waiting: self.peer_waiting,
+            confirmed: self.confirmed,
+        };
+        // Encoding our own values into a Vec cannot fail (see `canonical_bytes`).
+        postcard::to_extend(&core, prefix).unwrap_or_default()
+    }
+
+    /// Read back what [`Channel::encode_core`] wrote.
+    pub fn decode_core(bytes: &[u8]) -> Result<ChannelCore, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+
+    /// Every pending request with where it stands, in request order.
+    fn pending_refs(&self) -> Vec<(RequestId, PendingRef<'_>)> {
+        let (cur, signed) = (&self.state.pending, &self.tip.prev_state.pending);
+        let mut out = Vec::with_capacity(cur.len().max(signed.len()));
+        let mut a = cur.iter().peekable();
+        let mut b = signed.iter().peekable();
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some((ka, va)), Some((kb, vb))) => {
+                    if ka < kb {
+                        out.push((**ka, PendingRef::Current(va)));
+                        a.next();
+                    } else if kb < ka {
+                        out.push((**kb, PendingRef::Signed(vb)));
+                        b.next();
+                    } else {
+                        let row = if va == vb {
+                            PendingRef::Both(va)
+                        } else {
+                            PendingRef::Differ(va, vb)
+                        };
+                        out.push((**ka, row));
+                        a.next();
+                        b.next();
+                    }
+                }
+                (Some((ka, va)), None) => {
+                    out.push((**ka, PendingRef::Current(va)));
+                    a.next();
+                }
+                (None, Some((kb, vb))) => {
+                    out.push((**kb, PendingRef::Signed(vb)));
+                    b.next();
+                }
+                (None, None) => return out,
+            }
+        }
+    }
+
+    /// Every pending request as a store keeps it.
+    pub fn pending_rows(&self) -> Vec<(RequestId, StoredPending)> {
+        self.pending_refs()
+            .into_iter()
+            .map(|(id, r)| (id, r.to_stored()))
+            .collect()
+    }
+
+    /// Bring `stored` (what the store holds for this channel) up to date, and say which rows
+    /// changed: `true` when `stored[id]` is to be written, `false` when it is to be deleted.
+    pub fn update_pending_rows(
+        &self,
+        stored: &mut BTreeMap<RequestId, StoredPending>,
+    ) -> Vec<(RequestId, bool)> {
+        let refs = self.pending_refs();
+        let mut changed = Vec::new();
+        let gone: Vec<RequestId> = stored
+            .keys()
+            .filter(|id| !self.has_pending(id))
+            .copied()
+            .collect();
+        for id in gone {
+            stored.remove(&id);
+            changed.push((id, false));
+        }
+        for (id, r) in refs {
+            if stored.get(&id).is_some_and(|s| r.same_as(s)) {
+                continue;
+            }
+            stored.insert(id, r.to_stored());
+            changed.push((id, true));
+        }
+        changed
+    }
+
+    fn has_pending(&self, id: &RequestId) -> bool {
+        self.state.pending.contains_key(id) || self.tip.prev_state.pending.contains_key(id)
+    }
+}
