@@ -580,3 +580,58 @@ async fn an_over_reporting_mediator_costs_a_retry_not_money() {
         p.go_offline().await;
     }
 }
+
+/// Tight sender quotas on both relays: the wallets' drivers send their outbox in batches and
+/// the relays forward in batches, so most batches are partly refused with "wait". Everything
+/// refused is sent again after the wait, nothing is lost or applied twice, and every payment
+/// completes with the money adding up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_partly_over_the_quota_are_sent_again_and_lose_nothing() {
+    let root = scratch("quota-batches");
+    let dirs = [root.join("r1"), root.join("r2")];
+    let relays = offst_relay::local::start_on_loopback(&dirs, |c| {
+        c.sender_burst = 4;
+        c.sender_rate_per_sec = 40;
+    })
+    .await
+    .unwrap();
+    let address = |i: usize| RelayAddress {
+        addr: relays[i].addr.to_string(),
+        key: relays[i].key,
+    };
+    let a = Peer::new(&root, "alice", 1, address(0));
+    let b = Peer::new(&root, "bob", 2, address(1));
+    let c = Peer::new(&root, "carol", 3, address(0));
+    befriend(&a, &b, 1_000).await;
+    befriend(&b, &c, 1_000).await;
+    let path = [&a, &b, &c];
+    // Twenty payments at once: a's and b's moves, and the relays' forwarding between them,
+    // go well over 4 envelopes at a time.
+    let mut invoices = Vec::new();
+    for _ in 0..20 {
+        invoices.push(pay(&a, &path, 3).await);
+    }
+    for inv in &invoices {
+        eventually("every payment completes", || {
+            paid(&a, inv) == Some(PaymentStatus::Completed)
+        })
+        .await;
+    }
+    for (x, y) in [(&a, &b), (&b, &c)] {
+        eventually(&format!("{} and {} agree", x.name, y.name), || {
+            let sx = x.w().node().channel(&y.id).map(|ch| ch.state().clone());
+            let sy = y.w().node().channel(&x.id).map(|ch| ch.state().clone());
+            sx.is_some() && sx == sy
+        })
+        .await;
+    }
+    assert_eq!(c.w().node().balance(&b.id, &hours()).unwrap().0, 60);
+    let forwarded: u64 = relays.iter().map(|r| r.stats().forwarded).sum();
+    assert!(forwarded > 0, "nothing crossed between the relays");
+    for p in [a, b, c] {
+        p.go_offline().await;
+    }
+    for r in relays {
+        r.shutdown().await;
+    }
+}
