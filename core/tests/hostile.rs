@@ -95,8 +95,10 @@ fn replayed_move_is_refused() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
     net.buy_along(&[a, b], &hours(), 5, 1).expect("pay");
+    // The payment ends with b's collect, which a keeps the token after: a moves once more.
+    net.set_limit(a, b, &hours(), 90).expect("limit");
     let ch = net.node(&b).unwrap().channel(&a).unwrap();
-    // Replay the last move `a` made, then one of its older moves.
+    // Replay the last move `a` made.
     let last_from_a = [ch.tip().last.clone(), None]
         .into_iter()
         .flatten()

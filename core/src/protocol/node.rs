@@ -1500,13 +1500,24 @@ impl Node {
                     .friends
                     .get_mut(&from)
                     .is_some_and(Channel::take_peer_waiting);
-                let ack = waiting || (!ops.is_empty() && !carried_request);
+                // Pass the token back at once (with an empty move if we have nothing to send)
+                // only when the friend still has to act with it: it answered a request of ours
+                // that it must now collect or cancel. After a request we keep the token (our
+                // answer is what comes next); after a collect, a cancel or a limit we keep it
+                // too, so the next payment through this channel goes without asking for it.
+                // Our next move countersigns theirs either way, and a tip whose last move is
+                // theirs is a debt note on its own (`Tip::verify`).
+                let answered_open = self.friends.get(&from).is_some_and(|ch| {
+                    ops.iter().any(|op| {
+                        matches!(op, Op::Response { request_id, .. }
+                            if ch.state().pending.contains_key(request_id))
+                    })
+                });
+                let ack = waiting || (answered_open && !carried_request);
                 self.on_ops(now_ms, from, ops);
                 if !was_confirmed {
                     self.reconcile();
                 }
-                // Acknowledge a move that settled something, so both signatures cover it. After
-                // a request we keep the token: our answer is what comes next.
                 self.flush(from, ack);
             }
         }
