@@ -71,6 +71,12 @@ enum Reply {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>>;
 
+/// Why the connection closed, as the reader saw it, for answers that will never come.
+fn closed_error(closed: &Mutex<Option<String>>) -> ClientError {
+    let why = closed.lock().ok().and_then(|c| c.clone());
+    ClientError::Closed(why.unwrap_or_else(|| "connection closed".into()))
+}
+
 /// An envelope to send: the recipient, their relay when it is not ours, the sealed bytes.
 pub type OutgoingEnvelope = (NodeId, Option<RelayAddress>, Vec<u8>);
 
@@ -266,10 +272,7 @@ impl RelayConnection {
         let rx = self.start(|id| ToRelay::FindRoutes { id, query }).await?;
         let closed = self.closed.clone();
         Ok(async move {
-            let reply = rx.await.map_err(|_| {
-                let why = closed.lock().ok().and_then(|c| c.clone());
-                ClientError::Closed(why.unwrap_or_else(|| "connection closed".into()))
-            })??;
+            let reply = rx.await.map_err(|_| closed_error(&closed))??;
             match reply {
                 Reply::Routes(set) => Ok(set),
                 Reply::Accepted => {
@@ -377,12 +380,7 @@ impl RelayConnection {
             let mut out = Vec::with_capacity(waits.len());
             for wait in waits {
                 let reply = match wait {
-                    Ok(rx) => rx.await.unwrap_or_else(|_| {
-                        let why = closed.lock().ok().and_then(|c| c.clone());
-                        Err(ClientError::Closed(
-                            why.unwrap_or_else(|| "connection closed".into()),
-                        ))
-                    }),
+                    Ok(rx) => rx.await.unwrap_or_else(|_| Err(closed_error(&closed))),
                     Err(e) => Err(e),
                 };
                 out.push(reply.map(drop));

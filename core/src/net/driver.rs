@@ -445,7 +445,7 @@ async fn serve(
             }
             // Something changed (new mail, a new contact, or a move): try everything again.
             _ = signal.notified() => {
-                sending.unreachable.clear();
+                sending.retry_unreachable();
                 let chosen = lock(wallet).relay();
                 if let Ok(Some(now)) = chosen
                     && now != *relay
@@ -568,7 +568,7 @@ async fn receive_batch(
         }
     }
     if !mail.is_empty() {
-        let envelopes: Vec<Vec<u8>> = mail.iter().map(|d| d.envelope.clone()).collect();
+        let envelopes: Vec<&[u8]> = mail.iter().map(|d| d.envelope.as_slice()).collect();
         let result = lock(wallet).receive_envelopes(&envelopes);
         match result {
             Ok(deliveries) => {
@@ -596,6 +596,9 @@ type Answered = (Vec<u64>, Vec<Result<(), ClientError>>);
 /// batches before (the relay commits them together), and each message leaves the outbox only
 /// once the relay answered that it holds it.
 struct Sending {
+    /// Every outbox message up to this seq was sent on this connection (or skipped as
+    /// unreachable): only what is newer is read from the outbox, unless a refusal sets it back.
+    sent_up_to: u64,
     /// Outbox messages for friends we can't reach yet (no contact): skipped, not allowed to
     /// block the rest, until something changes.
     unreachable: std::collections::BTreeSet<u64>,
@@ -612,6 +615,7 @@ impl Sending {
     fn new() -> Sending {
         let (answer_tx, answers) = tokio::sync::mpsc::unbounded_channel();
         Sending {
+            sent_up_to: 0,
             unreachable: Default::default(),
             unanswered: Default::default(),
             answers,
@@ -628,18 +632,18 @@ impl Sending {
         relay: &crate::net::wire::RelayAddress,
     ) -> Result<(), String> {
         while self.hold.is_none() && self.unanswered.len() < MAX_UNANSWERED {
-            let skip = self.unreachable.len() + self.unanswered.len();
             let items = lock(wallet)
-                .outbox(BATCH + skip)
+                .outbox_after(self.sent_up_to, BATCH)
                 .map_err(|e| e.to_string())?;
+            let Some(last) = items.last() else {
+                return Ok(());
+            };
+            self.sent_up_to = last.seq;
+            // After a setback, what is still on its way is not sent twice.
             let items: Vec<_> = items
                 .into_iter()
                 .filter(|i| !self.unreachable.contains(&i.seq) && !self.unanswered.contains(&i.seq))
-                .take(BATCH)
                 .collect();
-            if items.is_empty() {
-                return Ok(());
-            }
             // Seal everything under one lock, then send it all at once.
             let mut seqs = Vec::with_capacity(items.len());
             let mut sends = Vec::with_capacity(items.len());
@@ -691,6 +695,7 @@ impl Sending {
             match result {
                 Ok(()) => gone.push(seq),
                 Err(ClientError::Refused(Refusal::SenderQuota { retry_after_ms })) => {
+                    self.send_again(seq);
                     self.pause(Duration::from_millis(retry_after_ms.max(10)));
                 }
                 Err(ClientError::Refused(Refusal::TooLarge { size, max })) => {
@@ -702,6 +707,7 @@ impl Sending {
                 }
                 Err(ClientError::Refused(r)) => {
                     debug!("relay refused for now: {r}");
+                    self.send_again(seq);
                     self.pause(Duration::from_millis(500));
                 }
                 Err(e) => {
@@ -720,6 +726,19 @@ impl Sending {
             Some(why) => Err(why),
             None => Ok(()),
         }
+    }
+
+    /// Read the outbox again from `seq` on (the relay refused it for now).
+    fn send_again(&mut self, seq: u64) {
+        self.sent_up_to = self.sent_up_to.min(seq.saturating_sub(1));
+    }
+
+    /// Something changed (a new contact, say): try the unreachable messages again.
+    fn retry_unreachable(&mut self) {
+        if let Some(&first) = self.unreachable.first() {
+            self.send_again(first);
+        }
+        self.unreachable.clear();
     }
 
     fn pause(&mut self, wait: Duration) {

@@ -345,7 +345,7 @@ pub struct Wallet {
     /// How hard steps wait for the disk.
     durability: Durability,
     /// SQLite write transactions committed on this connection (see [`Wallet::disk_commits`]).
-    disk_commits: Arc<std::sync::atomic::AtomicU64>,
+    disk_commits: Arc<AtomicU64>,
     /// Set while a group commit is open ([`Wallet::receive_envelopes`]).
     group: Option<Group>,
     /// Who waits on which payment of ours ([`Wallet::watch_payment`]).
@@ -640,7 +640,8 @@ impl Wallet {
         self.changes.subscribe()
     }
 
-    /// Steps committed since this wallet was opened (one SQLite transaction each).
+    /// Durable steps committed since this wallet was opened (the steps of a group commit share
+    /// one SQLite transaction; [`Wallet::disk_commits`] counts transactions).
     pub fn commits(&self) -> u64 {
         *self.changes.borrow()
     }
@@ -648,7 +649,7 @@ impl Wallet {
     /// SQLite write transactions committed since this wallet was opened: steps (one per step,
     /// or one per group commit), outbox bookkeeping, settings. What the disk sees.
     pub fn disk_commits(&self) -> u64 {
-        self.disk_commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.disk_commits.load(Ordering::Relaxed)
     }
 
     /// The clock's time now.
@@ -669,11 +670,7 @@ impl Wallet {
         f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
         extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
-        if let Some(why) = &self.broken {
-            return Err(WalletError::Storage(format!(
-                "a step failed and the wallet could not read its state back ({why}); open it again"
-            )));
-        }
+        self.usable()?;
         let now = self.clock.now_ms();
         let (value, outputs, mut entries) = f(&mut self.node, now);
         let changes = self.node.take_changes();
@@ -719,16 +716,12 @@ impl Wallet {
             extra(conn, &value)
         };
         if let Some(group) = &mut self.group {
-            return match write(&self.conn) {
-                Ok(()) => {
-                    group.steps += 1;
-                    group.payments.extend(touched);
-                    self.last_settings = changes.settings;
-                    Ok(value)
-                }
-                // The group's transaction is rolled back by whoever opened it.
-                Err(e) => Err(e),
-            };
+            // On an error the group's transaction is rolled back by whoever opened it.
+            write(&self.conn)?;
+            group.steps += 1;
+            group.payments.extend(touched);
+            self.last_settings = changes.settings;
+            return Ok(value);
         }
         let result = (|| {
             let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
@@ -779,6 +772,16 @@ impl Wallet {
             .subscribe()
     }
 
+    /// Refuse to work once a failed step left memory that could not be read back from disk.
+    fn usable(&self) -> Result<(), WalletError> {
+        match &self.broken {
+            None => Ok(()),
+            Some(why) => Err(WalletError::Storage(format!(
+                "a step failed and the wallet could not read its state back ({why}); open it again"
+            ))),
+        }
+    }
+
     /// After a failed transaction: read the state back from the disk, or refuse further steps.
     fn recover(&mut self) {
         if let Err(again) = self.reload() {
@@ -793,18 +796,14 @@ impl Wallet {
     /// If any step's storage fails, or the commit does, the whole group is rolled back, the node
     /// is read back from the disk and the error returned: none of the envelopes counts as
     /// received, and the relay delivers them all again.
-    pub fn receive_envelopes(
+    pub fn receive_envelopes<E: AsRef<[u8]>>(
         &mut self,
-        envelopes: &[Vec<u8>],
+        envelopes: &[E],
     ) -> Result<Vec<Delivery>, WalletError> {
         if let [one] = envelopes {
-            return Ok(vec![self.receive_envelope(one)?]);
+            return Ok(vec![self.receive_envelope(one.as_ref())?]);
         }
-        if let Some(why) = &self.broken {
-            return Err(WalletError::Storage(format!(
-                "a step failed and the wallet could not read its state back ({why}); open it again"
-            )));
-        }
+        self.usable()?;
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(WalletError::from_sqlite)?;
@@ -812,7 +811,7 @@ impl Wallet {
         let mut out = Vec::with_capacity(envelopes.len());
         let mut failed = None;
         for e in envelopes {
-            match self.receive_envelope(e) {
+            match self.receive_envelope(e.as_ref()) {
                 Ok(d) => out.push(d),
                 Err(err) => {
                     failed = Some(err);
@@ -1105,21 +1104,34 @@ impl Wallet {
 
     /// The oldest `limit` messages waiting to be sent.
     pub fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, WalletError> {
+        self.outbox_after(0, limit)
+    }
+
+    /// The oldest `limit` messages waiting to be sent whose seq is above `after` (a sender
+    /// that has sent everything up to `after` reads only what is new).
+    pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<Outgoing>, WalletError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, recipient, message, kind FROM outbox ORDER BY seq LIMIT ?1",
+                "SELECT seq, recipient, message, kind FROM outbox WHERE seq > ?1
+                 ORDER BY seq LIMIT ?2",
             )
             .map_err(WalletError::from_sqlite)?;
         let rows = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
+            .query_map(
+                params![
+                    history::clamp(after),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
             .map_err(WalletError::from_sqlite)?;
         let mut out = Vec::new();
         for row in rows {

@@ -2,7 +2,8 @@
 //!
 //! One file, `wallet.db`, in WAL mode. The node's state lives in one row per channel, pending
 //! request of a channel, payment, invoice and remembered outcome (each a versioned blob from
-//! [`Node::take_changes`]), so a step writes only what it changed. Beside them: the outbox, the history and the event queue.
+//! [`Node::take_changes`]), so a step writes only what it changed. Beside them: the outbox,
+//! the history and the event queue.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
