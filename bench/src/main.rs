@@ -101,6 +101,11 @@ struct Common {
     /// power loss): to see what the wallets' fsyncs cost. The goals are measured without it.
     #[arg(long)]
     normal_sync: bool,
+    /// Record when each envelope reaches each stage of its way (sealed, at a relay, stored,
+    /// forwarded, delivered, received, handled) and report the time between stages, for
+    /// envelopes sealed in the middle 40 % of the run. Costs a hash and a lock per stage.
+    #[arg(long)]
+    timeline: bool,
 }
 
 /// Everything moves in this currency; limits are large enough for every scenario except
@@ -654,6 +659,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         );
         let relay_commits0: u64 = relays.iter().map(|r| r.stats().commits).sum();
         let start = Instant::now();
+        if common.timeline {
+            offst_core::metrics::timeline_start();
+        }
         let gate = Arc::new(tokio::sync::Semaphore::new(common.inflight.max(1)));
         let mut tasks = Vec::new();
         let limit = Duration::from_secs(common.timeout);
@@ -705,6 +713,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             }
         }
         let seconds = start.elapsed().as_secs_f64();
+        let timeline = timeline_report(offst_core::metrics::timeline_take(), seconds);
         let (crypto, cpu, bytes, wallet_commits) = (
             crypto_counts().since(&crypto0),
             cpu_seconds() - cpu0,
@@ -801,6 +810,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "ratio_to_crypto_floor": if floor_pps > 0.0 { pps / floor_pps } else { 0.0 },
             "invariant_violations": violations.len(),
             "wallet_sync": if common.normal_sync { "normal" } else { "full" },
+            "timeline": timeline,
             "started_ms": now_ms(),
         }))
     }
@@ -853,6 +863,23 @@ fn main() -> std::process::ExitCode {
                     f("crypto_floor_payments_per_sec"),
                 );
             }
+            if !json && let Some(kinds) = v.get("timeline").and_then(|t| t.as_object()) {
+                for (kind, rows) in kinds {
+                    eprintln!("timeline, envelopes through {}:", kind.replace('_', " "));
+                    for r in rows.as_array().into_iter().flatten() {
+                        let g =
+                            |k: &str| r.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+                        eprintln!(
+                            "  {:26} mean {:6.2} ms, p50 {:6.2}, p90 {:6.2} ({} envelopes)",
+                            r.get("between").and_then(|b| b.as_str()).unwrap_or(""),
+                            g("mean_ms"),
+                            g("p50_ms"),
+                            g("p90_ms"),
+                            g("count")
+                        );
+                    }
+                }
+            }
             println!("{v}");
             if v.get("invariant_violations")
                 .and_then(serde_json::Value::as_u64)
@@ -868,4 +895,64 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The time between the stages of each envelope's way, by kind of way: `one_relay` (sender and
+/// recipient on the same relay) and `two_relays` (forwarded from one relay to the other).
+/// Envelopes sealed in the middle 40 % of the run that reached their recipient's commit.
+fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_json::Value {
+    use offst_core::metrics::Stage;
+    if marks.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let (lo, hi) = ((seconds * 0.3 * 1e6) as u64, (seconds * 0.7 * 1e6) as u64);
+    let name = |s: Stage| format!("{s:?}").to_lowercase();
+    // kind -> gap name (in path order) -> milliseconds
+    let mut gaps: BTreeMap<&str, BTreeMap<(usize, String), Vec<f64>>> = BTreeMap::new();
+    for (_, mut v) in marks {
+        v.sort_by_key(|m| m.1);
+        let Some(&(Stage::Sealed, t0)) = v.first() else {
+            continue;
+        };
+        if !(lo..=hi).contains(&t0) || v.iter().filter(|m| m.0 == Stage::Handled).count() != 1 {
+            continue;
+        }
+        let kind = if v.iter().any(|m| m.0 == Stage::Forwarding) {
+            "two_relays"
+        } else {
+            "one_relay"
+        };
+        let per = gaps.entry(kind).or_default();
+        for (i, (a, b)) in v.iter().zip(v.iter().skip(1)).enumerate() {
+            let ms = b.1.saturating_sub(a.1) as f64 / 1e3;
+            per.entry((i, format!("{} -> {}", name(a.0), name(b.0))))
+                .or_default()
+                .push(ms);
+        }
+        let total = v.last().map_or(0, |m| m.1).saturating_sub(t0) as f64 / 1e3;
+        per.entry((usize::MAX, "total".into()))
+            .or_default()
+            .push(total);
+    }
+    let mut out = serde_json::Map::new();
+    for (kind, per) in gaps {
+        let Some(n) = per.get(&(usize::MAX, "total".to_string())).map(Vec::len) else {
+            continue;
+        };
+        let mut rows = Vec::new();
+        for ((_, gap), mut ms) in per {
+            // Envelopes whose stages came in another order (rare) are left out of the rows.
+            if ms.len() * 10 < n * 9 {
+                continue;
+            }
+            ms.sort_by(f64::total_cmp);
+            let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+            rows.push(serde_json::json!({
+                "between": gap, "count": ms.len(), "mean_ms": mean,
+                "p50_ms": percentile(&ms, 0.5), "p90_ms": percentile(&ms, 0.9),
+            }));
+        }
+        out.insert(kind.to_string(), serde_json::Value::Array(rows));
+    }
+    serde_json::Value::Object(out)
 }

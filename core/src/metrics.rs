@@ -65,3 +65,89 @@ pub(crate) fn sealed() {
 pub(crate) fn opened() {
     OPENS.fetch_add(1, Ordering::Relaxed);
 }
+
+/// Where an envelope is on its way, for the load generator's timeline (`offst-bench
+/// --timeline`): each stage is marked with the time it was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The sender's driver sealed it (after the step that wrote it committed).
+    Sealed = 0,
+    /// A relay read it from a connection (a wallet's or another relay's).
+    RelayIn = 1,
+    /// That relay's store committed it.
+    Stored = 2,
+    /// The relay's forwarder took it from its store to send to the next relay.
+    Forwarding = 3,
+    /// The recipient's relay handed it to the recipient's connection.
+    Delivered = 4,
+    /// The recipient's driver took it into a batch.
+    Received = 5,
+    /// The recipient's step over that batch committed.
+    Handled = 6,
+}
+
+impl Stage {
+    /// Every stage, in the order of the discriminants.
+    pub const ALL: [Stage; 7] = [
+        Stage::Sealed,
+        Stage::RelayIn,
+        Stage::Stored,
+        Stage::Forwarding,
+        Stage::Delivered,
+        Stage::Received,
+        Stage::Handled,
+    ];
+}
+
+/// Marks per envelope key: (stage, microseconds since the timeline was switched on).
+pub type Timeline = std::collections::HashMap<u64, Vec<(Stage, u64)>>;
+
+static TIMELINE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TIMELINE: std::sync::Mutex<Option<(std::time::Instant, Timeline)>> =
+    std::sync::Mutex::new(None);
+
+/// Start recording the timeline (off by default: then a mark is one relaxed load).
+pub fn timeline_start() {
+    if let Ok(mut t) = TIMELINE.lock() {
+        *t = Some((std::time::Instant::now(), Timeline::new()));
+    }
+    TIMELINE_ON.store(true, Ordering::Relaxed);
+}
+
+/// Stop recording and take what was recorded.
+pub fn timeline_take() -> Timeline {
+    TIMELINE_ON.store(false, Ordering::Relaxed);
+    TIMELINE
+        .lock()
+        .ok()
+        .and_then(|mut t| t.take())
+        .map(|(_, m)| m)
+        .unwrap_or_default()
+}
+
+/// An envelope's key in the timeline, if the timeline is on.
+pub fn timeline_key(envelope: &[u8]) -> Option<u64> {
+    if !TIMELINE_ON.load(Ordering::Relaxed) {
+        return None;
+    }
+    let h = blake3::hash(envelope);
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&h.as_bytes()[..8]);
+    Some(u64::from_le_bytes(k))
+}
+
+/// Mark the envelope of `key` (from [`timeline_key`]) as having reached `stage`.
+pub fn timeline_mark_key(stage: Stage, key: Option<u64>) {
+    let Some(key) = key else { return };
+    if let Ok(mut t) = TIMELINE.lock()
+        && let Some((start, marks)) = t.as_mut()
+    {
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        marks.entry(key).or_default().push((stage, us));
+    }
+}
+
+/// Mark `envelope` as having reached `stage` (nothing if the timeline is off).
+pub fn timeline_mark(stage: Stage, envelope: &[u8]) {
+    timeline_mark_key(stage, timeline_key(envelope));
+}

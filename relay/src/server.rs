@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use offst_core::metrics::{self, Stage};
 use offst_core::net::client::{ClientError, RelayConnection};
 use offst_core::net::frame::{FrameError, read_frame, write_frame};
 use offst_core::net::tls;
@@ -610,7 +611,7 @@ enum Queued {
     /// Refused before storing.
     Refused(Refusal),
     /// Queued for the store; forwarded to `relay` once stored, if set.
-    Stored(crate::store::Pending, Option<RelayAddress>),
+    Stored(crate::store::Pending, Option<RelayAddress>, Option<u64>),
 }
 
 /// Check an envelope's bounds and queue it for storing, keeping the order of arrival.
@@ -621,6 +622,8 @@ fn queue_envelope(
     relay: Option<RelayAddress>,
     envelope: Vec<u8>,
 ) -> Queued {
+    let key = metrics::timeline_key(&envelope);
+    metrics::timeline_mark_key(Stage::RelayIn, key);
     let size = envelope.len() as u64;
     if size > shared.config.max_envelope_bytes {
         return Queued::Refused(Refusal::TooLarge {
@@ -638,7 +641,7 @@ fn queue_envelope(
     }
     let queued = shared.store.enqueue(relay.clone(), to, envelope, now_ms());
     match queued {
-        Ok(p) => Queued::Stored(p, relay),
+        Ok(p) => Queued::Stored(p, relay, key),
         Err(e) => {
             warn!("could not queue an envelope: {e}");
             Queued::Refused(Refusal::Unavailable)
@@ -654,8 +657,9 @@ async fn respond_loop(
     while let Some((req, to, queued)) = rx.recv().await {
         let answer = match queued {
             Queued::Refused(r) => Err(r),
-            Queued::Stored(pending, relay) => match pending.await {
+            Queued::Stored(pending, relay, key) => match pending.await {
                 Ok(Ok(Ok(seq))) => {
+                    metrics::timeline_mark_key(Stage::Stored, key);
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
                     match relay {
                         None => shared.stored(&to, seq),
@@ -735,6 +739,9 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
         // The whole batch at once: the next relay commits it together and answers each in
         // order, instead of one round trip and one commit per envelope.
         let seqs: Vec<u64> = batch.iter().map(|out| out.seq).collect();
+        for out in &batch {
+            metrics::timeline_mark(Stage::Forwarding, &out.envelope);
+        }
         let answers = c
             .send_all(
                 batch
@@ -864,6 +871,7 @@ async fn deliver_loop(
         }
         announced_empty = false;
         for m in batch {
+            metrics::timeline_mark(Stage::Delivered, &m.envelope);
             cursor = m.seq;
             in_flight.push_back(m.seq);
             let frame = FromRelay::Deliver {

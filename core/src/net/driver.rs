@@ -569,7 +569,13 @@ async fn receive_batch(
     }
     if !mail.is_empty() {
         let envelopes: Vec<&[u8]> = mail.iter().map(|d| d.envelope.as_slice()).collect();
+        for e in &envelopes {
+            crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
+        }
         let result = lock(wallet).receive_envelopes(&envelopes);
+        for e in &envelopes {
+            crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
+        }
         match result {
             Ok(deliveries) => {
                 debug!(count = deliveries.len(), "mail handled");
@@ -654,6 +660,7 @@ impl Sending {
                     getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;
                     match w.seal_outgoing(item, entropy) {
                         Ok((envelope, to_relay)) => {
+                            crate::metrics::timeline_mark(crate::metrics::Stage::Sealed, &envelope);
                             let via = (to_relay.key != relay.key).then_some(to_relay);
                             seqs.push(item.seq);
                             sends.push((item.to, via, envelope));
