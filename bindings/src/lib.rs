@@ -365,6 +365,10 @@ pub enum EventKind {
     FriendRequested,
     /// Someone whose invitation we accepted accepted us back.
     FriendAccepted,
+    /// An app did something through the wallet's app interface (desktop `offst serve`).
+    AppAction,
+    /// An app tried something through the app interface and was refused.
+    AppRefused,
 }
 
 impl From<CoreEventKind> for EventKind {
@@ -387,6 +391,8 @@ impl From<CoreEventKind> for EventKind {
             CoreEventKind::Restored => EventKind::Restored,
             CoreEventKind::FriendRequested => EventKind::FriendRequested,
             CoreEventKind::FriendAccepted => EventKind::FriendAccepted,
+            CoreEventKind::AppAction => EventKind::AppAction,
+            CoreEventKind::AppRefused => EventKind::AppRefused,
         }
     }
 }

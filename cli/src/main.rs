@@ -5,6 +5,7 @@
 
 mod demo;
 mod online;
+mod serve;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -172,8 +173,50 @@ enum Command {
         /// The backup.
         file: PathBuf,
     },
+    /// Serve other programs ("apps") on a local socket, and stay online like `run`.
+    ///
+    /// Apps hold their own keys and may do only what `offst apps add` granted them; every
+    /// action they take, or try, is in `offst history` under their name.
+    Serve {
+        /// The socket (default: api.sock in the wallet's directory).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Grant apps access to this wallet, list them, revoke them (works while `serve` runs).
+    Apps {
+        #[command(subcommand)]
+        action: AppsAction,
+    },
     /// Run two relays and six wallets here: friends, four payments, the balances.
     Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppsAction {
+    /// Grant the app with key KEY (it prints its key) the permissions in --allow.
+    Add {
+        /// The app's name, as history shows it.
+        name: String,
+        /// The app's public key.
+        key: String,
+        /// Comma-separated: read (balances, history), receive (invoices), pay (within
+        /// --pay-limit), manage (friends, limits, relay).
+        #[arg(long)]
+        allow: String,
+        /// With `pay`: the most the app may pay per 24 hours, fees included.
+        #[arg(long)]
+        pay_limit: Option<u64>,
+        /// The currency of --pay-limit.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+    },
+    /// The apps granted, with what they may do and what they spent today.
+    List,
+    /// Cut an app off at once (by name or key).
+    Revoke {
+        /// Its name or key.
+        app: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -406,6 +449,8 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::Run => run_online(&dir).await,
+        Command::Serve { socket } => serve::run(&dir, socket).await,
+        Command::Apps { action } => serve::apps(&dir, action, args.json),
         Command::Report { privacy } => {
             use offst_core::routing::Privacy;
             let mut w = open(&dir)?;
@@ -824,6 +869,16 @@ async fn run_online(dir: &Path) -> Result<(), String> {
     online.connected(Duration::from_secs(30)).await?;
     println!("online as {}; Ctrl-C (or SIGTERM) to stop", online.w().id());
     let _ = std::io::stdout().flush();
+    let printed = print_events_until_stopped(&online.wallet).await;
+    online.stop().await;
+    printed
+}
+
+/// Print the wallet's events as they come, until Ctrl-C or SIGTERM.
+async fn print_events_until_stopped(
+    wallet: &std::sync::Mutex<offst_core::wallet::Wallet>,
+) -> Result<(), String> {
+    let w = || wallet.lock().unwrap_or_else(|p| p.into_inner());
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -833,18 +888,16 @@ async fn run_online(dir: &Path) -> Result<(), String> {
         #[cfg(not(unix))]
         let terminated = std::future::pending::<Option<()>>();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminated => break,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminated => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         loop {
-            let next = online.w().next_event().map_err(|e| e.to_string())?;
+            let next = w().next_event().map_err(|e| e.to_string())?;
             let Some(e) = next else { break };
             println!("{} {}", e.kind.as_str(), e.detail);
             let _ = std::io::stdout().flush();
-            online.w().event_handled(e.seq).map_err(|e| e.to_string())?;
+            w().event_handled(e.seq).map_err(|e| e.to_string())?;
         }
     }
-    online.stop().await;
-    Ok(())
 }

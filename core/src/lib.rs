@@ -7,11 +7,13 @@
 //! - [`routing`]: capacity reports and the index's fee-aware, capacity-aware route search.
 //! - [`wallet`], [`net`], [`invite`]: the durable wallet, its relay connection and driver,
 //!   invitations and payment requests.
+//! - [`api`]: the interface for other programs (`offst serve`): grants, signed requests.
 //!
 //! See `docs/architecture.md` for the map and `docs/protocol.md` for the rules.
 
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod invite;
 pub mod metrics;
 pub mod net;

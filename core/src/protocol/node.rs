@@ -815,6 +815,11 @@ impl Node {
         self.selling.get(invoice).map(|s| &s.status)
     }
 
+    /// An invoice we issued (open, paid or cancelled), while we keep it.
+    pub fn issued_invoice(&self, invoice: &InvoiceId) -> Option<&Invoice> {
+        self.selling.get(invoice).map(|s| &s.invoice)
+    }
+
     /// Add a friend. Both friends must add each other; no message is needed until one of them
     /// sets a limit.
     pub fn add_friend(&mut self, friend: NodeId) -> Result<(), NodeError> {

@@ -52,10 +52,14 @@ pub enum EventKind {
     FriendRequested,
     /// Someone whose invitation we accepted accepted us back.
     FriendAccepted,
+    /// An app did something through `offst serve` (the detail names the app).
+    AppAction,
+    /// An app tried something and was refused (the detail names the app and why).
+    AppRefused,
 }
 
 impl EventKind {
-    const ALL: [(EventKind, &'static str); 17] = [
+    const ALL: [(EventKind, &'static str); 19] = [
         (EventKind::FriendAdded, "friend_added"),
         (EventKind::LimitSet, "limit_set"),
         (EventKind::LimitChanged, "limit_changed"),
@@ -73,6 +77,8 @@ impl EventKind {
         (EventKind::Restored, "restored"),
         (EventKind::FriendRequested, "friend_requested"),
         (EventKind::FriendAccepted, "friend_accepted"),
+        (EventKind::AppAction, "app_action"),
+        (EventKind::AppRefused, "app_refused"),
     ];
 
     /// The stored name.

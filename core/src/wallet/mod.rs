@@ -872,6 +872,27 @@ impl Wallet {
         .map_err(WalletError::Refused)
     }
 
+    /// Record in history what an app did through `offst serve`, under the app's name;
+    /// `refused`: what it tried and was refused.
+    pub fn record_app(
+        &mut self,
+        refused: bool,
+        app: &str,
+        what: &str,
+        invoice: Option<InvoiceId>,
+    ) -> Result<(), WalletError> {
+        let kind = if refused {
+            EventKind::AppRefused
+        } else {
+            EventKind::AppAction
+        };
+        let mut entry = NewEntry::new(kind, format!("app {app:?}: {what}"));
+        if let Some(i) = invoice {
+            entry = entry.invoice(i);
+        }
+        self.step(|_, _| ((), Vec::new(), vec![entry]), |_, _| Ok(()))
+    }
+
     /// Add a friend, under `name`. Both must add each other.
     pub fn add_friend(&mut self, friend: NodeId, name: &str) -> Result<(), WalletError> {
         let name = name.trim().to_string();
