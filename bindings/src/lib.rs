@@ -536,6 +536,43 @@ pub fn read_payment_request(text: String) -> Result<PaymentRequestInfo, InviteEr
     Ok(request_info(&PaymentRequest::parse(&text, now_ms())?))
 }
 
+/// What an `offst:` link holds (see [`read_link`]). Not `Link`: SwiftUI has a view by that name.
+#[derive(uniffi::Enum, Clone, Debug, PartialEq, Eq)]
+pub enum OffstLink {
+    /// An invitation: show who invites, and accept only when the person says so
+    /// ([`Wallet::accept_invitation`] with the same text).
+    Invitation {
+        /// The inviter's id.
+        inviter: String,
+        /// The inviter's name.
+        name: String,
+        /// When it stops working, ms since the Unix epoch.
+        expires_at_ms: u64,
+    },
+    /// A payment request: show it, then [`Wallet::quote`] and pay only when the person
+    /// confirms.
+    PaymentRequest {
+        /// What it asks.
+        request: PaymentRequestInfo,
+    },
+}
+
+/// Read an `offst:` link opened from another app, a web page or an NFC tag (or a scanned
+/// code, or pasted text), and check it: signature and expiry. Reading never acts on it.
+#[uniffi::export]
+pub fn read_link(text: String) -> Result<OffstLink, InviteError> {
+    Ok(match invite::Link::parse(&text, now_ms())? {
+        invite::Link::Invitation(inv) => OffstLink::Invitation {
+            inviter: inv.terms.inviter.to_string(),
+            name: inv.terms.name.clone(),
+            expires_at_ms: inv.terms.expires_ms,
+        },
+        invite::Link::PaymentRequest(req) => OffstLink::PaymentRequest {
+            request: request_info(&req),
+        },
+    })
+}
+
 /// Check a receipt offline: the seller's signature and both secrets.
 #[uniffi::export]
 pub fn verify_receipt(text: String) -> Result<Receipt, InviteError> {

@@ -194,6 +194,34 @@ impl Invitation {
     }
 }
 
+/// What an `offst:` link (or a scanned code, or pasted text) holds: the one entry point for
+/// links opened from another app, a web page or an NFC tag. Reading a link never acts on it:
+/// the wallet shows it and waits for its owner to confirm.
+#[derive(Clone, Debug)]
+pub enum Link {
+    /// An invitation to become friends.
+    Invitation(Invitation),
+    /// A request to be paid.
+    PaymentRequest(PaymentRequest),
+}
+
+impl Link {
+    /// Read and check (signature, expiry at `now_ms`) an invitation or a payment request, in
+    /// text or `offst:` form. A receipt, or anything else, is refused with the reason.
+    pub fn parse(input: &str, now_ms: u64) -> Result<Link, InviteError> {
+        match Invitation::parse(input, now_ms) {
+            Err(InviteError::WrongKind {
+                found: "a payment request",
+                ..
+            }) => PaymentRequest::parse(input, now_ms).map(Link::PaymentRequest),
+            Err(InviteError::WrongKind { found, .. }) => Err(InviteError::Invalid(format!(
+                "this is {found}, which a link does not open; check it with `offst receipt verify`"
+            ))),
+            other => other.map(Link::Invitation),
+        }
+    }
+}
+
 fn to_text<T: Serialize>(prefix: &str, value: &T) -> String {
     let mut body = postcard::to_allocvec(value).unwrap_or_default();
     body.extend_from_slice(&checksum(&body));

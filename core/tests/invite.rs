@@ -135,8 +135,7 @@ fn bounds_are_checked_when_creating() {
     assert!(matches!(err, InviteError::Invalid(_)));
 }
 
-#[test]
-fn a_payment_request_carries_the_sellers_contact_signed() {
+fn payment_request() -> offst_core::invite::PaymentRequest {
     use offst_core::invite::PaymentRequest;
     use offst_core::protocol::amount::Currency;
     use offst_core::protocol::node::Node;
@@ -158,7 +157,46 @@ fn a_payment_request_carries_the_sellers_contact_signed() {
         addr: "127.0.0.1:7360".into(),
         key: Identity::from_seed([9; 32]).id(),
     };
-    let req = PaymentRequest::create(&seller, invoice, relay).unwrap();
+    PaymentRequest::create(&seller, invoice, relay).unwrap()
+}
+
+#[test]
+fn a_link_opens_an_invitation_or_a_payment_request_and_nothing_else() {
+    use offst_core::invite::Link;
+    let inv = invitation();
+    assert!(matches!(Link::parse(&inv.to_uri(), NOW).unwrap(), Link::Invitation(i) if i == inv));
+    let req = payment_request();
+    assert!(
+        matches!(Link::parse(&req.to_uri(), NOW).unwrap(), Link::PaymentRequest(r) if r == req)
+    );
+    assert!(matches!(
+        Link::parse(&req.to_text(), NOW).unwrap(),
+        Link::PaymentRequest(_)
+    ));
+    // Checked as each kind is: an expired request, a damaged invitation, not a link at all.
+    assert!(matches!(
+        Link::parse(&req.to_uri(), NOW + 2 * DAY).unwrap_err(),
+        InviteError::Expired { .. }
+    ));
+    let mut damaged = inv.to_uri();
+    damaged.truncate(damaged.len() - 3);
+    assert!(Link::parse(&damaged, NOW).is_err());
+    assert_eq!(
+        Link::parse("https://example.org/pay", NOW).unwrap_err(),
+        InviteError::NotAnInvitation
+    );
+    // A receipt is not something a link opens.
+    let receipt = format!("offst:{}AAAA", offst_core::invite::RECEIPT_PREFIX);
+    assert!(matches!(
+        Link::parse(&receipt, NOW).unwrap_err(),
+        InviteError::Invalid(why) if why.contains("receipt")
+    ));
+}
+
+#[test]
+fn a_payment_request_carries_the_sellers_contact_signed() {
+    use offst_core::invite::PaymentRequest;
+    let req = payment_request();
     let back = PaymentRequest::parse(&req.to_uri(), NOW).unwrap();
     assert_eq!(back, req);
     assert!(req.qr_svg().unwrap().contains("<svg"));

@@ -14,8 +14,9 @@
 //! 9. for payments, the app's limit ([`ApiError::OverLimit`]), reserved before paying.
 //!
 //! What an app did or tried goes into the wallet's history under its name (`app_action`,
-//! `app_refused`). Refusals for rate are recorded once per burst, so a flood cannot fill the
-//! history. Calls of one connection run side by side up to [`ApiLimits::calls_per_connection`];
+//! `app_refused`). Refusals for rate are recorded once per burst, and reads (balances, history,
+//! an invoice's state) once per kind and connection, so neither a flood nor an app that polls
+//! fills the history; every change and every other refusal is recorded each time. Calls of one connection run side by side up to [`ApiLimits::calls_per_connection`];
 //! past that the server stops reading that connection, which slows only its sender.
 
 use std::collections::HashMap;
@@ -198,6 +199,8 @@ struct Session {
     bucket: Bucket,
     /// A rate refusal was recorded and nothing was served since.
     rate_noted: bool,
+    /// Kinds of read already recorded on this connection.
+    reads_noted: std::collections::HashSet<std::mem::Discriminant<Call>>,
 }
 
 async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::Receiver<bool>) {
@@ -231,6 +234,7 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
         last_seq: 0,
         bucket: Bucket::full(ctx.limits.connection_burst),
         rate_noted: false,
+        reads_noted: Default::default(),
     };
     loop {
         let frame = tokio::select! {
@@ -292,11 +296,20 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                 let Ok(permit) = calls.clone().acquire_owned().await else {
                     break;
                 };
+                // Reads are recorded the first time of each kind per connection, so that an
+                // app that polls does not fill the history; everything else every time.
+                let record_success = match request.call {
+                    Call::Balances | Call::History { .. } | Call::InvoiceStatus { .. } => session
+                        .reads_noted
+                        .insert(std::mem::discriminant(&request.call)),
+                    _ => true,
+                };
                 let (ctx, tx) = (ctx.clone(), tx.clone());
                 tokio::spawn(async move {
                     let what = request.call.describe();
                     let (result, invoice) = execute(&ctx, &grant, request.call).await;
                     match &result {
+                        Ok(_) if !record_success => {}
                         Ok(_) => ctx.record(false, &grant.name, &what, invoice),
                         Err(e) => {
                             ctx.record(true, &grant.name, &format!("{what}: refused: {e}"), invoice)

@@ -8,11 +8,18 @@ struct OffstApp: App {
 
     var body: some Scene {
         WindowGroup {
-            if let wallet = model.wallet {
-                HomeView(app: model, wallet: wallet)
-            } else {
-                OnboardingView(app: model)
+            Group {
+                if let wallet = model.wallet {
+                    HomeView(app: model, wallet: wallet)
+                        .sheet(item: $model.openedLink) { link in
+                            LinkView(app: model, wallet: wallet, uri: link.uri)
+                        }
+                } else {
+                    OnboardingView(app: model)
+                }
             }
+            // offst: links (the URL scheme in project.yml) open the link sheet, which asks first.
+            .onOpenURL { url in model.openedLink = OpenedLink(uri: url.absoluteString) }
         }
     }
 }
@@ -20,6 +27,8 @@ struct OffstApp: App {
 @MainActor
 final class AppModel: ObservableObject {
     @Published var wallet: OffstWallet?
+    /// An offst: link waiting to be shown (kept until a wallet is open).
+    @Published var openedLink: OpenedLink?
     /// Each event as it happens (screens filter what they care about).
     @Published var lastEvent: HistoryItem?
     let keys = KeychainKeys()
@@ -34,4 +43,10 @@ final class AppModel: ObservableObject {
             for try await e in w.events() { lastEvent = e }
         }
     }
+}
+
+/// An offst: link the app was opened with.
+struct OpenedLink: Identifiable {
+    let uri: String
+    var id: String { uri }
 }

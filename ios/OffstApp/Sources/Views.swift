@@ -176,7 +176,12 @@ struct RequestView: View {
 
 struct PayView: View {
     @StateObject private var m: Observed<PayViewModel>
-    init(wallet: OffstWallet) { _m = StateObject(wrappedValue: Observed(PayViewModel(wallet: wallet))) }
+    /// A payment request an offst: link opened: quoted at once, paid only on "Pay".
+    let link: String?
+    init(wallet: OffstWallet, link: String? = nil) {
+        self.link = link
+        _m = StateObject(wrappedValue: Observed(PayViewModel(wallet: wallet)))
+    }
 
     var body: some View {
         VStack(spacing: 12) {
@@ -202,6 +207,7 @@ struct PayView: View {
             }
         }
         .padding()
+        .task { if let link { await m.vm.scanned(link) } }
     }
 
     private func describe(_ step: PayProgress?) -> String {
@@ -248,5 +254,46 @@ struct SettingsView: View {
             ErrorLine(error: m.vm.error)
         }
         .task { await m.vm.load() }
+    }
+}
+
+/// An offst: link from another app, a web page or an NFC tag: what it asks, then yes or no.
+struct LinkView: View {
+    @ObservedObject var app: AppModel
+    let wallet: OffstWallet
+    let uri: String
+    @StateObject private var m: Observed<LinkViewModel>
+    @State private var name = ""
+    init(app: AppModel, wallet: OffstWallet, uri: String) {
+        self.app = app
+        self.wallet = wallet
+        self.uri = uri
+        _m = StateObject(wrappedValue: Observed(LinkViewModel(wallet: wallet)))
+    }
+
+    var body: some View {
+        VStack(spacing: 12) {
+            switch m.vm.stage {
+            case .idle:
+                ProgressView()
+            case .confirmPayment(let uri, _):
+                PayView(wallet: wallet, link: uri)
+            case .confirmFriend(_, let inviter, let who):
+                Text("\(who) invites you to be friends").font(.title)
+                Text(inviter).font(.caption)
+                TextField("Your name, as they will see it", text: $name)
+                Button("Accept") { m.vm.myName = name; Task { await m.vm.acceptFriend() } }
+                    .buttonStyle(.borderedProminent)
+                Button("No, thanks") { m.vm.decline(); app.openedLink = nil }
+            case .added(let f):
+                Text("You and \(f.name) are friends").font(.title)
+                Button("Done") { app.openedLink = nil }
+            case .refused(let why):
+                Text(why).foregroundColor(.red)
+                Button("Back") { app.openedLink = nil }
+            }
+        }
+        .padding()
+        .task { await m.vm.opened(uri) }
     }
 }

@@ -208,6 +208,53 @@ public final class PayViewModel: ViewModel, @unchecked Sendable {
     }
 }
 
+/// An offst: link opened from another app, a web page or an NFC tag (the app's URL scheme):
+/// read it, show what it asks, and act only when the person confirms. A payment request goes on
+/// to `PayViewModel` (routes, fees, then `confirm()`); an invitation is accepted by
+/// `acceptFriend()`. Nothing happens on opening alone.
+public final class LinkViewModel: ViewModel, @unchecked Sendable {
+    public enum Stage: Equatable {
+        case idle
+        case confirmFriend(uri: String, inviter: String, name: String)
+        case confirmPayment(uri: String, request: PaymentRequestInfo)
+        case added(Friend)
+        case refused(String)
+    }
+    public private(set) var stage: Stage = .idle { didSet { onChange?() } }
+    public var myName = ""
+    let wallet: OffstWallet
+
+    public init(wallet: OffstWallet) { self.wallet = wallet }
+
+    public func opened(_ uri: String) async {
+        switch await run({ try readLink(text: uri) }) {
+        case .invitation(let inviter, let name, _)?:
+            stage = .confirmFriend(uri: uri, inviter: inviter, name: name)
+        case .paymentRequest(let request)?:
+            stage = .confirmPayment(uri: uri, request: request)
+        case nil:
+            stage = .refused(error ?? "")
+        }
+    }
+
+    /// The person said yes to the invitation.
+    public func acceptFriend() async {
+        guard case .confirmFriend(let uri, _, _) = stage else { return }
+        let name = myName
+        if let f = await run({ try await wallet.accept(invitation: uri, name: name) }) {
+            stage = .added(f)
+        } else {
+            stage = .refused(error ?? "")
+        }
+    }
+
+    /// The person said no (or went back).
+    public func decline() {
+        stage = .idle
+        error = nil
+    }
+}
+
 final class Steps: @unchecked Sendable {
     private let lock = NSLock()
     private var all: [PayProgress] = []

@@ -192,6 +192,43 @@ final class WalletStoryTests: XCTestCase {
         await bob.shutdown()
     }
 
+    /// An offst: link shows what it asks and acts only when the person confirms.
+    func testLinkAsksBeforeActing() async throws {
+        let relay = try relayAddress()
+        let (alice, bob) = try await friends()
+        let tea = try await alice.invoice(amount: 5, currency: "EUR", memo: "link tea", minutes: 10)
+        let before = try await bob.balances()
+        let link = LinkViewModel(wallet: bob)
+        await link.opened(tea.uri)
+        guard case .confirmPayment(_, let request) = link.stage else { return XCTFail("not asked: \(link.stage)") }
+        XCTAssertEqual(request.amount, 5)
+        XCTAssertEqual(request.memo, "link tea")
+        // Opening it paid nothing: paying needs the pay screen's confirm().
+        let after = try await bob.balances()
+        XCTAssertEqual(before, after)
+        XCTAssertEqual(try alice.wallet.payment(invoiceId: tea.id).status, .open)
+        link.decline()
+        XCTAssertEqual(link.stage, .idle)
+        // An invitation by link: Carol sees who invites, and becomes a friend on yes.
+        let carol = try await OffstWallet.create(dir: tempDir("carol"), relay: relay, keys: TestKeyStore("carol"))
+        let invite = LinkViewModel(wallet: carol)
+        invite.myName = "Carol"
+        await invite.opened(try await alice.invite(name: "Alice", hours: 1).uri)
+        guard case .confirmFriend(_, _, let name) = invite.stage else { return XCTFail("not asked: \(invite.stage)") }
+        XCTAssertEqual(name, "Alice")
+        let none = try await carol.friends()
+        XCTAssertTrue(none.isEmpty)
+        await invite.acceptFriend()
+        guard case .added(let friend) = invite.stage else { return XCTFail("not added: \(invite.stage) \(invite.error ?? "")") }
+        XCTAssertEqual(friend.id, alice.id)
+        await invite.opened("offst:nonsense")
+        guard case .refused(let why) = invite.stage else { return XCTFail("not refused: \(invite.stage)") }
+        XCTAssertFalse(why.isEmpty)
+        await alice.shutdown()
+        await bob.shutdown()
+        await carol.shutdown()
+    }
+
     /// A bad invitation, an unknown friend, an amount over capacity: typed errors with
     /// sentences, nothing changed.
     func testErrors() async throws {

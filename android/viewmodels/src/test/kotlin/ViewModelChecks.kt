@@ -113,6 +113,39 @@ fun viewModelChecks(relay: String, root: Path) {
         assertEquals(PayViewModel.Stage.Scanning, payBig.stage.value)
     }
 
+    check("view models: an offst: link shows what it asks and acts only when confirmed") {
+        val tea = carol.createInvoice(5UL, "EUR", "link tea", 10UL)
+        val before = dave.balances()
+        val link = LinkViewModel(dave)
+        link.opened(tea.uri)
+        val ask = link.stage.value
+        assertTrue(ask is LinkViewModel.Stage.ConfirmPayment, "$ask ${link.error.value}")
+        assertEquals(5UL, ask.request.amount)
+        assertEquals("link tea", ask.request.memo)
+        // Opening it paid nothing: the payment needs the pay screen's confirm().
+        assertEquals(before, dave.balances())
+        assertEquals(PaymentStatus.OPEN, carol.payment(tea.id).status)
+        link.decline()
+        assertEquals(LinkViewModel.Stage.Idle, link.stage.value)
+        // An invitation by link: Erin sees who invites, and becomes a friend on yes.
+        val erinKeys = TestKeyStore("erin's keystore")
+        val erin = createWallet(WalletConfig(root.resolve("erin").toString(), relay, 0UL, 0U), erinKeys)
+        val invite = LinkViewModel(erin)
+        invite.myName.value = "Erin"
+        invite.opened(carol.invite("Carol", 1UL).uri)
+        val who = invite.stage.value
+        assertTrue(who is LinkViewModel.Stage.ConfirmFriend && who.name == "Carol", "$who")
+        assertTrue(erin.friends().isEmpty())
+        invite.acceptFriend()
+        val added = invite.stage.value
+        assertTrue(added is LinkViewModel.Stage.Added && added.friend.id == carol.id(), "$added ${invite.error.value}")
+        // Not a link a wallet opens: a sentence, and nothing else.
+        invite.opened("offst:nonsense")
+        val refused = invite.stage.value
+        assertTrue(refused is LinkViewModel.Stage.Refused && refused.why.isNotEmpty(), "$refused")
+        erin.shutdown()
+    }
+
     check("view models: settings show the relay, change privacy, back up") {
         val settings = SettingsViewModel(dave)
         settings.load()

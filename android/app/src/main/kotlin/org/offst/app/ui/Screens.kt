@@ -164,11 +164,14 @@ fun RequestScreen(app: OffstApp, wallet: Wallet) {
     }
 }
 
+/** Pay: scan a code, or (with [link]) the payment request an offst: link opened. Either way it
+ *  pays only when the person presses Pay on the quote. */
 @Composable
-fun PayScreen(app: OffstApp, wallet: Wallet) {
+fun PayScreen(app: OffstApp, wallet: Wallet, link: String? = null) {
     val vm = remember { PayViewModel(wallet) }
     val scope = rememberCoroutineScope()
     val stage by vm.stage.collectAsState()
+    LaunchedEffect(link) { if (link != null) vm.scanned(link) }
     Column(Modifier.padding(16.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
         when (val s = stage) {
             is PayViewModel.Stage.Scanning -> QrScanner { text -> scope.launch { vm.scanned(text) } }
@@ -237,5 +240,34 @@ fun SettingsScreen(app: OffstApp, wallet: Wallet) {
         }) { Text("Back up") }
         backedUp?.let { Text("Backup written to $it. Keep it somewhere else; it opens only with this phone's key.") }
         ErrorLine(vm)
+    }
+}
+
+/** An offst: link from another app, a web page or an NFC tag: what it asks, then yes or no. */
+@Composable
+fun LinkScreen(app: OffstApp, wallet: Wallet, uri: String, nav: NavController) {
+    val vm = remember(uri) { LinkViewModel(wallet) }
+    val scope = rememberCoroutineScope()
+    val stage by vm.stage.collectAsState()
+    val name by vm.myName.collectAsState()
+    LaunchedEffect(uri) { vm.opened(uri) }
+    when (val s = stage) {
+        is LinkViewModel.Stage.Idle -> CircularProgressIndicator(Modifier.padding(16.dp))
+        is LinkViewModel.Stage.ConfirmPayment -> PayScreen(app, wallet, link = s.uri)
+        is LinkViewModel.Stage.ConfirmFriend -> Column(Modifier.padding(16.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
+            Text("${s.name} invites you to be friends", style = MaterialTheme.typography.headlineMedium)
+            Text(s.inviter)
+            OutlinedTextField(name, { vm.myName.value = it }, label = { Text("Your name, as they will see it") })
+            Button({ scope.launch { vm.acceptFriend() } }) { Text("Accept") }
+            TextButton({ vm.decline(); nav.navigate("home") }) { Text("No, thanks") }
+        }
+        is LinkViewModel.Stage.Added -> Column(Modifier.padding(16.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
+            Text("You and ${s.friend.name} are friends", style = MaterialTheme.typography.headlineMedium)
+            Button({ nav.navigate("friend/${s.friend.id}") }) { Text("Set how much they may owe you") }
+        }
+        is LinkViewModel.Stage.Refused -> Column(Modifier.padding(16.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
+            Text(s.why, color = MaterialTheme.colorScheme.error)
+            Button({ nav.navigate("home") }) { Text("Back") }
+        }
     }
 }

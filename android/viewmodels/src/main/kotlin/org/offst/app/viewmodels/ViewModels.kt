@@ -189,6 +189,47 @@ class PayViewModel(private val wallet: Wallet) : BaseViewModel() {
     }
 }
 
+/**
+ * An offst: link opened from another app, a web page or an NFC tag (the Android intent
+ * filter): read it, show what it asks, and act only when the person confirms. A payment
+ * request goes on to [PayViewModel], which shows the routes and fees and pays on confirm();
+ * an invitation is accepted by [acceptFriend]. Nothing happens on opening alone.
+ */
+class LinkViewModel(private val wallet: Wallet) : BaseViewModel() {
+    sealed class Stage {
+        object Idle : Stage()
+        data class ConfirmFriend(val uri: String, val inviter: String, val name: String) : Stage()
+        data class ConfirmPayment(val uri: String, val request: PaymentRequestInfo) : Stage()
+        data class Added(val friend: Friend) : Stage()
+        data class Refused(val why: String) : Stage()
+    }
+
+    val myName = MutableStateFlow("")
+    private val _stage = MutableStateFlow<Stage>(Stage.Idle)
+    val stage: StateFlow<Stage> = _stage
+
+    suspend fun opened(uri: String) {
+        _stage.value = when (val link = run { readLink(uri) }) {
+            is OffstLink.Invitation -> Stage.ConfirmFriend(uri, link.inviter, link.name)
+            is OffstLink.PaymentRequest -> Stage.ConfirmPayment(uri, link.request)
+            null -> Stage.Refused(error.value ?: "")
+        }
+    }
+
+    /** The person said yes to the invitation. */
+    suspend fun acceptFriend() {
+        val s = _stage.value as? Stage.ConfirmFriend ?: return
+        val f = run { wallet.acceptInvitation(s.uri, myName.value) }
+        _stage.value = if (f != null) Stage.Added(f) else Stage.Refused(error.value ?: "")
+    }
+
+    /** The person said no (or went back). */
+    fun decline() {
+        _stage.value = Stage.Idle
+        _error.value = null
+    }
+}
+
 /** Settings: the relay, what the index is told, backup. */
 class SettingsViewModel(private val wallet: Wallet) : BaseViewModel() {
     private val _relay = MutableStateFlow<String?>(null)
