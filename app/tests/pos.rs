@@ -225,6 +225,42 @@ async fn a_point_of_sale_holding_receive_is_paid_through_two_mediators_and_may_n
         c
     });
     assert!(out.status.success());
+    // The owner's mistakes get a sentence and change nothing.
+    for (args, says) in [
+        (
+            vec!["apps", "add", "bot", &key, "--allow", "pay"],
+            "needs --pay-limit",
+        ),
+        (
+            vec!["apps", "add", "bot", "not-a-key", "--allow", "read"],
+            "not an app key",
+        ),
+        (
+            vec!["apps", "add", "bot", &key, "--allow", "spend"],
+            "not a permission",
+        ),
+        (vec!["apps", "revoke", "nobody"], "no app \"nobody\""),
+    ] {
+        let out = run({
+            let mut c = offst(&shop_dir);
+            c.args(&args);
+            c
+        });
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let listed = json(&run({
+        let mut c = offst(&shop_dir);
+        c.args(["apps", "list", "--json"]);
+        c
+    }));
+    assert_eq!(listed["apps"][0]["name"], "pos");
+    assert_eq!(
+        listed["apps"][0]["permissions"],
+        serde_json::json!(["receive"])
+    );
+    assert_eq!(listed["apps"].as_array().map(Vec::len), Some(1));
 
     let mut sale = pos(&socket, &key_file)
         .args(["sell", "10", "coffee"])

@@ -77,19 +77,7 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     drop(ctx);
     let _ = std::fs::remove_file(&path);
     // Calls still under way hold the driver for at most a moment longer.
-    let mut driver = driver;
-    for _ in 0..50 {
-        match Arc::try_unwrap(driver) {
-            Ok(d) => {
-                d.stop().await;
-                break;
-            }
-            Err(d) => {
-                driver = d;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    Driver::stop_shared(driver, Duration::from_secs(5)).await;
     printed
 }
 

@@ -110,19 +110,10 @@ impl Person {
             .driver
             .synced(&self.wallet, Duration::from_secs(30), |_| {})
             .await;
-        let mut driver = self.driver;
-        loop {
-            match Arc::try_unwrap(driver) {
-                Ok(d) => {
-                    d.stop().await;
-                    break;
-                }
-                Err(d) => {
-                    driver = d;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+        assert!(
+            Driver::stop_shared(self.driver, Duration::from_secs(30)).await,
+            "the driver is still in use"
+        );
         drop(self.wallet);
         self.dir
     }

@@ -213,6 +213,29 @@ impl Driver {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+
+    /// Stop a driver that others (calls still under way) may hold too: wait up to `wait` for
+    /// them to let go, then stop it; if they do not, it is asked to stop and stops when the
+    /// last of them drops it. Whether it stopped within `wait`.
+    pub async fn stop_shared(mut driver: std::sync::Arc<Driver>, wait: Duration) -> bool {
+        let start = tokio::time::Instant::now();
+        loop {
+            match std::sync::Arc::try_unwrap(driver) {
+                Ok(d) => {
+                    d.stop().await;
+                    return true;
+                }
+                Err(d) if start.elapsed() >= wait => {
+                    let _ = d.stop.send(true);
+                    return false;
+                }
+                Err(d) => {
+                    driver = d;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
 }
 
 fn lock(wallet: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
