@@ -119,8 +119,14 @@ struct Shared {
     identity: Identity,
     key: NodeId,
     endpoint: quinn::Endpoint,
-    /// Per destination relay: the wake-up of its forwarder task.
+    /// Per destination relay: the wake-up of its forwarder task (the queue on disk).
     forwarders: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
+    /// Per destination relay: its cut-through task, which sends an envelope on as it arrives,
+    /// while this relay's own commit is under way.
+    cut_through: Mutex<HashMap<NodeId, mpsc::UnboundedSender<CutThrough>>>,
+    /// Destination relays whose cut-through failed: their envelopes go only through the queue
+    /// on disk, in order, until it is empty again.
+    cut_through_paused: Mutex<std::collections::HashSet<NodeId>>,
     forwarded: AtomicU64,
     stopping: std::sync::atomic::AtomicBool,
     /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
@@ -225,6 +231,11 @@ impl RelayHandle {
         }
     }
 
+    /// Envelopes accepted for other relays and not yet taken by them (committed here).
+    pub async fn waiting_to_forward(&self) -> Result<u64, StoreError> {
+        self.shared.store.count_forward().await
+    }
+
     /// What the index holds (`None` when it is switched off).
     pub fn index_stats(&self) -> Option<offst_core::routing::IndexStats> {
         self.shared.index.as_ref().map(|i| i.stats())
@@ -320,14 +331,18 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         mailboxes: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
         acked: Mutex::new(HashMap::new()),
+        cut_through: Mutex::new(HashMap::new()),
+        cut_through_paused: Mutex::new(std::collections::HashSet::new()),
         connections: AtomicUsize::new(0),
         accepted: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         index,
     });
     info!(%key, %addr, "relay listening");
-    // Resume forwarding what was accepted before a restart.
+    // Resume forwarding what was accepted before a restart, from the queue on disk and in
+    // order: no cut-through to those relays until it is empty.
     for relay in shared.store.forward_destinations().await? {
+        lock(&shared.cut_through_paused).insert(relay.key);
         wake_forwarder(&shared, relay);
     }
     let accept = tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -610,8 +625,117 @@ const MAX_IN_FLIGHT: usize = 1024;
 enum Queued {
     /// Refused before storing.
     Refused(Refusal),
-    /// Queued for the store; forwarded to `relay` once stored, if set.
-    Stored(crate::store::Pending, Option<RelayAddress>, Option<u64>),
+    /// Queued for the store; for another relay, if set: also sent on by cut-through (then
+    /// the receiver says whether the next relay took it).
+    Stored(
+        crate::store::Pending,
+        Option<RelayAddress>,
+        Option<u64>,
+        Option<tokio::sync::oneshot::Receiver<bool>>,
+    ),
+}
+
+/// An envelope for the next relay, sent before this relay's commit: recipient, envelope, and
+/// whether the next relay took it.
+type CutThrough = (NodeId, Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+
+/// Hand `envelope` to the cut-through task of `relay` (started on first use), unless its
+/// cut-through is paused. The receiver hears whether the next relay took it.
+fn cut_through(
+    shared: &Arc<Shared>,
+    relay: &RelayAddress,
+    to: NodeId,
+    envelope: &[u8],
+) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+    if lock(&shared.cut_through_paused).contains(&relay.key) {
+        return None;
+    }
+    let (done, heard) = tokio::sync::oneshot::channel();
+    let mut tasks = lock(&shared.cut_through);
+    let tx = tasks.entry(relay.key).or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(cut_through_loop(shared.clone(), relay.clone(), rx));
+        tx
+    });
+    tx.send((to, envelope.to_vec(), done)).ok()?;
+    Some(heard)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Send envelopes on to `relay` as they arrive, in order, in batches, without waiting for the
+/// answers to earlier batches. What the next relay does not take (or a lost connection) pauses
+/// cut-through to it: those envelopes, once committed here, go through the queue on disk,
+/// which keeps their order, and cut-through resumes when that queue is empty.
+async fn cut_through_loop(
+    shared: Arc<Shared>,
+    relay: RelayAddress,
+    mut rx: mpsc::UnboundedReceiver<CutThrough>,
+) {
+    let mut conn: Option<RelayConnection> = None;
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if broken.swap(false, Ordering::Relaxed) {
+            conn = None;
+        }
+        if lock(&shared.cut_through_paused).contains(&relay.key) {
+            for (_, _, done) in batch {
+                let _ = done.send(false);
+            }
+            continue;
+        }
+        if conn.is_none() {
+            match RelayConnection::connect_to(&shared.endpoint, &relay, &shared.identity).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    debug!(relay = %relay.key.short(), "cut-through: can't reach: {e}");
+                    lock(&shared.cut_through_paused).insert(relay.key);
+                    for (_, _, done) in batch {
+                        let _ = done.send(false);
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_ref() else { continue };
+        let mut items = Vec::with_capacity(batch.len());
+        let mut dones = Vec::with_capacity(batch.len());
+        for (to, envelope, done) in batch {
+            metrics::timeline_mark(Stage::Forwarding, &envelope);
+            items.push((to, None, envelope));
+            dones.push(done);
+        }
+        let answers = c.start_all(items).await;
+        let (shared, key, broken) = (shared.clone(), relay.key, broken.clone());
+        tokio::spawn(async move {
+            for (answer, done) in answers.await.into_iter().zip(dones) {
+                let taken = match answer {
+                    Ok(()) => true,
+                    // Permanent: the queue on disk logs and drops it.
+                    Err(ClientError::Refused(_)) => false,
+                    Err(_) => {
+                        broken.store(true, Ordering::Relaxed);
+                        false
+                    }
+                };
+                if taken {
+                    shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    lock(&shared.cut_through_paused).insert(key);
+                }
+                let _ = done.send(taken);
+            }
+        });
+    }
 }
 
 /// Check an envelope's bounds and queue it for storing, keeping the order of arrival.
@@ -639,9 +763,12 @@ fn queue_envelope(
     if let Err(retry_after_ms) = shared.take_token(sender) {
         return Queued::Refused(Refusal::SenderQuota { retry_after_ms });
     }
+    let sent_on = relay
+        .as_ref()
+        .and_then(|r| cut_through(shared, r, to, &envelope));
     let queued = shared.store.enqueue(relay.clone(), to, envelope, now_ms());
     match queued {
-        Ok(p) => Queued::Stored(p, relay, key),
+        Ok(p) => Queued::Stored(p, relay, key, sent_on),
         Err(e) => {
             warn!("could not queue an envelope: {e}");
             Queued::Refused(Refusal::Unavailable)
@@ -657,13 +784,27 @@ async fn respond_loop(
     while let Some((req, to, queued)) = rx.recv().await {
         let answer = match queued {
             Queued::Refused(r) => Err(r),
-            Queued::Stored(pending, relay, key) => match pending.await {
+            Queued::Stored(pending, relay, key, sent_on) => match pending.await {
                 Ok(Ok(Ok(seq))) => {
                     metrics::timeline_mark_key(Stage::Stored, key);
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    match relay {
-                        None => shared.stored(&to, seq),
-                        Some(r) => wake_forwarder(&shared, r),
+                    match (relay, sent_on) {
+                        (None, _) => shared.stored(&to, seq),
+                        (Some(r), None) => wake_forwarder(&shared, r),
+                        // Sent on before the commit: once the next relay took it, it leaves
+                        // the queue; if not, the queue's forwarder sends it.
+                        (Some(r), Some(heard)) => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                if heard.await == Ok(true) {
+                                    if let Err(e) = shared.store.delete_forward(seq) {
+                                        warn!("forward queue: {e}");
+                                    }
+                                } else {
+                                    wake_forwarder(&shared, r);
+                                }
+                            });
+                        }
                     }
                     Ok(())
                 }
@@ -716,6 +857,8 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             }
         };
         if batch.is_empty() {
+            // Everything for this relay went: envelopes may go on by cut-through again.
+            lock(&shared.cut_through_paused).remove(&relay.key);
             if wake.changed().await.is_err() {
                 return;
             }

@@ -355,10 +355,19 @@ impl Store {
 
     /// Messages waiting, in all mailboxes.
     pub async fn count(&self) -> Result<u64, StoreError> {
+        self.count_rows("SELECT COUNT(*) FROM mail").await
+    }
+
+    /// Envelopes waiting (committed) to be forwarded to other relays.
+    pub async fn count_forward(&self) -> Result<u64, StoreError> {
+        self.count_rows("SELECT COUNT(*) FROM forward").await
+    }
+
+    async fn count_rows(&self, sql: &'static str) -> Result<u64, StoreError> {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| StoreError::Closed)?;
-            let n: i64 = conn.query_row("SELECT COUNT(*) FROM mail", [], |r| r.get(0))?;
+            let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
         .await

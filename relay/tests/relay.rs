@@ -376,6 +376,50 @@ async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
     r2.shutdown().await;
 }
 
+#[tokio::test]
+async fn envelopes_for_another_relay_go_on_at_once_in_order_and_leave_nothing_queued() {
+    use offst_core::net::wire::RelayAddress;
+    // Both relays up: envelopes are sent on as they arrive (cut-through), while the first
+    // relay's commit is under way; once the second relay holds them they leave the queue.
+    let dir1 = scratch("ct-r1");
+    let cfg1 = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir1,
+        ..Config::default()
+    };
+    let r1 = offst_relay::start(cfg1.clone()).await.unwrap();
+    let r2 = relay("ct-r2", |_| {}).await;
+    let a = connect(&r1, 1).await;
+    let mut b = connect(&r2, 2).await;
+    let there = RelayAddress {
+        addr: r2.addr.to_string(),
+        key: r2.key,
+    };
+    let items: Vec<_> = (0..200u16)
+        .map(|i| (who(2).id(), Some(there.clone()), i.to_be_bytes().repeat(20)))
+        .collect();
+    for answer in a.send_all(items).await {
+        answer.unwrap();
+    }
+    for i in 0..200u16 {
+        let d = next(&mut b).await;
+        assert_eq!(d.envelope, i.to_be_bytes().repeat(20), "in order");
+        b.ack(d.seq).await.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while r1.waiting_to_forward().await.unwrap() > 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "still queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r1.stats().forwarded, 200);
+    // Nothing is left to send twice after a restart.
+    r1.shutdown().await;
+    let r1 = offst_relay::start(cfg1).await.unwrap();
+    assert_eq!(r1.waiting_to_forward().await.unwrap(), 0);
+    r1.shutdown().await;
+    r2.shutdown().await;
+}
+
 /// A test CA and a certificate it signed for `localhost`, as PEM files in `dir`; returns the
 /// CA's certificate (the root a client must trust).
 fn test_ca(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
