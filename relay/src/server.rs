@@ -127,6 +127,10 @@ struct Shared {
     /// Destination relays whose cut-through failed: their envelopes go only through the queue
     /// on disk, in order, until it is empty again.
     cut_through_paused: Mutex<std::collections::HashSet<NodeId>>,
+    /// Envelopes handed to cut-through tasks and not yet sent: past
+    /// [`MAX_CUT_THROUGH_BACKLOG`] new ones wait in the queue on disk only, so a slow next
+    /// relay cannot make this relay hold unbounded copies in memory.
+    cut_through_backlog: AtomicUsize,
     forwarded: AtomicU64,
     stopping: std::sync::atomic::AtomicBool,
     /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
@@ -333,6 +337,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         acked: Mutex::new(HashMap::new()),
         cut_through: Mutex::new(HashMap::new()),
         cut_through_paused: Mutex::new(std::collections::HashSet::new()),
+        cut_through_backlog: AtomicUsize::new(0),
         connections: AtomicUsize::new(0),
         accepted: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
@@ -647,9 +652,15 @@ fn cut_through(
     to: NodeId,
     envelope: &[u8],
 ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
-    if lock(&shared.cut_through_paused).contains(&relay.key) {
+    let mut paused = lock(&shared.cut_through_paused);
+    if shared.cut_through_backlog.load(Ordering::Relaxed) >= MAX_CUT_THROUGH_BACKLOG {
+        // From here on, in order through the queue on disk until it is empty.
+        paused.insert(relay.key);
+    }
+    if paused.contains(&relay.key) {
         return None;
     }
+    drop(paused);
     let (done, heard) = tokio::sync::oneshot::channel();
     let mut tasks = lock(&shared.cut_through);
     let tx = tasks.entry(relay.key).or_insert_with(|| {
@@ -658,8 +669,12 @@ fn cut_through(
         tx
     });
     tx.send((to, envelope.to_vec(), done)).ok()?;
+    shared.cut_through_backlog.fetch_add(1, Ordering::Relaxed);
     Some(heard)
 }
+
+/// Most envelopes waiting in memory for cut-through, over all next relays.
+const MAX_CUT_THROUGH_BACKLOG: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -684,6 +699,9 @@ async fn cut_through_loop(
                 Err(_) => break,
             }
         }
+        shared
+            .cut_through_backlog
+            .fetch_sub(batch.len(), Ordering::Relaxed);
         if broken.swap(false, Ordering::Relaxed) {
             conn = None;
         }
