@@ -175,6 +175,37 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
         recorded(&w.a, EventKind::AppRefused, "someone claiming to be pos"),
         1
     );
+    // A flood of forged requests on a connection of its own: every one refused, the first
+    // recorded at once and the rest as one row when the connection ends.
+    let mut flood = AppClient::connect(
+        &w.socket,
+        AppKey::generate().unwrap_or_else(|e| unreachable!("{e}")),
+    )
+    .await
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    for seq in 1..=30 {
+        let mut f = offst_app::wire::Request::sign(
+            mallory.identity(),
+            &flood.challenge(),
+            seq,
+            Call::Balances,
+        );
+        f.app = pos_id;
+        let answer = flood
+            .send_raw(&f)
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(answer.result, Err(ApiError::Forged));
+    }
+    assert_eq!(
+        recorded(&w.a, EventKind::AppRefused, "someone claiming to be pos"),
+        2
+    );
+    drop(flood);
+    common::until("the flood's summary is recorded", || {
+        recorded(&w.a, EventKind::AppRefused, "29 more requests refused") == 1
+    })
+    .await;
 
     // A replayed request: the same signed bytes again on the same connection...
     let genuine = pos.sign_next(Call::InvoiceStatus {

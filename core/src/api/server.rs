@@ -14,9 +14,12 @@
 //! 9. for payments, the app's limit ([`ApiError::OverLimit`]), reserved before paying.
 //!
 //! What an app did or tried goes into the wallet's history under its name (`app_action`,
-//! `app_refused`). Refusals for rate are recorded once per burst, and reads (balances, history,
-//! an invoice's state) once per kind and connection, so neither a flood nor an app that polls
-//! fills the history; every change and every other refusal is recorded each time. Calls of one connection run side by side up to [`ApiLimits::calls_per_connection`];
+//! `app_refused`). A refusal by these checks is recorded the first time for each reason on a
+//! connection, and its repeats as one row when the connection ends; reads (balances, history,
+//! an invoice's state) are recorded once per kind and connection. So neither a flood of bad
+//! requests nor an app that polls fills the history or holds the wallet; every change, and
+//! every refusal of a call that passed the checks (a payment over its limit, say), is recorded
+//! each time. Calls of one connection run side by side up to [`ApiLimits::calls_per_connection`];
 //! past that the server stops reading that connection, which slows only its sender.
 
 use std::collections::HashMap;
@@ -197,8 +200,10 @@ struct Session {
     challenge: [u8; 32],
     last_seq: u64,
     bucket: Bucket,
-    /// A rate refusal was recorded and nothing was served since.
-    rate_noted: bool,
+    /// Refusals of this connection's requests by (name recorded under, kind): the first of
+    /// each is recorded at once, the rest counted and recorded as one row when the connection
+    /// ends, so that a flood of bad requests cannot fill the history or hold the wallet.
+    refused: HashMap<(String, std::mem::Discriminant<ApiError>), u64>,
     /// Kinds of read already recorded on this connection.
     reads_noted: std::collections::HashSet<std::mem::Discriminant<Call>>,
 }
@@ -233,7 +238,7 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
         challenge,
         last_seq: 0,
         bucket: Bucket::full(ctx.limits.connection_burst),
-        rate_noted: false,
+        refused: HashMap::new(),
         reads_noted: Default::default(),
     };
     loop {
@@ -272,13 +277,12 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
         let seq = request.seq;
         match check(&ctx, &mut session, &request) {
             Err((label, e)) => {
-                let note = match &e {
-                    ApiError::RateLimited { .. } => {
-                        !std::mem::replace(&mut session.rate_noted, true)
-                    }
-                    _ => true,
-                };
-                if note {
+                let seen = session
+                    .refused
+                    .entry((label.clone(), std::mem::discriminant(&e)))
+                    .or_insert(0);
+                *seen += 1;
+                if *seen == 1 {
                     ctx.record(
                         true,
                         &label,
@@ -291,7 +295,6 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                 }
             }
             Ok(grant) => {
-                session.rate_noted = false;
                 // At most `calls_per_connection` under way: past that, stop reading.
                 let Ok(permit) = calls.clone().acquire_owned().await else {
                     break;
@@ -319,6 +322,19 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                     drop(permit);
                 });
             }
+        }
+    }
+    for ((label, _), count) in session.refused {
+        if count > 1 {
+            ctx.record(
+                true,
+                &label,
+                &format!(
+                    "{} more requests refused for the same reason on one connection",
+                    count - 1
+                ),
+                None,
+            );
         }
     }
     drop(tx);
