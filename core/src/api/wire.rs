@@ -420,8 +420,8 @@ pub struct Response {
     pub result: Result<Reply, ApiError>,
 }
 
-/// Why a request was refused. Every refusal is also recorded in the wallet's history (rate
-/// limits once per burst).
+/// Why a request was refused. Every refusal is also recorded in the wallet's history (repeats
+/// of one reason on one connection as a single row when it ends; see [`super::server`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ApiError {
     /// The key is not one the owner granted anything.
