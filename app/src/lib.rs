@@ -214,11 +214,7 @@ impl AppClient {
     /// Send `request` as it is (tests of forged or replayed requests; tools) and read one
     /// answer.
     pub async fn send_raw(&mut self, request: &Request) -> Result<Response, AppError> {
-        let bytes =
-            postcard::to_allocvec(request).map_err(|e| AppError::Protocol(e.to_string()))?;
-        write_frame(&mut self.stream, &bytes)
-            .await
-            .map_err(|e| self.io(e))?;
+        self.send_only(request).await?;
         self.read_response().await
     }
 

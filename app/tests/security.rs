@@ -47,6 +47,16 @@ fn grant(p: &Person, name: &str, key: &AppKey, allow: &[Permission], pay_limit: 
     .unwrap_or_else(|e| unreachable!("{e}"));
 }
 
+fn new_key() -> AppKey {
+    AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+async fn connect(socket: &std::path::Path, key: AppKey) -> AppClient {
+    AppClient::connect(socket, key)
+        .await
+        .unwrap_or_else(|e| unreachable!("{e}"))
+}
+
 /// History rows of `kind` whose detail mentions `needle`.
 fn recorded(p: &Person, kind: EventKind, needle: &str) -> usize {
     p.w()
@@ -101,12 +111,10 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     let w = world("refusals", ApiLimits::default()).await;
 
     // An app with only `receive` may create invoices, and may not pay.
-    let pos_key = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
+    let pos_key = new_key();
     let pos_id = pos_key.id();
     grant(&w.a, "pos", &pos_key, &[Permission::Receive], None);
-    let mut pos = AppClient::connect(&w.socket, pos_key)
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut pos = connect(&w.socket, pos_key).await;
     let invoice = pos
         .create_invoice("EUR", 7, "tea", 10)
         .await
@@ -153,7 +161,7 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     assert_eq!(balance(&w.a, &w.b), 0, "nothing moved");
 
     // A forged request: claims pos's key, signed by another.
-    let mallory = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
+    let mallory = new_key();
     let mut forged = offst_app::wire::Request::sign(
         mallory.identity(),
         &pos.challenge(),
@@ -177,12 +185,7 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     );
     // A flood of forged requests on a connection of its own: every one refused, the first
     // recorded at once and the rest as one row when the connection ends.
-    let mut flood = AppClient::connect(
-        &w.socket,
-        AppKey::generate().unwrap_or_else(|e| unreachable!("{e}")),
-    )
-    .await
-    .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut flood = connect(&w.socket, new_key()).await;
     for seq in 1..=30 {
         let mut f = offst_app::wire::Request::sign(
             mallory.identity(),
@@ -226,10 +229,8 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
         "{again:?}"
     );
     // ... and on another connection (another challenge).
-    let other_key = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
-    let mut other = AppClient::connect(&w.socket, other_key)
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let other_key = new_key();
+    let mut other = connect(&w.socket, other_key).await;
     let elsewhere = other
         .send_raw(&genuine)
         .await
@@ -245,9 +246,7 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     // Revoked while it waits for its invoice, and on its next request.
     let waiting_key = AppKey::from_seed(pos.challenge());
     grant(&w.a, "till", &waiting_key, &[Permission::Receive], None);
-    let mut till = AppClient::connect(&w.socket, waiting_key)
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut till = connect(&w.socket, waiting_key).await;
     let open = till
         .create_invoice("EUR", 3, "cake", 10)
         .await
@@ -281,9 +280,7 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     assert!(matches!(e, ApiError::Revoked { .. }), "{e:?}");
     assert!(recorded(&w.a, EventKind::AppRefused, "app \"till\"") >= 2);
     // A new connection with the revoked key is refused too.
-    let mut again = AppClient::connect(&socket, AppKey::from_seed(pos.challenge()))
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut again = connect(&socket, AppKey::from_seed(pos.challenge())).await;
     let e = refusal(again.call(Call::History { limit: 1 }).await);
     assert!(matches!(e, ApiError::Revoked { .. }), "{e:?}");
 
@@ -308,7 +305,8 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_pays_within_its_limit_and_no_further() {
     let w = world("limit", ApiLimits::default()).await;
-    let key = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
+    let key = new_key();
+    let bot_id = key.id();
     grant(
         &w.a,
         "bot",
@@ -316,9 +314,7 @@ async fn an_app_pays_within_its_limit_and_no_further() {
         &[Permission::Pay, Permission::Read],
         Some(50),
     );
-    let mut bot = AppClient::connect(&w.socket, key)
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut bot = connect(&w.socket, key).await;
     let first = request(&w.b, 30, "first").to_text();
     let (amount, receipt) = bot
         .pay(&first)
@@ -372,7 +368,7 @@ async fn an_app_pays_within_its_limit_and_no_further() {
         .unwrap_or_else(|e| unreachable!("{e}"));
     common::until("B sees both payments", || balance(&w.b, &w.a) == 50).await;
     let spent = Grants::open(&w.a.dir)
-        .and_then(|g| g.spent(&bot_key_of(&w.a, "bot"), common::now_ms()))
+        .and_then(|g| g.spent(&bot_id, common::now_ms()))
         .unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(spent, 50);
     assert_eq!(
@@ -385,23 +381,13 @@ async fn an_app_pays_within_its_limit_and_no_further() {
     );
 }
 
-fn bot_key_of(p: &Person, name: &str) -> offst_core::protocol::identity::NodeId {
-    Grants::open(&p.dir)
-        .and_then(|g| g.list())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|g| g.name == name)
-        .map(|g| g.key)
-        .unwrap_or_else(|| unreachable!("no app {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_app_stalls_neither_the_wallet_nor_other_apps() {
     let w = world("flood", ApiLimits::default()).await;
-    let flood_key = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
+    let flood_key = new_key();
     let flood_seed = flood_key.identity().seed();
     grant(&w.a, "flood", &flood_key, &[Permission::Read], None);
-    let pos_key = AppKey::generate().unwrap_or_else(|e| unreachable!("{e}"));
+    let pos_key = new_key();
     grant(&w.a, "pos", &pos_key, &[Permission::Receive], None);
 
     // Four connections of the flooding app each send 1,000 requests without waiting.
@@ -410,9 +396,7 @@ async fn a_flooding_app_stalls_neither_the_wallet_nor_other_apps() {
     for _ in 0..4 {
         let socket = w.socket.clone();
         floods.push(tokio::spawn(async move {
-            let mut c = AppClient::connect(&socket, AppKey::from_seed(flood_seed))
-                .await
-                .unwrap_or_else(|e| unreachable!("{e}"));
+            let mut c = connect(&socket, AppKey::from_seed(flood_seed)).await;
             // In windows of 100 requests sent without waiting: a client that never reads
             // would only stall its own connection (the wallet stops reading it).
             let (mut served, mut limited) = (0usize, 0usize);
@@ -435,9 +419,7 @@ async fn a_flooding_app_stalls_neither_the_wallet_nor_other_apps() {
         }));
     }
     // And one connection that sends and never reads what comes back.
-    let mut stuck = AppClient::connect(&w.socket, AppKey::from_seed(flood_seed))
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut stuck = connect(&w.socket, AppKey::from_seed(flood_seed)).await;
     let stuck = tokio::spawn(async move {
         for _ in 0..2_000 {
             let r = stuck.sign_next(Call::History { limit: 500 });
@@ -448,9 +430,7 @@ async fn a_flooding_app_stalls_neither_the_wallet_nor_other_apps() {
         stuck
     });
     // Meanwhile another app sells, and B pays through the wallet's network.
-    let mut pos = AppClient::connect(&w.socket, pos_key)
-        .await
-        .unwrap_or_else(|e| unreachable!("{e}"));
+    let mut pos = connect(&w.socket, pos_key).await;
     let invoice = pos
         .create_invoice("EUR", 12, "during the flood", 10)
         .await

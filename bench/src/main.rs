@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -31,6 +31,7 @@ use offst_core::net::client::client_endpoint;
 use offst_core::net::driver::Driver;
 use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
+use offst_core::sync::lock;
 use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
 use offst_relay::RelayHandle;
 use serde_json::json;
@@ -119,10 +120,6 @@ const MEDIATOR_RATE: Rate = Rate {
 
 fn units() -> Currency {
     Currency::new("EUR").unwrap_or_else(|e| unreachable!("{e}"))
-}
-
-fn lock(w: &Mutex<Wallet>) -> MutexGuard<'_, Wallet> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn now_ms() -> u64 {

@@ -21,6 +21,7 @@ use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
 use offst_core::protocol::node::NodeError;
 use offst_core::routing::Privacy;
+use offst_core::sync::lock;
 use offst_core::wallet as core_wallet;
 use offst_core::wallet::EventKind as CoreEventKind;
 
@@ -751,11 +752,6 @@ impl Wallet {
         let v = w.friend_view(id, 0)?;
         Ok(friend_of_view(&v))
     }
-}
-
-fn lock(w: &Mutex<core_wallet::Wallet>) -> MutexGuard<'_, core_wallet::Wallet> {
-    // Every change is a transaction: a panic under the lock leaves nothing half-written.
-    w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn line(l: &core_wallet::LineView) -> CreditLine {

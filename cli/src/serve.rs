@@ -81,10 +81,6 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     printed
 }
 
-fn now_ms() -> u64 {
-    crate::now_ms()
-}
-
 /// `offst apps ...`.
 pub fn apps(dir: &Path, action: AppsAction, json: bool) -> Result<(), String> {
     let mut g = grants(dir)?;
@@ -118,7 +114,7 @@ pub fn apps(dir: &Path, action: AppsAction, json: bool) -> Result<(), String> {
                 (false, None) => None,
             };
             let grant = g
-                .add(&name, key, permissions, limit, now_ms())
+                .add(&name, key, permissions, limit, crate::now_ms())
                 .map_err(|e| e.to_string())?;
             if json {
                 crate::print_json(grant_json(&g, &grant));
@@ -149,7 +145,7 @@ pub fn apps(dir: &Path, action: AppsAction, json: bool) -> Result<(), String> {
                 println!("no apps: `offst apps add NAME KEY --allow ...` grants one");
             }
             for a in &list {
-                let spent = g.spent(&a.key, now_ms()).unwrap_or(0);
+                let spent = g.spent(&a.key, crate::now_ms()).unwrap_or(0);
                 println!(
                     "{:<16} {}  {}{}{}",
                     a.name,
@@ -169,7 +165,7 @@ pub fn apps(dir: &Path, action: AppsAction, json: bool) -> Result<(), String> {
             Ok(())
         }
         AppsAction::Revoke { app } => {
-            let grant = g.revoke(&app, now_ms()).map_err(|e| e.to_string())?;
+            let grant = g.revoke(&app, crate::now_ms()).map_err(|e| e.to_string())?;
             if json {
                 crate::print_json(grant_json(&g, &grant));
             } else {
@@ -187,7 +183,7 @@ fn grant_json(g: &Grants, a: &offst_core::api::Grant) -> serde_json::Value {
         "permissions": a.permissions.list().iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         "pay_limit": a.currency.as_ref().map(|_| a.pay_limit),
         "currency": a.currency,
-        "spent_24h": g.spent(&a.key, now_ms()).unwrap_or(0),
+        "spent_24h": g.spent(&a.key, crate::now_ms()).unwrap_or(0),
         "added_ms": a.added_ms,
         "revoked_ms": a.revoked_ms,
     })

@@ -21,4 +21,5 @@ pub mod protocol;
 pub mod routing;
 pub mod sim;
 pub mod story;
+pub mod sync;
 pub mod wallet;

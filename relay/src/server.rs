@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use offst_core::metrics::{self, Stage};
 use offst_core::net::client::{ClientError, RelayConnection};
@@ -13,6 +13,7 @@ use offst_core::net::frame::{FrameError, read_frame, write_frame};
 use offst_core::net::tls;
 use offst_core::net::wire::{self, FromRelay, MAX_FRAME_SIZE, Refusal, RelayAddress, ToRelay};
 use offst_core::protocol::identity::{Identity, NodeId};
+use offst_core::sync::{TokenBucket, lock};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -106,12 +107,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A token bucket per sender.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 struct Shared {
     config: Config,
     store: Store,
@@ -135,7 +130,7 @@ struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
     mailboxes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
-    buckets: Mutex<HashMap<NodeId, Bucket>>,
+    buckets: Mutex<HashMap<NodeId, TokenBucket>>,
     /// Per wallet, the last seq it acknowledged: a new connection starts after it, even before
     /// the deletion has committed.
     acked: Mutex<HashMap<NodeId, u64>>,
@@ -151,23 +146,10 @@ impl Shared {
     fn take_token(&self, sender: NodeId) -> Result<(), u64> {
         let rate = f64::from(self.config.sender_rate_per_sec.max(1));
         let burst = f64::from(self.config.sender_burst);
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let b = buckets.entry(sender).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        let elapsed = now.duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((((1.0 - b.tokens) / rate) * 1000.0).ceil() as u64)
-        }
+        lock(&self.buckets)
+            .entry(sender)
+            .or_insert_with(|| TokenBucket::full(rate, burst))
+            .take()
     }
 
     fn subscribe(&self, id: NodeId) -> watch::Receiver<u64> {
@@ -675,10 +657,6 @@ fn cut_through(
 
 /// Most envelopes waiting in memory for cut-through, over all next relays.
 const MAX_CUT_THROUGH_BACKLOG: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Send envelopes on to `relay` as they arrive, in order, in batches, without waiting for the
 /// answers to earlier batches. What the next relay does not take (or a lost connection) pauses

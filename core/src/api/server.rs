@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -43,7 +43,8 @@ use crate::protocol::amount::Currency;
 use crate::protocol::identity::NodeId;
 use crate::protocol::node::InvoiceStatus;
 use crate::protocol::payment::InvoiceId;
-use crate::wallet::{HistoryQuery, Wallet, WalletError};
+use crate::sync::{TokenBucket, lock};
+use crate::wallet::{Clock, HistoryQuery, SystemClock, Wallet};
 
 /// How much the server takes from apps.
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +86,7 @@ pub struct ApiContext {
     grants: Mutex<Grants>,
     wallet_id: NodeId,
     limits: ApiLimits,
-    buckets: Mutex<HashMap<NodeId, Bucket>>,
+    buckets: Mutex<HashMap<NodeId, TokenBucket>>,
 }
 
 impl ApiContext {
@@ -119,41 +120,6 @@ impl ApiContext {
     fn record(&self, refused: bool, app: &str, what: &str, invoice: Option<InvoiceId>) {
         if let Err(e) = self.w().record_app(refused, app, what, invoice) {
             warn!("could not record an app's action: {e}");
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A token bucket.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn full(burst: f64) -> Bucket {
-        Bucket {
-            tokens: burst,
-            at: Instant::now(),
-        }
-    }
-
-    /// Take one token, or say how long until there is one.
-    fn take(&mut self, rate: f64, burst: f64) -> Result<(), u64> {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * rate;
-        self.tokens = (self.tokens + refill).min(burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - self.tokens) / rate.max(0.001);
-            Err((wait * 1000.0).ceil() as u64)
         }
     }
 }
@@ -199,7 +165,7 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, response: &Response) -> bool {
 struct Session {
     challenge: [u8; 32],
     last_seq: u64,
-    bucket: Bucket,
+    bucket: TokenBucket,
     /// Refusals of this connection's requests by (name recorded under, kind): the first of
     /// each is recorded at once, the rest counted and recorded as one row when the connection
     /// ends, so that a flood of bad requests cannot fill the history or hold the wallet.
@@ -237,7 +203,7 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
     let mut session = Session {
         challenge,
         last_seq: 0,
-        bucket: Bucket::full(ctx.limits.connection_burst),
+        bucket: TokenBucket::full(ctx.limits.connection_rate, ctx.limits.connection_burst),
         refused: HashMap::new(),
         reads_noted: Default::default(),
     };
@@ -352,7 +318,7 @@ fn refusal(seq: u64, e: ApiError) -> Response {
 fn check(ctx: &ApiContext, s: &mut Session, r: &Request) -> Result<Grant, (String, ApiError)> {
     let unknown = || format!("unknown app {}", r.app.short());
     s.bucket
-        .take(ctx.limits.connection_rate, ctx.limits.connection_burst)
+        .take()
         .map_err(|retry_after_ms| (unknown(), ApiError::RateLimited { retry_after_ms }))?;
     if r.version != API_VERSION {
         return Err((
@@ -408,8 +374,8 @@ fn check(ctx: &ApiContext, s: &mut Session, r: &Request) -> Result<Grant, (Strin
     }
     lock(&ctx.buckets)
         .entry(grant.key)
-        .or_insert_with(|| Bucket::full(ctx.limits.app_burst))
-        .take(ctx.limits.app_rate, ctx.limits.app_burst)
+        .or_insert_with(|| TokenBucket::full(ctx.limits.app_rate, ctx.limits.app_burst))
+        .take()
         .map_err(|retry_after_ms| (grant.name.clone(), ApiError::RateLimited { retry_after_ms }))?;
     let needs = r.call.needs();
     if !grant.permissions.allows(needs) {
@@ -438,9 +404,7 @@ fn bad(reason: impl Into<String>) -> ApiError {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemClock.now_ms()
 }
 
 /// Run an allowed call: the answer, and the invoice it concerned (for history).
@@ -670,10 +634,8 @@ async fn pay(
         Ok(r) => r,
         Err(e) => return (Err(bad(e.to_string())), None),
     };
-    let terms = request.invoice.terms.clone();
-    let id = terms.id;
-    let r = pay_request(ctx, grant, &request).await;
-    (r, Some(id))
+    let id = request.invoice.terms.id;
+    (pay_request(ctx, grant, &request).await, Some(id))
 }
 
 async fn pay_request(
@@ -697,19 +659,20 @@ async fn pay_request(
             asked: asked_currency,
         });
     }
+    let over = |spent, asked| ApiError::OverLimit {
+        name: grant.name.clone(),
+        limit: grant.pay_limit,
+        spent,
+        asked,
+        currency: terms.currency.as_str().to_string(),
+    };
     // The amount alone over the limit: refused before asking anyone for routes.
     let spent = ctx.g().spent(&grant.key, now_ms()).map_err(wallet_error)?;
     if spent
         .checked_add(terms.amount)
         .is_none_or(|total| total > grant.pay_limit)
     {
-        return Err(ApiError::OverLimit {
-            name: grant.name.clone(),
-            limit: grant.pay_limit,
-            spent,
-            asked: terms.amount,
-            currency: terms.currency.as_str().to_string(),
-        });
+        return Err(over(spent, terms.amount));
     }
     const MAX_ROUTES: u8 = 8;
     let query = ctx.w().route_query(request, MAX_ROUTES);
@@ -726,13 +689,7 @@ async fn pay_request(
         .g()
         .reserve(&grant.key, &terms.id, asked, grant.pay_limit, now_ms())
         .map_err(wallet_error)?
-        .map_err(|spent| ApiError::OverLimit {
-            name: grant.name.clone(),
-            limit: grant.pay_limit,
-            spent,
-            asked,
-            currency: terms.currency.as_str().to_string(),
-        })?;
+        .map_err(|spent| over(spent, asked))?;
     let result = payer::pay(
         &ctx.wallet,
         &ctx.driver,
@@ -762,11 +719,5 @@ async fn pay_request(
                 reason: e.to_string(),
             })
         }
-    }
-}
-
-impl From<WalletError> for ApiError {
-    fn from(e: WalletError) -> Self {
-        wallet_error(e)
     }
 }

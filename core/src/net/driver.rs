@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::client::{ClientError, RelayConnection};
 use super::wire::Refusal;
+use crate::sync::lock;
 use crate::wallet::{Wallet, WalletError};
 
 /// Where the driver stands.
@@ -236,12 +237,6 @@ impl Driver {
             }
         }
     }
-}
-
-fn lock(wallet: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
-    // A panic while holding the lock can't leave the wallet half-written: every change is a
-    // transaction. Carry on with the inner value.
-    wallet.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether to stop: asked to, or the [`Driver`] handle is gone.

@@ -12,6 +12,7 @@ use crate::invite::PaymentRequest;
 use crate::protocol::node::PaymentStatus;
 use crate::protocol::payment::Receipt;
 use crate::routing::{RouteQuery, RouteSet};
+use crate::sync::lock;
 use crate::wallet::{Wallet, WalletError};
 
 /// How a payment ended, or why it could not start.
@@ -50,10 +51,6 @@ pub enum PayStep {
 
 /// Most times the missing part is routed again.
 pub const MAX_RETRIES: u32 = 3;
-
-fn lock(w: &Mutex<Wallet>) -> std::sync::MutexGuard<'_, Wallet> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Routes for `query` from the driver, waiting at most 30 s for the relay's index.
 pub async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, ClientError> {
