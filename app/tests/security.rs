@@ -57,6 +57,19 @@ async fn connect(socket: &std::path::Path, key: AppKey) -> AppClient {
         .unwrap_or_else(|e| unreachable!("{e}"))
 }
 
+/// A request signed by `signer` that claims to come from `claimed`.
+fn forge(
+    signer: &AppKey,
+    claimed: offst_core::protocol::identity::NodeId,
+    challenge: &[u8; 32],
+    seq: u64,
+    call: Call,
+) -> offst_app::wire::Request {
+    let mut r = offst_app::wire::Request::sign(signer.identity(), challenge, seq, call);
+    r.app = claimed;
+    r
+}
+
 /// History rows of `kind` whose detail mentions `needle`.
 fn recorded(p: &Person, kind: EventKind, needle: &str) -> usize {
     p.w()
@@ -162,8 +175,9 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
 
     // A forged request: claims pos's key, signed by another.
     let mallory = new_key();
-    let mut forged = offst_app::wire::Request::sign(
-        mallory.identity(),
+    let forged = forge(
+        &mallory,
+        pos_id,
         &pos.challenge(),
         100,
         Call::CreateInvoice {
@@ -173,7 +187,6 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
             minutes: 5,
         },
     );
-    forged.app = pos_id;
     let answer = pos
         .send_raw(&forged)
         .await
@@ -187,13 +200,7 @@ async fn every_refusal_is_typed_recorded_and_changes_nothing() {
     // recorded at once and the rest as one row when the connection ends.
     let mut flood = connect(&w.socket, new_key()).await;
     for seq in 1..=30 {
-        let mut f = offst_app::wire::Request::sign(
-            mallory.identity(),
-            &flood.challenge(),
-            seq,
-            Call::Balances,
-        );
-        f.app = pos_id;
+        let f = forge(&mallory, pos_id, &flood.challenge(), seq, Call::Balances);
         let answer = flood
             .send_raw(&f)
             .await
