@@ -163,32 +163,30 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        // Listen for SIGTERM before saying we are up: a stop that comes right after the
+        // line must not meet the default action (which kills without a clean shutdown).
+        let stop = wait_for_stop();
         println!("relay {} {}", relay.key, relay.addr);
-        wait_for_stop().await;
+        stop.await;
         info!("stopping: {:?}", relay.stats());
         relay.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_stop() {
+/// Install the stop signals now; the returned future ends on SIGTERM or Ctrl-C.
+fn wait_for_stop() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
