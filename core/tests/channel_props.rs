@@ -90,8 +90,52 @@ impl World {
 
     fn deliver(&mut self, to: usize, m: Message, copy: bool) -> Result<(), TestCaseError> {
         let from = self.ids[1 - to];
+        if std::env::var_os("OFFST_TRACE").is_some() {
+            let what = match &m {
+                Message::Move(mv) => format!(
+                    "move {} prev {:?} ops {}",
+                    mv.header.counter,
+                    &format!("{:?}", mv.header.prev)[..12],
+                    mv.ops.len()
+                ),
+                Message::RequestToken { counter, .. } => format!("token request at {counter}"),
+                Message::Offer(o) => format!(
+                    "offer ending at {}",
+                    o.tip.last.as_ref().map_or(0, |l| l.header.counter)
+                ),
+                _ => "other".into(),
+            };
+            eprintln!("to {to}: {what} (copy {copy})");
+        }
         let now = self.now;
-        match self.node(to).handle_message(now, from, m.clone()) {
+        let result = self.node(to).handle_message(now, from, m.clone());
+        if std::env::var_os("OFFST_TRACE").is_some() {
+            let ch = self.node(to).channel(&from).expect("friend").clone();
+            let sent: Vec<String> = match &result {
+                Ok(out) => out
+                    .iter()
+                    .filter_map(|o| match o {
+                        offst_core::protocol::node::Output::Send {
+                            message: Message::Move(mv),
+                            ..
+                        } => Some(format!("move {}", mv.header.counter)),
+                        offst_core::protocol::node::Output::Send { message, .. } => {
+                            Some(format!("{:.12}", format!("{message:?}")))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                Err(e) => vec![format!("error {e}")],
+            };
+            eprintln!(
+                "    -> at {} token {} queue {} sent {:?}",
+                ch.counter(),
+                ch.holds_token(),
+                ch.queue().len(),
+                sent
+            );
+        }
+        match result {
             Ok(out) => self.absorb(to, out),
             Err(ProtocolError::Channel {
                 error: ChannelError::Replayed { .. },
@@ -237,57 +281,322 @@ fn check_state(state: &ChannelState) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Two friends act and their messages arrive in any order, some twice; at every step the
+/// channel holds together, and at the end every payment ended and the balance matches the
+/// receipts.
+fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
+    let currencies = [
+        Currency::new("hours").unwrap(),
+        Currency::new("EUR").unwrap(),
+    ];
+    let a = Node::new(identity(1), Rate::default());
+    let b = Node::new(identity(2), Rate::default());
+    let ids = [a.id(), b.id()];
+    let mut w = World {
+        a,
+        b,
+        ids,
+        now: 0,
+        queue: vec![],
+        delivered: vec![],
+        payments: vec![],
+        nonce: 0,
+    };
+    w.a.add_friend(ids[1]).unwrap();
+    w.b.add_friend(ids[0]).unwrap();
+    for c in &currencies {
+        let out = w.a.set_limit(ids[1], c.clone(), 60).unwrap();
+        w.absorb(0, out);
+        let out = w.b.set_limit(ids[0], c.clone(), 60).unwrap();
+        w.absorb(1, out);
+    }
+    for act in actions {
+        w.step(act, &currencies)?;
+        w.check()?;
+    }
+    // Quiescence: deliver everything, let every invoice expire, deliver again.
+    for _ in 0..3 {
+        while !w.queue.is_empty() {
+            w.step(Action::Deliver { pick: 0 }, &currencies)?;
+            w.check()?;
+        }
+        w.step(Action::Wait { ms: 31_000 }, &currencies)?;
+    }
+    let x = w.a.channel(&ids[1]).unwrap();
+    prop_assert!(x.state().pending.is_empty(), "credit left frozen");
+    prop_assert_eq!(x.counter(), w.b.channel(&ids[0]).unwrap().counter());
+    let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
+    for (buyer, invoice, currency, amount) in &w.payments {
+        let node = if *buyer == 0 { &w.a } else { &w.b };
+        let (status, receipt) = node.payment(invoice).expect("payment known");
+        match status {
+            PaymentStatus::Completed => {
+                let receipt = receipt.expect("receipt");
+                prop_assert!(receipt.verify().is_ok());
+                let signed = if *buyer == 0 {
+                    -i128::from(*amount)
+                } else {
+                    i128::from(*amount)
+                };
+                *expected.entry(currency.clone()).or_default() += signed;
+            }
+            PaymentStatus::Cancelled => {}
+            PaymentStatus::InFlight => prop_assert!(false, "payment did not end"),
+        }
+    }
+    for c in &currencies {
+        let got = w.a.balance(&ids[1], c).map_or(0, |(b, _)| b);
+        prop_assert_eq!(
+            got,
+            expected.get(c).copied().unwrap_or(0),
+            "balance != receipts in {}",
+            c
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
     fn two_friends_stay_consistent(actions in prop::collection::vec(action(), 1..60)) {
-        let currencies = [Currency::new("hours").unwrap(), Currency::new("EUR").unwrap()];
-        let a = Node::new(identity(1), Rate::default());
-        let b = Node::new(identity(2), Rate::default());
-        let ids = [a.id(), b.id()];
-        let mut w = World { a, b, ids, now: 0, queue: vec![], delivered: vec![], payments: vec![], nonce: 0 };
-        w.a.add_friend(ids[1]).unwrap();
-        w.b.add_friend(ids[0]).unwrap();
-        for c in &currencies {
-            let out = w.a.set_limit(ids[1], c.clone(), 60).unwrap();
-            w.absorb(0, out);
-            let out = w.b.set_limit(ids[0], c.clone(), 60).unwrap();
-            w.absorb(1, out);
-        }
-        for act in actions {
-            w.step(act, &currencies)?;
-            w.check()?;
-        }
-        // Quiescence: deliver everything, let every invoice expire, deliver again.
-        for _ in 0..3 {
-            while !w.queue.is_empty() {
-                w.step(Action::Deliver { pick: 0 }, &currencies)?;
-                w.check()?;
-            }
-            w.step(Action::Wait { ms: 31_000 }, &currencies)?;
-        }
-        let x = w.a.channel(&ids[1]).unwrap();
-        prop_assert!(x.state().pending.is_empty(), "credit left frozen");
-        prop_assert_eq!(x.counter(), w.b.channel(&ids[0]).unwrap().counter());
-        let mut expected: BTreeMap<Currency, i128> = BTreeMap::new();
-        for (buyer, invoice, currency, amount) in &w.payments {
-            let node = if *buyer == 0 { &w.a } else { &w.b };
-            let (status, receipt) = node.payment(invoice).expect("payment known");
-            match status {
-                PaymentStatus::Completed => {
-                    let receipt = receipt.expect("receipt");
-                    prop_assert!(receipt.verify().is_ok());
-                    let signed = if *buyer == 0 { -i128::from(*amount) } else { i128::from(*amount) };
-                    *expected.entry(currency.clone()).or_default() += signed;
-                }
-                PaymentStatus::Cancelled => {}
-                PaymentStatus::InFlight => prop_assert!(false, "payment did not end"),
-            }
-        }
-        for c in &currencies {
-            let got = w.a.balance(&ids[1], c).map_or(0, |(b, _)| b);
-            prop_assert_eq!(got, expected.get(c).copied().unwrap_or(0), "balance != receipts in {}", c);
-        }
+        run(actions)?;
     }
+}
+
+/// Found by the property test on the out-of-turn experiment (`docs/proposals/
+/// moves-without-waiting.md`); kept as reorderings every channel must survive: moves and token
+/// requests delivered out of order after both friends lowered limits.
+#[test]
+fn limits_lowered_then_messages_out_of_order() {
+    use Action::*;
+    let actions = vec![
+        Pay {
+            by_a: false,
+            currency: 0,
+            amount: 1,
+        },
+        Deliver {
+            pick: 7397908493745899094,
+        },
+        SetLimit {
+            by_a: false,
+            currency: 0,
+            limit: 0,
+        },
+        SetLimit {
+            by_a: false,
+            currency: 0,
+            limit: 0,
+        },
+        SetLimit {
+            by_a: true,
+            currency: 0,
+            limit: 0,
+        },
+        SetLimit {
+            by_a: false,
+            currency: 0,
+            limit: 0,
+        },
+        SetLimit {
+            by_a: true,
+            currency: 0,
+            limit: 0,
+        },
+        Pay {
+            by_a: false,
+            currency: 0,
+            amount: 1,
+        },
+        Deliver {
+            pick: 15070829760313525746,
+        },
+        Deliver {
+            pick: 7849772261569307527,
+        },
+        Deliver {
+            pick: 5050119430570472584,
+        },
+    ];
+    run(actions).unwrap();
+}
+
+/// Found on the out-of-turn experiment: a payment each way with every message reordered.
+#[test]
+fn a_payment_each_way_reordered() {
+    use Action::*;
+    let actions = vec![
+        Deliver {
+            pick: 6556911648612177349,
+        },
+        Pay {
+            by_a: true,
+            currency: 0,
+            amount: 1,
+        },
+        Deliver {
+            pick: 4443930121184022052,
+        },
+        Deliver {
+            pick: 11040576915795668390,
+        },
+        Deliver {
+            pick: 101033021771491783,
+        },
+        Deliver {
+            pick: 1266291179863342250,
+        },
+        SetLimit {
+            by_a: false,
+            currency: 0,
+            limit: 0,
+        },
+        Pay {
+            by_a: false,
+            currency: 0,
+            amount: 2,
+        },
+        Deliver {
+            pick: 14792903183427089421,
+        },
+        Pay {
+            by_a: false,
+            currency: 0,
+            amount: 15,
+        },
+        SetLimit {
+            by_a: true,
+            currency: 0,
+            limit: 26,
+        },
+        Deliver {
+            pick: 15200335707478247950,
+        },
+    ];
+    run(actions).unwrap();
+}
+
+/// Found on the out-of-turn experiment: payments both ways while a limit changes, moves
+/// reordered.
+#[test]
+fn payments_both_ways_while_a_limit_changes() {
+    use Action::*;
+    let actions = vec![
+        Deliver {
+            pick: 17220072669624074571,
+        },
+        Deliver {
+            pick: 5786943670258402405,
+        },
+        Deliver {
+            pick: 3609796997577063812,
+        },
+        Deliver {
+            pick: 216668750765438399,
+        },
+        Deliver {
+            pick: 2934641967219577777,
+        },
+        SetLimit {
+            by_a: false,
+            currency: 1,
+            limit: 19,
+        },
+        Pay {
+            by_a: true,
+            currency: 0,
+            amount: 12,
+        },
+        Pay {
+            by_a: false,
+            currency: 1,
+            amount: 13,
+        },
+        Pay {
+            by_a: false,
+            currency: 1,
+            amount: 43,
+        },
+        Deliver {
+            pick: 786625277842409565,
+        },
+        Deliver {
+            pick: 8141634614465517634,
+        },
+        Deliver {
+            pick: 16080462555920252334,
+        },
+        SetLimit {
+            by_a: true,
+            currency: 0,
+            limit: 30,
+        },
+    ];
+    run(actions).unwrap();
+}
+
+/// Found on the out-of-turn experiment: a limit set, then a payment, every message reordered.
+#[test]
+fn a_limit_then_a_payment_reordered() {
+    use Action::*;
+    let actions = vec![
+        SetLimit {
+            by_a: false,
+            currency: 0,
+            limit: 0,
+        },
+        Deliver {
+            pick: 8459373572719264296,
+        },
+        Deliver {
+            pick: 5668460139651375854,
+        },
+        Deliver {
+            pick: 2052806130418379444,
+        },
+        Deliver {
+            pick: 5866177407432681040,
+        },
+        Deliver {
+            pick: 174299586679236436,
+        },
+        Pay {
+            by_a: false,
+            currency: 0,
+            amount: 1,
+        },
+        Deliver {
+            pick: 16335133361220923872,
+        },
+        Deliver {
+            pick: 672890880555322581,
+        },
+        Deliver {
+            pick: 7541065999451127899,
+        },
+        Deliver {
+            pick: 11308894249765631038,
+        },
+        Deliver {
+            pick: 16097802998969411799,
+        },
+        Deliver {
+            pick: 3500007714440666271,
+        },
+        Deliver {
+            pick: 17103821966486573448,
+        },
+        Deliver {
+            pick: 7440127926682838605,
+        },
+        Deliver {
+            pick: 5399329120452156504,
+        },
+        Deliver {
+            pick: 15008448305258964801,
+        },
+    ];
+    run(actions).unwrap();
 }

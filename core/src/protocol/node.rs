@@ -649,6 +649,24 @@ impl Node {
         })
     }
 
+    /// Each route of a payment we made: its request and how far it got (for reports).
+    pub fn route_states(&self, invoice: &InvoiceId) -> Vec<(RequestId, &'static str)> {
+        self.buying.get(invoice).map_or_else(Vec::new, |b| {
+            b.routes
+                .iter()
+                .map(|(id, r)| {
+                    let what = match r.status {
+                        RouteStatus::Sent => "sent",
+                        RouteStatus::Responded(_) => "responded",
+                        RouteStatus::Cancelled => "cancelled",
+                        RouteStatus::Collected => "collected",
+                    };
+                    (*id, what)
+                })
+                .collect()
+        })
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             rate: self.rate,

@@ -270,33 +270,40 @@ impl ShadowStore {
 }
 
 /// A one-line summary of a message, for traces.
-fn describe(m: &Message) -> String {
+fn ops_of(ops: &[crate::protocol::channel::Op]) -> String {
     use crate::protocol::channel::Op;
-    let ops = |ops: &[Op]| -> String {
-        ops.iter()
-            .map(|op| {
-                let id = op
-                    .request_id()
-                    .map(|r| format!("{:02x}{:02x}", r.0[0], r.0[1]))
-                    .unwrap_or_default();
-                match op {
-                    Op::SetLimit { .. } => "limit".to_string(),
-                    Op::Request(_) => format!("req {id}"),
-                    Op::Response { .. } => format!("resp {id}"),
-                    Op::Cancel { .. } => format!("cancel {id}"),
-                    Op::Collect { .. } => format!("collect {id}"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    ops.iter()
+        .map(|op| {
+            let id = op
+                .request_id()
+                .map(|r| format!("{:02x}{:02x}", r.0[0], r.0[1]))
+                .unwrap_or_default();
+            match op {
+                Op::SetLimit { .. } => "limit".to_string(),
+                Op::Request(_) => format!("req {id}"),
+                Op::Response { .. } => format!("resp {id}"),
+                Op::Cancel { .. } => format!("cancel {id}"),
+                Op::Collect { .. } => format!("collect {id}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe(m: &Message) -> String {
+    let ops = ops_of;
     match m {
         Message::Move(mv) => format!("move {} [{}]", mv.header.counter, ops(&mv.ops)),
         Message::RequestToken { epoch, counter } => format!("token? (has {epoch}.{counter})"),
         Message::Offer(o) => format!(
             "offer tip {} [{}] reply {} resolutions {}",
             o.tip.last.as_ref().map_or(0, |l| l.header.counter),
-            o.tip.last.as_ref().map_or(String::new(), |l| ops(&l.ops)),
+            o.tip
+                .last
+                .iter()
+                .map(|l| format!("{}: {}", l.header.counter, ops(&l.ops)))
+                .collect::<Vec<_>>()
+                .join("; "),
             o.reply_wanted,
             o.resolutions.len()
         ),
@@ -567,7 +574,46 @@ impl Sim {
                         describe(&message)
                     );
                 }
-                match self.nodes[to].handle_message(self.now, sender, message) {
+                let result = self.nodes[to].handle_message(self.now, sender, message);
+                if self.traced(from, to) {
+                    let receiver = self.ids[to];
+                    let show = |ch: Option<&crate::protocol::channel::Channel>| {
+                        ch.map_or(String::new(), |ch| {
+                            let run: Vec<String> = ch
+                                .tip()
+                                .last
+                                .iter()
+                                .map(|m| format!("{} [{}]", m.header.counter, ops_of(&m.ops)))
+                                .collect();
+                            format!(
+                                "base {} last {:?} queue {}",
+                                ch.tip()
+                                    .prev_header
+                                    .as_ref()
+                                    .map_or(0, |h| h.header.counter),
+                                run,
+                                ch.queue().len()
+                            )
+                        })
+                    };
+                    let sent = match &result {
+                        Ok(out) => out
+                            .iter()
+                            .filter_map(|o| match o {
+                                Output::Send { message, .. } => Some(describe(message)),
+                                Output::Event(_) => None,
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" | "),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    eprintln!(
+                        "          at {to}: {} sends {sent}",
+                        show(self.nodes[to].channel(&sender))
+                    );
+                    let _ = receiver;
+                }
+                match result {
                     Ok(out) => self.emit(to, out),
                     Err(ProtocolError::InvoiceClosed) => self.report.late_commits += 1,
                     Err(ProtocolError::Channel {
@@ -1047,8 +1093,13 @@ impl Sim {
                             self.report.cancelled += 1;
                         }
                     } else {
+                        let routes: Vec<String> = self.nodes[buyer]
+                            .route_states(&invoice)
+                            .iter()
+                            .map(|(id, what)| format!("{:02x}{:02x} {what}", id.0[0], id.0[1]))
+                            .collect();
                         self.violation(format!(
-                            "payment {i} (buyer {buyer}, seller {seller}) did not end: {:?}",
+                            "payment {i} (buyer {buyer}, seller {seller}) did not end: {:?}, routes {routes:?}",
                             other.map(|o| o.0)
                         ));
                     }
