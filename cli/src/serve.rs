@@ -69,9 +69,10 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, ctx.clone(), stop_rx));
+    let mut stop = crate::StopSignals::listen()?;
     println!("wallet {id} serves apps on {}", path.display());
     eprintln!("Grant an app with: offst apps add NAME KEY --allow PERMISSIONS; Ctrl-C to stop");
-    let printed = crate::print_events_until_stopped(&wallet).await;
+    let printed = crate::print_events_until_stopped(&wallet, &mut stop).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     drop(ctx);

@@ -67,12 +67,13 @@ impl Drop for Bg {
 }
 
 impl Bg {
-    /// Stop with SIGINT and wait (a clean stop).
+    /// Stop with SIGINT and wait: a clean stop, with a successful exit.
     fn stop(mut self) {
         let _ = Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
-        let _ = self.0.wait();
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "Ctrl-C ended `offst` with {status}");
     }
 }
 
@@ -224,6 +225,13 @@ fn a_payment_across_two_relays_from_the_command_line() {
     assert_eq!(checked["amount"], 10);
     bob_run.stop();
     carol_run.stop();
+    // Ctrl-C right after the ready line is a clean stop too (it once met the default action,
+    // because the handler was installed only once the wallet waited for events).
+    for _ in 0..3 {
+        let (quick, line) = background(&["--wallet", &bob, "run"]);
+        assert!(line.starts_with("online as"), "{line}");
+        quick.stop();
+    }
 
     // history and balance.
     let h = json(&["--wallet", &carol, "--json", "history"]);

@@ -163,8 +163,8 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        // Listen for SIGTERM before saying we are up: a stop that comes right after the
-        // line must not meet the default action (which kills without a clean shutdown).
+        // Listen for SIGTERM and SIGINT before saying we are up: a stop that comes right after
+        // the line must not meet the default action (which kills without a clean shutdown).
         let stop = wait_for_stop();
         println!("relay {} {}", relay.key, relay.addr);
         stop.await;
@@ -174,16 +174,22 @@ where
     })
 }
 
-/// Install the stop signals now; the returned future ends on SIGTERM or Ctrl-C.
+/// Install the stop signals now, not when the returned future is first polled (a signal in
+/// between would meet the default action); the future ends on SIGTERM or Ctrl-C.
 fn wait_for_stop() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate())
+            .ok()
+            .zip(signal(SignalKind::interrupt()).ok())
+    };
     async move {
         #[cfg(unix)]
-        if let Some(mut term) = term {
+        if let Some((mut term, mut int)) = signals {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             return;
         }

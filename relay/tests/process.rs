@@ -56,6 +56,23 @@ fn runs_with_its_embedded_default_and_stops_on_sigterm() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key.to_string());
 }
 
+/// Ctrl-C (SIGINT) right after the ready line is a clean stop too. The relay used to listen
+/// for it only once it was waiting, so a SIGINT in between met the default action and killed
+/// it without closing its database (the same race SIGTERM had).
+#[test]
+fn sigint_right_after_the_ready_line_is_a_clean_stop() {
+    for round in 0..5 {
+        let cwd = scratch(&format!("sigint-{round}"));
+        let (mut child, _, _) = spawn(&cwd, &["--listen", "127.0.0.1:0"]);
+        signal(&child, "-INT");
+        let status = wait(&mut child);
+        assert!(
+            status.success(),
+            "round {round}: SIGINT ended the relay with {status}"
+        );
+    }
+}
+
 #[test]
 fn a_config_file_is_read_and_a_bad_one_is_named() {
     let cwd = scratch("config");
