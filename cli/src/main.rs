@@ -21,6 +21,7 @@ use offst_core::protocol::identity::NodeId;
 use offst_core::wallet::{
     HistoryQuery, KeyFile, KeyStore, PassphraseKeys, Wallet, WalletError, WalletOptions,
 };
+pub(crate) use offst_relay::cli::StopSignals;
 use serde_json::json;
 
 use online::Online;
@@ -867,48 +868,12 @@ async fn pay(
 async fn run_online(dir: &Path) -> Result<(), String> {
     let online = Online::start(open(dir)?)?;
     online.connected(Duration::from_secs(30)).await?;
-    let mut stop = StopSignals::listen()?;
+    let mut stop = StopSignals::listen().map_err(|e| e.to_string())?;
     println!("online as {}; Ctrl-C (or SIGTERM) to stop", online.w().id());
     let _ = std::io::stdout().flush();
     let printed = print_events_until_stopped(&online.wallet, &mut stop).await;
     online.stop().await;
     printed
-}
-
-/// Ctrl-C and SIGTERM, listened for from the moment this is made: make it before printing a
-/// ready line, so that a stop right after the line is not met by the default action (which
-/// ends the process without a clean shutdown), and keep it, so that a signal that comes while
-/// events are being printed is not missed.
-pub(crate) struct StopSignals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    pub(crate) fn listen() -> Result<StopSignals, String> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-            let int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-            Ok(StopSignals { term, int })
-        }
-        #[cfg(not(unix))]
-        Ok(StopSignals {})
-    }
-
-    /// Wait for a stop signal (cancel-safe: one that came meanwhile is kept).
-    pub(crate) async fn recv(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Print the wallet's events as they come, until Ctrl-C or SIGTERM.

@@ -69,7 +69,7 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, ctx.clone(), stop_rx));
-    let mut stop = crate::StopSignals::listen()?;
+    let mut stop = crate::StopSignals::listen().map_err(|e| e.to_string())?;
     println!("wallet {id} serves apps on {}", path.display());
     eprintln!("Grant an app with: offst apps add NAME KEY --allow PERMISSIONS; Ctrl-C to stop");
     let printed = crate::print_events_until_stopped(&wallet, &mut stop).await;

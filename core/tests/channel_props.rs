@@ -29,6 +29,7 @@ use offst_core::protocol::message::Message;
 use offst_core::protocol::node::{Node, PaymentStatus, ProtocolError, RoutePlan};
 use offst_core::protocol::payment::InvoiceId;
 use offst_core::sim::local::entropy;
+use offst_core::sim::{describe, describe_channel, describe_outcome};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -73,6 +74,8 @@ struct World {
     delivered: Vec<(usize, Message)>,
     payments: Vec<(usize, InvoiceId, Currency, u64)>, // (buyer index, invoice, currency, amount)
     nonce: u64,
+    /// Print each message and what it did (`OFFST_TRACE=1`).
+    trace: bool,
 }
 
 impl World {
@@ -90,50 +93,17 @@ impl World {
 
     fn deliver(&mut self, to: usize, m: Message, copy: bool) -> Result<(), TestCaseError> {
         let from = self.ids[1 - to];
-        if std::env::var_os("OFFST_TRACE").is_some() {
-            let what = match &m {
-                Message::Move(mv) => format!(
-                    "move {} prev {:?} ops {}",
-                    mv.header.counter,
-                    &format!("{:?}", mv.header.prev)[..12],
-                    mv.ops.len()
-                ),
-                Message::RequestToken { counter, .. } => format!("token request at {counter}"),
-                Message::Offer(o) => format!(
-                    "offer ending at {}",
-                    o.tip.last.as_ref().map_or(0, |l| l.header.counter)
-                ),
-                _ => "other".into(),
-            };
-            eprintln!("to {to}: {what} (copy {copy})");
+        if self.trace {
+            eprintln!("to {to}: {} (copy {copy})", describe(&m));
         }
         let now = self.now;
         let result = self.node(to).handle_message(now, from, m.clone());
-        if std::env::var_os("OFFST_TRACE").is_some() {
-            let ch = self.node(to).channel(&from).expect("friend").clone();
-            let sent: Vec<String> = match &result {
-                Ok(out) => out
-                    .iter()
-                    .filter_map(|o| match o {
-                        offst_core::protocol::node::Output::Send {
-                            message: Message::Move(mv),
-                            ..
-                        } => Some(format!("move {}", mv.header.counter)),
-                        offst_core::protocol::node::Output::Send { message, .. } => {
-                            Some(format!("{:.12}", format!("{message:?}")))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-                Err(e) => vec![format!("error {e}")],
-            };
-            eprintln!(
-                "    -> at {} token {} queue {} sent {:?}",
-                ch.counter(),
-                ch.holds_token(),
-                ch.queue().len(),
-                sent
-            );
+        if self.trace {
+            let ch = self
+                .node(to)
+                .channel(&from)
+                .map_or(String::new(), describe_channel);
+            eprintln!("    -> {ch}, sends {}", describe_outcome(&result));
         }
         match result {
             Ok(out) => self.absorb(to, out),
@@ -301,6 +271,7 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
         delivered: vec![],
         payments: vec![],
         nonce: 0,
+        trace: std::env::var_os("OFFST_TRACE").is_some(),
     };
     w.a.add_friend(ids[1]).unwrap();
     w.b.add_friend(ids[0]).unwrap();

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use crate::Config;
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// An Offst relay: holds wallets' mail until they pick it up.
 ///
@@ -163,36 +163,56 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        // Listen for SIGTERM and SIGINT before saying we are up: a stop that comes right after
-        // the line must not meet the default action (which kills without a clean shutdown).
-        let stop = wait_for_stop();
+        // Listen for SIGTERM and SIGINT before saying we are up.
+        let stop = StopSignals::listen();
         println!("relay {} {}", relay.key, relay.addr);
-        stop.await;
+        match stop {
+            Ok(mut stop) => stop.recv().await,
+            Err(e) => {
+                warn!("can't listen for SIGTERM ({e}); stop with Ctrl-C");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
         info!("stopping: {:?}", relay.stats());
         relay.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-/// Install the stop signals now, not when the returned future is first polled (a signal in
-/// between would meet the default action); the future ends on SIGTERM or Ctrl-C.
-fn wait_for_stop() -> impl std::future::Future<Output = ()> {
+/// Ctrl-C and SIGTERM, listened for from the moment this is made. Make it before printing a
+/// ready line, so that a stop right after the line is not met by the default action (which
+/// ends the process without a clean shutdown), and keep it, so that a signal that comes while
+/// the process is busy is not missed. Used by `offst-relay` and by `offst run` and `offst serve`.
+pub struct StopSignals {
     #[cfg(unix)]
-    let signals = {
-        use tokio::signal::unix::{SignalKind, signal};
-        signal(SignalKind::terminate())
-            .ok()
-            .zip(signal(SignalKind::interrupt()).ok())
-    };
-    async move {
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Start listening (needs a Tokio runtime).
+    pub fn listen() -> std::io::Result<StopSignals> {
         #[cfg(unix)]
-        if let Some((mut term, mut int)) = signals {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            return;
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// Wait for a stop signal (cancel-safe: one that came meanwhile is kept).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

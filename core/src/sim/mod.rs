@@ -269,15 +269,17 @@ impl ShadowStore {
     }
 }
 
-/// A one-line summary of a message, for traces.
+/// A request's id as traces and reports show it: its first two bytes.
+fn short(id: &crate::protocol::payment::RequestId) -> String {
+    format!("{:02x}{:02x}", id.0[0], id.0[1])
+}
+
+/// Operations in one line, for traces.
 fn ops_of(ops: &[crate::protocol::channel::Op]) -> String {
     use crate::protocol::channel::Op;
     ops.iter()
         .map(|op| {
-            let id = op
-                .request_id()
-                .map(|r| format!("{:02x}{:02x}", r.0[0], r.0[1]))
-                .unwrap_or_default();
+            let id = op.request_id().map(|r| short(&r)).unwrap_or_default();
             match op {
                 Op::SetLimit { .. } => "limit".to_string(),
                 Op::Request(_) => format!("req {id}"),
@@ -290,20 +292,47 @@ fn ops_of(ops: &[crate::protocol::channel::Op]) -> String {
         .join(", ")
 }
 
-fn describe(m: &Message) -> String {
-    let ops = ops_of;
+/// A channel in one line, for traces: the counter of the move before the last, the last move
+/// with its operations, and how many operations wait in the queue.
+pub fn describe_channel(ch: &crate::protocol::channel::Channel) -> String {
+    let tip = ch.tip();
+    format!(
+        "base {} last {} queue {}",
+        tip.prev_header.as_ref().map_or(0, |h| h.header.counter),
+        tip.last.as_ref().map_or(String::new(), |m| {
+            format!("{} [{}]", m.header.counter, ops_of(&m.ops))
+        }),
+        ch.queue().len()
+    )
+}
+
+/// What handling a message gave, in one line, for traces: the messages sent, or the error.
+pub fn describe_outcome(result: &Result<Vec<Output>, ProtocolError>) -> String {
+    match result {
+        Ok(out) => out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { message, .. } => Some(describe(message)),
+                Output::Event(_) => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" | "),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A one-line summary of a message, for traces (here and in the channel property test).
+pub fn describe(m: &Message) -> String {
     match m {
-        Message::Move(mv) => format!("move {} [{}]", mv.header.counter, ops(&mv.ops)),
+        Message::Move(mv) => format!("move {} [{}]", mv.header.counter, ops_of(&mv.ops)),
         Message::RequestToken { epoch, counter } => format!("token? (has {epoch}.{counter})"),
         Message::Offer(o) => format!(
             "offer tip {} [{}] reply {} resolutions {}",
             o.tip.last.as_ref().map_or(0, |l| l.header.counter),
             o.tip
                 .last
-                .iter()
-                .map(|l| format!("{}: {}", l.header.counter, ops(&l.ops)))
-                .collect::<Vec<_>>()
-                .join("; "),
+                .as_ref()
+                .map_or(String::new(), |l| ops_of(&l.ops)),
             o.reply_wanted,
             o.resolutions.len()
         ),
@@ -576,42 +605,13 @@ impl Sim {
                 }
                 let result = self.nodes[to].handle_message(self.now, sender, message);
                 if self.traced(from, to) {
-                    let receiver = self.ids[to];
-                    let show = |ch: Option<&crate::protocol::channel::Channel>| {
-                        ch.map_or(String::new(), |ch| {
-                            let run: Vec<String> = ch
-                                .tip()
-                                .last
-                                .iter()
-                                .map(|m| format!("{} [{}]", m.header.counter, ops_of(&m.ops)))
-                                .collect();
-                            format!(
-                                "base {} last {:?} queue {}",
-                                ch.tip()
-                                    .prev_header
-                                    .as_ref()
-                                    .map_or(0, |h| h.header.counter),
-                                run,
-                                ch.queue().len()
-                            )
-                        })
-                    };
-                    let sent = match &result {
-                        Ok(out) => out
-                            .iter()
-                            .filter_map(|o| match o {
-                                Output::Send { message, .. } => Some(describe(message)),
-                                Output::Event(_) => None,
-                            })
-                            .collect::<Vec<_>>()
-                            .join(" | "),
-                        Err(e) => format!("error: {e}"),
-                    };
+                    let channel = self.nodes[to]
+                        .channel(&sender)
+                        .map_or(String::new(), describe_channel);
                     eprintln!(
-                        "          at {to}: {} sends {sent}",
-                        show(self.nodes[to].channel(&sender))
+                        "          at {to}: {channel} sends {}",
+                        describe_outcome(&result)
                     );
-                    let _ = receiver;
                 }
                 match result {
                     Ok(out) => self.emit(to, out),
@@ -993,9 +993,8 @@ impl Sim {
                             .collect();
                         let payer = self.index[&x.parties().id(p.payer)];
                         notes.push(format!(
-                            "request {:02x}{:02x} frozen between {a} and {b} (payer {payer}, answered {}), route {} (* = restored)",
-                            p.request.terms.request_id.0[0],
-                            p.request.terms.request_id.0[1],
+                            "request {} frozen between {a} and {b} (payer {payer}, answered {}), route {} (* = restored)",
+                            short(&p.request.terms.request_id),
                             p.response.is_some(),
                             route.join("-")
                         ));
@@ -1096,7 +1095,7 @@ impl Sim {
                         let routes: Vec<String> = self.nodes[buyer]
                             .route_states(&invoice)
                             .iter()
-                            .map(|(id, what)| format!("{:02x}{:02x} {what}", id.0[0], id.0[1]))
+                            .map(|(id, what)| format!("{} {what}", short(id)))
                             .collect();
                         self.violation(format!(
                             "payment {i} (buyer {buyer}, seller {seller}) did not end: {:?}, routes {routes:?}",
