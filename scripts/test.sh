@@ -4,6 +4,9 @@
 # and root (apt-get, debootstrap) for the bindings' toolchains, which it installs when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Incremental compilation only pays when the same tree is built again; here it would only take
+# gigabytes of disk.
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -19,8 +22,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "unit, property, hostile-input, bounds, regression, simulator, wallet and crash-storm tests"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+# The tests get a temporary directory of their own: whatever they leave in it is a leak (wallets,
+# relays' databases) that would fill the disk of a machine running them again and again.
+scratch=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$scratch"' EXIT
+TMPDIR="$scratch" cargo test --workspace --locked 2>&1 | tee "$log"
+left=$(find "$scratch" -mindepth 1 -maxdepth 1 | sed "s|^$scratch/||" | sort | head -n 20)
+[ -z "$left" ] || { printf 'the tests left files in their temporary directory:\n%s\n' "$left" >&2; exit 1; }
 passed=$(grep -Eo 'test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 
@@ -38,7 +46,7 @@ step "bindings: Kotlin (JVM) and Swift (XCTest) suites against a real relay; pho
 # Sets up kotlinc, JNA, a Debian 13 chroot with Swift and the phone targets when missing (kept
 # in $OFFST_TOOLS, default /var/cache/offst-tools); see docs/mobile.md.
 blog=$(mktemp)
-trap 'rm -f "$log" "$blog"' EXIT
+trap 'rm -f "$log" "$blog"; rm -rf "$scratch"' EXIT
 bash scripts/test-bindings.sh 2>&1 | tee "$blog"
 kotlin=$(grep -Eo '^[0-9]+ passed, [0-9]+ failed' "$blog" | tail -n 1)
 swift=$(grep -Eo 'Executed [0-9]+ tests?, with [0-9]+ failures?' "$blog" | tail -n 1)

@@ -844,9 +844,15 @@ async fn pay(
             e => e.to_string(),
         })?;
         let text = offst_core::invite::receipt_to_text(&receipt);
+        // The receipt comes straight from the seller; wait a little for the credit to move
+        // (the collects come back hop by hop) so that the balance shown next is current.
+        let settled =
+            offst_core::net::payer::settled(&online.wallet, &terms.id, Duration::from_secs(10))
+                .await;
         if json {
             print_json(json!({
                 "status": "completed",
+                "settled": settled,
                 "invoice": terms.id.to_string(),
                 "amount": terms.amount,
                 "fees": set.total_fee,
@@ -855,6 +861,11 @@ async fn pay(
             }));
         } else {
             println!("paid. receipt:\n{text}");
+            if !settled {
+                println!(
+                    "the credit moves when the first friend on the way collects (next time both of you are online)"
+                );
+            }
         }
         Ok(())
     }

@@ -53,6 +53,10 @@ struct Args {
     /// Longest message delay, in simulated ms.
     #[arg(long, default_value_t = 300)]
     max_delay_ms: u64,
+    /// Simulated ms between two payments' starts (at least 1). Small values with long delays
+    /// make bursts: more operations queue in a channel than one move carries.
+    #[arg(long, default_value_t = 20)]
+    payment_interval_ms: u64,
     /// Keep a store per node fed only with each step's changes, and check at the end that it
     /// rebuilds every node exactly (slower: every node is visited after every event).
     #[arg(long)]
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         reset_fraction: args.reset_fraction,
         abandon_fraction: args.abandon_fraction,
         max_delay_ms: args.max_delay_ms,
+        payment_interval_ms: args.payment_interval_ms,
         verify_persistence: args.verify_persistence,
         ..SimConfig::default()
     };

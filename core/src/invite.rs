@@ -373,10 +373,17 @@ impl PaymentRequest {
 
     /// Check every signature and the expiry at `now_ms`.
     pub fn verify(&self, now_ms: u64) -> Result<(), InviteError> {
-        let t = &self.invoice.terms;
         self.invoice
             .verify()
             .map_err(|_| InviteError::BadSignature)?;
+        self.verify_all_but_invoice(now_ms)
+    }
+
+    /// Check the mail key, the seller's signature over this request and the expiry, but not
+    /// the invoice's own signature: for a wallet that hands the invoice to
+    /// [`Node::pay`](crate::protocol::node::Node::pay), which checks it.
+    pub fn verify_all_but_invoice(&self, now_ms: u64) -> Result<(), InviteError> {
+        let t = &self.invoice.terms;
         if self.mail_key.owner != t.seller || self.mail_key.verify().is_err() {
             return Err(InviteError::BadSignature);
         }

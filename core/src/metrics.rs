@@ -9,6 +9,9 @@ static VERIFIES: AtomicU64 = AtomicU64::new(0);
 static HASHES: AtomicU64 = AtomicU64::new(0);
 static SEALS: AtomicU64 = AtomicU64::new(0);
 static OPENS: AtomicU64 = AtomicU64::new(0);
+static AGREEMENTS: AtomicU64 = AtomicU64::new(0);
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+static BATCHED: AtomicU64 = AtomicU64::new(0);
 
 /// Operations done so far by this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,11 +22,18 @@ pub struct CryptoCounts {
     pub verifies: u64,
     /// BLAKE3 hashes of protocol values.
     pub hashes: u64,
-    /// Envelopes sealed (X25519 agreement + XChaCha20-Poly1305; the signature inside is
-    /// counted in `signs`).
+    /// Envelopes sealed (XChaCha20-Poly1305 under a key agreed earlier or now; the agreement
+    /// is counted in `agreements`, the signature inside in `signs`).
     pub seals: u64,
     /// Envelopes opened (likewise; the signature check is in `verifies`).
     pub opens: u64,
+    /// X25519 key agreements: a sender's new ephemeral key for a recipient, or a recipient's
+    /// first envelope under an ephemeral key.
+    pub agreements: u64,
+    /// Batches of signatures checked together (`SignatureBatch`).
+    pub batches: u64,
+    /// Signatures checked in those batches (not counted in `verifies`).
+    pub batched: u64,
 }
 
 impl CryptoCounts {
@@ -35,6 +45,9 @@ impl CryptoCounts {
             hashes: self.hashes.saturating_sub(earlier.hashes),
             seals: self.seals.saturating_sub(earlier.seals),
             opens: self.opens.saturating_sub(earlier.opens),
+            agreements: self.agreements.saturating_sub(earlier.agreements),
+            batches: self.batches.saturating_sub(earlier.batches),
+            batched: self.batched.saturating_sub(earlier.batched),
         }
     }
 }
@@ -47,6 +60,9 @@ pub fn crypto_counts() -> CryptoCounts {
         hashes: HASHES.load(Ordering::Relaxed),
         seals: SEALS.load(Ordering::Relaxed),
         opens: OPENS.load(Ordering::Relaxed),
+        agreements: AGREEMENTS.load(Ordering::Relaxed),
+        batches: BATCHES.load(Ordering::Relaxed),
+        batched: BATCHED.load(Ordering::Relaxed),
     }
 }
 
@@ -56,6 +72,10 @@ pub(crate) fn signed() {
 pub(crate) fn verified() {
     VERIFIES.fetch_add(1, Ordering::Relaxed);
 }
+pub(crate) fn batch_verified(signatures: usize) {
+    BATCHES.fetch_add(1, Ordering::Relaxed);
+    BATCHED.fetch_add(signatures as u64, Ordering::Relaxed);
+}
 pub(crate) fn hashed() {
     HASHES.fetch_add(1, Ordering::Relaxed);
 }
@@ -64,6 +84,9 @@ pub(crate) fn sealed() {
 }
 pub(crate) fn opened() {
     OPENS.fetch_add(1, Ordering::Relaxed);
+}
+pub(crate) fn agreed() {
+    AGREEMENTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Where an envelope is on its way, for the load generator's timeline (`offst-bench

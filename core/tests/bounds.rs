@@ -14,7 +14,8 @@ use common::{hours, identity};
 use offst_core::protocol::amount::{Currency, CurrencyError, Rate};
 use offst_core::protocol::bounds::*;
 use offst_core::protocol::channel::{
-    Channel, ChannelError, ChannelState, Move, MoveHeader, Op, OpError, Pending, Side, Tip,
+    Channel, ChannelError, ChannelState, Move, MoveHeader, Op, OpError, Pending, Side, Signatures,
+    Tip,
 };
 use offst_core::protocol::identity::NodeId;
 use offst_core::protocol::message::{
@@ -109,7 +110,7 @@ fn max_pending_requests() {
             },
             sender.other(),
             &parties,
-            false,
+            Signatures::Trusted,
         )
         .unwrap();
     let sig = identity(100).sign("test", &0u8);
@@ -119,7 +120,7 @@ fn max_pending_requests() {
             signature: sig,
         };
         state
-            .apply(&Op::Request(r), sender, &parties, false)
+            .apply(&Op::Request(r), sender, &parties, Signatures::Trusted)
             .unwrap();
     }
     let r = Request {
@@ -128,7 +129,7 @@ fn max_pending_requests() {
     };
     assert_eq!(
         state
-            .apply(&Op::Request(r), sender, &parties, false)
+            .apply(&Op::Request(r), sender, &parties, Signatures::Trusted)
             .unwrap_err(),
         OpError::TooManyPending
     );
@@ -152,7 +153,7 @@ fn frozen_credit_is_capped_by_the_limit() {
             },
             sender.other(),
             &parties,
-            false,
+            Signatures::Trusted,
         )
         .unwrap();
     let sig = identity(100).sign("test", &0u8);
@@ -162,7 +163,7 @@ fn frozen_credit_is_capped_by_the_limit() {
             signature: sig,
         };
         state
-            .apply(&Op::Request(r), sender, &parties, false)
+            .apply(&Op::Request(r), sender, &parties, Signatures::Trusted)
             .unwrap();
     }
     let r = Request {
@@ -171,7 +172,7 @@ fn frozen_credit_is_capped_by_the_limit() {
     };
     assert!(matches!(
         state
-            .apply(&Op::Request(r), sender, &parties, false)
+            .apply(&Op::Request(r), sender, &parties, Signatures::Trusted)
             .unwrap_err(),
         OpError::OverLimit { available: 0, .. }
     ));
@@ -185,7 +186,7 @@ fn frozen_credit_is_capped_by_the_limit() {
                 },
                 sender,
                 &parties,
-                false
+                Signatures::Trusted
             )
             .unwrap_err(),
         OpError::AmountOutOfRange(MAX_FROZEN_PER_FRIEND + 1)
@@ -351,7 +352,7 @@ fn max_currency_len_and_currencies_per_friend() {
                 },
                 Side::First,
                 &parties,
-                false,
+                Signatures::Trusted,
             )
             .unwrap();
     }
@@ -365,7 +366,7 @@ fn max_currency_len_and_currencies_per_friend() {
                 },
                 Side::First,
                 &parties,
-                false
+                Signatures::Trusted
             )
             .unwrap_err(),
         OpError::TooManyCurrencies

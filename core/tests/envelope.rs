@@ -9,7 +9,8 @@
 )]
 
 use offst_core::net::envelope::{
-    EnvelopeError, MailKey, REPLAY_WINDOW_MS, ReplayGuard, bucket, open, seal, seal_forged,
+    EnvelopeError, MailKey, REPLAY_WINDOW_MS, ReplayGuard, bucket, open, open_all, seal,
+    seal_forged,
 };
 use offst_core::protocol::identity::Identity;
 
@@ -173,4 +174,111 @@ fn copies_and_stale_envelopes_are_refused() {
         guard.check(&opened, NOW + REPLAY_WINDOW_MS + 100),
         Err(EnvelopeError::TooOld { .. })
     ));
+}
+
+/// A sender keeps one ephemeral key per recipient for a while (the envelope's bytes 1..33):
+/// envelopes to the same friend share it, each under its own nonce, and all open; another
+/// recipient gets another key; after `EPHEMERAL_USES` envelopes the sender makes a new one.
+/// An envelope whose ephemeral key is swapped for the other one in use does not open.
+#[test]
+fn a_sender_reuses_an_ephemeral_key_for_a_while_and_each_envelope_still_stands_alone() {
+    use offst_core::net::envelope::EPHEMERAL_USES;
+    let (a, b, c) = (who(41), who(42), who(43));
+    let eph = |env: &[u8]| env[1..33].to_vec();
+    let first = seal(&a, &MailKey::of(&b), b"one", NOW, [1; 16], entropy(41)).unwrap();
+    let second = seal(&a, &MailKey::of(&b), b"two", NOW, [2; 16], entropy(42)).unwrap();
+    let to_c = seal(&a, &MailKey::of(&c), b"three", NOW, [3; 16], entropy(43)).unwrap();
+    assert_eq!(eph(&first), eph(&second));
+    assert_ne!(
+        first[33..57],
+        second[33..57],
+        "each envelope has its own nonce"
+    );
+    assert_ne!(eph(&first), eph(&to_c));
+    assert_eq!(open(&b, &first).unwrap().body, b"one");
+    assert_eq!(open(&b, &second).unwrap().body, b"two");
+    assert_eq!(open(&c, &to_c).unwrap().body, b"three");
+
+    // The ephemeral key of another envelope to someone else: the key agreed differs.
+    let mut swapped = first.clone();
+    swapped[1..33].copy_from_slice(&to_c[1..33]);
+    assert_eq!(open(&b, &swapped).unwrap_err(), EnvelopeError::DoesNotOpen);
+
+    // Used up: a new ephemeral key, and envelopes under the old and the new one open.
+    let mut last = second;
+    for i in 0..EPHEMERAL_USES {
+        let mut e = entropy(44);
+        e[32..40].copy_from_slice(&u64::from(i).to_be_bytes());
+        last = seal(&a, &MailKey::of(&b), b"more", NOW, [4; 16], e).unwrap();
+        if eph(&last) != eph(&first) {
+            break;
+        }
+    }
+    assert_ne!(
+        eph(&last),
+        eph(&first),
+        "a new key after {EPHEMERAL_USES} envelopes"
+    );
+    assert_eq!(open(&b, &last).unwrap().body, b"more");
+    assert_eq!(open(&b, &first).unwrap().body, b"one");
+}
+
+/// A group of envelopes opened together (one batch of signature checks) gets, envelope by
+/// envelope, the verdict each would get alone: one forged envelope in the group fails alone
+/// and the others still open.
+#[test]
+fn envelopes_opened_together_get_the_verdicts_they_get_alone() {
+    let (a, b, c, mallory) = (who(1), who(2), who(3), who(66));
+    let good = |n: u8, from: &Identity| {
+        seal(from, &MailKey::of(&b), &[n; 40], NOW, [n; 16], entropy(n)).unwrap()
+    };
+    let forged = seal_forged(
+        &mallory,
+        a.id(),
+        b.id(),
+        MailKey::of(&b).key,
+        b"pay me",
+        NOW,
+        [90; 16],
+        entropy(90),
+    )
+    .unwrap();
+    let for_c = seal_forged(
+        &a,
+        a.id(),
+        c.id(),
+        MailKey::of(&b).key,
+        b"x",
+        NOW,
+        [91; 16],
+        entropy(91),
+    )
+    .unwrap();
+    let mut tampered = good(7, &c);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let groups: Vec<Vec<Vec<u8>>> = vec![
+        vec![good(1, &a), good(2, &c), good(3, &a)],
+        vec![good(1, &a), forged.clone(), good(3, &c)],
+        vec![
+            forged.clone(),
+            for_c.clone(),
+            tampered.clone(),
+            vec![1, 2, 3],
+        ],
+        vec![
+            good(4, &a),
+            tampered,
+            good(5, &a),
+            for_c,
+            good(6, &c),
+            forged,
+        ],
+        vec![],
+    ];
+    for group in groups {
+        let together = open_all(&b, &group);
+        let alone: Vec<_> = group.iter().map(|e| open(&b, e)).collect();
+        assert_eq!(together, alone);
+    }
 }

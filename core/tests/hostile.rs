@@ -13,7 +13,7 @@ mod common;
 
 use common::{chain, give_token, hours, identity};
 use offst_core::protocol::amount::Rate;
-use offst_core::protocol::channel::{ChannelError, Move, MoveHeader, Op, OpError};
+use offst_core::protocol::channel::{ChannelError, Move, MoveHeader, Op, OpError, Signatures};
 use offst_core::protocol::identity::{NodeId, Signature};
 use offst_core::protocol::message::Message;
 use offst_core::protocol::node::{Node, ProtocolError};
@@ -363,7 +363,7 @@ fn collect_before_the_seller_answered_is_refused() {
             &Op::Request(request(1, vec![a, b], vec![], 10, 4)),
             a_side,
             &parties,
-            true,
+            Signatures::Check,
         )
         .unwrap();
     let err = state
@@ -375,7 +375,7 @@ fn collect_before_the_seller_answered_is_refused() {
             },
             a_side.other(),
             &parties,
-            true,
+            Signatures::Check,
         )
         .unwrap_err();
     assert_eq!(err, OpError::CollectWithoutResponse(id));

@@ -12,6 +12,7 @@ mod common;
 
 use common::{hours, identity};
 use offst_core::protocol::amount::Rate;
+use offst_core::protocol::identity::NodeId;
 use offst_core::protocol::message::Message;
 use offst_core::protocol::node::{Event, Node, Output, PaymentStatus, RoutePlan};
 use offst_core::sim::local::{LocalNet, entropy};
@@ -212,7 +213,7 @@ fn a_replayed_request_is_refused() {
 /// buyer must see the answer given earlier in the same move, or it never learns it was paid.
 #[test]
 fn an_answer_and_a_collect_in_one_move_complete_the_payment() {
-    use offst_core::protocol::channel::{Move, MoveHeader, Op};
+    use offst_core::protocol::channel::{Move, MoveHeader, Op, Signatures};
     let mut net = LocalNet::new();
     let a = net.add_node(1, Rate::default());
     let b = net.add_node(2, Rate::default());
@@ -276,7 +277,7 @@ fn an_answer_and_a_collect_in_one_move_complete_the_payment() {
     let mut state = ch.state().clone();
     for op in &ops {
         state
-            .apply(op, ch.local_side().other(), ch.parties(), true)
+            .apply(op, ch.local_side().other(), ch.parties(), Signatures::Check)
             .unwrap();
     }
     let header = MoveHeader {
@@ -339,8 +340,8 @@ fn a_waiting_friend_gets_the_token_after_we_adopt_its_tip() {
 /// move, which handed the token downstream; the next payment the same way then had to ask for
 /// it back (a request and an empty move) on every hop, 7 messages per hop in all. Now the side
 /// that received the collect keeps the token: a payment makes 4 messages per hop (request,
-/// response, the acknowledgement that lets the collect go, collect) plus the buyer's commit,
-/// and the next one starts at once.
+/// response, the acknowledgement that lets the collect go, collect) plus the buyer's commit
+/// and the seller's "paid" answer, and the next one starts at once.
 #[test]
 fn a_second_payment_the_same_way_needs_no_token_request() {
     let (mut net, ids) = common::chain(4, 1_000, Rate { base: 1, ppm: 0 });
@@ -351,7 +352,7 @@ fn a_second_payment_the_same_way_needs_no_token_request() {
         let hops = (ids.len() - 1) as u64;
         assert_eq!(
             net.delivered - before,
-            4 * hops + 1,
+            4 * hops + 2,
             "messages for payment {nonce} over {hops} hops"
         );
     }
@@ -363,4 +364,95 @@ fn a_second_payment_the_same_way_needs_no_token_request() {
         assert!(a.tip().verify(w[0], w[1]).is_ok());
     }
     assert_eq!(net.net(&ids[3], &hours()), 40);
+}
+
+/// A move carries at most `MAX_OPS_PER_MOVE` operations; what is left waits for the next
+/// turn. When the friend keeps the token after that move (it carried only collects, after
+/// which a receiver keeps it), the sender must ask for the token for what is left, or those
+/// operations, and the credit they would settle, wait until the next payment through the
+/// channel: forever on a quiet one. Found by the load generator (a burst of commits at the end
+/// of a run left collects queued behind a full move).
+#[test]
+fn operations_left_behind_a_full_move_are_sent() {
+    use offst_core::protocol::bounds::{MAX_OPS_PER_MOVE, MAX_PENDING_REQUESTS};
+    use std::collections::VecDeque;
+    let mut net = LocalNet::new();
+    let a = net.add_node(1, Rate::default());
+    let b = net.add_node(2, Rate::default());
+    net.befriend(a, b, &hours(), 100_000).unwrap();
+    // More than one move carries, and no more than a channel may hold pending.
+    let n = (MAX_OPS_PER_MOVE + 100).min(MAX_PENDING_REQUESTS) as u64;
+    assert!(n > MAX_OPS_PER_MOVE as u64 + 1);
+    type Mail = VecDeque<(NodeId, NodeId, Message)>;
+    fn push(queue: &mut Mail, from: NodeId, out: Vec<Output>) {
+        for o in out {
+            if let Output::Send { to, message } = o {
+                queue.push_back((from, to, message));
+            }
+        }
+    }
+    /// Deliver everything; with `held`, keep commits aside instead.
+    fn deliver(net: &mut LocalNet, queue: &mut Mail, mut held: Option<&mut Mail>) {
+        while let Some((from, to, message)) = queue.pop_front() {
+            if let (Some(h), Message::Commit(_)) = (held.as_deref_mut(), &message) {
+                h.push_back((from, to, message));
+                continue;
+            }
+            let out = net
+                .node_mut(&to)
+                .unwrap()
+                .handle_message(0, from, message)
+                .unwrap();
+            push(queue, to, out);
+        }
+    }
+    let mut queue = Mail::new();
+    let mut invoices = Vec::new();
+    for i in 0..n {
+        let invoice = net.invoice(b, &hours(), 1, 1000 + i).unwrap();
+        let plan = net.plan(&[a, b], 1).unwrap();
+        let out = net
+            .node_mut(&a)
+            .unwrap()
+            .pay(0, &invoice, vec![plan], entropy(1000 + i, 2))
+            .unwrap();
+        push(&mut queue, a, out);
+        invoices.push(invoice);
+    }
+    // Every request is answered before any commit reaches the seller; then all the commits
+    // arrive together, so the seller has more collects queued than one move carries.
+    let mut commits = Mail::new();
+    deliver(&mut net, &mut queue, Some(&mut commits));
+    assert_eq!(commits.len() as u64, n);
+    let mut burst = Vec::new();
+    for (from, to, message) in commits {
+        let out = net
+            .node_mut(&to)
+            .unwrap()
+            .handle_message(0, from, message)
+            .unwrap();
+        burst.push((to, out));
+    }
+    for (from, out) in burst {
+        push(&mut queue, from, out);
+    }
+    deliver(&mut net, &mut queue, None);
+    for invoice in &invoices {
+        let (status, _) = net.node(&a).unwrap().payment(&invoice.terms.id).unwrap();
+        assert_eq!(status, PaymentStatus::Completed);
+    }
+    for (me, friend) in [(a, b), (b, a)] {
+        let ch = net.node(&me).unwrap().channel(&friend).unwrap();
+        assert!(
+            ch.queue().is_empty(),
+            "{} operations left queued",
+            ch.queue().len()
+        );
+        assert!(
+            ch.state().pending.is_empty(),
+            "{} requests left frozen",
+            ch.state().pending.len()
+        );
+    }
+    assert_eq!(net.balance(&b, &a, &hours()), i128::from(n));
 }

@@ -408,7 +408,8 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
         }
     };
     let (out_tx, out_rx) = mpsc::channel::<FromRelay>(256);
-    let writer = tokio::spawn(write_loop(send, out_rx));
+    let (urgent_tx, urgent_rx) = mpsc::channel::<FromRelay>(256);
+    let writer = tokio::spawn(write_loop(send, urgent_rx, out_rx));
     // Answers go out in the order the envelopes came in, each once its batch committed; up to
     // MAX_IN_FLIGHT envelopes of one connection may be waiting for their commit.
     let (replies, replies_rx) = mpsc::channel::<(u64, NodeId, Queued)>(MAX_IN_FLIGHT);
@@ -539,7 +540,8 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                     }
                     continue;
                 }
-                let out = out_tx.clone();
+                // Answered ahead of the mail waiting to go out.
+                let out = urgent_tx.clone();
                 tokio::spawn(async move {
                     let result = index.find(query).await;
                     let _ = out.send(FromRelay::Routes { id: req, result }).await;
@@ -576,6 +578,7 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
     drop(replies);
     let _ = responder.await;
     drop(out_tx);
+    drop(urgent_tx);
     let _ = writer.await;
     shared.unsubscribe(&id);
     debug!(client = %id.short(), "wallet gone");
@@ -1026,8 +1029,19 @@ async fn deliver_loop(
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<FromRelay>) {
-    while let Some(msg) = rx.recv().await {
+/// Write frames to a wallet, those in `urgent` (route answers) before the rest.
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut urgent: mpsc::Receiver<FromRelay>,
+    mut rx: mpsc::Receiver<FromRelay>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            Some(m) = urgent.recv() => m,
+            Some(m) = rx.recv() => m,
+            else => break,
+        };
         if write_frame(&mut send, &wire::encode(&msg)).await.is_err() {
             return;
         }

@@ -141,10 +141,12 @@ impl Store {
         let path = dir.join("mail.db");
         let mut writer = Connection::open(&path)?;
         writer.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        offst_core::wallet::tune_connection(&writer)?;
         writer.execute_batch(SCHEMA)?;
         let usage = recount(&writer)?;
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
+        offst_core::wallet::tune_connection(&reader)?;
         let (tx, rx) = mpsc::channel::<Op>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = commits.clone();
@@ -470,10 +472,11 @@ fn writer_loop(
                             now_ms,
                             reply,
                         } => {
-                            tx.execute(
+                            tx.prepare_cached(
                                 "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
                                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                                params![
+                            )?
+                            .execute(params![
                                     relay.key.as_bytes(),
                                     relay.addr,
                                     recipient.as_bytes(),
@@ -485,7 +488,8 @@ fn writer_loop(
                             replies.push(Reply::Insert(reply, Ok(Ok(seq))));
                         }
                         Op::DeleteForward { seq } => {
-                            tx.execute("DELETE FROM forward WHERE seq = ?1", [i64_of(seq)])?;
+                            tx.prepare_cached("DELETE FROM forward WHERE seq = ?1")?
+                                .execute([i64_of(seq)])?;
                         }
                         Op::Purge {
                             older_than_ms,

@@ -23,14 +23,37 @@ use common::scratch;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn relay(name: &str, tweak: impl FnOnce(&mut Config)) -> RelayHandle {
+/// A running relay and its data directory, removed after the relay when dropped.
+struct TestRelay {
+    handle: RelayHandle,
+    _dir: common::Scratch,
+}
+
+impl std::ops::Deref for TestRelay {
+    type Target = RelayHandle;
+    fn deref(&self) -> &RelayHandle {
+        &self.handle
+    }
+}
+
+impl TestRelay {
+    async fn shutdown(self) {
+        self.handle.shutdown().await;
+    }
+}
+
+async fn relay(name: &str, tweak: impl FnOnce(&mut Config)) -> TestRelay {
+    let dir = scratch(name);
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: scratch(name),
+        data_dir: dir.to_path_buf(),
         ..Config::default()
     };
     tweak(&mut c);
-    offst_relay::start(c).await.unwrap()
+    TestRelay {
+        handle: offst_relay::start(c).await.unwrap(),
+        _dir: dir,
+    }
 }
 
 fn who(seed: u8) -> Identity {
@@ -307,7 +330,7 @@ async fn accepted_mail_survives_a_restart_on_the_same_directory() {
     let dir = scratch("restart");
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         ..Config::default()
     };
     let r = offst_relay::start(cfg.clone()).await.unwrap();
@@ -329,7 +352,7 @@ async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
     let dir2 = scratch("fed-r2");
     let cfg2 = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir2.clone(),
+        data_dir: dir2.to_path_buf(),
         ..Config::default()
     };
     let r2 = offst_relay::start(cfg2.clone()).await.unwrap();
@@ -384,7 +407,7 @@ async fn envelopes_for_another_relay_go_on_at_once_in_order_and_leave_nothing_qu
     let dir1 = scratch("ct-r1");
     let cfg1 = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir1,
+        data_dir: dir1.to_path_buf(),
         ..Config::default()
     };
     let r1 = offst_relay::start(cfg1.clone()).await.unwrap();
@@ -660,7 +683,7 @@ mod index {
         })
         .await;
         let one = relay("index-one-unused", |c| {
-            c.data_dir = one_dir.clone();
+            c.data_dir = one_dir.to_path_buf();
             c.listen = format!("127.0.0.1:{port}").parse().unwrap();
             c.index_peers = vec![format!("{}@{}", two.key, two.addr)];
         })

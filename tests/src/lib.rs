@@ -79,7 +79,7 @@ pub fn deliver_one(wallets: &mut [Wallet], from: usize) -> Result<bool, WalletEr
     let sender = wallets[from].id();
     if let Some(to) = index_of(wallets, &item.to) {
         // A refusal (a duplicate after a crash, say) is acknowledged like a delivery.
-        let _: Delivery = wallets[to].receive(sender, &item.message)?;
+        let _: Delivery = wallets[to].receive_outgoing(sender, &item)?;
     }
     wallets[from].outbox_sent(item.seq)?;
     Ok(true)

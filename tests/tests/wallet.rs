@@ -72,6 +72,13 @@ fn pay(ws: &mut [Wallet], amount: u64) -> offst_core::protocol::payment::Invoice
     inv.terms.id
 }
 
+/// A relay address for wallets that never connect (the port tells them apart).
+fn test_relay(port: u16) -> offst_core::net::wire::RelayAddress {
+    format!("{}@127.0.0.1:{port}", offst_tests::identity(9).id())
+        .parse()
+        .unwrap()
+}
+
 fn balance(w: &Wallet, friend: &Wallet) -> i128 {
     w.node().balance(&friend.id(), &hours()).unwrap().0
 }
@@ -731,31 +738,26 @@ fn a_limit_waiting_for_the_turn_shows_as_pending() {
 /// envelopes delivered again (the relay keeps what was not acknowledged) are applied.
 #[test]
 fn a_group_commit_is_all_or_nothing() {
-    use offst_core::net::wire::RelayAddress;
     use offst_core::wallet::{Contact, Delivery};
     let t = TempDir::new("group");
     let mut ws = trio(&t);
-    let relay = |port: u16| -> RelayAddress {
-        format!("{}@127.0.0.1:{port}", offst_tests::identity(9).id())
-            .parse()
-            .unwrap()
-    };
+
     let contact = |w: &Wallet, name: &str| Contact {
         id: w.id(),
         name: name.into(),
         mail_key: w.mail_key(),
-        relay: relay(1),
+        relay: test_relay(1),
     };
     let (ca, cb) = (contact(&ws[0], "a"), contact(&ws[1], "b"));
     ws[0].set_contact(cb).unwrap();
     ws[1].set_contact(ca).unwrap();
-    ws[0].set_relay(relay(1)).unwrap();
+    ws[0].set_relay(test_relay(1)).unwrap();
     // Each move of a's relay tells b, in an envelope that b records.
     let mut port = 2;
     let mut envelopes_for_b = |a: &mut Wallet, n: usize| -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while out.len() < n {
-            a.move_relay(relay(port)).unwrap();
+            a.move_relay(test_relay(port)).unwrap();
             port += 1;
             for item in a.outbox(100).unwrap() {
                 // A fresh envelope id each time.
@@ -816,6 +818,201 @@ fn a_group_commit_is_all_or_nothing() {
     assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}");
     assert_eq!(
         b.contact(&ws[0].id()).unwrap().unwrap().relay,
-        relay(port - 1)
+        test_relay(port - 1)
+    );
+}
+
+/// A payment request whose invoice was altered (the seller's signature over the request covers
+/// the invoice's id, not its amount) is refused when paid: the wallet checks the invoice's
+/// signature once, in the node's payment step, and nothing is paid or recorded. The same
+/// request unaltered pays.
+#[test]
+fn a_payment_request_with_an_altered_invoice_is_refused() {
+    let t = TempDir::new("altered-request");
+    let mut ws = trio(&t);
+    ws[2].set_relay(test_relay(1)).unwrap();
+    let inv = ws[2].create_invoice(hours(), 5, 60_000, "bread").unwrap();
+    let request = ws[2].payment_request(&inv).unwrap();
+    let route = plan(&ws, &[0, 1, 2], 5);
+
+    let mut altered = request.clone();
+    altered.invoice.terms.amount = 1;
+    let err = ws[0]
+        .pay_request(&altered, vec![route.clone()])
+        .unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert!(ws[0].node().payment(&inv.terms.id).is_none());
+    assert!(ws[0].outbox(100).unwrap().is_empty());
+    // Only the seller's contact may have been recorded (the seller signed it).
+    assert_eq!(balance(&ws[0], &ws[1]), 0);
+
+    ws[0].pay_request(&request, vec![route]).unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    assert_eq!(
+        ws[0].node().payment(&inv.terms.id).map(|(s, _)| s),
+        Some(offst_core::protocol::node::PaymentStatus::Completed)
+    );
+    assert_eq!(balance(&ws[2], &ws[1]), 5);
+}
+
+/// A buyer's commit goes to a seller who is not its friend with the buyer's mail key and relay
+/// (an introduced message), so the seller can answer it ("paid") and records how to reach the
+/// buyer, keeping a name it already gave; the payment completes and the credit moves.
+#[test]
+fn a_seller_learns_how_to_reach_a_buyer_from_its_commit() {
+    use offst_core::wallet::Contact;
+    let t = TempDir::new("introduced");
+    let mut ws = trio(&t);
+
+    ws[0].set_relay(test_relay(1)).unwrap();
+    ws[2].set_relay(test_relay(3)).unwrap();
+    assert!(ws[2].contact(&ws[0].id()).unwrap().is_none());
+    let first = pay(&mut ws, 5);
+    let learned = ws[2].contact(&ws[0].id()).unwrap().unwrap();
+    assert_eq!(learned.mail_key, ws[0].mail_key());
+    assert_eq!(learned.relay, test_relay(1));
+    assert_eq!(
+        ws[0].node().payment(&first).map(|(s, _)| s),
+        Some(offst_core::protocol::node::PaymentStatus::Completed)
+    );
+    assert!(ws[0].node().payment_progress(&first).unwrap().settled);
+    assert_eq!(balance(&ws[2], &ws[1]), 5);
+
+    // A name the seller gave the buyer stays; the relay follows the buyer.
+    let mut named: Contact = learned.clone();
+    named.name = "alice".into();
+    ws[2].set_contact(named).unwrap();
+    ws[0].set_relay(test_relay(2)).unwrap();
+    pay(&mut ws, 5);
+    let again = ws[2].contact(&ws[0].id()).unwrap().unwrap();
+    assert_eq!(again.name, "alice");
+    assert_eq!(again.relay, test_relay(2));
+    assert_eq!(balance(&ws[2], &ws[1]), 10);
+
+    // A stranger whose introduced message the node refuses (a "paid" for a payment we never
+    // made) is not recorded: strangers cannot fill the contacts.
+    let stranger = TempDir::new("introduced-stranger");
+    let mut s =
+        offst_tests::open_or_create(&stranger.path("s"), 7, WalletOptions::default()).unwrap();
+    s.set_relay(test_relay(7)).unwrap();
+    let paid = offst_core::protocol::message::Message::Paid(offst_core::protocol::payment::Paid {
+        invoice_id: first,
+        dest_plain_lock: offst_core::protocol::payment::PlainLock([1; 32]),
+    });
+    let item = s.introduced(ws[2].id(), &paid).unwrap();
+    let d = ws[2].receive_outgoing(s.id(), &item).unwrap();
+    assert!(
+        matches!(d, offst_core::wallet::Delivery::Refused(_)),
+        "{d:?}"
+    );
+    assert!(ws[2].contact(&s.id()).unwrap().is_none());
+}
+
+/// Run `f` on a runtime, as an app's async code would (`wallet::sync` flushes on a blocking
+/// thread).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
+    let t = TempDir::new("unsynced");
+    let mut ws = trio(&t);
+    let inv = ws[2].create_invoice(hours(), 10, 60_000, "bread").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 10);
+    let ticket = ws[0].pay_unsynced(&inv, vec![route]).unwrap();
+    // Committed (in memory and in the file), but its request may not leave yet.
+    assert_eq!(ws[0].outbox_len().unwrap(), 1);
+    assert!(ws[0].outbox(10).unwrap().is_empty());
+    assert_eq!(pump(&mut ws, 10_000).unwrap(), 0);
+    let a = std::sync::Mutex::new(ws.remove(0));
+    block_on(offst_core::wallet::sync(&a, ticket)).unwrap();
+    // A ticket already flushed returns at once.
+    block_on(offst_core::wallet::sync(&a, ticket)).unwrap();
+    ws.insert(0, a.into_inner().unwrap());
+    assert_eq!(ws[0].outbox(10).unwrap().len(), 1);
+    pump(&mut ws, 10_000).unwrap();
+    assert_eq!(
+        ws[0].payment_view(inv.terms.id).unwrap().status,
+        "completed"
+    );
+    assert_eq!(balance(&ws[2], &ws[1]), 10);
+}
+
+#[test]
+fn one_flush_serves_every_step_before_it_and_a_full_commit_flushes_them_all() {
+    let t = TempDir::new("unsynced-many");
+    let mut ws = trio(&t);
+    let mut tickets = Vec::new();
+    let mut invoices = Vec::new();
+    for _ in 0..3 {
+        let (inv, ticket) = ws[2]
+            .create_invoice_unsynced(hours(), 5, 60_000, "")
+            .unwrap();
+        let route = plan(&ws, &[0, 1, 2], 5);
+        let t2 = ws[0].pay_unsynced(&inv, vec![route]).unwrap();
+        tickets.push(ticket);
+        invoices.push((inv, t2));
+    }
+    let queued = ws[0].outbox_len().unwrap() as usize;
+    assert!(queued > 0);
+    assert!(ws[0].outbox(10).unwrap().is_empty());
+    // The first payment's flush covers all three (they were committed before it).
+    let a = std::sync::Mutex::new(ws.remove(0));
+    block_on(offst_core::wallet::sync(&a, invoices[0].1)).unwrap();
+    ws.insert(0, a.into_inner().unwrap());
+    assert_eq!(ws[0].outbox(10).unwrap().len(), queued);
+    // A step that waits for the disk flushes what came before it too.
+    let (inv, _) = ws[2]
+        .create_invoice_unsynced(hours(), 5, 60_000, "")
+        .unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    let route = plan(&ws, &[0, 1, 2], 5);
+    let held = ws[0].pay_unsynced(&inv, vec![route]).unwrap();
+    assert!(ws[0].outbox_len().unwrap() > 0);
+    assert!(ws[0].outbox(10).unwrap().is_empty());
+    let b = ws[1].id();
+    ws[0].set_limit(b, hours(), 90).unwrap();
+    let queued = ws[0].outbox_len().unwrap() as usize;
+    assert!(queued >= 2);
+    assert_eq!(ws[0].outbox(10).unwrap().len(), queued);
+    let a = std::sync::Mutex::new(ws.remove(0));
+    block_on(offst_core::wallet::sync(&a, held)).unwrap();
+    ws.insert(0, a.into_inner().unwrap());
+    pump(&mut ws, 10_000).unwrap();
+    for (inv, _) in &invoices {
+        assert_eq!(
+            ws[0].payment_view(inv.terms.id).unwrap().status,
+            "completed"
+        );
+    }
+    assert_eq!(
+        ws[0].payment_view(inv.terms.id).unwrap().status,
+        "completed"
+    );
+    assert_eq!(balance(&ws[2], &ws[1]), 20);
+    drop(tickets);
+}
+
+#[test]
+fn a_step_never_flushed_is_flushed_when_the_wallet_opens_again() {
+    let t = TempDir::new("unsynced-reopen");
+    let mut ws = trio(&t);
+    let inv = ws[2].create_invoice(hours(), 10, 60_000, "bread").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 10);
+    let _never = ws[0].pay_unsynced(&inv, vec![route]).unwrap();
+    assert!(ws[0].outbox(10).unwrap().is_empty());
+    // The process ends before the flush: the step is in the file (the system's cache), and
+    // opening the wallet flushes it before anything can be sent.
+    let mut ws = reopen(&t, ws);
+    assert_eq!(ws[0].outbox(10).unwrap().len(), 1);
+    pump(&mut ws, 10_000).unwrap();
+    assert_eq!(
+        ws[0].payment_view(inv.terms.id).unwrap().status,
+        "completed"
     );
 }

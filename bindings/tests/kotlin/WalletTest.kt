@@ -262,6 +262,8 @@ fun main() {
 
     runBlocking { alice.shutdown() }
     viewModelChecks(relay, root)
+    // The wallets' files go with the run, so repeated runs do not fill the disk.
+    root.toFile().deleteRecursively()
     println("$passed passed, $failed failed")
     if (failed > 0) kotlin.system.exitProcess(1)
 }

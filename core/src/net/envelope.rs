@@ -3,10 +3,14 @@
 //!
 //! - Each wallet has a **mail key**: an X25519 key derived from its identity and bound to it by
 //!   an Ed25519 signature ([`MailKey`]); friends learn it from invitations.
-//! - **Sealing**: a fresh ephemeral X25519 key per envelope; the symmetric key is BLAKE3's
-//!   key derivation over the Diffie-Hellman secret and both public keys; XChaCha20-Poly1305
-//!   encrypts. Inside: the sender's id, the recipient's id, a random envelope id, the time, the
-//!   body, and the sender's Ed25519 signature over all of them and the ephemeral key.
+//! - **Sealing**: an ephemeral X25519 key per recipient, replaced after
+//!   [`EPHEMERAL_LIFETIME_MS`] or [`EPHEMERAL_USES`] envelopes, whichever comes first, and kept
+//!   only in memory; the symmetric key is BLAKE3's key derivation over the Diffie-Hellman secret
+//!   and both public keys; XChaCha20-Poly1305 encrypts with a fresh random 24-byte nonce per
+//!   envelope. Inside: the sender's id, the recipient's id, a random envelope id, the time, the
+//!   body, and the sender's Ed25519 signature over all of them and the ephemeral key. Both
+//!   sides remember the symmetric key of an ephemeral key in use, so a busy pair of friends
+//!   does one key agreement a minute instead of two per envelope (`docs/protocol.md`, 9).
 //! - **Padding**: the plaintext is padded to the next size bucket (each bucket 4 times the
 //!   previous, from 512 bytes), so a size reveals only its bucket.
 //! - **Replays**: [`ReplayGuard`] remembers the ids of envelopes seen within a window and
@@ -21,7 +25,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::protocol::identity::{Identity, Memo, NodeId, Signature};
+use crate::protocol::identity::{Identity, Memo, NodeId, Signature, SignatureBatch};
 
 /// The envelope format.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -31,6 +35,87 @@ const TAG: usize = 16;
 pub const MIN_BUCKET: usize = 512;
 /// Largest body a sealed envelope can carry (the wire bound less overhead).
 pub const MAX_BODY: usize = 512 * 1024;
+
+/// How long a sender seals to the same recipient under one ephemeral key (milliseconds of the
+/// process's monotonic clock). After it, or after [`EPHEMERAL_USES`] envelopes, a new one.
+pub const EPHEMERAL_LIFETIME_MS: u64 = 60_000;
+/// Envelopes a sender seals under one ephemeral key before it makes a new one.
+pub const EPHEMERAL_USES: u32 = 10_000;
+
+/// A sender's ephemeral key for one recipient: only its public half and the symmetric key it
+/// agreed are kept (the secret half is dropped once the key is agreed).
+#[derive(Clone, Copy)]
+struct SendingKey {
+    eph_pub: [u8; 32],
+    key: [u8; 32],
+    made: std::time::Instant,
+    uses: u32,
+}
+
+/// The sending keys in use, by (sender, recipient's mail key). Bounded: when full it starts
+/// over, and the next envelope to each recipient agrees a new key.
+type SendingKeys = std::collections::HashMap<([u8; 32], [u8; 32]), SendingKey>;
+static SENDING: std::sync::Mutex<Option<SendingKeys>> = std::sync::Mutex::new(None);
+
+/// The ephemeral public key and symmetric key to seal from `me` to `recipient_key` with: the
+/// one in use if it is young enough, else a new one made from `eph_bytes`.
+fn sending_key(me: &NodeId, recipient_key: &[u8; 32], eph_bytes: [u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let id = (*me.as_bytes(), *recipient_key);
+    let now = std::time::Instant::now();
+    let fresh = |k: &SendingKey| {
+        k.uses < EPHEMERAL_USES
+            && now.saturating_duration_since(k.made).as_millis() < u128::from(EPHEMERAL_LIFETIME_MS)
+    };
+    if let Ok(mut guard) = SENDING.lock()
+        && let Some(k) = guard
+            .as_mut()
+            .and_then(|m| m.get_mut(&id))
+            .filter(|k| fresh(k))
+    {
+        k.uses += 1;
+        return (k.eph_pub, k.key);
+    }
+    let eph = StaticSecret::from(eph_bytes);
+    let eph_pub = PublicKey::from(&eph).to_bytes();
+    crate::metrics::agreed();
+    let shared = eph.diffie_hellman(&PublicKey::from(*recipient_key));
+    let key = symmetric_key(shared.as_bytes(), &eph_pub, recipient_key);
+    if let Ok(mut guard) = SENDING.lock() {
+        let map = guard.get_or_insert_with(Default::default);
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        map.insert(
+            id,
+            SendingKey {
+                eph_pub,
+                key,
+                made: now,
+                uses: 1,
+            },
+        );
+    }
+    (eph_pub, key)
+}
+
+/// The symmetric key of an envelope to `me` under `eph_pub`: remembered for the ephemeral keys
+/// whose envelopes opened, so the next envelope under the same key needs no agreement.
+fn receiving_key(me: &Identity, my_key: &[u8; 32], eph_pub: &[u8; 32]) -> ([u8; 32], bool) {
+    if let Some(key) = RECEIVING.get(&(*my_key, *eph_pub)) {
+        return (key, true);
+    }
+    crate::metrics::agreed();
+    let shared = mail_secret(me).diffie_hellman(&PublicKey::from(*eph_pub));
+    (symmetric_key(shared.as_bytes(), eph_pub, my_key), false)
+}
+
+/// Remember the symmetric key of `eph_pub` once an envelope under it opened.
+fn remember_receiving_key(my_key: &[u8; 32], eph_pub: &[u8; 32], key: [u8; 32]) {
+    RECEIVING.put((*my_key, *eph_pub), key);
+}
+
+/// Symmetric keys of ephemeral keys whose envelopes opened, by (our mail key, ephemeral key).
+static RECEIVING: Memo<([u8; 32], [u8; 32]), [u8; 32]> = Memo::new();
 
 /// Why an envelope was refused. Nothing about the wallet changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,14 +178,23 @@ fn mail_secret(identity: &Identity) -> StaticSecret {
 
 impl MailKey {
     /// The mail key of `identity` (derived from it; the same every time).
+    ///
+    /// Made once per identity and remembered (it costs a base-point multiplication and a
+    /// signature, and a wallet hands it out with every payment request and opens every
+    /// envelope with its key).
     pub fn of(identity: &Identity) -> MailKey {
-        let key = PublicKey::from(&mail_secret(identity)).to_bytes();
+        static OWN: Memo<[u8; 32], MailKey> = Memo::new();
         let owner = identity.id();
-        MailKey {
-            owner,
-            key,
-            signature: identity.sign(MAIL_KEY_DOMAIN, &(owner, key)),
-        }
+        let make = || {
+            let key = PublicKey::from(&mail_secret(identity)).to_bytes();
+            MailKey {
+                owner,
+                key,
+                signature: identity.sign(MAIL_KEY_DOMAIN, &(owner, key)),
+            }
+        };
+        OWN.get_or(*owner.as_bytes(), || Some(make()))
+            .unwrap_or_else(make)
     }
 
     /// Check the owner signed it. A mail key that verified once is remembered (the check is
@@ -248,11 +342,8 @@ fn seal_raw(
     eph_bytes.copy_from_slice(&entropy[..32]);
     let mut nonce = [0u8; 24];
     nonce.copy_from_slice(&entropy[32..]);
-    let eph = StaticSecret::from(eph_bytes);
-    let eph_pub = PublicKey::from(&eph).to_bytes();
+    let (eph_pub, key) = sending_key(&me, &recipient_key, eph_bytes);
     crate::metrics::sealed();
-    let shared = eph.diffie_hellman(&PublicKey::from(recipient_key));
-    let key = symmetric_key(shared.as_bytes(), &eph_pub, &recipient_key);
     let inner = Inner {
         sender: me,
         recipient,
@@ -297,6 +388,74 @@ fn aad(eph_pub: &[u8; 32], recipient_key: &[u8; 32]) -> Vec<u8> {
 
 /// Open an envelope addressed to `me`, checking who sealed it.
 pub fn open(me: &Identity, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
+    let (inner, eph_pub) = decrypt(me, bytes)?;
+    check_sender(&inner, &eph_pub)?;
+    Ok(inner.into_opened())
+}
+
+/// Open several envelopes addressed to `me`, checking their senders' signatures in one batch
+/// (`SignatureBatch`); if the batch fails, each is checked alone, so every envelope gets the
+/// same verdict as from [`open`].
+pub fn open_all<E: AsRef<[u8]>>(
+    me: &Identity,
+    envelopes: &[E],
+) -> Vec<Result<Opened, EnvelopeError>> {
+    let decrypted: Vec<_> = envelopes.iter().map(|e| decrypt(me, e.as_ref())).collect();
+    let mut batch = SignatureBatch::new();
+    for (inner, eph_pub) in decrypted.iter().flatten() {
+        let (signer, part, signature) = signed_by(inner, eph_pub);
+        batch.queue(&signer, SEAL_DOMAIN, &part, &signature);
+    }
+    let all_good = batch.verify();
+    decrypted
+        .into_iter()
+        .map(|d| {
+            let (inner, eph_pub) = d?;
+            if !all_good {
+                check_sender(&inner, &eph_pub)?;
+            }
+            Ok(inner.into_opened())
+        })
+        .collect()
+}
+
+type SignedPart = (NodeId, NodeId, [u8; 32], [u8; 16], u64, [u8; 32]);
+
+/// Who must have signed `inner`, what, and the signature.
+fn signed_by(inner: &Inner, eph_pub: &[u8; 32]) -> (NodeId, SignedPart, Signature) {
+    let part = signed_part(
+        &inner.sender,
+        &inner.recipient,
+        eph_pub,
+        &inner.id,
+        inner.sent_ms,
+        &inner.body,
+    );
+    (inner.sender, part, inner.signature)
+}
+
+/// Check the sender's signature of `inner` alone.
+fn check_sender(inner: &Inner, eph_pub: &[u8; 32]) -> Result<(), EnvelopeError> {
+    let (signer, part, signature) = signed_by(inner, eph_pub);
+    signer
+        .verify(SEAL_DOMAIN, &part, &signature)
+        .map_err(|_| EnvelopeError::BadSignature(signer))
+}
+
+impl Inner {
+    fn into_opened(self) -> Opened {
+        Opened {
+            sender: self.sender,
+            id: self.id,
+            sent_ms: self.sent_ms,
+            body: self.body,
+        }
+    }
+}
+
+/// Decrypt an envelope addressed to `me` and check it names `me`; the sender's signature is
+/// not checked yet. Returns the contents and the envelope's ephemeral key.
+fn decrypt(me: &Identity, bytes: &[u8]) -> Result<(Inner, [u8; 32]), EnvelopeError> {
     let (&version, rest) = bytes.split_first().ok_or(EnvelopeError::Truncated)?;
     if version != ENVELOPE_VERSION {
         return Err(EnvelopeError::UnknownVersion(version));
@@ -313,11 +472,9 @@ pub fn open(me: &Identity, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
         .and_then(|s| s.try_into().ok())
         .ok_or(EnvelopeError::Truncated)?;
     let ct = rest.get(56..).ok_or(EnvelopeError::Truncated)?;
-    let secret = mail_secret(me);
-    let my_key = PublicKey::from(&secret).to_bytes();
+    let my_key = MailKey::of(me).key;
     crate::metrics::opened();
-    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub));
-    let key = symmetric_key(shared.as_bytes(), &eph_pub, &my_key);
+    let (key, known) = receiving_key(me, &my_key, &eph_pub);
     let plain = XChaCha20Poly1305::new(&key.into())
         .decrypt(
             &XNonce::from(nonce),
@@ -327,6 +484,10 @@ pub fn open(me: &Identity, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
             },
         )
         .map_err(|_| EnvelopeError::DoesNotOpen)?;
+    if !known {
+        // Only a key that opened an envelope is kept: garbage cannot fill the memo.
+        remember_receiving_key(&my_key, &eph_pub, key);
+    }
     let len = plain
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -340,27 +501,7 @@ pub fn open(me: &Identity, bytes: &[u8]) -> Result<Opened, EnvelopeError> {
     if inner.recipient != me.id() {
         return Err(EnvelopeError::NotForUs(inner.recipient));
     }
-    inner
-        .sender
-        .verify(
-            SEAL_DOMAIN,
-            &signed_part(
-                &inner.sender,
-                &inner.recipient,
-                &eph_pub,
-                &inner.id,
-                inner.sent_ms,
-                &inner.body,
-            ),
-            &inner.signature,
-        )
-        .map_err(|_| EnvelopeError::BadSignature(inner.sender))?;
-    Ok(Opened {
-        sender: inner.sender,
-        id: inner.id,
-        sent_ms: inner.sent_ms,
-        body: inner.body,
-    })
+    Ok((inner, eph_pub))
 }
 
 /// Remembers the envelopes seen within a window, and refuses copies and older envelopes.

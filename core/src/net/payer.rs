@@ -52,6 +52,33 @@ pub enum PayStep {
 /// Most times the missing part is routed again.
 pub const MAX_RETRIES: u32 = 3;
 
+/// After [`pay`] returned its receipt: wait (at most `limit`) until the credit has moved too,
+/// that is until the first friend of each route collected (the receipt comes straight from
+/// the seller; the collects come back hop by hop). Returns whether it has; if not, it moves
+/// when that friend next reaches us.
+pub async fn settled(
+    wallet: &Mutex<Wallet>,
+    invoice: &crate::protocol::payment::InvoiceId,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    // Woken by the steps that changed this payment (the collect that settles a route does:
+    // it records the route's end), not by every step of the wallet.
+    let mut changes = lock(wallet).watch_payment(*invoice);
+    loop {
+        changes.borrow_and_update();
+        let done = lock(wallet)
+            .node()
+            .payment_progress(invoice)
+            .is_some_and(|p| p.settled);
+        let left = limit.saturating_sub(start.elapsed());
+        if done || left.is_zero() {
+            return done;
+        }
+        let _ = tokio::time::timeout(left, changes.changed()).await;
+    }
+}
+
 /// Routes for `query` from the driver, waiting at most 30 s for the relay's index.
 pub async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, ClientError> {
     tokio::time::timeout(Duration::from_secs(30), driver.find_routes(query))
@@ -76,7 +103,9 @@ pub async fn pay(
         .await
         .map_err(PayError::NoRoutes)?;
     let plans = set.routes.iter().map(|r| r.plan()).collect();
-    lock(wallet).pay_request(request, plans)?;
+    // Payments made at once share one flush to disk (`wallet::sync`).
+    let ticket = lock(wallet).pay_request_unsynced(request, plans)?;
+    crate::wallet::sync(wallet, ticket).await?;
     progress(PayStep::Sent(set));
     let mut retries = 0u32;
     let mut said = Instant::now();

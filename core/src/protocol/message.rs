@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bounds::MAX_MESSAGE_SIZE;
 use super::channel::{Move, ResetCertificate, ResetProposal, Tip};
-use super::payment::{Abandon, Commit, PlainLock, RequestId, Response};
+use super::payment::{Abandon, Commit, Paid, PlainLock, RequestId, Response};
 
 /// The version this code writes.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -39,6 +39,9 @@ pub enum Message {
     ResetProposal(Box<ResetProposal>),
     /// The friend accepted our reset proposal: the certificate signed by both.
     ResetAccept(Box<ResetCertificate>),
+    /// The seller accepted the buyer's commit, sent to the buyer: the seller's secret, so the
+    /// buyer has its receipt without waiting for the collects.
+    Paid(Paid),
 }
 
 /// A resync offer.

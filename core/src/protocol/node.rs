@@ -20,13 +20,13 @@ use super::bounds::{
 };
 use super::channel::{
     Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
-    ResetCertificate, ResetError, ResetProposal, StoredPending,
+    ResetCertificate, ResetError, ResetProposal, Signatures, StoredPending,
 };
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
 use super::payment::{
-    Abandon, AbandonTerms, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, PaymentError,
-    PlainLock, Receipt, Request, RequestId, RequestTerms, Response,
+    Abandon, AbandonTerms, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, Paid,
+    PaymentError, PlainLock, Receipt, Request, RequestId, RequestTerms, Response,
 };
 use super::tracked::Tracked;
 
@@ -287,6 +287,15 @@ pub enum ProtocolError {
     /// A commit whose lock does not open the requests' lock.
     #[error("commit reveals a lock that does not match the payment's requests")]
     WrongCommitLock,
+    /// A "paid" message for a payment this node did not make.
+    #[error("a paid message for a payment this node did not make")]
+    NotOurPayment,
+    /// A "paid" message for one of our payments from someone other than its seller.
+    #[error("a paid message from someone who is not the seller of that payment")]
+    NotTheSeller,
+    /// A "paid" message whose secret does not open the seller's lock in the responses.
+    #[error("a paid message whose secret does not open the seller's lock")]
+    WrongPaidLock,
     /// A reset message was refused.
     #[error("refused a reset from {friend}: {error}")]
     Reset {
@@ -333,6 +342,9 @@ pub struct PaymentProgress {
     pub answered: u64,
     /// The routes that were cancelled (buyer, mediators, seller).
     pub failed: Vec<Vec<NodeId>>,
+    /// Completed, and the credit has moved: no route the commit named is still pending with
+    /// its first friend (the receipt can come before the collects, see [`Message::Paid`]).
+    pub settled: bool,
 }
 
 /// Where a payment we make stands.
@@ -577,6 +589,11 @@ pub struct Node {
     /// The pending requests as the store holds them (after the last [`Node::take_changes`]),
     /// per friend, so a step reports only the requests it changed.
     stored_pending: BTreeMap<NodeId, BTreeMap<RequestId, StoredPending>>,
+    /// For each friend, the channel's last move (its header's hash) when `stored_pending` was
+    /// last brought up to date: the pending requests change only with a new last move (a move
+    /// made or received, an adopted tip, a reset), so a step that changed the channel otherwise
+    /// (its queue, a token request) skips comparing every pending request.
+    stored_pending_at: BTreeMap<NodeId, Hash>,
 }
 
 impl Node {
@@ -596,6 +613,7 @@ impl Node {
             out: Vec::new(),
             dirty: BTreeSet::new(),
             stored_pending: BTreeMap::new(),
+            stored_pending_at: BTreeMap::new(),
         }
     }
 
@@ -693,6 +711,10 @@ impl Node {
             match ch {
                 Some(ch) => {
                     channels.push((friend, Some(encode_channel(ch))));
+                    let at = ch.last_hash();
+                    if self.stored_pending_at.get(&friend) == Some(&at) {
+                        continue;
+                    }
                     let stored = self.stored_pending.entry(friend).or_default();
                     for (id, write) in ch.update_pending_rows(stored) {
                         let row = stored
@@ -701,9 +723,11 @@ impl Node {
                             .map(|p| encode_pending(friend, id, p));
                         pending.push(((friend, id), row));
                     }
+                    self.stored_pending_at.insert(friend, at);
                 }
                 None => {
                     channels.push((friend, None));
+                    self.stored_pending_at.remove(&friend);
                     for id in self
                         .stored_pending
                         .remove(&friend)
@@ -730,6 +754,7 @@ impl Node {
     pub fn mark_all_changed(&mut self) {
         self.friends.mark_all();
         self.stored_pending.clear();
+        self.stored_pending_at.clear();
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();
@@ -866,7 +891,7 @@ impl Node {
         // Refuse now what would be refused when sent, so the user learns it at once.
         let mut probe = ch.state().clone();
         probe
-            .apply(&op, ch.local_side(), ch.parties(), false)
+            .apply(&op, ch.local_side(), ch.parties(), Signatures::Trusted)
             .map_err(NodeError::Limit)?;
         ch.enqueue(op);
         self.dirty.insert(friend);
@@ -1039,6 +1064,13 @@ impl Node {
                 RouteStatus::Collected => {}
             }
         }
+        p.settled = b.status == PaymentStatus::Completed
+            && b.committed.iter().flatten().all(|id| {
+                let first = b.routes.get(id).and_then(|r| r.request.terms.route.get(1));
+                !first
+                    .and_then(|f| self.friends.get(f))
+                    .is_some_and(|ch| ch.state().pending.contains_key(id))
+            });
         Some(p)
     }
 
@@ -1455,10 +1487,11 @@ impl Node {
                 // do not lose mail, and `resend` covers a reconnect.
             }
             Message::Offer(offer) => self.on_offer(now_ms, from, *offer)?,
-            Message::Commit(commit) => self.on_commit(now_ms, commit)?,
+            Message::Commit(commit) => self.on_commit(now_ms, from, commit)?,
             Message::Abandon(abandon) => self.on_abandon(abandon)?,
             Message::ResetProposal(p) => self.on_reset_proposal(from, *p)?,
             Message::ResetAccept(cert) => self.on_reset_accept(from, *cert)?,
+            Message::Paid(paid) => self.on_paid(from, paid)?,
         }
         Ok(self.finish())
     }
@@ -1491,14 +1524,28 @@ impl Node {
             for (op, reason) in built.dropped {
                 self.on_dropped(friend, op, reason);
             }
-        } else if !ch.queue().is_empty() && !ch.token_requested() {
-            ch.set_token_requested();
-            let (epoch, counter) = (ch.epoch(), ch.counter());
-            self.out.push(Output::Send {
-                to: friend,
-                message: Message::RequestToken { epoch, counter },
-            });
         }
+        // Without the token, or with what one move could not carry (`MAX_OPS_PER_MOVE`) left
+        // over: ask for it at once. Waiting for the friend's next move could be waiting forever,
+        // since after a move of collects or cancels the friend keeps the token.
+        self.request_token(friend);
+    }
+
+    /// Ask `friend` for the token if operations wait for it and we have not asked since our
+    /// friend's last move.
+    fn request_token(&mut self, friend: NodeId) {
+        let Some(ch) = self.friends.get_mut(&friend) else {
+            return;
+        };
+        if ch.holds_token() || ch.queue().is_empty() || ch.token_requested() {
+            return;
+        }
+        ch.set_token_requested();
+        let (epoch, counter) = (ch.epoch(), ch.counter());
+        self.out.push(Output::Send {
+            to: friend,
+            message: Message::RequestToken { epoch, counter },
+        });
     }
 
     fn on_move(
@@ -1632,13 +1679,18 @@ impl Node {
                 };
                 let terms = &p.request.terms;
                 if terms.buyer() == Some(me) {
-                    let receipt = Receipt {
-                        seller: terms.seller().unwrap_or(me),
-                        terms: Response::terms_for(terms, response.dest_hashed_lock),
-                        signature: response.signature,
+                    let receipt = Receipt::from_response(
+                        terms.seller().unwrap_or(me),
+                        terms,
+                        &response,
                         src_plain_lock,
                         dest_plain_lock,
-                    };
+                    );
+                    // The friend's move that collected was applied to the channel, which checked
+                    // both locks against the request and the response, and the response's
+                    // signature when it arrived: checking the receipt again would only repeat
+                    // a signature check.
+                    debug_assert!(receipt.verify().is_ok(), "a collected route's receipt");
                     self.route_done(
                         terms.invoice_id,
                         request_id,
@@ -1749,14 +1801,31 @@ impl Node {
         );
     }
 
-    fn on_commit(&mut self, now_ms: u64, commit: Commit) -> Result<(), ProtocolError> {
+    fn on_commit(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        commit: Commit,
+    ) -> Result<(), ProtocolError> {
         let s = self
             .selling
             .get_mut(&commit.invoice_id)
             .ok_or(ProtocolError::UnknownInvoice)?;
         let lock_ok = s.src_hashed_lock == Some(commit.src_plain_lock.hashed());
+        let paid = Output::Send {
+            to: from,
+            message: Message::Paid(Paid {
+                invoice_id: commit.invoice_id,
+                dest_plain_lock: s.dest_plain_lock,
+            }),
+        };
         match &s.status {
-            InvoiceStatus::Paid(_) if lock_ok => return Ok(()), // a duplicate commit
+            // A duplicate commit (the buyer sent it again, e.g. restored from a backup): tell
+            // it again that it is paid.
+            InvoiceStatus::Paid(_) if lock_ok => {
+                self.out.push(paid);
+                return Ok(());
+            }
             InvoiceStatus::Open => {}
             _ => return Err(ProtocolError::InvoiceClosed),
         }
@@ -1806,10 +1875,55 @@ impl Node {
                 self.send_cancel(sold.friend, request_id);
             }
         }
+        // Only the buyer knows the lock the commit opened, so `from` is the buyer.
+        self.out.push(paid);
         self.out.push(Output::Event(Event::InvoicePaid {
             invoice_id,
             amount: delivered,
         }));
+        Ok(())
+    }
+
+    /// The seller accepted our commit: with its secret, each committed route's response (which
+    /// our channel checked, signature included, when it arrived) and our own secret make the
+    /// receipt, so the payment completes now; the collects that move the credit come back hop
+    /// by hop after it. From anyone but the seller, for a payment we did not commit, or with a
+    /// secret that does not open the responses' lock, it changes nothing (an error says which).
+    fn on_paid(&mut self, from: NodeId, paid: Paid) -> Result<(), ProtocolError> {
+        let Some(b) = self.buying.get(&paid.invoice_id) else {
+            return Err(ProtocolError::NotOurPayment);
+        };
+        if b.invoice.terms.seller != from {
+            return Err(ProtocolError::NotTheSeller);
+        }
+        let Some(committed) = &b.committed else {
+            return Ok(());
+        };
+        let dest_hashed = paid.dest_plain_lock.hashed();
+        let mut receipts = Vec::new();
+        for id in committed {
+            let Some(route) = b.routes.get(id) else {
+                continue;
+            };
+            let RouteStatus::Responded(response) = &route.status else {
+                continue;
+            };
+            if response.dest_hashed_lock != dest_hashed {
+                return Err(ProtocolError::WrongPaidLock);
+            }
+            let receipt = Receipt::from_response(
+                from,
+                &route.request.terms,
+                response,
+                b.src_plain_lock,
+                paid.dest_plain_lock,
+            );
+            debug_assert!(receipt.verify().is_ok(), "a receipt from a paid message");
+            receipts.push((*id, receipt));
+        }
+        for (id, receipt) in receipts {
+            self.route_done(paid.invoice_id, id, RouteStatus::Collected, Some(receipt));
+        }
         Ok(())
     }
 
@@ -1866,6 +1980,9 @@ impl Node {
         }
     }
 
+    /// One of our payment's routes ended with `status`; `receipt` (for a collected route) must
+    /// be one that verifies: the callers check it, or built it from a response and locks their
+    /// channel already checked.
     fn route_done(
         &mut self,
         invoice_id: InvoiceId,
@@ -1880,7 +1997,7 @@ impl Node {
             r.status = status;
         }
         if b.receipt.is_none() {
-            b.receipt = receipt.filter(|r| r.verify().is_ok());
+            b.receipt = receipt;
         }
         if b.status != PaymentStatus::InFlight {
             return;
@@ -1920,13 +2037,19 @@ impl Node {
                 response,
             } => (
                 RouteStatus::Collected,
-                terms.seller().map(|seller| Receipt {
-                    seller,
-                    terms: Response::terms_for(terms, response.dest_hashed_lock),
-                    signature: response.signature,
-                    src_plain_lock: *src_plain_lock,
-                    dest_plain_lock: *dest_plain_lock,
-                }),
+                terms
+                    .seller()
+                    .map(|seller| {
+                        Receipt::from_response(
+                            seller,
+                            terms,
+                            response,
+                            *src_plain_lock,
+                            *dest_plain_lock,
+                        )
+                    })
+                    // Learned from a resolution or a reset, not from a move this node checked.
+                    .filter(|r| r.verify().is_ok()),
             ),
             Outcome::Cancelled => (RouteStatus::Cancelled, None),
         };

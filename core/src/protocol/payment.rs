@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::amount::{Currency, CurrencyError};
 use super::bounds::{MAX_AMOUNT, MAX_MEMO_LEN, MAX_ROUTE_LEN, MAX_ROUTES_PER_PAYMENT};
-use super::identity::{BadSignature, Hash, Identity, NodeId, Signature};
+use super::identity::{BadSignature, Hash, Identity, NodeId, Signature, SignatureBatch};
 
 const INVOICE_DOMAIN: &str = "offst invoice v1";
 const REQUEST_DOMAIN: &str = "offst request v1";
@@ -310,6 +310,15 @@ impl Request {
         buyer.verify(REQUEST_DOMAIN, &self.terms, &self.signature)?;
         Ok(())
     }
+
+    /// Structural checks now; the buyer's signature goes into `batch`, which the caller checks
+    /// before it relies on the request.
+    pub fn check_into(&self, batch: &mut SignatureBatch) -> Result<(), PaymentError> {
+        self.terms.check()?;
+        let buyer = self.terms.buyer().ok_or(PaymentError::RouteLength(0))?;
+        batch.queue(&buyer, REQUEST_DOMAIN, &self.terms, &self.signature);
+        Ok(())
+    }
 }
 
 /// What the seller signs when it answers a request: every term a buyer or mediator relies on.
@@ -374,6 +383,19 @@ impl Response {
         seller.verify(RESPONSE_DOMAIN, &terms, &self.signature)?;
         Ok(())
     }
+
+    /// Like [`Response::verify`], with the seller's signature put into `batch`, which the
+    /// caller checks before it relies on the answer.
+    pub fn check_into(
+        &self,
+        request: &RequestTerms,
+        batch: &mut SignatureBatch,
+    ) -> Result<(), PaymentError> {
+        let seller = request.seller().ok_or(PaymentError::RouteLength(0))?;
+        let terms = Response::terms_for(request, self.dest_hashed_lock);
+        batch.queue(&seller, RESPONSE_DOMAIN, &terms, &self.signature);
+        Ok(())
+    }
 }
 
 /// Sent by the buyer directly to the seller once responses cover the invoice: reveals the
@@ -387,6 +409,19 @@ pub struct Commit {
     pub src_plain_lock: PlainLock,
     /// The routes (requests) that pay the invoice.
     pub request_ids: Vec<RequestId>,
+}
+
+/// The seller's word to the buyer, sent directly once it accepted the buyer's commit: its own
+/// secret, which with the buyer's secret and the seller's signed responses the buyer already
+/// holds makes the receipt. It saves the buyer waiting for the collects to come back hop by
+/// hop (they still do, and move the credit). No signature: only the seller knows the secret,
+/// and the buyer checks it against the responses' lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paid {
+    /// The invoice.
+    pub invoice_id: InvoiceId,
+    /// The seller's secret (opens every route's `dest_hashed_lock`).
+    pub dest_plain_lock: PlainLock,
 }
 
 /// What a buyer signs to give up a payment it has not committed: the invoice and the lock its
@@ -451,6 +486,24 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The receipt for `request`, from the seller's `response` to it and the two secrets. It
+    /// verifies if the response's signature does and the secrets open both locks.
+    pub fn from_response(
+        seller: NodeId,
+        request: &RequestTerms,
+        response: &Response,
+        src_plain_lock: PlainLock,
+        dest_plain_lock: PlainLock,
+    ) -> Receipt {
+        Receipt {
+            seller,
+            terms: Response::terms_for(request, response.dest_hashed_lock),
+            signature: response.signature,
+            src_plain_lock,
+            dest_plain_lock,
+        }
+    }
+
     /// Check the receipt offline with nothing but the seller's public key.
     pub fn verify(&self) -> Result<(), PaymentError> {
         if self.src_plain_lock.hashed() != self.terms.src_hashed_lock {

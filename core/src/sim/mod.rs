@@ -340,6 +340,7 @@ pub fn describe(m: &Message) -> String {
         Message::Abandon(_) => "abandon".to_string(),
         Message::ResetProposal(p) => format!("reset proposal (epoch {})", p.terms.epoch),
         Message::ResetAccept(c) => format!("reset accepted (epoch {})", c.terms.epoch),
+        Message::Paid(_) => "paid".to_string(),
     }
 }
 

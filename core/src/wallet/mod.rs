@@ -13,7 +13,7 @@ pub mod keys;
 mod network;
 mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_back
 pub use history::{EventKind, HistoryEntry};
 pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
 pub use network::{Contact, Control, DRAIN_PERIOD_MS, FriendRequest};
-pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION};
+pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION, tune as tune_connection};
 
 use history::NewEntry;
 use keys::{SALT_LEN, SealError, Sealed};
@@ -233,8 +233,8 @@ pub struct Outgoing {
     pub seq: u64,
     /// The friend it is for.
     pub to: NodeId,
-    /// What it is: [`MAIL_PROTOCOL`] (a protocol message) or [`MAIL_CONTROL`] (a friend
-    /// request or acceptance).
+    /// What it is: [`MAIL_PROTOCOL`] (a protocol message), [`MAIL_CONTROL`] (a friend
+    /// request or acceptance) or [`MAIL_INTRODUCED`] (a protocol message for a stranger).
     pub kind: u8,
     /// The encoded message.
     pub message: Vec<u8>,
@@ -244,6 +244,10 @@ pub struct Outgoing {
 pub const MAIL_PROTOCOL: u8 = 0;
 /// An outbox entry holding a control message (see `network.rs`).
 pub const MAIL_CONTROL: u8 = 1;
+/// An outbox entry holding a protocol message for someone who is not a friend (a buyer's
+/// commit to its seller, the seller's answer), with the sender's mail key and relay so that
+/// the recipient can answer (see `network.rs`).
+pub const MAIL_INTRODUCED: u8 = 2;
 
 /// What became of a received message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,7 +354,123 @@ pub struct Wallet {
     group: Option<Group>,
     /// Who waits on which payment of ours ([`Wallet::watch_payment`]).
     payment_watchers: HashMap<InvoiceId, tokio::sync::watch::Sender<u64>>,
+    /// Steps committed without waiting for the disk ([`Wallet::pay_unsynced`]).
+    unsynced: Unsynced,
+    /// Held while the write-ahead log is flushed for [`sync`], so one flush serves everyone
+    /// who waits while it runs.
+    sync_lock: Arc<tokio::sync::Mutex<()>>,
     _lock: File,
+}
+
+/// Steps committed without waiting for the disk, so that several can share one flush
+/// ([`sync`]). Their messages are held back until they are on disk.
+#[derive(Debug, Default)]
+struct Unsynced {
+    /// Such steps committed so far.
+    written: u64,
+    /// How many of them are known to be on disk.
+    synced: u64,
+    /// For each one not on disk yet that queued messages: its number and its first outbox
+    /// seq. The outbox holds back every message from the oldest of these on.
+    held: VecDeque<(u64, u64)>,
+}
+
+impl Unsynced {
+    /// Everything committed is on disk (a commit that waited for the disk flushed the whole
+    /// write-ahead log, with every earlier commit in it).
+    fn all_synced(&mut self) {
+        self.synced = self.written;
+        self.held.clear();
+    }
+
+    /// The steps up to `n` are on disk.
+    fn synced_to(&mut self, n: u64) {
+        self.synced = self.synced.max(n);
+        while self
+            .held
+            .front()
+            .is_some_and(|(step, _)| *step <= self.synced)
+        {
+            self.held.pop_front();
+        }
+    }
+
+    /// The first outbox seq that must not be sent yet.
+    fn hold_from(&self) -> Option<u64> {
+        self.held.front().map(|(_, seq)| *seq)
+    }
+}
+
+/// A step committed without waiting for the disk: [`sync`] returns once it is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "the step is not on disk until `sync` returns"]
+pub struct SyncTicket(u64);
+
+/// Wait until the step of `ticket` is on disk. Steps committed while another flush is under
+/// way share the next one (a group commit for the app's own steps: a merchant making many
+/// invoices, a payer paying many sellers), and the flush runs without holding the wallet, so
+/// received mail is handled meanwhile. Until then nothing the step sends leaves.
+pub async fn sync(
+    wallet: &std::sync::Mutex<Wallet>,
+    ticket: SyncTicket,
+) -> Result<(), WalletError> {
+    use crate::sync::lock as hold;
+    let (sync_lock, wal) = {
+        let w = hold(wallet);
+        if w.unsynced.synced >= ticket.0 {
+            return Ok(());
+        }
+        (w.sync_lock.clone(), w.wal_path())
+    };
+    let _flushing = sync_lock.lock().await;
+    let target = {
+        let w = hold(wallet);
+        if w.unsynced.synced >= ticket.0 {
+            return Ok(());
+        }
+        w.unsynced.written
+    };
+    let flushed = tokio::task::spawn_blocking(move || flush_file(&wal))
+        .await
+        .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?;
+    let mut w = hold(wallet);
+    if let Err(e) = flushed {
+        // The disk refused: what was committed may not survive a power cut, so take no further
+        // step (and send none of it) until the wallet is opened again, which flushes first.
+        w.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
+        return Err(e);
+    }
+    w.unsynced.synced_to(target);
+    w.outbox_signal.notify_one();
+    Ok(())
+}
+
+/// Run `commit` on `conn`; with `wait` false its commit does not wait for the disk
+/// (`synchronous=NORMAL` for it alone, then `FULL` again). If `FULL` cannot be restored, the
+/// wallet is marked `broken`: no further step may commit without waiting for the disk.
+fn commit_waiting<T>(
+    conn: &mut Connection,
+    broken: &mut Option<String>,
+    wait: bool,
+    commit: impl FnOnce(&mut Connection) -> Result<T, WalletError>,
+) -> Result<T, WalletError> {
+    if !wait {
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(WalletError::from_sqlite)?;
+    }
+    let result = commit(conn);
+    if !wait && let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL") {
+        *broken = Some(format!("could not restore synchronous=FULL: {e}"));
+        return result.and(Err(WalletError::from_sqlite(e)));
+    }
+    result
+}
+
+/// Flush a file's data to the disk (`fdatasync`; on Apple systems `F_FULLFSYNC`).
+fn flush_file(path: &Path) -> Result<(), WalletError> {
+    File::open(path)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| WalletError::io(path, e))
 }
 
 /// A group commit in progress.
@@ -537,6 +657,8 @@ impl Wallet {
             disk_commits,
             group: None,
             payment_watchers: HashMap::new(),
+            unsynced: Unsynced::default(),
+            sync_lock: Arc::default(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -588,10 +710,21 @@ impl Wallet {
             disk_commits,
             group: None,
             payment_watchers: HashMap::new(),
+            unsynced: Unsynced::default(),
+            sync_lock: Arc::default(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
         };
+        if wallet.durability == Durability::Full {
+            // A process that ended between a step that did not wait for the disk and its
+            // flush left that step in the system's cache only: flush it before any of its
+            // messages can leave.
+            let wal = wallet.wal_path();
+            if wal.exists() {
+                flush_file(&wal)?;
+            }
+        }
         if store::get_meta(&wallet.conn, "restore_pending")?.is_some() {
             wallet.finish_restore()?;
         }
@@ -670,6 +803,18 @@ impl Wallet {
         f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
         extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
+        self.step_with(false, f, extra)
+    }
+
+    /// [`Wallet::step`]; with `later`, the commit does not wait for the disk (the caller gets
+    /// a [`SyncTicket`] from `unsynced_ticket` and waits in [`sync`]), and the messages the
+    /// step queued are held back until it is on disk.
+    fn step_with<T>(
+        &mut self,
+        later: bool,
+        f: impl FnOnce(&mut Node, u64) -> (T, Vec<Output>, Vec<NewEntry>),
+        extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
+    ) -> Result<T, WalletError> {
         self.usable()?;
         let now = self.clock.now_ms();
         let (value, outputs, mut entries) = f(&mut self.node, now);
@@ -692,6 +837,14 @@ impl Wallet {
             && changes.invoices.is_empty()
             && changes.outcomes.is_empty()
             && changes.settings == self.last_settings;
+        // Messages for someone who is not a friend carry our mail key and relay.
+        let stranger = |to: &NodeId| self.node.channel(to).is_none();
+        let me = if sends.iter().any(|(to, _)| stranger(to)) {
+            self.introduction().ok().flatten()
+        } else {
+            None
+        };
+        let first_sent = std::cell::Cell::new(None::<i64>);
         let write = |conn: &Connection| -> Result<(), WalletError> {
             if !unchanged {
                 store::apply_changes(conn, &changes)?;
@@ -699,15 +852,29 @@ impl Wallet {
             if !sends.is_empty() {
                 let mut put = conn
                     .prepare_cached(
-                        "INSERT INTO outbox (recipient, message, created_ms) VALUES (?1, ?2, ?3)",
+                        "INSERT INTO outbox (recipient, message, created_ms, kind)
+                         VALUES (?1, ?2, ?3, ?4)",
                     )
                     .map_err(WalletError::from_sqlite)?;
                 for (to, message) in &sends {
-                    let bytes = message
+                    let mut bytes = message
                         .encode()
                         .map_err(|e| WalletError::Storage(e.to_string()))?;
-                    put.execute(params![to.as_bytes(), bytes, history::clamp(now)])
-                        .map_err(WalletError::from_sqlite)?;
+                    let mut kind = MAIL_PROTOCOL;
+                    if let Some(me) = me.as_ref().filter(|_| stranger(to)) {
+                        bytes = network::introduce(me, bytes)?;
+                        kind = MAIL_INTRODUCED;
+                    }
+                    put.execute(params![
+                        to.as_bytes(),
+                        bytes,
+                        history::clamp(now),
+                        i64::from(kind)
+                    ])
+                    .map_err(WalletError::from_sqlite)?;
+                    if first_sent.get().is_none() {
+                        first_sent.set(Some(conn.last_insert_rowid()));
+                    }
                 }
             }
             for e in &entries {
@@ -723,15 +890,28 @@ impl Wallet {
             self.last_settings = changes.settings;
             return Ok(value);
         }
-        let result = (|| {
-            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+        let relax = later && self.durability == Durability::Full;
+        let result = commit_waiting(&mut self.conn, &mut self.broken, !relax, |conn| {
+            let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
             write(&tx)?;
             // An empty transaction commits without touching the disk.
             tx.commit().map_err(WalletError::from_sqlite)
-        })();
+        });
         match result {
             Ok(()) => {
                 self.last_settings = changes.settings;
+                if later {
+                    self.unsynced.written += 1;
+                }
+                if !relax {
+                    // This commit waited for the disk (or this wallet's never do): everything
+                    // before it is as durable as it gets.
+                    self.unsynced.all_synced();
+                } else if let Some(seq) = first_sent.get() {
+                    // Its messages wait for the flush.
+                    let seq = u64::try_from(seq).unwrap_or_default();
+                    self.unsynced.held.push_back((self.unsynced.written, seq));
+                }
                 self.committed(1, &touched);
                 Ok(value)
             }
@@ -810,8 +990,10 @@ impl Wallet {
         self.group = Some(Group::default());
         let mut out = Vec::with_capacity(envelopes.len());
         let mut failed = None;
-        for e in envelopes {
-            match self.receive_envelope(e.as_ref()) {
+        // Opening is pure (no state): all at once, with one batch of signature checks.
+        let opened = crate::net::envelope::open_all(&self.identity, envelopes);
+        for e in opened {
+            match self.receive_opened(e) {
                 Ok(d) => out.push(d),
                 Err(err) => {
                     failed = Some(err);
@@ -829,6 +1011,7 @@ impl Wallet {
         };
         match result {
             Ok(()) => {
+                self.unsynced.all_synced();
                 self.committed(group.steps, &group.payments);
                 Ok(out)
             }
@@ -856,7 +1039,19 @@ impl Wallet {
         entries: impl FnOnce(&T) -> Vec<NewEntry>,
         extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
-        self.step(
+        self.action_with(false, f, entries, extra)
+    }
+
+    /// [`Wallet::action`], not waiting for the disk with `later` (see [`Wallet::step_with`]).
+    fn action_with<T>(
+        &mut self,
+        later: bool,
+        f: impl FnOnce(&mut Node, u64) -> Result<(T, Vec<Output>), NodeError>,
+        entries: impl FnOnce(&T) -> Vec<NewEntry>,
+        extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
+    ) -> Result<T, WalletError> {
+        self.step_with(
+            later,
             |node, now| match f(node, now) {
                 Ok((value, out)) => {
                     let rows = entries(&value);
@@ -963,9 +1158,34 @@ impl Wallet {
         ttl_ms: u64,
         memo: &str,
     ) -> Result<Invoice, WalletError> {
+        self.create_invoice_with(false, currency, amount, ttl_ms, memo)
+    }
+
+    /// [`Wallet::create_invoice`], without waiting for the disk: the invoice is on disk once
+    /// [`sync`] returned for the ticket, and must not be handed out before.
+    pub fn create_invoice_unsynced(
+        &mut self,
+        currency: Currency,
+        amount: u64,
+        ttl_ms: u64,
+        memo: &str,
+    ) -> Result<(Invoice, SyncTicket), WalletError> {
+        let invoice = self.create_invoice_with(true, currency, amount, ttl_ms, memo)?;
+        Ok((invoice, self.unsynced_ticket()))
+    }
+
+    fn create_invoice_with(
+        &mut self,
+        later: bool,
+        currency: Currency,
+        amount: u64,
+        ttl_ms: u64,
+        memo: &str,
+    ) -> Result<Invoice, WalletError> {
         let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
         let memo = memo.to_string();
-        self.action(
+        self.action_with(
+            later,
             |node, now| {
                 let expires = now.saturating_add(ttl_ms);
                 node.create_invoice(currency, amount, expires, memo, entropy)
@@ -988,6 +1208,36 @@ impl Wallet {
 
     /// Pay `invoice` over `routes` (see [`RoutePlan`]).
     pub fn pay(&mut self, invoice: &Invoice, routes: Vec<RoutePlan>) -> Result<(), WalletError> {
+        self.pay_with(false, invoice, routes)
+    }
+
+    /// [`Wallet::pay`], without waiting for the disk: the payment is on disk once [`sync`]
+    /// returned for the ticket, and nothing it sends leaves before.
+    pub fn pay_unsynced(
+        &mut self,
+        invoice: &Invoice,
+        routes: Vec<RoutePlan>,
+    ) -> Result<SyncTicket, WalletError> {
+        self.pay_with(true, invoice, routes)?;
+        Ok(self.unsynced_ticket())
+    }
+
+    /// The ticket of the last step committed without waiting for the disk.
+    fn unsynced_ticket(&self) -> SyncTicket {
+        SyncTicket(self.unsynced.written)
+    }
+
+    /// The write-ahead log of the wallet's database, which [`sync`] flushes.
+    fn wal_path(&self) -> PathBuf {
+        self.dir.join(format!("{DB_FILE}-wal"))
+    }
+
+    fn pay_with(
+        &mut self,
+        later: bool,
+        invoice: &Invoice,
+        routes: Vec<RoutePlan>,
+    ) -> Result<(), WalletError> {
         let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
         let t = &invoice.terms;
         let total: u64 = routes
@@ -1012,7 +1262,8 @@ impl Wallet {
         .invoice(t.id)
         .friend(t.seller)
         .amount(t.currency.clone(), -history::clamp(total));
-        self.action(
+        self.action_with(
+            later,
             |node, now| node.pay(now, invoice, routes, entropy).map(|out| ((), out)),
             |_| vec![entry],
             |_, _| Ok(()),
@@ -1091,24 +1342,25 @@ impl Wallet {
     /// (acknowledge it: it will never be accepted).
     pub fn receive(&mut self, from: NodeId, bytes: &[u8]) -> Result<Delivery, WalletError> {
         match Message::decode(bytes) {
-            Ok(message) => self.handle_protocol(from, message, |_| Ok(())),
+            Ok(message) => self.handle_protocol(from, message, |_, _| Ok(())),
             Err(e) => Ok(Delivery::Refused(e.to_string())),
         }
     }
 
-    /// The durable step for a protocol message from `from`, writing `extra` with it.
+    /// The durable step for a protocol message from `from`, writing `extra` with it (which sees
+    /// whether the node applied the message).
     pub(crate) fn handle_protocol(
         &mut self,
         from: NodeId,
         message: Message,
-        extra: impl FnOnce(&Connection) -> Result<(), WalletError>,
+        extra: impl FnOnce(&Connection, &Delivery) -> Result<(), WalletError>,
     ) -> Result<Delivery, WalletError> {
         self.step(
             |node, now| match node.handle_message(now, from, message) {
                 Ok(out) => (Delivery::Applied, out, Vec::new()),
                 Err(e) => (Delivery::Refused(e.to_string()), Vec::new(), Vec::new()),
             },
-            |tx, _| extra(tx),
+            extra,
         )
     }
 
@@ -1129,20 +1381,24 @@ impl Wallet {
     }
 
     /// The oldest `limit` messages waiting to be sent whose seq is above `after` (a sender
-    /// that has sent everything up to `after` reads only what is new).
+    /// that has sent everything up to `after` reads only what is new). Messages of a step
+    /// that is not on disk yet ([`Wallet::pay_unsynced`]), and all after them, are held back
+    /// until it is.
     pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<Outgoing>, WalletError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT seq, recipient, message, kind FROM outbox WHERE seq > ?1
+                "SELECT seq, recipient, message, kind FROM outbox WHERE seq > ?1 AND seq < ?3
                  ORDER BY seq LIMIT ?2",
             )
             .map_err(WalletError::from_sqlite)?;
+        let before = self.unsynced.hold_from().map_or(i64::MAX, history::clamp);
         let rows = stmt
             .query_map(
                 params![
                     history::clamp(after),
-                    i64::try_from(limit).unwrap_or(i64::MAX)
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    before
                 ],
                 |r| {
                     Ok((
@@ -1191,13 +1447,8 @@ impl Wallet {
             return Ok(());
         }
         let relax = self.durability == Durability::Full;
-        if relax {
-            self.conn
-                .execute_batch("PRAGMA synchronous = NORMAL")
-                .map_err(WalletError::from_sqlite)?;
-        }
-        let result = (|| {
-            let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
+        commit_waiting(&mut self.conn, &mut self.broken, !relax, |conn| {
+            let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
             {
                 let mut del = tx
                     .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
@@ -1208,16 +1459,7 @@ impl Wallet {
                 }
             }
             tx.commit().map_err(WalletError::from_sqlite)
-        })();
-        if relax {
-            // Steps must wait for the disk again; if even this fails, refuse further steps
-            // rather than commit them without it.
-            if let Err(e) = self.conn.execute_batch("PRAGMA synchronous = FULL") {
-                self.broken = Some(format!("could not restore synchronous=FULL: {e}"));
-                return Err(WalletError::from_sqlite(e));
-            }
-        }
-        result
+        })
     }
 
     fn count(&self, sql: &str) -> Result<u64, WalletError> {

@@ -2,13 +2,17 @@
 //! relay), invitations and friend requests, and turning envelopes into durable steps.
 //!
 //! An envelope's body is one tag byte and a payload: [`super::MAIL_PROTOCOL`] and an encoded
-//! protocol message, or [`super::MAIL_CONTROL`] and a postcard [`Control`].
+//! protocol message, [`super::MAIL_CONTROL`] and a postcard [`Control`], or
+//! [`super::MAIL_INTRODUCED`] and a protocol message for someone who is not a friend with the
+//! sender's mail key and relay (a buyer's commit, a seller's answer).
 
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::history::{self, NewEntry};
-use super::{Delivery, EventKind, MAIL_CONTROL, MAIL_PROTOCOL, Wallet, WalletError, store};
+use super::{
+    Delivery, EventKind, MAIL_CONTROL, MAIL_INTRODUCED, MAIL_PROTOCOL, Wallet, WalletError, store,
+};
 use crate::invite::Invitation;
 use crate::net::envelope::{self, EnvelopeError, MailKey, Opened, REPLAY_WINDOW_MS};
 use crate::net::wire::RelayAddress;
@@ -97,21 +101,131 @@ fn contact_from_row(
     })
 }
 
+/// How to reach the sender of a protocol message to someone who is not its friend: its signed
+/// mail key and its relay. The body of a [`super::MAIL_INTRODUCED`] envelope.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Introduction {
+    mail_key: MailKey,
+    relay: RelayAddress,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Introduced {
+    from: Introduction,
+    message: Vec<u8>,
+}
+
+/// The outbox bytes of `message` (encoded) sent with `me`.
+pub(crate) fn introduce(me: &Introduction, message: Vec<u8>) -> Result<Vec<u8>, WalletError> {
+    postcard::to_allocvec(&Introduced {
+        from: me.clone(),
+        message,
+    })
+    .map_err(|e| WalletError::Storage(e.to_string()))
+}
+
+/// The sender's contact and the message of an introduced envelope's payload from `sender`; a
+/// mail key that is not the sender's, or does not verify, is refused.
+fn read_introduced(sender: NodeId, payload: &[u8]) -> Result<(Contact, Message), String> {
+    let Introduced { from, message } = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
+    if from.mail_key.owner != sender || from.mail_key.verify().is_err() {
+        return Err("bad mail key".into());
+    }
+    let message = Message::decode(&message).map_err(|e| e.to_string())?;
+    let contact = Contact {
+        id: sender,
+        name: sender.short(),
+        mail_key: from.mail_key,
+        relay: from.relay,
+    };
+    Ok((contact, message))
+}
+
+impl Wallet {
+    /// The outbox entry this wallet writes for `message` to someone who is not a friend: the
+    /// message with our mail key and relay. For tests and in-process networks that hand
+    /// entries over directly; a wallet's own steps do this by themselves.
+    #[doc(hidden)]
+    pub fn introduced(
+        &self,
+        to: NodeId,
+        message: &Message,
+    ) -> Result<super::Outgoing, WalletError> {
+        let me = self
+            .introduction()?
+            .ok_or_else(|| WalletError::Storage("no relay to be answered at".into()))?;
+        let bytes = message
+            .encode()
+            .map_err(|e| WalletError::Storage(e.to_string()))?;
+        Ok(super::Outgoing {
+            seq: 0,
+            to,
+            kind: MAIL_INTRODUCED,
+            message: introduce(&me, bytes)?,
+        })
+    }
+
+    /// Handle an outbox entry of another wallet, `from`, handed over directly (tests and
+    /// in-process networks): a protocol message, or one for a stranger with its sender's
+    /// contact. Like [`Wallet::receive`].
+    pub fn receive_outgoing(
+        &mut self,
+        from: NodeId,
+        item: &super::Outgoing,
+    ) -> Result<Delivery, WalletError> {
+        match item.kind {
+            MAIL_INTRODUCED => match read_introduced(from, &item.message) {
+                Ok((contact, message)) => self
+                    .handle_protocol(from, message, |tx, d| remember_introduced(tx, &contact, d)),
+                Err(why) => Ok(Delivery::Refused(why)),
+            },
+            _ => self.receive(from, &item.message),
+        }
+    }
+}
+
+/// Record how to reach `c.id`, who wrote to us without being a friend, if the node took its
+/// message (`d`): its mail key and relay, under its short id unless we already know it by a
+/// name. A stranger whose message was refused is not recorded, so strangers cannot fill the
+/// contacts with messages that mean nothing to us.
+fn remember_introduced(
+    tx: &rusqlite::Connection,
+    c: &Contact,
+    d: &Delivery,
+) -> Result<(), WalletError> {
+    match d {
+        Delivery::Applied => write_contact(tx, c, false),
+        _ => Ok(()),
+    }
+}
+
 fn put_contact(tx: &rusqlite::Connection, c: &Contact) -> Result<(), WalletError> {
-    tx.execute(
+    write_contact(tx, c, true)
+}
+
+/// Insert or update `c`; an existing contact's name is replaced only with `rename`.
+fn write_contact(tx: &rusqlite::Connection, c: &Contact, rename: bool) -> Result<(), WalletError> {
+    let sql = if rename {
         "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(friend) DO UPDATE SET name = excluded.name, mail_key = excluded.mail_key,
-             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr",
-        params![
-            c.id.as_bytes(),
-            c.name,
-            mail_key_bytes(&c.mail_key),
-            c.relay.key.as_bytes(),
-            c.relay.addr
-        ],
-    )
-    .map(|_| ())
-    .map_err(WalletError::from_sqlite)
+             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr"
+    } else {
+        "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(friend) DO UPDATE SET mail_key = excluded.mail_key,
+             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr"
+    };
+    tx.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.execute(params![
+                c.id.as_bytes(),
+                c.name,
+                mail_key_bytes(&c.mail_key),
+                c.relay.key.as_bytes(),
+                c.relay.addr
+            ])
+        })
+        .map(|_| ())
+        .map_err(WalletError::from_sqlite)
 }
 
 /// Record a new friend's contact and name (with the step that adds the friend).
@@ -295,6 +409,15 @@ impl Wallet {
         MailKey::of(&self.identity)
     }
 
+    /// How someone who is not a friend can answer us: our mail key and relay (`None` while we
+    /// have no relay: they could not answer anyway).
+    pub(crate) fn introduction(&self) -> Result<Option<Introduction>, WalletError> {
+        Ok(self.relay()?.map(|relay| Introduction {
+            mail_key: self.mail_key(),
+            relay,
+        }))
+    }
+
     /// The identity, for the network driver (TLS and envelopes).
     pub(crate) fn identity(&self) -> &crate::protocol::identity::Identity {
         &self.identity
@@ -370,14 +493,35 @@ impl Wallet {
 
     /// Pay a payment request over `routes`. The seller's contact is recorded first (the commit
     /// goes to the seller directly); if the payment is then refused, the contact stays, which
-    /// is harmless.
+    /// is harmless: the seller signed it. The invoice's signature is checked by the node's
+    /// payment step, once.
     pub fn pay_request(
         &mut self,
         request: &crate::invite::PaymentRequest,
         routes: Vec<crate::protocol::node::RoutePlan>,
     ) -> Result<(), WalletError> {
+        self.remember_seller(request)?;
+        self.pay(&request.invoice, routes)
+    }
+
+    /// [`Wallet::pay_request`], without waiting for the disk (see [`Wallet::pay_unsynced`]).
+    pub fn pay_request_unsynced(
+        &mut self,
+        request: &crate::invite::PaymentRequest,
+        routes: Vec<crate::protocol::node::RoutePlan>,
+    ) -> Result<super::SyncTicket, WalletError> {
+        self.remember_seller(request)?;
+        self.pay_unsynced(&request.invoice, routes)
+    }
+
+    /// Check a payment request (all but its invoice, which the payment step checks) and
+    /// record the seller's contact if it is new.
+    fn remember_seller(
+        &mut self,
+        request: &crate::invite::PaymentRequest,
+    ) -> Result<(), WalletError> {
         request
-            .verify(self.clock.now_ms())
+            .verify_all_but_invoice(self.clock.now_ms())
             .map_err(|e| WalletError::Storage(e.to_string()))?;
         let seller = request.invoice.terms.seller;
         if self.contact(&seller)?.is_none() {
@@ -388,7 +532,7 @@ impl Wallet {
                 relay: request.relay.clone(),
             })?;
         }
-        self.pay(&request.invoice, routes)
+        Ok(())
     }
 
     /// Friend requests waiting for an answer.
@@ -467,12 +611,15 @@ impl Wallet {
     /// How to reach `friend`.
     pub fn contact(&self, friend: &NodeId) -> Result<Option<Contact>, WalletError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT friend, name, mail_key, relay_key, relay_addr FROM contacts WHERE friend = ?1",
-                [friend.as_bytes()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
-            .optional()
+            .and_then(|mut s| {
+                s.query_row([friend.as_bytes()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()
+            })
             .map_err(WalletError::from_sqlite)?
             .map(|(f, n, m, rk, ra)| contact_from_row(f, n, m, rk, ra))
             .transpose()
@@ -527,7 +674,17 @@ impl Wallet {
     /// in the same transaction, so a copy is refused even after a crash). Storage failures
     /// are errors (do not acknowledge); anything else is acknowledged.
     pub fn receive_envelope(&mut self, bytes: &[u8]) -> Result<Delivery, WalletError> {
-        let opened = match envelope::open(&self.identity, bytes) {
+        let opened = envelope::open(&self.identity, bytes);
+        self.receive_opened(opened)
+    }
+
+    /// [`Wallet::receive_envelope`] for an envelope already opened (`envelope::open_all`
+    /// opens a group's envelopes with one batch of signature checks).
+    pub(crate) fn receive_opened(
+        &mut self,
+        opened: Result<envelope::Opened, envelope::EnvelopeError>,
+    ) -> Result<Delivery, WalletError> {
+        let opened = match opened {
             Ok(o) => o,
             Err(e) => return Ok(Delivery::Refused(e.to_string())),
         };
@@ -545,7 +702,19 @@ impl Wallet {
                     Err(e) => return self.record_seen(&opened, Delivery::Refused(e.to_string())),
                 };
                 let (sender, id, sent) = (opened.sender, opened.id, opened.sent_ms);
-                self.handle_protocol(sender, message, |tx| mark_seen(tx, &sender, &id, sent))
+                self.handle_protocol(sender, message, |tx, _| mark_seen(tx, &sender, &id, sent))
+            }
+            MAIL_INTRODUCED => {
+                let sender = opened.sender;
+                let (contact, message) = match read_introduced(sender, payload) {
+                    Ok(x) => x,
+                    Err(why) => return self.record_seen(&opened, Delivery::Refused(why)),
+                };
+                let (id, sent) = (opened.id, opened.sent_ms);
+                self.handle_protocol(sender, message, |tx, d| {
+                    remember_introduced(tx, &contact, d)?;
+                    mark_seen(tx, &sender, &id, sent)
+                })
             }
             MAIL_CONTROL => {
                 let control: Control = match postcard::from_bytes(payload) {
@@ -572,12 +741,14 @@ impl Wallet {
         }
         let seen: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT 1 FROM seen_envelopes WHERE sender = ?1 AND id = ?2",
-                params![opened.sender.as_bytes(), opened.id.as_slice()],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT 1 FROM seen_envelopes WHERE sender = ?1 AND id = ?2")
+            .and_then(|mut s| {
+                s.query_row(
+                    params![opened.sender.as_bytes(), opened.id.as_slice()],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
             .unwrap_or(None);
         if seen.is_some() {
             return Err(EnvelopeError::Replay(
@@ -721,10 +892,16 @@ fn mark_seen(
     id: &[u8; 16],
     sent_ms: u64,
 ) -> Result<(), WalletError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO seen_envelopes (sender, id, sent_ms) VALUES (?1, ?2, ?3)",
-        params![sender.as_bytes(), id.as_slice(), history::clamp(sent_ms)],
     )
+    .and_then(|mut s| {
+        s.execute(params![
+            sender.as_bytes(),
+            id.as_slice(),
+            history::clamp(sent_ms)
+        ])
+    })
     .map(|_| ())
     .map_err(WalletError::from_sqlite)
 }

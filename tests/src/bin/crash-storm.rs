@@ -166,14 +166,28 @@ fn child(args: &Args, dir: &Path) -> Result<(), String> {
         let may_start = !args.finish && started < args.payments && open.len() < MAX_IN_FLIGHT;
         if may_start && rng.chance(0.3) {
             let amount = rng.range(1, 20);
-            let inv = ws[2]
-                .create_invoice(hours(), amount, INVOICE_TTL_MS, "storm")
-                .map_err(|e| e.to_string())?;
+            // Half the time as an app that flushes later (`pay_unsynced`): its messages wait
+            // in the outbox until a commit that waits for the disk (the next received message's
+            // step here), and a kill in between must lose nothing anyone relied on.
+            let later = rng.chance(0.5);
+            let inv = if later {
+                ws[2]
+                    .create_invoice_unsynced(hours(), amount, INVOICE_TTL_MS, "storm")
+                    .map(|(inv, _)| inv)
+            } else {
+                ws[2].create_invoice(hours(), amount, INVOICE_TTL_MS, "storm")
+            }
+            .map_err(|e| e.to_string())?;
             started += 1;
             open.insert(inv.terms.id);
             let route = plan(&ws, &[0, 1, 2], amount);
             // Refusals (not enough credit yet) leave the invoice to expire at the seller.
-            match ws[0].pay(&inv, vec![route]) {
+            let paid = if later {
+                ws[0].pay_unsynced(&inv, vec![route]).map(|_| ())
+            } else {
+                ws[0].pay(&inv, vec![route])
+            };
+            match paid {
                 Ok(()) | Err(WalletError::Refused(_)) => {}
                 Err(e) => return Err(e.to_string()),
             }

@@ -20,10 +20,10 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 pub use self::reset::{ResetCertificate, ResetError, ResetProposal, ResetTerms};
-pub use self::state::{ChannelState, CreditLine, Op, OpError, Parties, Pending, Side};
+pub use self::state::{ChannelState, CreditLine, Op, OpError, Parties, Pending, Side, Signatures};
 pub use self::stored::{ChannelCore, StoredPending};
 use super::bounds::MAX_OPS_PER_MOVE;
-use super::identity::{Hash, Identity, NodeId, Signature};
+use super::identity::{Hash, Identity, NodeId, Signature, SignatureBatch};
 
 const MOVE_DOMAIN: &str = "offst move v1";
 
@@ -423,14 +423,14 @@ impl Channel {
             let Some(op) = self.queue.pop_front() else {
                 break;
             };
-            match state.apply(&op, side, &self.parties, false) {
+            match state.apply(&op, side, &self.parties, Signatures::Trusted) {
                 Ok(()) => ops.push(op),
                 Err(e) => {
                     // A failed apply may have touched `state`; rebuild it from what was kept.
                     state = self.state.clone();
                     for kept in &ops {
                         // Re-applying operations that just succeeded in the same order succeeds.
-                        let _ = state.apply(kept, side, &self.parties, false);
+                        let _ = state.apply(kept, side, &self.parties, Signatures::Trusted);
                     }
                     dropped.push((op, e));
                 }
@@ -554,27 +554,54 @@ impl Channel {
         Ok(Received::Applied(m.ops))
     }
 
-    /// Check a move by the friend against `from` and return the state after it.
+    /// The state `m` makes of `from`, if `m` is valid. Every signature in the move (its own,
+    /// its requests' and its responses') is checked in one batch; only when something fails
+    /// is the move checked again one signature at a time, which names the first thing wrong.
+    /// Both agree on what is valid (`SignatureBatch`).
     fn check_move(&self, from: &ChannelState, m: &Move) -> Result<ChannelState, ChannelError> {
+        let mut batch = SignatureBatch::new();
+        if let Ok(state) = self.check_move_with(from, m, Some(&mut batch))
+            && batch.verify()
+        {
+            return Ok(state);
+        }
+        self.check_move_with(from, m, None)
+    }
+
+    /// Check `m` against `from`: its signatures into `batch` (which the caller checks before
+    /// it keeps the result), or each at once without one.
+    fn check_move_with(
+        &self,
+        from: &ChannelState,
+        m: &Move,
+        mut batch: Option<&mut SignatureBatch>,
+    ) -> Result<ChannelState, ChannelError> {
         let counter = m.header.counter;
         let sender = self.signer(counter);
         let signer_id = self.parties.id(sender);
         if m.ops.len() > MAX_OPS_PER_MOVE {
             return Err(ChannelError::TooManyOps(m.ops.len()));
         }
-        signer_id
-            .verify(MOVE_DOMAIN, &m.header, &m.signature)
-            .map_err(|_| ChannelError::BadSignature {
-                counter,
-                signer: signer_id,
-            })?;
+        match batch.as_deref_mut() {
+            Some(b) => b.queue(&signer_id, MOVE_DOMAIN, &m.header, &m.signature),
+            None => signer_id
+                .verify(MOVE_DOMAIN, &m.header, &m.signature)
+                .map_err(|_| ChannelError::BadSignature {
+                    counter,
+                    signer: signer_id,
+                })?,
+        }
         if ops_hash(&m.ops) != m.header.ops_hash {
             return Err(ChannelError::OpsHashMismatch(counter));
         }
         let mut state = from.clone();
         for (index, op) in m.ops.iter().enumerate() {
+            let signatures = match batch.as_deref_mut() {
+                Some(b) => Signatures::Batch(b),
+                None => Signatures::Check,
+            };
             state
-                .apply(op, sender, &self.parties, true)
+                .apply(op, sender, &self.parties, signatures)
                 .map_err(|error| ChannelError::Op {
                     counter,
                     index,

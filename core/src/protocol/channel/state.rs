@@ -11,7 +11,7 @@ use crate::protocol::amount::Currency;
 use crate::protocol::bounds::{
     MAX_AMOUNT, MAX_CURRENCIES_PER_FRIEND, MAX_FROZEN_PER_FRIEND, MAX_PENDING_REQUESTS,
 };
-use crate::protocol::identity::{Hash, NodeId};
+use crate::protocol::identity::{Hash, NodeId, SignatureBatch};
 use crate::protocol::payment::{PaymentError, PlainLock, Request, RequestId, Response};
 
 /// One of the two friends of a channel, in canonical order.
@@ -279,22 +279,30 @@ impl Parties {
     }
 }
 
+/// How the signatures inside operations (a request's buyer's, a response's seller's) are
+/// checked when they are applied.
+pub enum Signatures<'a> {
+    /// Not at all: operations this node built itself from objects it already checked.
+    Trusted,
+    /// Each one, at once.
+    Check,
+    /// Put into a batch that the caller checks before it keeps the result.
+    Batch(&'a mut SignatureBatch),
+}
+
 impl ChannelState {
     /// Apply one operation done by `sender`. On error `self` may be partly changed: callers
     /// apply moves to a copy and keep it only if every operation succeeds.
-    ///
-    /// `verify_signatures` is off only for operations this node itself built from objects it
-    /// already verified.
     pub fn apply(
         &mut self,
         op: &Op,
         sender: Side,
         parties: &Parties,
-        verify_signatures: bool,
+        signatures: Signatures<'_>,
     ) -> Result<(), OpError> {
         match op {
             Op::SetLimit { currency, limit } => self.set_limit(currency, *limit, sender),
-            Op::Request(request) => self.freeze(request, sender, parties, verify_signatures),
+            Op::Request(request) => self.freeze(request, sender, parties, signatures),
             Op::Response {
                 request_id,
                 response,
@@ -303,10 +311,14 @@ impl ChannelState {
                 if pending.response.is_some() {
                     return Err(OpError::AlreadyAnswered(*request_id));
                 }
-                if verify_signatures {
-                    response
+                match signatures {
+                    Signatures::Trusted => {}
+                    Signatures::Check => response
                         .verify(&pending.request.terms)
-                        .map_err(OpError::BadResponse)?;
+                        .map_err(OpError::BadResponse)?,
+                    Signatures::Batch(batch) => response
+                        .check_into(&pending.request.terms, batch)
+                        .map_err(OpError::BadResponse)?,
                 }
                 pending.response = Some(response.clone());
                 Ok(())
@@ -370,14 +382,15 @@ impl ChannelState {
         request: &Request,
         sender: Side,
         parties: &Parties,
-        verify_signatures: bool,
+        signatures: Signatures<'_>,
     ) -> Result<(), OpError> {
         let terms = &request.terms;
-        if verify_signatures {
-            request.verify().map_err(OpError::BadRequest)?;
-        } else {
-            terms.check().map_err(OpError::BadRequest)?;
+        match signatures {
+            Signatures::Trusted => terms.check(),
+            Signatures::Check => request.verify(),
+            Signatures::Batch(batch) => request.check_into(batch),
         }
+        .map_err(OpError::BadRequest)?;
         let from = parties.id(sender);
         let to = parties.id(sender.other());
         let k = terms.position(&from).ok_or(OpError::NotOnRoute)?;
