@@ -157,7 +157,10 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
     let b = ids[1];
     let mut rows: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
     let mut channels: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
+    let mut queued: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
     let mut written = 0usize;
+    let mut queued_written = 0usize;
+    let mut longest_queue = 0usize;
     let mut most_pending = 0usize;
     let mut all = net.node(&b).unwrap().clone();
     all.mark_all_changed();
@@ -167,6 +170,9 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
     }
     for (k, v) in first.channels {
         channels.insert(k, v.unwrap());
+    }
+    for (k, v) in first.queued {
+        queued.insert(k, v.unwrap());
     }
     net.node_mut(&b).unwrap().take_changes();
     while net.step().unwrap() {
@@ -179,8 +185,16 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
                 .map(|f| node.channel(f).unwrap().state().pending.len())
                 .sum(),
         );
+        longest_queue = longest_queue.max(node.queued_ops());
         let changes = node.take_changes();
         written += changes.pending.iter().filter(|(_, v)| v.is_some()).count();
+        queued_written += changes.queued.iter().filter(|(_, v)| v.is_some()).count();
+        for (k, v) in changes.queued {
+            match v {
+                Some(v) => queued.insert(k, v),
+                None => queued.remove(&k),
+            };
+        }
         for (k, v) in changes.pending {
             match v {
                 Some(v) => rows.insert(k, v),
@@ -196,6 +210,7 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
         let mut stored = node.parts();
         stored.channels = channels.values().cloned().collect();
         stored.pending = rows.values().cloned().collect();
+        stored.queued = queued.values().cloned().collect();
         let back = Node::from_parts(identity(2), &stored).unwrap();
         assert_eq!(back.parts(), node.parts(), "the store fell behind the node");
     }
@@ -222,6 +237,82 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
         written <= 2 * 6 * n as usize,
         "{written} rows written for {n} payments"
     );
+    // Each queued operation is written once, not again at every step while it waits: the
+    // mediator queues a request, a response and a collect per payment (and a few token moves
+    // may put one back in front).
+    assert!(longest_queue >= 10, "only {longest_queue} queued at once");
+    assert!(queued.is_empty(), "{} queued rows left", queued.len());
+    assert!(
+        queued_written <= 4 * n as usize,
+        "{queued_written} queued rows written for {n} payments"
+    );
+}
+
+/// A channel stored by the previous version (format 2, its queue inside) is read with its
+/// queue, and its next change writes the queue as rows of their own.
+#[test]
+fn a_channel_of_format_2_is_still_read() {
+    let (mut net, ids) = many_under_way(8);
+    let mut node = None;
+    while net.step().unwrap() {
+        let n = net.node(&ids[1]).unwrap();
+        if n.queued_ops() >= 2 {
+            node = Some(n.clone());
+            break;
+        }
+    }
+    let node = node.expect("the mediator never queued two operations");
+    let mut parts = node.parts();
+    assert!(!parts.queued.is_empty());
+    // Format 2: the core as format 3 writes it with the queue between the lines and the flags.
+    parts.channels = node
+        .friends()
+        .map(|f| format_2(node.channel(f).unwrap()))
+        .collect();
+    parts.queued.clear();
+    let mut back = Node::from_parts(identity(2), &parts).unwrap();
+    assert_eq!(back.parts(), node.parts());
+    back.mark_all_changed();
+    let changes = back.take_changes();
+    assert_eq!(
+        changes.queued.iter().filter(|(_, v)| v.is_some()).count(),
+        node.queued_ops()
+    );
+    assert!(
+        changes
+            .channels
+            .iter()
+            .all(|(_, v)| v.as_ref().unwrap()[0] == PART_VERSION)
+    );
+}
+
+/// A channel's core in format 2, written field by field as that version did.
+fn format_2(ch: &offst_core::protocol::channel::Channel) -> Vec<u8> {
+    let tip = ch.tip();
+    let v3 = ch.encode_core(Vec::new());
+    // Format 3 is format 2 without the queue: split the encoding where the queue went (after
+    // the current lines) by encoding the fields before it.
+    let head = postcard::to_allocvec(&(
+        ch.parties().id(ch.local_side()),
+        ch.parties(),
+        ch.id(),
+        &tip.prev_state.lines,
+        &tip.prev_header,
+        &tip.last,
+        &tip.reset,
+        &ch.state().lines,
+    ))
+    .unwrap();
+    assert_eq!(
+        &v3[..head.len()],
+        &head[..],
+        "format 3 does not start as format 2 did"
+    );
+    let mut out = vec![2u8];
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&postcard::to_allocvec(ch.queue()).unwrap());
+    out.extend_from_slice(&v3[head.len()..]);
+    out
 }
 
 /// A channel stored by the previous version (format 1, its pending requests inside) is read,
@@ -240,6 +331,7 @@ fn a_channel_of_format_1_is_still_read() {
         .map(|f| postcard::to_extend(node.channel(f).unwrap(), vec![1u8]).unwrap())
         .collect();
     parts.pending.clear();
+    parts.queued.clear();
     let mut back = Node::from_parts(identity(2), &parts).unwrap();
     assert_eq!(back.parts(), node.parts());
     // Touch every channel: the rows of their pending requests are written out.

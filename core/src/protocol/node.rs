@@ -449,6 +449,10 @@ struct Settings {
 /// Where a stored pending request belongs: its channel's friend and its id.
 pub type PendingKey = (NodeId, RequestId);
 
+/// Where a stored queued operation belongs: its channel's friend and its place in the queue
+/// (rows are read back in this order).
+pub type QueuedKey = (NodeId, u64);
+
 /// What one step changed, ready for a store: for each changed channel (by friend), payment
 /// and invoice (by invoice id) and remembered outcome (by request id), its current encoding,
 /// or `None` when it was deleted; and the settings, always. Write them in the same transaction
@@ -460,6 +464,9 @@ pub struct Changes {
     /// Pending requests of channels, by friend and request: written when frozen or answered,
     /// deleted once settled (see `channel::StoredPending`).
     pub pending: Vec<(PendingKey, Option<Vec<u8>>)>,
+    /// Operations queued in channels, by friend and place: written when queued, deleted once
+    /// sent in a move.
+    pub queued: Vec<(QueuedKey, Option<Vec<u8>>)>,
     /// Payments we make, by invoice.
     pub payments: Vec<(InvoiceId, Option<Vec<u8>>)>,
     /// Invoices we issued, by invoice.
@@ -477,6 +484,8 @@ pub struct Parts {
     pub channels: Vec<Vec<u8>>,
     /// One per pending request of a channel (each names its friend and request).
     pub pending: Vec<Vec<u8>>,
+    /// One per operation queued in a channel (each names its friend and place).
+    pub queued: Vec<Vec<u8>>,
     /// One per payment we make.
     pub payments: Vec<Vec<u8>>,
     /// One per invoice we issued.
@@ -487,10 +496,11 @@ pub struct Parts {
     pub settings: Vec<u8>,
 }
 
-/// The version byte in front of every stored part. Version 2 stores a channel without its
-/// pending requests, which are parts of their own; version 1 (a channel with them inside) is
-/// still read. Other parts are the same in both.
-pub const PART_VERSION: u8 = 2;
+/// The version byte in front of every stored part. Version 3 stores a channel without its
+/// pending requests and its queued operations, which are parts of their own; version 2 (the
+/// queue inside the channel) and version 1 (the pending requests inside too) are still read.
+/// Other parts are the same in all three.
+pub const PART_VERSION: u8 = 3;
 
 /// A pending request as stored: its channel's friend, its id, and where it stands.
 #[derive(Serialize, Deserialize)]
@@ -540,6 +550,64 @@ fn encode_pending(friend: NodeId, request: RequestId, stored: &StoredPending) ->
         request,
         stored: std::borrow::Cow::Borrowed(stored),
     })
+}
+
+/// An operation queued in a channel as stored: its channel's friend, its place, the operation.
+#[derive(Serialize, Deserialize)]
+struct QueuedPart<'a> {
+    friend: NodeId,
+    seq: u64,
+    op: std::borrow::Cow<'a, Op>,
+}
+
+fn encode_queued(friend: NodeId, seq: u64, op: &Op) -> Vec<u8> {
+    encode_part(&QueuedPart {
+        friend,
+        seq,
+        op: std::borrow::Cow::Borrowed(op),
+    })
+}
+
+/// A channel's queue as the store holds it: each operation with its place, in order, and the
+/// next place to give (above every place given so far).
+#[derive(Clone, Debug, Default)]
+struct StoredQueue {
+    rows: VecDeque<(u64, Op)>,
+    next: u64,
+}
+
+impl StoredQueue {
+    /// Bring the rows up to `queue`, and say what to write (`Some`) and delete (`None`). Only
+    /// the front (sent in a move) and the back (newly queued) change in the usual case; from
+    /// the first difference on, the rows are replaced. Afterwards the rows' operations, in
+    /// order, are exactly `queue`.
+    fn update<'q>(&mut self, queue: &'q VecDeque<Op>) -> Vec<(u64, Option<&'q Op>)> {
+        let mut out = Vec::new();
+        // Sent from the front: drop rows up to the first one that is still the queue's front.
+        let start = queue
+            .front()
+            .and_then(|first| self.rows.iter().position(|(_, op)| op == first))
+            .unwrap_or(self.rows.len());
+        for (seq, _) in self.rows.drain(..start) {
+            out.push((seq, None));
+        }
+        let same = self
+            .rows
+            .iter()
+            .zip(queue.iter())
+            .take_while(|((_, a), b)| a == *b)
+            .count();
+        for (seq, _) in self.rows.drain(same..) {
+            out.push((seq, None));
+        }
+        for op in queue.iter().skip(same) {
+            let seq = self.next;
+            self.next += 1;
+            self.rows.push_back((seq, op.clone()));
+            out.push((seq, Some(op)));
+        }
+        out
+    }
 }
 
 /// The body of a part, once its version byte is known to be readable.
@@ -594,6 +662,8 @@ pub struct Node {
     /// made or received, an adopted tip, a reset), so a step that changed the channel otherwise
     /// (its queue, a token request) skips comparing every pending request.
     stored_pending_at: BTreeMap<NodeId, Hash>,
+    /// Each channel's queue as the store holds it (after the last [`Node::take_changes`]).
+    stored_queue: BTreeMap<NodeId, StoredQueue>,
 }
 
 impl Node {
@@ -614,6 +684,7 @@ impl Node {
             dirty: BTreeSet::new(),
             stored_pending: BTreeMap::new(),
             stored_pending_at: BTreeMap::new(),
+            stored_queue: BTreeMap::new(),
         }
     }
 
@@ -707,10 +778,15 @@ impl Node {
         }
         let mut channels = Vec::new();
         let mut pending = Vec::new();
+        let mut queued = Vec::new();
         for (friend, ch) in self.friends.take_changed() {
             match ch {
                 Some(ch) => {
                     channels.push((friend, Some(encode_channel(ch))));
+                    let rows = self.stored_queue.entry(friend).or_default();
+                    for (seq, op) in rows.update(ch.queue()) {
+                        queued.push(((friend, seq), op.map(|op| encode_queued(friend, seq, op))));
+                    }
                     let at = ch.last_hash();
                     if self.stored_pending_at.get(&friend) == Some(&at) {
                         continue;
@@ -727,6 +803,9 @@ impl Node {
                 }
                 None => {
                     channels.push((friend, None));
+                    for (seq, _) in self.stored_queue.remove(&friend).unwrap_or_default().rows {
+                        queued.push(((friend, seq), None));
+                    }
                     self.stored_pending_at.remove(&friend);
                     for id in self
                         .stored_pending
@@ -742,6 +821,7 @@ impl Node {
         Changes {
             channels,
             pending,
+            queued,
             payments: encode_all(self.buying.take_changed()),
             invoices: encode_all(self.selling.take_changed()),
             outcomes: encode_all(self.outcomes.take_changed()),
@@ -755,22 +835,30 @@ impl Node {
         self.friends.mark_all();
         self.stored_pending.clear();
         self.stored_pending_at.clear();
+        self.stored_queue.clear();
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();
     }
 
     /// Everything this node stores, encoded (for a first write, a backup, or a check).
+    /// Queued operations are numbered from 0 in each channel, so two nodes with the same queues
+    /// have the same parts whatever places their stores gave them.
     pub fn parts(&self) -> Parts {
         let mut pending = Vec::new();
+        let mut queued = Vec::new();
         for (friend, ch) in self.friends.iter() {
             for (id, row) in ch.pending_rows() {
                 pending.push(encode_pending(*friend, id, &row));
+            }
+            for (seq, op) in (0u64..).zip(ch.queue()) {
+                queued.push(encode_queued(*friend, seq, op));
             }
         }
         Parts {
             channels: self.friends.values().map(encode_channel).collect(),
             pending,
+            queued,
             payments: self.buying.values().map(encode_part).collect(),
             invoices: self.selling.values().map(encode_part).collect(),
             outcomes: self.outcomes.values().map(encode_part).collect(),
@@ -790,18 +878,38 @@ impl Node {
                 .or_default()
                 .insert(p.request, p.stored.into_owned());
         }
+        let mut queues: BTreeMap<NodeId, BTreeMap<u64, Op>> = BTreeMap::new();
+        for bytes in &parts.queued {
+            let q: QueuedPart<'static> = decode_part("queued operation", bytes)?;
+            queues
+                .entry(q.friend)
+                .or_default()
+                .insert(q.seq, q.op.into_owned());
+        }
         let me = identity.id();
         let mut friends = BTreeMap::new();
         let mut stored_pending = BTreeMap::new();
+        let mut stored_queue = BTreeMap::new();
         for bytes in &parts.channels {
             let ch = match part_body("channel", bytes)? {
                 // Version 1: the whole channel, its pending requests inside.
                 (1, body) => postcard::from_bytes::<Channel>(body).map_err(corrupt("channel"))?,
-                (_, body) => {
-                    let core = Channel::decode_core(body).map_err(corrupt("channel"))?;
+                (version, body) => {
+                    let core = Channel::decode_core(version, body).map_err(corrupt("channel"))?;
                     let mine = rows.remove(&core.remote()).unwrap_or_default();
-                    let ch = core.join(mine.clone());
+                    let queue = queues.remove(&core.remote()).unwrap_or_default();
+                    let ch = core.join(mine.clone(), queue.values().cloned());
                     stored_pending.insert(ch.remote(), mine);
+                    // A queue read from inside a format 2 channel has no rows yet: the next
+                    // step that changes the channel writes them (its core as format 3).
+                    let next = queue.keys().next_back().map_or(0, |s| s + 1);
+                    stored_queue.insert(
+                        ch.remote(),
+                        StoredQueue {
+                            rows: queue.into_iter().collect(),
+                            next,
+                        },
+                    );
                     ch
                 }
             };
@@ -814,6 +922,12 @@ impl Node {
         if !rows.is_empty() {
             return Err(PartsError::Corrupt {
                 part: "pending request",
+                detail: "it belongs to no stored channel".into(),
+            });
+        }
+        if !queues.is_empty() {
+            return Err(PartsError::Corrupt {
+                part: "queued operation",
                 detail: "it belongs to no stored channel".into(),
             });
         }
@@ -838,6 +952,7 @@ impl Node {
         let mut node = Node::new(identity, settings.rate);
         node.friends = Tracked::from_map(friends);
         node.stored_pending = stored_pending;
+        node.stored_queue = stored_queue;
         node.buying = Tracked::from_map(buying);
         node.selling = Tracked::from_map(selling);
         node.outcomes = Tracked::from_map(outcomes);
@@ -2476,4 +2591,98 @@ fn derive(entropy: &[u8; 32], what: &'static str) -> [u8; 32] {
     hasher.update(what.as_bytes());
     hasher.update(entropy);
     *hasher.finalize().as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::{Op, StoredQueue};
+    use crate::protocol::payment::RequestId;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, VecDeque};
+
+    /// What a step does to a channel's queue.
+    #[derive(Clone, Debug)]
+    enum Change {
+        Push(u8),
+        Pop(u8),
+        Insert(u8, u8),
+        PushFront(u8),
+    }
+
+    fn op(id: u8) -> Op {
+        // Few ids, so that equal operations sit in the same queue.
+        Op::Cancel {
+            request_id: RequestId([id % 8; 32]),
+        }
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            4 => any::<u8>().prop_map(Change::Push),
+            3 => (1u8..6).prop_map(Change::Pop),
+            1 => (any::<u8>(), any::<u8>()).prop_map(|(at, id)| Change::Insert(at, id)),
+            1 => any::<u8>().prop_map(Change::PushFront),
+        ]
+    }
+
+    proptest! {
+        /// A store fed only with what `update` reports holds the queue, in order, after every
+        /// step, and places never repeat.
+        #[test]
+        fn the_rows_are_the_queue(steps in prop::collection::vec(prop::collection::vec(change(), 0..4), 1..40)) {
+            let mut queue: VecDeque<Op> = VecDeque::new();
+            let mut stored = StoredQueue::default();
+            let mut store: BTreeMap<u64, Op> = BTreeMap::new();
+            let mut given = std::collections::BTreeSet::new();
+            for step in steps {
+                for c in step {
+                    match c {
+                        Change::Push(id) => queue.push_back(op(id)),
+                        Change::Pop(n) => {
+                            for _ in 0..n {
+                                queue.pop_front();
+                            }
+                        }
+                        Change::Insert(at, id) => {
+                            let at = usize::from(at) % (queue.len() + 1);
+                            queue.insert(at, op(id));
+                        }
+                        Change::PushFront(id) => queue.push_front(op(id)),
+                    }
+                }
+                for (seq, row) in stored.update(&queue) {
+                    match row {
+                        Some(op) => {
+                            prop_assert!(given.insert(seq), "place {} given twice", seq);
+                            store.insert(seq, op.clone());
+                        }
+                        None => {
+                            prop_assert!(store.remove(&seq).is_some(), "deleted a missing row");
+                        }
+                    }
+                }
+                let back: Vec<&Op> = store.values().collect();
+                let want: Vec<&Op> = queue.iter().collect();
+                prop_assert_eq!(back, want);
+            }
+        }
+    }
+
+    /// Sending from the front and queueing at the back touch only those rows.
+    #[test]
+    fn a_fifo_writes_each_operation_once() {
+        let mut queue: VecDeque<Op> = (0..5).map(op).collect();
+        let mut stored = StoredQueue::default();
+        assert_eq!(stored.update(&queue).len(), 5);
+        queue.pop_front();
+        queue.pop_front();
+        queue.push_back(op(5));
+        let changes = stored.update(&queue);
+        let written = changes.iter().filter(|(_, o)| o.is_some()).count();
+        let deleted = changes.iter().filter(|(_, o)| o.is_none()).count();
+        assert_eq!((written, deleted), (1, 2));
+        assert!(stored.update(&queue).is_empty());
+    }
 }

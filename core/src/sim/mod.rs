@@ -224,6 +224,7 @@ pub struct Sim {
 struct ShadowStore {
     channels: BTreeMap<NodeId, Vec<u8>>,
     pending: BTreeMap<(NodeId, RequestId), Vec<u8>>,
+    queued: BTreeMap<(NodeId, u64), Vec<u8>>,
     payments: BTreeMap<InvoiceId, Vec<u8>>,
     invoices: BTreeMap<InvoiceId, Vec<u8>>,
     outcomes: BTreeMap<RequestId, Vec<u8>>,
@@ -231,12 +232,13 @@ struct ShadowStore {
 }
 
 impl ShadowStore {
-    fn from_parts(node: &Node) -> ShadowStore {
+    /// A fresh store holding the whole node, keyed the way changes are. The node's own record of
+    /// what its store holds is reset to match (as a wallet restored from a backup reads it back
+    /// from the restored file), so its next changes apply to this store.
+    fn from_parts(node: &mut Node) -> ShadowStore {
         let mut store = ShadowStore::default();
-        // A fresh copy of the whole node, keyed the way changes are: rebuild it and take all.
-        let mut all = node.clone();
-        all.mark_all_changed();
-        store.apply(all.take_changes());
+        node.mark_all_changed();
+        store.apply(node.take_changes());
         store
     }
 
@@ -251,6 +253,7 @@ impl ShadowStore {
         }
         put(&mut self.channels, changes.channels);
         put(&mut self.pending, changes.pending);
+        put(&mut self.queued, changes.queued);
         put(&mut self.payments, changes.payments);
         put(&mut self.invoices, changes.invoices);
         put(&mut self.outcomes, changes.outcomes);
@@ -261,6 +264,7 @@ impl ShadowStore {
         Parts {
             channels: self.channels.values().cloned().collect(),
             pending: self.pending.values().cloned().collect(),
+            queued: self.queued.values().cloned().collect(),
             payments: self.payments.values().cloned().collect(),
             invoices: self.invoices.values().cloned().collect(),
             outcomes: self.outcomes.values().cloned().collect(),
@@ -687,7 +691,7 @@ impl Sim {
                     self.nodes[n] = old;
                     // Restoring a backup replaces the whole store.
                     if self.cfg.verify_persistence {
-                        self.stores[n] = ShadowStore::from_parts(&self.nodes[n]);
+                        self.stores[n] = ShadowStore::from_parts(&mut self.nodes[n]);
                     }
                     self.restored[n] = true;
                     self.report.restores += 1;

@@ -89,6 +89,16 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (friend, request)
     ) STRICT, WITHOUT ROWID;
     ",
+    // 5: each operation queued in a channel as its own row (part format 3), so a step writes
+    // the operations it queued instead of the whole queue.
+    "
+    CREATE TABLE queued (
+        friend BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (friend, seq)
+    ) STRICT, WITHOUT ROWID;
+    ",
 ];
 
 /// How hard each commit waits for the disk.
@@ -220,6 +230,7 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
     Ok(Parts {
         channels: all("channels")?,
         pending: all("pending")?,
+        queued: all("queued")?,
         payments: all("payments")?,
         invoices: all("invoices")?,
         outcomes: all("outcomes")?,
@@ -278,6 +289,28 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
             match data {
                 Some(data) => put.execute(params![friend.as_bytes(), request.0, data]),
                 None => del.execute(params![friend.as_bytes(), request.0]),
+            }
+            .map_err(WalletError::from_sqlite)?;
+        }
+    }
+    if !changes.queued.is_empty() {
+        let mut put = tx
+            .prepare_cached(
+                "INSERT INTO queued (friend, seq, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(friend, seq) DO UPDATE SET data = excluded.data",
+            )
+            .map_err(WalletError::from_sqlite)?;
+        let mut del = tx
+            .prepare_cached("DELETE FROM queued WHERE friend = ?1 AND seq = ?2")
+            .map_err(WalletError::from_sqlite)?;
+        for ((friend, seq), data) in &changes.queued {
+            // Places count up from 0 per channel and stay far below i64::MAX.
+            let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
+                detail: "a queued operation's place is out of range".into(),
+            })?;
+            match data {
+                Some(data) => put.execute(params![friend.as_bytes(), seq, data]),
+                None => del.execute(params![friend.as_bytes(), seq]),
             }
             .map_err(WalletError::from_sqlite)?;
         }

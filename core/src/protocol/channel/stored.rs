@@ -6,6 +6,11 @@
 //! last state both friends signed), each about half a kilobyte with its signatures. Written
 //! whole, a channel with a hundred payments under way costs about 100 KB at every step; split,
 //! a step writes only the requests it changed.
+//!
+//! The queue of operations waiting for the channel's turn is stored the same way, one row per
+//! operation (part format 3): a busy channel's queue holds tens of requests and changes at
+//! nearly every step; written inside the channel it was two thirds of the bytes a step wrote
+//! for its channels (`docs/benchmarks.md`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -70,8 +75,9 @@ impl PendingRef<'_> {
     }
 }
 
-/// What a store writes for the channel itself: everything but the pending requests. The same
-/// fields as [`Channel`], in the same order, with each state's credit lines only.
+/// What a store writes for the channel itself (part format 3): everything but the pending
+/// requests and the queued operations, which are rows of their own. The same fields as
+/// [`Channel`], in the same order, with each state's credit lines only.
 #[derive(Serialize)]
 struct CoreRef<'a> {
     local: &'a NodeId,
@@ -82,15 +88,34 @@ struct CoreRef<'a> {
     last: &'a Option<Move>,
     reset: &'a Option<ResetCertificate>,
     lines: &'a BTreeMap<Currency, CreditLine>,
-    queue: &'a VecDeque<Op>,
     token_requested: bool,
     peer_waiting: bool,
     confirmed: bool,
 }
 
-/// A channel read back from a store, waiting for its pending requests ([`ChannelCore::join`]).
+/// A channel read back from a store, waiting for its pending requests and queued operations
+/// ([`ChannelCore::join`]).
 #[derive(Debug, Deserialize)]
 pub struct ChannelCore {
+    local: NodeId,
+    parties: Parties,
+    id: Hash,
+    signed_lines: BTreeMap<Currency, CreditLine>,
+    prev_header: Option<SignedHeader>,
+    last: Option<Move>,
+    reset: Option<ResetCertificate>,
+    lines: BTreeMap<Currency, CreditLine>,
+    /// Not in format 3 (rows of their own); format 2 kept the queue here.
+    #[serde(skip)]
+    queue: VecDeque<Op>,
+    token_requested: bool,
+    peer_waiting: bool,
+    confirmed: bool,
+}
+
+/// Format 2 of [`ChannelCore`]: the queue inside, between the lines and the flags.
+#[derive(Deserialize)]
+struct CoreV2 {
     local: NodeId,
     parties: Parties,
     id: Hash,
@@ -121,8 +146,15 @@ impl ChannelCore {
         &self.parties
     }
 
-    /// The channel, with its pending requests put back in both states.
-    pub fn join(self, rows: impl IntoIterator<Item = (RequestId, StoredPending)>) -> Channel {
+    /// The channel, with its pending requests put back in both states and `queued` (the queue's
+    /// rows, in order) after whatever queue the core itself held (format 2).
+    pub fn join(
+        self,
+        rows: impl IntoIterator<Item = (RequestId, StoredPending)>,
+        queued: impl IntoIterator<Item = Op>,
+    ) -> Channel {
+        let mut queue = self.queue;
+        queue.extend(queued);
         let mut current = BTreeMap::new();
         let mut signed = BTreeMap::new();
         for (id, row) in rows {
@@ -163,7 +195,7 @@ impl ChannelCore {
                 lines: self.lines,
                 pending: current,
             },
-            queue: self.queue,
+            queue,
             token_requested: self.token_requested,
             peer_waiting: self.peer_waiting,
             confirmed: self.confirmed,
@@ -184,7 +216,6 @@ impl Channel {
             last: &self.tip.last,
             reset: &self.tip.reset,
             lines: &self.state.lines,
-            queue: &self.queue,
             token_requested: self.token_requested,
             peer_waiting: self.peer_waiting,
             confirmed: self.confirmed,
@@ -193,9 +224,27 @@ impl Channel {
         postcard::to_extend(&core, prefix).unwrap_or_default()
     }
 
-    /// Read back what [`Channel::encode_core`] wrote.
-    pub fn decode_core(bytes: &[u8]) -> Result<ChannelCore, postcard::Error> {
-        postcard::from_bytes(bytes)
+    /// Read back what [`Channel::encode_core`] wrote (`version` 3), or format 2, which kept the
+    /// queue inside.
+    pub fn decode_core(version: u8, bytes: &[u8]) -> Result<ChannelCore, postcard::Error> {
+        if version >= 3 {
+            return postcard::from_bytes(bytes);
+        }
+        let v2: CoreV2 = postcard::from_bytes(bytes)?;
+        Ok(ChannelCore {
+            local: v2.local,
+            parties: v2.parties,
+            id: v2.id,
+            signed_lines: v2.signed_lines,
+            prev_header: v2.prev_header,
+            last: v2.last,
+            reset: v2.reset,
+            lines: v2.lines,
+            queue: v2.queue,
+            token_requested: v2.token_requested,
+            peer_waiting: v2.peer_waiting,
+            confirmed: v2.confirmed,
+        })
     }
 
     /// Every pending request with where it stands, in request order.
