@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::protocol::identity::NodeId;
 use crate::protocol::node::{Changes, Parts};
 
 use super::WalletError;
@@ -275,46 +276,59 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         .map(|(k, v)| (*k.as_bytes(), v.clone()))
         .collect();
     rows(tx, "channels", "friend", &channels)?;
-    if !changes.pending.is_empty() {
+    // Rows of a channel's friend (pending requests, queued operations), by a second key.
+    fn friend_rows<'a, K: rusqlite::ToSql>(
+        tx: &Connection,
+        table: &str,
+        key: &str,
+        rows: impl IntoIterator<Item = Result<(NodeId, K, Option<&'a [u8]>), WalletError>>,
+    ) -> Result<(), WalletError> {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
+            return Ok(());
+        }
         let mut put = tx
-            .prepare_cached(
-                "INSERT INTO pending (friend, request, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(friend, request) DO UPDATE SET data = excluded.data",
-            )
+            .prepare_cached(&format!(
+                "INSERT INTO {table} (friend, {key}, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(friend, {key}) DO UPDATE SET data = excluded.data"
+            ))
             .map_err(WalletError::from_sqlite)?;
         let mut del = tx
-            .prepare_cached("DELETE FROM pending WHERE friend = ?1 AND request = ?2")
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE friend = ?1 AND {key} = ?2"
+            ))
             .map_err(WalletError::from_sqlite)?;
-        for ((friend, request), data) in &changes.pending {
+        for row in rows {
+            let (friend, k, data) = row?;
             match data {
-                Some(data) => put.execute(params![friend.as_bytes(), request.0, data]),
-                None => del.execute(params![friend.as_bytes(), request.0]),
+                Some(data) => put.execute(params![friend.as_bytes(), k, data]),
+                None => del.execute(params![friend.as_bytes(), k]),
             }
             .map_err(WalletError::from_sqlite)?;
         }
+        Ok(())
     }
-    if !changes.queued.is_empty() {
-        let mut put = tx
-            .prepare_cached(
-                "INSERT INTO queued (friend, seq, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(friend, seq) DO UPDATE SET data = excluded.data",
-            )
-            .map_err(WalletError::from_sqlite)?;
-        let mut del = tx
-            .prepare_cached("DELETE FROM queued WHERE friend = ?1 AND seq = ?2")
-            .map_err(WalletError::from_sqlite)?;
-        for ((friend, seq), data) in &changes.queued {
+    friend_rows(
+        tx,
+        "pending",
+        "request",
+        changes
+            .pending
+            .iter()
+            .map(|((friend, request), data)| Ok((*friend, request.0, data.as_deref()))),
+    )?;
+    friend_rows(
+        tx,
+        "queued",
+        "seq",
+        changes.queued.iter().map(|((friend, seq), data)| {
             // Places count up from 0 per channel and stay far below i64::MAX.
             let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
                 detail: "a queued operation's place is out of range".into(),
             })?;
-            match data {
-                Some(data) => put.execute(params![friend.as_bytes(), seq, data]),
-                None => del.execute(params![friend.as_bytes(), seq]),
-            }
-            .map_err(WalletError::from_sqlite)?;
-        }
-    }
+            Ok((*friend, seq, data.as_deref()))
+        }),
+    )?;
     let payments: Vec<([u8; 32], Option<Vec<u8>>)> = changes
         .payments
         .iter()
