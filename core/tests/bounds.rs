@@ -277,7 +277,8 @@ fn the_largest_legitimate_offer_fits_in_a_message() {
                 payer: Side::First,
                 amount: MAX_AMOUNT,
                 response: Some(response),
-            },
+            }
+            .into(),
         );
     }
     let ops: Vec<Op> = (0..MAX_OPS_PER_MOVE as u32)

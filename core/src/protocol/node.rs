@@ -19,8 +19,8 @@ use super::bounds::{
     MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
 };
 use super::channel::{
-    Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Pending, Received,
-    ResetCertificate, ResetError, ResetProposal, Signatures, StoredPending,
+    Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Received,
+    ResetCertificate, ResetError, ResetProposal, SharedPending, Signatures, StoredPending,
 };
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
@@ -1544,7 +1544,7 @@ impl Node {
             .map_or_else(ChannelState::default, |c| c.terms.state.clone());
         let changes = ResetChanges::between(ch, before, &genesis);
         self.resets.remove(&friend);
-        let gone: Vec<Pending> = before
+        let gone: Vec<SharedPending> = before
             .pending
             .values()
             .filter(|p| {
@@ -1821,7 +1821,7 @@ impl Node {
 
     /// The pending request `id` in the channel with `friend` that we sent; `before` looks at the
     /// state before the friend's last move (for operations that removed it).
-    fn pending_in(&self, friend: &NodeId, id: &RequestId, before: bool) -> Option<Pending> {
+    fn pending_in(&self, friend: &NodeId, id: &RequestId, before: bool) -> Option<SharedPending> {
         let ch = self.friends.get(friend)?;
         let state = if before {
             &ch.tip().prev_state
@@ -2437,7 +2437,7 @@ impl Node {
                 continue;
             }
             let local = ch.local_side();
-            let incoming: Vec<Pending> = ch
+            let incoming: Vec<SharedPending> = ch
                 .state()
                 .pending
                 .values()
@@ -2498,7 +2498,7 @@ impl Node {
         })
     }
 
-    fn reconcile_incoming(&mut self, me: NodeId, from: NodeId, p: Pending) {
+    fn reconcile_incoming(&mut self, me: NodeId, from: NodeId, p: SharedPending) {
         let terms = p.request.terms.clone();
         let id = terms.request_id;
         if self.settling_queued(&from, &id) {
@@ -2576,7 +2576,7 @@ impl Node {
         if self.request_queued(&next, &id) {
             return;
         }
-        self.forward(from, pos, p.request);
+        self.forward(from, pos, p.request.clone());
     }
 }
 

@@ -20,7 +20,9 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 pub use self::reset::{ResetCertificate, ResetError, ResetProposal, ResetTerms};
-pub use self::state::{ChannelState, CreditLine, Op, OpError, Parties, Pending, Side, Signatures};
+pub use self::state::{
+    ChannelState, CreditLine, Op, OpError, Parties, Pending, SharedPending, Side, Signatures,
+};
 pub use self::stored::{ChannelCore, StoredPending};
 use super::bounds::MAX_OPS_PER_MOVE;
 use super::identity::{Hash, Identity, NodeId, Signature, SignatureBatch};
@@ -608,7 +610,7 @@ impl Channel {
                     error,
                 })?;
         }
-        if state.hash() != m.header.state_hash {
+        if !state.hashes_to(&m.header.state_hash) {
             return Err(ChannelError::StateHashMismatch(counter));
         }
         Ok(state)
@@ -667,7 +669,7 @@ impl Channel {
                         counter: pc,
                         signer,
                     })?;
-                if prev.header.state_hash != tip.prev_state.hash() {
+                if !tip.prev_state.hashes_to(&prev.header.state_hash) {
                     return Err(ChannelError::BadTip("state does not match its header"));
                 }
                 if last.header.prev != prev.header.hash() {

@@ -4,8 +4,10 @@
 //! ("first"), so both friends hold byte-identical states and can sign the same hash.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::protocol::amount::Currency;
 use crate::protocol::bounds::{
@@ -122,19 +124,106 @@ pub struct Pending {
     pub response: Option<Response>,
 }
 
+/// A [`Pending`] request as a state holds it: shared, not copied, between the states that hold
+/// it unchanged (the current state, the last state both signed, the copy a move is checked
+/// on), with its hash computed once, when it is made.
+///
+/// It reads as the [`Pending`] it holds and is encoded as that [`Pending`] alone (the hash is
+/// computed again when it is read back), so stores and messages are unchanged by it. Two are
+/// equal when their hashes are (BLAKE3: equal hashes mean equal requests).
+#[derive(Clone)]
+pub struct SharedPending(Arc<(Pending, Hash)>);
+
+impl SharedPending {
+    /// Hold `pending`, hashing it.
+    pub fn new(pending: Pending) -> SharedPending {
+        let hash = Hash::of(PENDING_DOMAIN, &pending);
+        SharedPending(Arc::new((pending, hash)))
+    }
+
+    /// The hash the state hash is made of.
+    pub fn hash(&self) -> Hash {
+        self.0.1
+    }
+}
+
+impl Deref for SharedPending {
+    type Target = Pending;
+
+    fn deref(&self) -> &Pending {
+        &self.0.0
+    }
+}
+
+impl PartialEq for SharedPending {
+    fn eq(&self, other: &SharedPending) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.1 == other.0.1
+    }
+}
+
+impl Eq for SharedPending {}
+
+impl std::fmt::Debug for SharedPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.0.fmt(f)
+    }
+}
+
+impl From<Pending> for SharedPending {
+    fn from(pending: Pending) -> SharedPending {
+        SharedPending::new(pending)
+    }
+}
+
+impl Serialize for SharedPending {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedPending {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SharedPending, D::Error> {
+        Pending::deserialize(deserializer).map(SharedPending::new)
+    }
+}
+
+const PENDING_DOMAIN: &str = "offst pending v1";
+const STATE_DOMAIN: &str = "offst channel state v2";
+const STATE_DOMAIN_V1: &str = "offst channel state v1";
+
 /// Everything two friends agree on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelState {
     /// Mutual credit per currency.
     pub lines: BTreeMap<Currency, CreditLine>,
     /// Frozen requests, by id.
-    pub pending: BTreeMap<RequestId, Pending>,
+    pub pending: BTreeMap<RequestId, SharedPending>,
 }
 
 impl ChannelState {
-    /// The hash both friends sign.
+    /// The hash both friends sign (state hash v2): the credit lines, then each pending
+    /// request's id and hash ([`SharedPending::hash`]) in id order. Its cost grows with the
+    /// number of pending requests by 64 bytes each, not by the requests themselves, which are
+    /// hashed once when they are made.
     pub fn hash(&self) -> Hash {
-        Hash::of("offst channel state v1", self)
+        crate::metrics::hashed();
+        let mut hasher = blake3::Hasher::new_derive_key(STATE_DOMAIN);
+        // Encoding our own values into a Vec cannot fail (see `canonical_bytes`).
+        hasher.update(&postcard::to_allocvec(&self.lines).unwrap_or_default());
+        hasher.update(&(self.pending.len() as u64).to_le_bytes());
+        for (id, p) in &self.pending {
+            hasher.update(&id.0);
+            hasher.update(&p.hash().0);
+        }
+        Hash(*hasher.finalize().as_bytes())
+    }
+
+    /// Whether `claimed` is this state's hash: v2 ([`ChannelState::hash`]), or v1 (the whole
+    /// state encoded and hashed), which moves signed before 2026-12-04 carry. Both commit to
+    /// the whole state, so a signature over either binds its signer to this state. v1 is
+    /// computed only when v2 does not match.
+    pub fn hashes_to(&self, claimed: &Hash) -> bool {
+        self.hash() == *claimed || Hash::of(STATE_DOMAIN_V1, self) == *claimed
     }
 }
 
@@ -320,7 +409,10 @@ impl ChannelState {
                         .check_into(&pending.request.terms, batch)
                         .map_err(OpError::BadResponse)?,
                 }
-                pending.response = Some(response.clone());
+                let mut answered = Pending::clone(pending);
+                answered.response = Some(response.clone());
+                self.pending
+                    .insert(*request_id, SharedPending::new(answered));
                 Ok(())
             }
             Op::Cancel { request_id } => {
@@ -426,22 +518,19 @@ impl ChannelState {
         }
         self.pending.insert(
             terms.request_id,
-            Pending {
+            SharedPending::new(Pending {
                 request: request.clone(),
                 payer: sender,
                 amount,
                 response: None,
-            },
+            }),
         );
         Ok(())
     }
 
     /// The pending request `id`, if `sender` is the side that may answer it (its receiver).
-    fn answerable(&mut self, id: &RequestId, sender: Side) -> Result<&mut Pending, OpError> {
-        let pending = self
-            .pending
-            .get_mut(id)
-            .ok_or(OpError::UnknownRequest(*id))?;
+    fn answerable(&self, id: &RequestId, sender: Side) -> Result<&SharedPending, OpError> {
+        let pending = self.pending.get(id).ok_or(OpError::UnknownRequest(*id))?;
         if pending.payer == sender {
             return Err(OpError::WrongDirection(*id));
         }

@@ -16,37 +16,39 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Channel, ChannelState, CreditLine, Move, Op, Parties, Pending, SignedHeader, Tip};
-use super::{ResetCertificate, Side};
+use super::{Channel, ChannelState, CreditLine, Move, Op, Parties, SignedHeader, Tip};
+use super::{ResetCertificate, SharedPending, Side};
 use crate::protocol::amount::Currency;
 use crate::protocol::identity::{Hash, NodeId};
 use crate::protocol::payment::RequestId;
 
 /// A pending request as stored beside its channel: where it stands in the current state and in
-/// the last state both friends signed (the tip's).
+/// the last state both friends signed (the tip's). Encoded as the [`super::Pending`]s it holds
+/// (format 2 and 3 rows alike); held, it shares them with the channel's states, so comparing
+/// it with the channel costs a pointer comparison per request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredPending {
     /// The same in both states.
-    Both(Pending),
+    Both(SharedPending),
     /// Only in the current state (the last move froze it).
-    Current(Pending),
+    Current(SharedPending),
     /// Only in the signed state (the last move settled it).
-    Signed(Pending),
+    Signed(SharedPending),
     /// In both, changed by the last move (answered).
     Differ {
         /// In the current state.
-        current: Box<Pending>,
+        current: SharedPending,
         /// In the signed state.
-        signed: Box<Pending>,
+        signed: SharedPending,
     },
 }
 
 /// [`StoredPending`], borrowed from the channel.
 enum PendingRef<'a> {
-    Both(&'a Pending),
-    Current(&'a Pending),
-    Signed(&'a Pending),
-    Differ(&'a Pending, &'a Pending),
+    Both(&'a SharedPending),
+    Current(&'a SharedPending),
+    Signed(&'a SharedPending),
+    Differ(&'a SharedPending, &'a SharedPending),
 }
 
 impl PendingRef<'_> {
@@ -56,7 +58,7 @@ impl PendingRef<'_> {
             | (PendingRef::Current(a), StoredPending::Current(b))
             | (PendingRef::Signed(a), StoredPending::Signed(b)) => *a == b,
             (PendingRef::Differ(a, c), StoredPending::Differ { current, signed }) => {
-                *a == current.as_ref() && *c == signed.as_ref()
+                *a == current && *c == signed
             }
             _ => false,
         }
@@ -68,8 +70,8 @@ impl PendingRef<'_> {
             PendingRef::Current(p) => StoredPending::Current((*p).clone()),
             PendingRef::Signed(p) => StoredPending::Signed((*p).clone()),
             PendingRef::Differ(current, signed) => StoredPending::Differ {
-                current: Box::new((*current).clone()),
-                signed: Box::new((*signed).clone()),
+                current: (*current).clone(),
+                signed: (*signed).clone(),
             },
         }
     }
@@ -173,8 +175,8 @@ impl ChannelCore {
                     current: c,
                     signed: s,
                 } => {
-                    current.insert(id, *c);
-                    signed.insert(id, *s);
+                    current.insert(id, c);
+                    signed.insert(id, s);
                 }
             }
         }

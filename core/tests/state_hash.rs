@@ -1,0 +1,220 @@
+//! The state hash both friends sign (v2, `docs/protocol.md` §3): it commits to every credit
+//! line and every pending request, does not depend on how a state was built or whether its
+//! requests are shared with another state, and moves signed over the v1 hash (before
+//! 2026-12-04) are still accepted.
+
+// Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::{chain, give_token, hours, identity};
+use offst_core::protocol::amount::Rate;
+use offst_core::protocol::channel::{
+    ChannelError, ChannelState, Move, MoveHeader, Op, Pending, Side, Signatures,
+};
+use offst_core::protocol::identity::{Hash, NodeId};
+use offst_core::protocol::message::Message;
+use offst_core::protocol::node::ProtocolError;
+use offst_core::protocol::payment::{
+    HashedLock, InvoiceId, Request, RequestId, RequestTerms, Response,
+};
+use offst_core::sim::local::LocalNet;
+
+fn request(id: u8) -> Request {
+    let route: Vec<NodeId> = (0..3).map(|i| identity(100 + i).id()).collect();
+    Request::sign(
+        &identity(100),
+        RequestTerms {
+            request_id: RequestId([id; 32]),
+            invoice_id: InvoiceId([1; 32]),
+            currency: hours(),
+            src_hashed_lock: HashedLock([2; 32]),
+            route,
+            fees: vec![1],
+            dest_payment: 5,
+            total_dest_payment: 5,
+        },
+    )
+    .unwrap()
+}
+
+fn pending(id: u8, answered: bool) -> Pending {
+    let request = request(id);
+    let response =
+        answered.then(|| Response::sign(&identity(102), &request.terms, HashedLock([3; 32])));
+    Pending {
+        request,
+        payer: Side::First,
+        amount: 6,
+        response,
+    }
+}
+
+fn state(ids: &[u8]) -> ChannelState {
+    let mut s = ChannelState::default();
+    s.lines.insert(hours(), Default::default());
+    for &i in ids {
+        s.pending
+            .insert(RequestId([i; 32]), pending(i, false).into());
+    }
+    s
+}
+
+#[test]
+fn the_state_hash_commits_to_every_line_and_request() {
+    let base = state(&[1, 2, 3]);
+    let h = base.hash();
+    // The same content built in another order, and read back from its encoding (fresh,
+    // unshared requests), hashes the same.
+    assert_eq!(state(&[3, 1, 2]).hash(), h);
+    let decoded: ChannelState =
+        postcard::from_bytes(&postcard::to_allocvec(&base).unwrap()).unwrap();
+    assert_eq!(decoded, base);
+    assert_eq!(decoded.hash(), h);
+    // Any change changes it: a request more or less, an answer, an amount, a balance.
+    assert_ne!(state(&[1, 2]).hash(), h);
+    assert_ne!(state(&[1, 2, 3, 4]).hash(), h);
+    let mut answered = base.clone();
+    answered
+        .pending
+        .insert(RequestId([2; 32]), pending(2, true).into());
+    assert_ne!(answered.hash(), h);
+    let mut amount = base.clone();
+    let mut p = pending(3, false);
+    p.amount = 7;
+    amount.pending.insert(RequestId([3; 32]), p.into());
+    assert_ne!(amount.hash(), h);
+    let mut balance = base.clone();
+    balance.lines.get_mut(&hours()).unwrap().balance = 1;
+    assert_ne!(balance.hash(), h);
+    // A request filed under another id than its own is another state.
+    let mut moved = state(&[1, 2]);
+    moved
+        .pending
+        .insert(RequestId([9; 32]), pending(3, false).into());
+    assert_ne!(moved.hash(), h);
+    // The copy a move is checked on shares the requests, and changing the copy leaves the
+    // original and its hash alone.
+    let mut copy = base.clone();
+    copy.pending.remove(&RequestId([1; 32]));
+    assert_eq!(base.hash(), h);
+    assert_eq!(base, state(&[1, 2, 3]));
+}
+
+#[test]
+fn answering_a_shared_request_changes_only_the_state_it_is_applied_to() {
+    let (net, ids) = chain(3, 100, Rate::default());
+    let (a, b) = (ids[0], ids[1]);
+    let ch = net.node(&a).unwrap().channel(&b).unwrap();
+    let parties = *ch.parties();
+    let payer = ch.local_side();
+    // A request a freezes toward b, in a state b then answers in a copy of it.
+    let mut terms = request(5).terms;
+    terms.route = vec![a, b, ids[2]];
+    let req = Request::sign(&identity(1), terms).unwrap();
+    let mut frozen = ch.state().clone();
+    frozen
+        .apply(
+            &Op::Request(req.clone()),
+            payer,
+            &parties,
+            Signatures::Check,
+        )
+        .unwrap();
+    let before = frozen.hash();
+    let mut answered = frozen.clone();
+    let response = Response::sign(&identity(3), &req.terms, HashedLock([4; 32]));
+    answered
+        .apply(
+            &Op::Response {
+                request_id: req.terms.request_id,
+                response,
+            },
+            payer.other(),
+            &parties,
+            Signatures::Check,
+        )
+        .unwrap();
+    assert_eq!(frozen.hash(), before);
+    assert!(frozen.pending[&req.terms.request_id].response.is_none());
+    assert!(answered.pending[&req.terms.request_id].response.is_some());
+    assert_ne!(answered.hash(), before);
+}
+
+/// A move from `a` to `b` that sets a limit, claiming `state_hash` for the result.
+fn limit_move(net: &LocalNet, a: NodeId, b: NodeId, claim: impl Fn(&ChannelState) -> Hash) -> Move {
+    let ch = net.node(&b).unwrap().channel(&a).unwrap();
+    let ops = vec![Op::SetLimit {
+        currency: hours(),
+        limit: 77,
+    }];
+    let mut after = ch.state().clone();
+    after
+        .apply(
+            &ops[0],
+            ch.local_side().other(),
+            ch.parties(),
+            Signatures::Trusted,
+        )
+        .unwrap();
+    let header = MoveHeader {
+        channel: ch.id(),
+        epoch: ch.epoch(),
+        counter: ch.counter() + 1,
+        prev: ch.last_hash(),
+        ops_hash: Move::ops_hash(&ops),
+        state_hash: claim(&after),
+    };
+    Move::sign_unchecked(&identity(1), header, ops)
+}
+
+fn deliver(net: &mut LocalNet, from: NodeId, to: NodeId, m: Move) -> Result<(), ProtocolError> {
+    let now = net.now_ms;
+    net.node_mut(&to)
+        .unwrap()
+        .handle_message(now, from, Message::Move(m))
+        .map(|_| ())
+}
+
+#[test]
+fn a_move_signed_over_the_v1_state_hash_is_still_accepted() {
+    let (mut net, ids) = chain(2, 100, Rate::default());
+    let (a, b) = (ids[0], ids[1]);
+    net.buy_along(&[a, b], &hours(), 5, 1).expect("pay");
+    give_token(&mut net, a, b);
+    // A hash of nothing in particular is refused, and changes nothing.
+    let forged = limit_move(&net, a, b, |_| Hash([5; 32]));
+    let before = format!("{:?}", net.node(&b).unwrap().channel(&a).unwrap().tip());
+    let err = deliver(&mut net, a, b, forged).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Channel {
+                error: ChannelError::StateHashMismatch(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        format!("{:?}", net.node(&b).unwrap().channel(&a).unwrap().tip())
+    );
+    // v1, the whole state encoded and hashed, is what wallets built before 2026-12-04 signed.
+    let old = limit_move(&net, a, b, |s| Hash::of("offst channel state v1", s));
+    deliver(&mut net, a, b, old).expect("a v1 move is accepted");
+    let ch = net.node(&b).unwrap().channel(&a).unwrap();
+    assert_eq!(
+        ch.state().lines[&hours()].limit_of(ch.local_side().other()),
+        77
+    );
+    // The tip it leaves verifies offline too (the signed state's header carries a v2 hash,
+    // the last move a v1 hash).
+    ch.tip().verify(a, b).expect("the tip verifies");
+}
