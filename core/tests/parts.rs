@@ -160,6 +160,7 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
     let mut queued: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
     let mut written = 0usize;
     let mut queued_written = 0usize;
+    let mut channels_written = 0usize;
     let mut longest_queue = 0usize;
     let mut most_pending = 0usize;
     let mut all = net.node(&b).unwrap().clone();
@@ -189,6 +190,7 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
         let changes = node.take_changes();
         written += changes.pending.iter().filter(|(_, v)| v.is_some()).count();
         queued_written += changes.queued.iter().filter(|(_, v)| v.is_some()).count();
+        channels_written += changes.channels.iter().filter(|(_, v)| v.is_some()).count();
         for (k, v) in changes.queued {
             match v {
                 Some(v) => queued.insert(k, v),
@@ -246,6 +248,77 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
         queued_written <= 4 * n as usize,
         "{queued_written} queued rows written for {n} payments"
     );
+    // The channel rows are written when a move or a flag changed them, not at every step.
+    let moves: u64 = node
+        .friends()
+        .map(|f| node.channel(f).unwrap().counter())
+        .sum();
+    assert!(
+        channels_written as u64 <= 2 * moves,
+        "{channels_written} channel rows written for {moves} moves"
+    );
+}
+
+/// Payments made while the friend holds the channel's turn only add to the channel's queue:
+/// after the first (which asks for the turn), each such step writes its queued row and no
+/// channel row, and a store fed only with these changes still rebuilds the node.
+#[test]
+fn a_step_that_only_queues_writes_no_channel_row() {
+    let (mut net, ids) = chain(3, 10_000, Rate { base: 1, ppm: 0 });
+    let a = ids[0];
+    common::give_token(&mut net, ids[1], a);
+    let mut all = net.node(&a).unwrap().clone();
+    all.mark_all_changed();
+    let first = all.take_changes();
+    let mut channels: std::collections::BTreeMap<_, Vec<u8>> = first
+        .channels
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap()))
+        .collect();
+    let mut queued: std::collections::BTreeMap<_, Vec<u8>> = first
+        .queued
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap()))
+        .collect();
+    let pending: Vec<Vec<u8>> = first.pending.into_iter().map(|(_, v)| v.unwrap()).collect();
+    net.node_mut(&a).unwrap().take_changes();
+    let mut channel_rows = Vec::new();
+    for k in 0..5u64 {
+        let invoice = net.invoice(ids[2], &hours(), 1, 100 + k).unwrap();
+        let plan = net.plan(&ids, 1).unwrap();
+        let now = net.now_ms;
+        let node = net.node_mut(&a).unwrap();
+        node.pay(
+            now,
+            &invoice,
+            vec![plan],
+            offst_core::sim::local::entropy(k, 2),
+        )
+        .unwrap();
+        let changes = node.take_changes();
+        assert_eq!(changes.queued.len(), 1, "payment {k}: one queued row");
+        channel_rows.push(changes.channels.len());
+        for (key, v) in changes.channels {
+            channels.insert(key, v.unwrap());
+        }
+        for (key, v) in changes.queued {
+            queued.insert(key, v.unwrap());
+        }
+        let mut stored = node.parts();
+        stored.channels = channels.values().cloned().collect();
+        stored.queued = queued.values().cloned().collect();
+        stored.pending = pending.clone();
+        let back = Node::from_parts(identity(1), &stored).unwrap();
+        assert_eq!(
+            back.parts(),
+            node.parts(),
+            "payment {k}: the store fell behind"
+        );
+    }
+    assert_eq!(net.node(&a).unwrap().queued_ops(), 5);
+    // The first payment asked for the turn (a flag in the channel's row); the others changed
+    // only the queue.
+    assert_eq!(channel_rows, vec![1, 0, 0, 0, 0]);
 }
 
 /// A channel stored by the previous version (format 2, its queue inside) is read with its

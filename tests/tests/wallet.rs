@@ -732,6 +732,38 @@ fn a_limit_waiting_for_the_turn_shows_as_pending() {
     );
 }
 
+/// Operations queued while the friend holds the turn survive reopening, including those whose
+/// step changed nothing but the queue (the channel's own row is not written again for them).
+/// Until 2026-12-04 such a step would have counted as unchanged and written nothing once
+/// channel rows were skipped for queue-only steps.
+#[test]
+fn operations_queued_for_the_turn_survive_reopening() {
+    let t = TempDir::new("queued-reopen");
+    let open = |d: &str, seed: u8| open_or_create(&t.path(d), seed, WalletOptions::default());
+    let mut ws: Vec<Wallet> = vec![open("a", 1).unwrap(), open("b", 2).unwrap()];
+    befriend(&mut ws, 0, 1, 100).unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    let b = ws[1].id();
+    if ws[0].node().channel(&b).unwrap().holds_token() {
+        // a moves once; b keeps the turn after a limit change.
+        ws[0].set_limit(b, hours(), 120).unwrap();
+        pump(&mut ws, 10_000).unwrap();
+    }
+    assert!(!ws[0].node().channel(&b).unwrap().holds_token());
+    ws[0].set_limit(b, hours(), 150).unwrap();
+    ws[0].set_limit(b, hours(), 160).unwrap();
+    ws[0].set_limit(b, hours(), 170).unwrap();
+    assert_eq!(ws[0].node().queued_ops(), 3);
+    let before = ws[0].node().parts();
+    drop(ws);
+    let mut ws: Vec<Wallet> = vec![open("a", 1).unwrap(), open("b", 2).unwrap()];
+    assert_eq!(ws[0].node().queued_ops(), 3, "queued operations lost");
+    assert_eq!(ws[0].node().parts(), before);
+    pump(&mut ws, 10_000).unwrap();
+    let line = ws[0].friend_view(b, 0).unwrap().lines[0].clone();
+    assert_eq!((line.our_limit, line.pending_limit), (170, None));
+}
+
 /// Envelopes that arrive together are one group commit: one SQLite commit for all of them, a
 /// copy inside the group refused as a replay. If the commit can't be made (here: the disk is
 /// full), none of them counts: the node is as before, nothing is marked seen, and the same

@@ -19,7 +19,7 @@ use super::bounds::{
     MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
 };
 use super::channel::{
-    Channel, ChannelError, ChannelState, CreditLine, OfferOutcome, Op, OpError, Received,
+    Channel, ChannelError, ChannelState, CoreKey, CreditLine, OfferOutcome, Op, OpError, Received,
     ResetCertificate, ResetError, ResetProposal, SharedPending, Signatures, StoredPending,
 };
 use super::identity::{Hash, Identity, NodeId};
@@ -664,6 +664,10 @@ pub struct Node {
     stored_pending_at: BTreeMap<NodeId, Hash>,
     /// Each channel's queue as the store holds it (after the last [`Node::take_changes`]).
     stored_queue: BTreeMap<NodeId, StoredQueue>,
+    /// For each friend, the key of the channel row the store holds ([`Channel::core_key`]): a
+    /// step that changed only the channel's queue (most of the steps that touch a channel
+    /// under load: operations queued for the turn) writes no channel row.
+    stored_core: BTreeMap<NodeId, CoreKey>,
 }
 
 impl Node {
@@ -685,6 +689,7 @@ impl Node {
             stored_pending: BTreeMap::new(),
             stored_pending_at: BTreeMap::new(),
             stored_queue: BTreeMap::new(),
+            stored_core: BTreeMap::new(),
         }
     }
 
@@ -782,7 +787,11 @@ impl Node {
         for (friend, ch) in self.friends.take_changed() {
             match ch {
                 Some(ch) => {
-                    channels.push((friend, Some(encode_channel(ch))));
+                    let key = ch.core_key();
+                    if self.stored_core.get(&friend) != Some(&key) {
+                        channels.push((friend, Some(encode_channel(ch))));
+                        self.stored_core.insert(friend, key);
+                    }
                     let rows = self.stored_queue.entry(friend).or_default();
                     for (seq, op) in rows.update(ch.queue()) {
                         queued.push(((friend, seq), op.map(|op| encode_queued(friend, seq, op))));
@@ -803,6 +812,7 @@ impl Node {
                 }
                 None => {
                     channels.push((friend, None));
+                    self.stored_core.remove(&friend);
                     for (seq, _) in self.stored_queue.remove(&friend).unwrap_or_default().rows {
                         queued.push(((friend, seq), None));
                     }
@@ -836,6 +846,7 @@ impl Node {
         self.stored_pending.clear();
         self.stored_pending_at.clear();
         self.stored_queue.clear();
+        self.stored_core.clear();
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();

@@ -833,6 +833,7 @@ impl Wallet {
         };
         let unchanged = changes.channels.is_empty()
             && changes.pending.is_empty()
+            && changes.queued.is_empty()
             && changes.payments.is_empty()
             && changes.invoices.is_empty()
             && changes.outcomes.is_empty()

@@ -23,7 +23,7 @@ pub use self::reset::{ResetCertificate, ResetError, ResetProposal, ResetTerms};
 pub use self::state::{
     ChannelState, CreditLine, Op, OpError, Parties, Pending, SharedPending, Side, Signatures,
 };
-pub use self::stored::{ChannelCore, StoredPending};
+pub use self::stored::{ChannelCore, CoreKey, StoredPending};
 use super::bounds::MAX_OPS_PER_MOVE;
 use super::identity::{Hash, Identity, NodeId, Signature, SignatureBatch};
 

@@ -205,7 +205,30 @@ impl ChannelCore {
     }
 }
 
+/// What [`Channel::encode_core`] writes depends on, in short: the last move's hash and the
+/// channel's flags. Everything else in the core (both states' credit lines, the last move, the
+/// header before it, the reset that opened the epoch) changes only with a new last move (a
+/// move made or received, an adopted tip, a reset), and the last move's hash commits to all of
+/// it. So a step that changed only a channel's queue leaves its core as the store has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreKey {
+    last_hash: Hash,
+    token_requested: bool,
+    peer_waiting: bool,
+    confirmed: bool,
+}
+
 impl Channel {
+    /// The key of what [`Channel::encode_core`] would write now: equal keys, equal bytes.
+    pub fn core_key(&self) -> CoreKey {
+        CoreKey {
+            last_hash: self.last_hash(),
+            token_requested: self.token_requested,
+            peer_waiting: self.peer_waiting,
+            confirmed: self.confirmed,
+        }
+    }
+
     /// The channel without its pending requests, encoded after `prefix` (see
     /// [`ChannelCore`]).
     pub fn encode_core(&self, prefix: Vec<u8>) -> Vec<u8> {
