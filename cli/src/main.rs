@@ -480,7 +480,7 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
         Command::Backup { file } => {
-            let w = open(&dir)?;
+            let mut w = open(&dir)?;
             let info = w
                 .backup(&file, keys(&dir).as_ref())
                 .map_err(|e| e.to_string())?;

@@ -429,7 +429,7 @@ fn reopen_b(t: &TempDir, mut ws: Vec<Wallet>) -> Vec<Wallet> {
 #[test]
 fn bad_backups_are_refused_and_write_nothing() {
     let t = TempDir::new("badbackup");
-    let ws = trio(&t);
+    let mut ws = trio(&t);
     let keys = PassphraseKeys::with_cost("phrase", KdfCost::TEST_ONLY);
     let file = t.path("a.offst-backup");
     ws[0].backup(&file, &keys).unwrap();
@@ -973,6 +973,125 @@ fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
         "completed"
     );
     assert_eq!(balance(&ws[2], &ws[1]), 10);
+}
+
+/// Steps that do not wait for the disk share one SQLite transaction: four invoices made
+/// back to back are one commit, made by the flush. Invoices made and never flushed are
+/// committed when the wallet is closed, and are there when it opens again.
+#[test]
+fn steps_waiting_for_the_disk_share_one_commit_and_survive_closing() {
+    let t = TempDir::new("deferred");
+    let mut ws = trio(&t);
+    let before = ws[2].disk_commits();
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        made.push(
+            ws[2]
+                .create_invoice_unsynced(hours(), 5, 60_000, "")
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        ws[2].disk_commits(),
+        before,
+        "nothing committed before the flush"
+    );
+    let c = std::sync::Mutex::new(ws.remove(2));
+    block_on(offst_core::wallet::sync(&c, made[3].1)).unwrap();
+    // Earlier tickets are on disk too.
+    block_on(offst_core::wallet::sync(&c, made[0].1)).unwrap();
+    ws.push(c.into_inner().unwrap());
+    assert_eq!(
+        ws[2].disk_commits(),
+        before + 1,
+        "one commit for four steps"
+    );
+    // Three more, never flushed: closing the wallet commits them.
+    for _ in 0..3 {
+        made.push(
+            ws[2]
+                .create_invoice_unsynced(hours(), 5, 60_000, "")
+                .unwrap(),
+        );
+    }
+    let state = ws[2].node().parts();
+    let mut ws = reopen(&t, ws);
+    assert_eq!(ws[2].node().parts(), state, "steps lost in closing");
+    for (inv, _) in &made {
+        let route = plan(&ws, &[0, 1, 2], 5);
+        ws[0].pay(inv, vec![route]).unwrap();
+    }
+    pump(&mut ws, 100_000).unwrap();
+    for (inv, _) in &made {
+        assert_eq!(
+            ws[0].payment_view(inv.terms.id).unwrap().status,
+            "completed"
+        );
+    }
+    assert_eq!(balance(&ws[2], &ws[1]), 35);
+}
+
+/// A step that fails inside the shared transaction (here the disk is full) is undone, and
+/// memory stays what the disk will hold. SQLite may undo the whole shared transaction on such
+/// an error, and with it the steps before that waited there: whatever happened, a step's
+/// flush reports success exactly when the step is there after the wallet is opened again.
+#[test]
+fn a_failed_step_in_the_shared_transaction_reports_exactly_what_was_kept() {
+    let t = TempDir::new("deferred-full");
+    let mut ws = trio(&t);
+    drop(ws.remove(2));
+    let size = std::fs::metadata(t.path("c").join("wallet.db"))
+        .unwrap()
+        .len();
+    let capped = WalletOptions {
+        max_size_bytes: Some(size + 16 * 1024),
+        ..WalletOptions::default()
+    };
+    ws.push(Wallet::open(&t.path("c"), &test_keys(3), capped).unwrap());
+    let mut made = Vec::new();
+    let mut refused = false;
+    for _ in 0..400 {
+        match ws[2].create_invoice_unsynced(hours(), 1, 60_000, &"x".repeat(200)) {
+            Ok(m) => made.push(m),
+            Err(e) => {
+                assert!(matches!(e, WalletError::DiskFull), "{e}");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "the cap was never reached");
+    assert!(made.len() >= 2, "only {} invoices fit", made.len());
+    // Memory holds what the disk holds: no invoice it does not know of.
+    let in_memory = ws[2].node().parts();
+    let c = std::sync::Mutex::new(ws.remove(2));
+    let flushed: Vec<bool> = made
+        .iter()
+        .map(|(_, ticket)| block_on(offst_core::wallet::sync(&c, *ticket)).is_ok())
+        .collect();
+    ws.push(c.into_inner().unwrap());
+    assert_eq!(ws[2].node().parts(), in_memory);
+    drop(ws.remove(2));
+    ws.push(Wallet::open(&t.path("c"), &test_keys(3), WalletOptions::default()).unwrap());
+    assert_eq!(
+        ws[2].node().parts(),
+        in_memory,
+        "the disk differs from memory"
+    );
+    for ((inv, _), ok) in made.iter().zip(&flushed) {
+        let kept = ws[2].payment_view(inv.terms.id).is_ok();
+        assert_eq!(kept, *ok, "flush said {ok}, the invoice is there: {kept}");
+    }
+    // The wallet goes on: an invoice that was kept can be paid.
+    if let Some(((inv, _), _)) = made.iter().zip(&flushed).rev().find(|(_, ok)| **ok) {
+        let route = plan(&ws, &[0, 1, 2], 1);
+        ws[0].pay(inv, vec![route]).unwrap();
+        pump(&mut ws, 100_000).unwrap();
+        assert_eq!(
+            ws[0].payment_view(inv.terms.id).unwrap().status,
+            "completed"
+        );
+    }
 }
 
 #[test]

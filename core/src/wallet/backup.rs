@@ -175,7 +175,10 @@ impl Wallet {
     /// Write a backup of this wallet to `path`, sealed under a key from `keys`. Consistent
     /// while the wallet runs (SQLite's online backup); written to a temporary file and renamed,
     /// so `path` is either the old file or the whole new one.
-    pub fn backup(&self, path: &Path, keys: &dyn KeyStore) -> Result<BackupInfo, WalletError> {
+    pub fn backup(&mut self, path: &Path, keys: &dyn KeyStore) -> Result<BackupInfo, WalletError> {
+        // What steps wrote into the shared transaction is committed first: a backup holds
+        // only committed steps, like the disk.
+        self.close_deferred()?;
         // Copy the database page by page into memory, then serialize it.
         let mut copy = Connection::open_in_memory().map_err(WalletError::from_sqlite)?;
         {

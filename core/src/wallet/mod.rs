@@ -356,10 +356,23 @@ pub struct Wallet {
     payment_watchers: HashMap<InvoiceId, tokio::sync::watch::Sender<u64>>,
     /// Steps committed without waiting for the disk ([`Wallet::pay_unsynced`]).
     unsynced: Unsynced,
+    /// Set while such steps share one open transaction: each writes into it (inside a
+    /// savepoint of its own) instead of committing, and the next flush ([`sync`]) or any other
+    /// write commits them together ([`Wallet::close_deferred`]). Nothing they send leaves
+    /// before their flush either way.
+    deferred: bool,
     /// Held while the write-ahead log is flushed for [`sync`], so one flush serves everyone
     /// who waits while it runs.
     sync_lock: Arc<tokio::sync::Mutex<()>>,
     _lock: File,
+}
+
+impl Drop for Wallet {
+    /// Steps still in the shared transaction are committed (not flushed: opening the wallet
+    /// again flushes first), so closing a wallet keeps every step it took.
+    fn drop(&mut self) {
+        let _ = close_deferred(&self.conn, &mut self.deferred, &mut self.broken);
+    }
 }
 
 /// Steps committed without waiting for the disk, so that several can share one flush
@@ -373,6 +386,9 @@ struct Unsynced {
     /// For each one not on disk yet that queued messages: its number and its first outbox
     /// seq. The outbox holds back every message from the oldest of these on.
     held: VecDeque<(u64, u64)>,
+    /// Steps lost before they reached the disk (their shared transaction was rolled back):
+    /// the last one of each such run, the one before it, and why.
+    lost: Vec<(u64, u64, String)>,
 }
 
 impl Unsynced {
@@ -393,6 +409,21 @@ impl Unsynced {
         {
             self.held.pop_front();
         }
+    }
+
+    /// Every step taken and not yet on disk is lost.
+    fn lose_pending(&mut self, why: String) {
+        if self.written > self.synced {
+            self.lost.push((self.synced, self.written, why));
+        }
+    }
+
+    /// Why step `n` was lost, if it was.
+    fn lost(&self, n: u64) -> Option<&str> {
+        self.lost
+            .iter()
+            .find(|(after, through, _)| *after < n && n <= *through)
+            .map(|(_, _, why)| why.as_str())
     }
 
     /// The first outbox seq that must not be sent yet.
@@ -417,6 +448,11 @@ pub async fn sync(
     use crate::sync::lock as hold;
     let (sync_lock, wal) = {
         let w = hold(wallet);
+        if let Some(why) = w.unsynced.lost(ticket.0) {
+            return Err(WalletError::Storage(format!(
+                "the step was undone before it reached the disk ({why}); nothing of it was sent"
+            )));
+        }
         if w.unsynced.synced >= ticket.0 {
             return Ok(());
         }
@@ -424,9 +460,16 @@ pub async fn sync(
     };
     let _flushing = sync_lock.lock().await;
     let target = {
-        let w = hold(wallet);
+        let mut w = hold(wallet);
         if w.unsynced.synced >= ticket.0 {
             return Ok(());
+        }
+        // The steps that share the open transaction are committed now, all at once.
+        w.close_deferred()?;
+        if let Some(why) = w.unsynced.lost(ticket.0) {
+            return Err(WalletError::Storage(format!(
+                "the step was undone before it reached the disk ({why}); nothing of it was sent"
+            )));
         }
         w.unsynced.written
     };
@@ -464,6 +507,76 @@ fn commit_waiting<T>(
         return result.and(Err(WalletError::from_sqlite(e)));
     }
     result
+}
+
+/// Open the transaction that steps not waiting for the disk share, unless it is open. Its
+/// commit does not wait for the disk (`synchronous=NORMAL` until it is committed): [`sync`]
+/// flushes it.
+fn open_deferred(
+    conn: &Connection,
+    deferred: &mut bool,
+    broken: &mut Option<String>,
+) -> Result<(), WalletError> {
+    if *deferred {
+        return Ok(());
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(WalletError::from_sqlite)?;
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Later commits must wait for the disk again.
+        if let Err(again) = conn.execute_batch("PRAGMA synchronous = FULL") {
+            *broken = Some(format!("could not restore synchronous=FULL: {again}"));
+        }
+        return Err(WalletError::from_sqlite(e));
+    }
+    *deferred = true;
+    Ok(())
+}
+
+/// Commit the shared transaction, if one is open, and wait for the disk again on later
+/// commits. On an error the transaction is rolled back (if SQLite has not already done so)
+/// and every step in it is lost: the caller reads the node back from the disk and fails
+/// their [`sync`] ([`Wallet::close_deferred`]).
+fn close_deferred(
+    conn: &Connection,
+    deferred: &mut bool,
+    broken: &mut Option<String>,
+) -> Result<(), WalletError> {
+    if !std::mem::take(deferred) {
+        return Ok(());
+    }
+    let committed = conn.execute_batch("COMMIT");
+    if committed.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    restore_full(conn, broken);
+    committed.map_err(WalletError::from_sqlite)
+}
+
+/// Commits wait for the disk again; if that cannot be set, the wallet takes no further step.
+fn restore_full(conn: &Connection, broken: &mut Option<String>) {
+    if let Err(e) = conn.execute_batch("PRAGMA synchronous = FULL") {
+        *broken = Some(format!("could not restore synchronous=FULL: {e}"));
+    }
+}
+
+/// Run `write` inside a savepoint of the open transaction: if it fails, what it wrote is
+/// undone and the rest of the transaction (the other steps in it) stays.
+fn in_savepoint(
+    conn: &Connection,
+    write: impl FnOnce() -> Result<(), WalletError>,
+) -> Result<(), WalletError> {
+    conn.execute_batch("SAVEPOINT step")
+        .map_err(WalletError::from_sqlite)?;
+    match write() {
+        Ok(()) => conn
+            .execute_batch("RELEASE step")
+            .map_err(WalletError::from_sqlite),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO step; RELEASE step");
+            Err(e)
+        }
+    }
 }
 
 /// Flush a file's data to the disk (`fdatasync`; on Apple systems `F_FULLFSYNC`).
@@ -658,6 +771,7 @@ impl Wallet {
             group: None,
             payment_watchers: HashMap::new(),
             unsynced: Unsynced::default(),
+            deferred: false,
             sync_lock: Arc::default(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -711,6 +825,7 @@ impl Wallet {
             group: None,
             payment_watchers: HashMap::new(),
             unsynced: Unsynced::default(),
+            deferred: false,
             sync_lock: Arc::default(),
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
@@ -816,6 +931,11 @@ impl Wallet {
         extra: impl FnOnce(&Connection, &T) -> Result<(), WalletError>,
     ) -> Result<T, WalletError> {
         self.usable()?;
+        let relax = later && self.durability == Durability::Full;
+        if !relax && self.group.is_none() {
+            // A step that waits for the disk commits the shared transaction first.
+            self.close_deferred()?;
+        }
         let now = self.clock.now_ms();
         let (value, outputs, mut entries) = f(&mut self.node, now);
         let changes = self.node.take_changes();
@@ -891,13 +1011,19 @@ impl Wallet {
             self.last_settings = changes.settings;
             return Ok(value);
         }
-        let relax = later && self.durability == Durability::Full;
-        let result = commit_waiting(&mut self.conn, &mut self.broken, !relax, |conn| {
-            let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
-            write(&tx)?;
-            // An empty transaction commits without touching the disk.
-            tx.commit().map_err(WalletError::from_sqlite)
-        });
+        let result = if relax {
+            // Into the transaction the steps waiting for the next flush share.
+            open_deferred(&self.conn, &mut self.deferred, &mut self.broken)
+                .and_then(|()| in_savepoint(&self.conn, || write(&self.conn)))
+        } else {
+            // The shared transaction was committed before this step began.
+            commit_waiting(&mut self.conn, &mut self.broken, true, |conn| {
+                let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
+                write(&tx)?;
+                // An empty transaction commits without touching the disk.
+                tx.commit().map_err(WalletError::from_sqlite)
+            })
+        };
         match result {
             Ok(()) => {
                 self.last_settings = changes.settings;
@@ -917,6 +1043,7 @@ impl Wallet {
                 Ok(value)
             }
             Err(e) => {
+                self.check_deferred(&e);
                 self.recover();
                 Err(e)
             }
@@ -953,6 +1080,30 @@ impl Wallet {
             .subscribe()
     }
 
+    /// Commit the steps that share the open transaction ([`Wallet::deferred`]) before anything
+    /// else writes. If that fails they are lost: the node is read back from the disk and their
+    /// [`sync`] fails.
+    pub(crate) fn close_deferred(&mut self) -> Result<(), WalletError> {
+        let result = close_deferred(&self.conn, &mut self.deferred, &mut self.broken);
+        if let Err(e) = &result {
+            self.unsynced.lose_pending(e.to_string());
+            self.recover();
+        }
+        result
+    }
+
+    /// After a step failed inside the shared transaction: its savepoint undid it, but some
+    /// errors (a full disk, an I/O error) make SQLite roll back the whole transaction, and
+    /// with it every step that waited there for the next flush. Those are lost: their
+    /// [`sync`] fails, and the caller reads the node back from the disk.
+    fn check_deferred(&mut self, error: &WalletError) {
+        if self.deferred && self.conn.is_autocommit() {
+            self.deferred = false;
+            restore_full(&self.conn, &mut self.broken);
+            self.unsynced.lose_pending(error.to_string());
+        }
+    }
+
     /// Refuse to work once a failed step left memory that could not be read back from disk.
     fn usable(&self) -> Result<(), WalletError> {
         match &self.broken {
@@ -985,6 +1136,7 @@ impl Wallet {
             return Ok(vec![self.receive_envelope(one.as_ref())?]);
         }
         self.usable()?;
+        self.close_deferred()?;
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(WalletError::from_sqlite)?;
@@ -1447,18 +1599,25 @@ impl Wallet {
         if seqs.is_empty() {
             return Ok(());
         }
+        let delete = |conn: &Connection| -> Result<(), WalletError> {
+            let mut del = conn
+                .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+                .map_err(WalletError::from_sqlite)?;
+            for seq in seqs {
+                del.execute([history::clamp(*seq)])
+                    .map_err(WalletError::from_sqlite)?;
+            }
+            Ok(())
+        };
+        if self.deferred {
+            // Joins the open transaction: it commits with the steps there, without waiting
+            // for the disk either, and losing it costs only a resend as above.
+            return in_savepoint(&self.conn, || delete(&self.conn));
+        }
         let relax = self.durability == Durability::Full;
         commit_waiting(&mut self.conn, &mut self.broken, !relax, |conn| {
             let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
-            {
-                let mut del = tx
-                    .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
-                    .map_err(WalletError::from_sqlite)?;
-                for seq in seqs {
-                    del.execute([history::clamp(*seq)])
-                        .map_err(WalletError::from_sqlite)?;
-                }
-            }
+            delete(&tx)?;
             tx.commit().map_err(WalletError::from_sqlite)
         })
     }
@@ -1486,6 +1645,7 @@ impl Wallet {
 
     /// The app handled event `seq`: it leaves the queue (it stays in history). Idempotent.
     pub fn event_handled(&mut self, seq: u64) -> Result<(), WalletError> {
+        self.close_deferred()?;
         self.conn
             .execute(
                 "DELETE FROM event_queue WHERE seq = ?1",

@@ -286,6 +286,7 @@ impl Wallet {
             Privacy::Buckets => b"buckets",
             Privacy::Off => b"off",
         };
+        self.close_deferred()?;
         store::put_meta(&self.conn, "report_privacy", v)
     }
 
@@ -341,6 +342,7 @@ impl Wallet {
     pub fn set_relay(&mut self, relay: RelayAddress) -> Result<(), WalletError> {
         let bytes =
             postcard::to_allocvec(&relay).map_err(|e| WalletError::Storage(e.to_string()))?;
+        self.close_deferred()?;
         store::put_meta(&self.conn, "relay", &bytes)
     }
 
@@ -631,6 +633,7 @@ impl Wallet {
             .mail_key
             .verify()
             .map_err(|e| WalletError::Storage(e.to_string()))?;
+        self.close_deferred()?;
         let tx = self.conn.transaction().map_err(WalletError::from_sqlite)?;
         put_contact(&tx, &contact)?;
         tx.commit().map_err(WalletError::from_sqlite)?;
@@ -876,6 +879,7 @@ impl Wallet {
     /// Forget envelope ids older than the replay window (they would be refused as too old).
     pub fn prune_seen(&mut self) -> Result<u64, WalletError> {
         let cutoff = self.clock.now_ms().saturating_sub(REPLAY_WINDOW_MS);
+        self.close_deferred()?;
         self.conn
             .execute(
                 "DELETE FROM seen_envelopes WHERE sent_ms < ?1",
