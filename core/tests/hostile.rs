@@ -45,13 +45,7 @@ fn hostile_move(net: &LocalNet, seed: u8, attacker: NodeId, victim: NodeId, ops:
     Move::sign_unchecked(&identity(seed), header, ops)
 }
 
-fn deliver(net: &mut LocalNet, from: NodeId, to: NodeId, m: Move) -> Result<(), ProtocolError> {
-    let now = net.now_ms;
-    net.node_mut(&to)
-        .expect("node")
-        .handle_message(now, from, Message::Move(m))
-        .map(|_| ())
-}
+use common::deliver_move as deliver;
 
 #[test]
 fn forged_signature_is_refused() {

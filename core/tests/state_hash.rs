@@ -19,7 +19,6 @@ use offst_core::protocol::channel::{
     ChannelError, ChannelState, Move, MoveHeader, Op, Pending, Side, Signatures,
 };
 use offst_core::protocol::identity::{Hash, NodeId};
-use offst_core::protocol::message::Message;
 use offst_core::protocol::node::ProtocolError;
 use offst_core::protocol::payment::{
     HashedLock, InvoiceId, Request, RequestId, RequestTerms, Response,
@@ -174,13 +173,7 @@ fn limit_move(net: &LocalNet, a: NodeId, b: NodeId, claim: impl Fn(&ChannelState
     Move::sign_unchecked(&identity(1), header, ops)
 }
 
-fn deliver(net: &mut LocalNet, from: NodeId, to: NodeId, m: Move) -> Result<(), ProtocolError> {
-    let now = net.now_ms;
-    net.node_mut(&to)
-        .unwrap()
-        .handle_message(now, from, Message::Move(m))
-        .map(|_| ())
-}
+use common::deliver_move as deliver;
 
 #[test]
 fn a_move_signed_over_the_v1_state_hash_is_still_accepted() {

@@ -58,3 +58,17 @@ pub fn give_token(net: &mut LocalNet, holder: NodeId, other: NodeId) {
             .holds_token()
     );
 }
+
+/// Hand `m` from `from` to `to` directly, as if it had just arrived.
+pub fn deliver_move(
+    net: &mut LocalNet,
+    from: NodeId,
+    to: NodeId,
+    m: offst_core::protocol::channel::Move,
+) -> Result<(), offst_core::protocol::node::ProtocolError> {
+    let now = net.now_ms;
+    net.node_mut(&to)
+        .expect("node")
+        .handle_message(now, from, offst_core::protocol::message::Message::Move(m))
+        .map(|_| ())
+}
