@@ -111,6 +111,11 @@ struct Common {
     /// envelopes sealed in the middle 40 % of the run. Costs a hash and a lock per stage.
     #[arg(long)]
     timeline: bool,
+    /// Keep the run's data directory (every wallet's and relay's SQLite file) instead of
+    /// removing it, and say where it is: to read what the run wrote (`docs/benchmarks.md`
+    /// counts the pages each table wrote this way).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// Everything moves in this currency; limits are large enough for every scenario except
@@ -885,7 +890,11 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         }))
     }
     .await;
-    let _ = std::fs::remove_dir_all(&root);
+    if common.keep {
+        eprintln!("the run's data is kept in {}", root.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&root);
+    }
     result
 }
 
