@@ -97,7 +97,8 @@ pub enum Stage {
     Sealed = 0,
     /// A relay read it from a connection (a wallet's or another relay's).
     RelayIn = 1,
-    /// That relay's store committed it.
+    /// That relay's store committed it. A connected recipient may have had it before this
+    /// (the relay hands mail out before its commit), so this stage can come after `Delivered`.
     Stored = 2,
     /// The relay's forwarder took it from its store to send to the next relay.
     Forwarding = 3,

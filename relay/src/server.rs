@@ -128,8 +128,6 @@ struct Shared {
     cut_through_backlog: AtomicUsize,
     forwarded: AtomicU64,
     stopping: std::sync::atomic::AtomicBool,
-    /// Per connected recipient: the latest seq stored for it (deliveries wait on changes).
-    mailboxes: Mutex<HashMap<NodeId, watch::Sender<u64>>>,
     buckets: Mutex<HashMap<NodeId, TokenBucket>>,
     /// Per wallet, the last seq it acknowledged: a new connection starts after it, even before
     /// the deletion has committed.
@@ -150,31 +148,6 @@ impl Shared {
             .entry(sender)
             .or_insert_with(|| TokenBucket::full(rate, burst))
             .take()
-    }
-
-    fn subscribe(&self, id: NodeId) -> watch::Receiver<u64> {
-        let Ok(mut map) = self.mailboxes.lock() else {
-            return watch::channel(0).1;
-        };
-        map.entry(id)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    fn unsubscribe(&self, id: &NodeId) {
-        if let Ok(mut map) = self.mailboxes.lock()
-            && map.get(id).is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            map.remove(id);
-        }
-    }
-
-    fn stored(&self, recipient: &NodeId, seq: u64) {
-        if let Ok(map) = self.mailboxes.lock()
-            && let Some(tx) = map.get(recipient)
-        {
-            tx.send_replace(seq);
-        }
     }
 }
 
@@ -220,6 +193,18 @@ impl RelayHandle {
     /// Envelopes accepted for other relays and not yet taken by them (committed here).
     pub async fn waiting_to_forward(&self) -> Result<u64, StoreError> {
         self.shared.store.count_forward().await
+    }
+
+    /// Make the mail store's next `n` commits fail after their statements ran. For tests.
+    #[doc(hidden)]
+    pub fn fail_next_commits(&self, n: u32) {
+        self.shared.store.fail_next_commits(n);
+    }
+
+    /// Hold the mail store's commits back while `hold` is set. For tests.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, hold: bool) {
+        self.shared.store.hold_commits(hold);
     }
 
     /// What the index holds (`None` when it is switched off).
@@ -314,7 +299,6 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
         forwarders: Mutex::new(HashMap::new()),
         forwarded: AtomicU64::new(0),
         stopping: std::sync::atomic::AtomicBool::new(false),
-        mailboxes: Mutex::new(HashMap::new()),
         buckets: Mutex::new(HashMap::new()),
         acked: Mutex::new(HashMap::new()),
         cut_through: Mutex::new(HashMap::new()),
@@ -412,7 +396,7 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
     let writer = tokio::spawn(write_loop(send, urgent_rx, out_rx));
     // Answers go out in the order the envelopes came in, each once its batch committed; up to
     // MAX_IN_FLIGHT envelopes of one connection may be waiting for their commit.
-    let (replies, replies_rx) = mpsc::channel::<(u64, NodeId, Queued)>(MAX_IN_FLIGHT);
+    let (replies, replies_rx) = mpsc::channel::<(u64, Queued)>(MAX_IN_FLIGHT);
     let responder = tokio::spawn(respond_loop(shared.clone(), replies_rx, out_tx.clone()));
     let acked = Arc::new(AtomicU64::new(0));
     let (ack_tx, ack_rx) = watch::channel(0u64);
@@ -460,7 +444,7 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
                 envelope,
             } => {
                 let answer = queue_envelope(&shared, id, to, None, envelope);
-                if replies.send((req, to, answer)).await.is_err() {
+                if replies.send((req, answer)).await.is_err() {
                     break;
                 }
             }
@@ -472,7 +456,7 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
             } => {
                 let relay = (relay.key != shared.key).then_some(relay);
                 let answer = queue_envelope(&shared, id, to, relay, envelope);
-                if replies.send((req, to, answer)).await.is_err() {
+                if replies.send((req, answer)).await.is_err() {
                     break;
                 }
             }
@@ -575,12 +559,14 @@ async fn serve(conn: quinn::Connection, id: NodeId, shared: Arc<Shared>) {
         }
     }
     deliver.abort();
+    // Its subscription must be gone before unsubscribing, or the mailbox's tail would stay.
+    let _ = deliver.await;
     drop(replies);
     let _ = responder.await;
     drop(out_tx);
     drop(urgent_tx);
     let _ = writer.await;
-    shared.unsubscribe(&id);
+    shared.store.unsubscribe(&id);
     debug!(client = %id.short(), "wallet gone");
 }
 
@@ -777,18 +763,20 @@ fn queue_envelope(
 
 async fn respond_loop(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<(u64, NodeId, Queued)>,
+    mut rx: mpsc::Receiver<(u64, Queued)>,
     out: mpsc::Sender<FromRelay>,
 ) {
-    while let Some((req, to, queued)) = rx.recv().await {
+    while let Some((req, queued)) = rx.recv().await {
         let answer = match queued {
             Queued::Refused(r) => Err(r),
             Queued::Stored(pending, relay, key, sent_on) => match pending.await {
                 Ok(Ok(Ok(seq))) => {
                     metrics::timeline_mark_key(Stage::Stored, key);
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
+                    // Mail for this relay's own users went to their deliveries as soon as it
+                    // was inserted, and they were woken again at the commit.
                     match (relay, sent_on) {
-                        (None, _) => shared.stored(&to, seq),
+                        (None, _) => {}
                         (Some(r), None) => wake_forwarder(&shared, r),
                         // Sent on before the commit: once the next relay took it, it leaves
                         // the queue; if not, the queue's forwarder sends it.
@@ -967,7 +955,7 @@ async fn deliver_loop(
     mut acks: watch::Receiver<u64>,
     acked: Arc<AtomicU64>,
 ) {
-    let mut mail = shared.subscribe(id);
+    let mut mail = shared.store.subscribe(id).0;
     let window = shared.config.delivery_window;
     let mut cursor = shared
         .acked

@@ -1,8 +1,16 @@
 //! Mailboxes on disk (SQLite, WAL). One writer thread commits inserts and deletions in batches
 //! (group commit): an envelope is "accepted" only once the transaction holding it committed.
 //! Reads go through their own connection.
+//!
+//! A connected recipient's mail is also handed out before its commit: once its `INSERT` has
+//! run, the writer puts it in that recipient's [`Tail`] in memory, and [`Store::fetch`] serves
+//! the tail when it holds everything after the reader's position (see
+//! `docs/proposals/relay-delivery-before-commit.md`). A sequence number names one envelope for
+//! ever: the writer numbers mail itself and never lowers the next number, so a commit that
+//! fails never hands one of its numbers out again (an acknowledgement of the lost envelope
+//! would otherwise delete its successor unread).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -11,10 +19,15 @@ use std::thread::JoinHandle;
 use offst_core::net::wire::{Refusal, RelayAddress};
 use offst_core::protocol::identity::NodeId;
 use rusqlite::{Connection, params};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// Most envelopes a connected recipient's tail keeps in memory; older ones are read from disk.
+const MAX_TAIL_MESSAGES: usize = 1024;
+/// Most bytes a connected recipient's tail keeps in memory.
+const MAX_TAIL_BYTES: usize = 4 << 20;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,7 +121,92 @@ pub struct Store {
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
+    tails: Arc<Mutex<Tails>>,
+    faults: Arc<Faults>,
 }
+
+/// Commits held back or failed on purpose, for tests of what a commit that is slow or fails
+/// must not break. Unused, it costs the writer one uncontended lock per commit.
+#[derive(Default)]
+struct Faults {
+    state: Mutex<FaultState>,
+    released: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FaultState {
+    /// Commits wait while this is set.
+    hold: bool,
+    /// Commits still to fail.
+    fail: u32,
+}
+
+impl Faults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait while commits are held; then whether this one is to fail.
+    fn before_commit(&self) -> bool {
+        let mut state = self.lock();
+        while state.hold {
+            state = self
+                .released
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.fail.checked_sub(1).map(|n| state.fail = n).is_some()
+    }
+}
+
+/// The mail numbering, and the mail of connected recipients not yet read from disk.
+struct Tails {
+    /// The next mail seq. Never lowered, also when a commit fails.
+    next_seq: u64,
+    boxes: HashMap<NodeId, Tail>,
+}
+
+/// One connected recipient's newest mail, in memory from the moment its `INSERT` ran.
+struct Tail {
+    /// Every envelope for this recipient with a seq above this one is in `entries` (until
+    /// trimmed, which raises it): a reader at or past it may read the tail alone.
+    complete_after: u64,
+    entries: VecDeque<Mail>,
+    bytes: usize,
+    /// The latest seq stored or handed out for this recipient (deliveries wait on changes).
+    notify: watch::Sender<u64>,
+}
+
+impl Tail {
+    /// Forget entries up to and including `up_to` (the reader will find them on disk, or
+    /// they were acknowledged).
+    fn trim_to(&mut self, up_to: u64) {
+        while self.entries.front().is_some_and(|m| m.seq <= up_to) {
+            if let Some(m) = self.entries.pop_front() {
+                self.bytes = self.bytes.saturating_sub(m.envelope.len());
+            }
+        }
+        self.complete_after = self.complete_after.max(up_to);
+    }
+
+    fn push(&mut self, mail: Mail) {
+        let seq = mail.seq;
+        self.bytes += mail.envelope.len();
+        self.entries.push_back(mail);
+        while self.entries.len() > MAX_TAIL_MESSAGES || self.bytes > MAX_TAIL_BYTES {
+            let Some(old) = self.entries.front().map(|m| m.seq) else {
+                break;
+            };
+            self.trim_to(old);
+        }
+        self.notify.send_replace(seq);
+    }
+}
+
+/// What a recipient's deliveries wait on: it changes when mail for it is stored or handed out.
+pub struct Subscription(pub watch::Receiver<u64>);
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS mail (
@@ -144,22 +242,85 @@ impl Store {
         offst_core::wallet::tune_connection(&writer)?;
         writer.execute_batch(SCHEMA)?;
         let usage = recount(&writer)?;
+        // Above every number ever committed: the highest row, and the highest AUTOINCREMENT
+        // handed out (rows since deleted).
+        let last_seq: i64 = writer.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM mail), 0),
+                        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'mail'), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        let tails = Arc::new(Mutex::new(Tails {
+            next_seq: u64::try_from(last_seq).unwrap_or(0) + 1,
+            boxes: HashMap::new(),
+        }));
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
         offst_core::wallet::tune_connection(&reader)?;
         let (tx, rx) = mpsc::channel::<Op>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = commits.clone();
+        let faults = Arc::new(Faults::default());
+        let writer_state = Writer {
+            usage,
+            bounds,
+            commits: counted,
+            tails: tails.clone(),
+            faults: faults.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("mail-writer".into())
-            .spawn(move || writer_loop(&mut writer, rx, usage, bounds, &counted))
+            .spawn(move || writer_loop(&mut writer, rx, writer_state))
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         Ok(Store {
             commits,
             ops: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             reader: Arc::new(Mutex::new(reader)),
+            tails,
+            faults,
         })
+    }
+
+    /// Make the next `n` commits fail after their statements ran (as a full disk would). For
+    /// tests of what a failed commit must not break.
+    #[doc(hidden)]
+    pub fn fail_next_commits(&self, n: u32) {
+        self.faults.lock().fail = n;
+    }
+
+    /// Hold every commit back (after its statements ran) while `hold` is set. For tests of
+    /// what happens before a commit.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, hold: bool) {
+        self.faults.lock().hold = hold;
+        self.faults.released.notify_all();
+    }
+
+    /// Hand `recipient`'s new mail out as it is inserted, until [`Store::unsubscribe`], and
+    /// wake the returned receiver when mail for it is stored or handed out.
+    pub fn subscribe(&self, recipient: NodeId) -> Subscription {
+        let mut tails = lock_tails(&self.tails);
+        let complete_after = tails.next_seq.saturating_sub(1);
+        let tail = tails.boxes.entry(recipient).or_insert_with(|| Tail {
+            complete_after,
+            entries: VecDeque::new(),
+            bytes: 0,
+            notify: watch::channel(0).0,
+        });
+        Subscription(tail.notify.subscribe())
+    }
+
+    /// Stop handing out `recipient`'s mail before its commit once nobody is subscribed.
+    pub fn unsubscribe(&self, recipient: &NodeId) {
+        let mut tails = lock_tails(&self.tails);
+        if tails
+            .boxes
+            .get(recipient)
+            .is_some_and(|t| t.notify.receiver_count() == 0)
+        {
+            tails.boxes.remove(recipient);
+        }
     }
 
     /// Transactions committed so far (one per batch of operations).
@@ -219,6 +380,9 @@ impl Store {
 
     /// Delete `recipient`'s mail up to and including `up_to` (after the recipient handled it).
     pub fn delete(&self, recipient: NodeId, up_to: u64) -> Result<(), StoreError> {
+        if let Some(tail) = lock_tails(&self.tails).boxes.get_mut(&recipient) {
+            tail.trim_to(up_to);
+        }
         self.send(Op::Delete { recipient, up_to })
     }
 
@@ -232,13 +396,25 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// `recipient`'s mail after `after`, oldest first, at most `limit`.
+    /// `recipient`'s mail after `after`, oldest first, at most `limit`: committed, or (for a
+    /// subscribed recipient) handed out before its commit, which may then fail.
     pub async fn fetch(
         &self,
         recipient: NodeId,
         after: u64,
         limit: u64,
     ) -> Result<Vec<Mail>, StoreError> {
+        if let Some(tail) = lock_tails(&self.tails).boxes.get(&recipient)
+            && after >= tail.complete_after
+        {
+            return Ok(tail
+                .entries
+                .iter()
+                .filter(|m| m.seq > after)
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .cloned()
+                .collect());
+        }
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| StoreError::Closed)?;
@@ -381,6 +557,8 @@ impl Store {
         if let Ok(mut ops) = self.ops.lock() {
             ops.take();
         }
+        // A commit held by a test must not keep the writer from finishing.
+        self.hold_commits(false);
         if let Ok(mut w) = self.writer.lock()
             && let Some(handle) = w.take()
         {
@@ -395,13 +573,25 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(
-    conn: &mut Connection,
-    rx: mpsc::Receiver<Op>,
-    mut usage: HashMap<NodeId, Usage>,
+/// The writer thread's own state.
+struct Writer {
+    usage: HashMap<NodeId, Usage>,
     bounds: Bounds,
-    commits: &std::sync::atomic::AtomicU64,
-) {
+    commits: Arc<std::sync::atomic::AtomicU64>,
+    tails: Arc<Mutex<Tails>>,
+    faults: Arc<Faults>,
+}
+
+fn lock_tails(tails: &Mutex<Tails>) -> std::sync::MutexGuard<'_, Tails> {
+    // A panic while holding it leaves the tails consistent enough: every entry is also on its
+    // way to disk, and a reader falls back to the disk below `complete_after`.
+    tails
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
+    use std::sync::atomic::Ordering;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -410,13 +600,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let before = usage.clone();
+        let before = w.usage.clone();
         let mut replies = Vec::with_capacity(batch.len());
+        // Mail inserted for recipients of this relay, and whether it was handed out before
+        // the commit: (recipient, seq, handed out).
+        let mut inserted: Vec<(NodeId, u64, bool)> = Vec::new();
         let result = (|| -> Result<(), StoreError> {
             let tx = conn.transaction()?;
             {
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO mail (recipient, received_ms, envelope) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO mail (seq, recipient, received_ms, envelope)
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?;
                 let mut del_sum = tx.prepare_cached(
                     "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
@@ -432,10 +626,10 @@ fn writer_loop(
                             now_ms,
                             reply,
                         } => {
-                            let u = usage.entry(recipient).or_default();
+                            let u = w.usage.entry(recipient).or_default();
                             let size = envelope.len() as u64;
-                            if u.messages + 1 > bounds.max_messages
-                                || u.bytes + size > bounds.max_bytes
+                            if u.messages + 1 > w.bounds.max_messages
+                                || u.bytes + size > w.bounds.max_bytes
                             {
                                 replies.push(Reply::Insert(
                                     reply,
@@ -446,10 +640,32 @@ fn writer_loop(
                                 ));
                                 continue;
                             }
-                            ins.execute(params![recipient.as_bytes(), i64_of(now_ms), envelope])?;
+                            let seq = {
+                                let mut tails = lock_tails(&w.tails);
+                                let seq = tails.next_seq;
+                                tails.next_seq += 1;
+                                seq
+                            };
+                            ins.execute(params![
+                                i64_of(seq),
+                                recipient.as_bytes(),
+                                i64_of(now_ms),
+                                envelope
+                            ])?;
                             u.messages += 1;
                             u.bytes += size;
-                            let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                            let handed_out = match lock_tails(&w.tails).boxes.get_mut(&recipient) {
+                                Some(tail) => {
+                                    tail.push(Mail {
+                                        seq,
+                                        received_ms: now_ms,
+                                        envelope,
+                                    });
+                                    true
+                                }
+                                None => false,
+                            };
+                            inserted.push((recipient, seq, handed_out));
                             replies.push(Reply::Insert(reply, Ok(Ok(seq))));
                         }
                         Op::Delete { recipient, up_to } => {
@@ -459,7 +675,7 @@ fn writer_loop(
                                 })?;
                             if n > 0 {
                                 del.execute(params![recipient.as_bytes(), i64_of(up_to)])?;
-                                let u = usage.entry(recipient).or_default();
+                                let u = w.usage.entry(recipient).or_default();
                                 u.messages =
                                     u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
                                 u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
@@ -504,22 +720,63 @@ fn writer_loop(
                     }
                 }
             }
+            if w.faults.before_commit() {
+                // Dropping the transaction rolls it back, as a failed COMMIT does.
+                return Err(StoreError::Sqlite(
+                    "commit failed (on purpose, for a test)".into(),
+                ));
+            }
             tx.commit()?;
-            commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            w.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })();
         match result {
             Ok(()) => {
-                if replies.iter().any(|r| matches!(r, Reply::Purge(..))) {
-                    usage = recount(conn).unwrap_or(usage);
+                let purged = replies.iter().any(|r| matches!(r, Reply::Purge(..)));
+                if purged {
+                    w.usage = recount(conn).unwrap_or(w.usage);
+                }
+                {
+                    let mut tails = lock_tails(&w.tails);
+                    if purged {
+                        // Purged mail may be in a tail: read everything from disk again.
+                        let last = tails.next_seq.saturating_sub(1);
+                        for tail in tails.boxes.values_mut() {
+                            tail.trim_to(last);
+                            tail.notify.send_replace(last);
+                        }
+                    }
+                    // Wake the deliveries that read this mail from disk.
+                    for (recipient, seq, _) in &inserted {
+                        if let Some(tail) = tails.boxes.get(recipient) {
+                            tail.notify.send_replace(*seq);
+                        }
+                    }
                 }
                 for r in replies {
                     r.send();
                 }
             }
             Err(e) => {
-                // Nothing in the batch was stored: say so to every sender.
-                usage = before;
+                // Nothing in the batch was stored: take back what was handed out (a recipient
+                // that already read it refuses the copy its sender sends again) and say so to
+                // every sender. The numbers it used are never used again.
+                w.usage = before;
+                {
+                    let mut tails = lock_tails(&w.tails);
+                    for (recipient, seq, _) in inserted.iter().filter(|i| i.2) {
+                        if let Some(tail) = tails.boxes.get_mut(recipient) {
+                            let removed: usize = tail
+                                .entries
+                                .iter()
+                                .filter(|m| m.seq == *seq)
+                                .map(|m| m.envelope.len())
+                                .sum();
+                            tail.entries.retain(|m| m.seq != *seq);
+                            tail.bytes = tail.bytes.saturating_sub(removed);
+                        }
+                    }
+                }
                 for r in replies {
                     r.fail(e.clone());
                 }

@@ -346,6 +346,57 @@ async fn accepted_mail_survives_a_restart_on_the_same_directory() {
 }
 
 #[tokio::test]
+async fn a_connected_wallet_gets_mail_before_the_commit_and_a_failed_commit_loses_nothing() {
+    let r = relay("before-commit", |_| {}).await;
+    let mut b = connect(&r, 2).await;
+    let a = connect(&r, 1).await;
+    let b_id = who(2).id();
+    // Once b got this, its delivery is under way.
+    a.send(b_id, b"first".to_vec()).await.unwrap();
+    let first = next(&mut b).await;
+    b.ack(first.seq).await.unwrap();
+
+    // With the relay's commit held, b already has the envelope and a has no answer yet.
+    r.hold_commits(true);
+    let send = a.send(b_id, b"lost".to_vec());
+    tokio::pin!(send);
+    let early = tokio::select! {
+        d = next(&mut b) => d,
+        answer = &mut send => panic!("answered before the commit: {answer:?}"),
+    };
+    assert_eq!(early.envelope, b"lost");
+    b.ack(early.seq).await.unwrap();
+
+    // The commit fails: a hears that the relay did not take it.
+    r.fail_next_commits(1);
+    r.hold_commits(false);
+    let answer = timeout(T, send).await.unwrap();
+    assert!(
+        matches!(answer, Err(ClientError::Refused(Refusal::Unavailable))),
+        "{answer:?}"
+    );
+    // a sends it again, and one more: both reach b under new numbers, so b's acknowledgement
+    // of the lost copy deletes neither (b itself refuses the copy by its envelope id).
+    a.send(b_id, b"lost".to_vec()).await.unwrap();
+    a.send(b_id, b"next".to_vec()).await.unwrap();
+    let again = next(&mut b).await;
+    assert_eq!(again.envelope, b"lost");
+    assert!(again.seq > early.seq, "{} after {}", again.seq, early.seq);
+    let last = next(&mut b).await;
+    assert_eq!(last.envelope, b"next");
+    assert!(last.seq > again.seq);
+    b.ack(last.seq).await.unwrap();
+    b.close().await;
+    // Everything acknowledged is gone, on disk too.
+    let mut b = connect(&r, 2).await;
+    assert!(
+        timeout(Duration::from_millis(300), b.recv()).await.is_err(),
+        "mailbox should be empty"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
     use offst_core::net::wire::RelayAddress;
     // r2 is down at first: its address is reserved by starting and stopping it.

@@ -1,0 +1,167 @@
+//! The mail store alone: mail handed out before its commit, and what a commit that fails must
+//! not break (`docs/proposals/relay-delivery-before-commit.md`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::time::Duration;
+
+use offst_core::protocol::identity::{Identity, NodeId};
+use offst_relay::store::{Bounds, Store, StoreError};
+use tokio::time::timeout;
+
+mod common;
+use common::scratch;
+
+const T: Duration = Duration::from_secs(10);
+
+fn bounds() -> Bounds {
+    Bounds {
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+    }
+}
+
+fn who(seed: u8) -> NodeId {
+    Identity::from_seed([seed; 32]).id()
+}
+
+/// `recipient`'s mail after `after` once there is some (the writer hands it out on its own
+/// thread).
+async fn mail_after(store: &Store, recipient: NodeId, after: u64) -> Vec<(u64, Vec<u8>)> {
+    timeout(T, async {
+        loop {
+            let mail = store.fetch(recipient, after, 64).await.unwrap();
+            if !mail.is_empty() {
+                return mail.into_iter().map(|m| (m.seq, m.envelope)).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("mail in time")
+}
+
+#[tokio::test]
+async fn mail_is_handed_out_before_its_commit_and_a_failed_commit_never_reuses_its_number() {
+    let dir = scratch("store-before-commit");
+    let store = Store::open(&dir, bounds()).unwrap();
+    let b = who(2);
+    let sub = store.subscribe(b);
+
+    // Held before its commit, the envelope is already readable by its connected recipient,
+    // while its sender has no answer yet.
+    store.hold_commits(true);
+    let mut pending = store.enqueue(None, b, b"lost".to_vec(), 1).unwrap();
+    let got = mail_after(&store, b, 0).await;
+    assert_eq!(got.len(), 1);
+    let (lost_seq, envelope) = got[0].clone();
+    assert_eq!(envelope, b"lost");
+    assert!(pending.try_recv().is_err(), "no answer before the commit");
+    assert_eq!(*sub.0.borrow(), lost_seq, "the delivery was woken");
+
+    // The commit fails: the sender hears it, and the envelope is taken back.
+    store.fail_next_commits(1);
+    store.hold_commits(false);
+    let answer = timeout(T, pending).await.unwrap().unwrap();
+    assert!(matches!(answer, Err(StoreError::Sqlite(_))), "{answer:?}");
+    assert!(store.fetch(b, 0, 64).await.unwrap().is_empty());
+    assert_eq!(store.count().await.unwrap(), 0);
+
+    // The recipient had read it and acknowledges it. The next envelope gets a new number, so
+    // that acknowledgement does not delete it.
+    store.delete(b, lost_seq).unwrap();
+    let next_seq = store.insert(b, b"next".to_vec(), 2).await.unwrap().unwrap();
+    assert!(next_seq > lost_seq, "{next_seq} after {lost_seq}");
+    assert_eq!(
+        mail_after(&store, b, lost_seq).await,
+        vec![(next_seq, b"next".to_vec())]
+    );
+    assert_eq!(store.count().await.unwrap(), 1);
+    // And from disk too, for a reader that is not subscribed.
+    store.unsubscribe(&b);
+    drop(sub);
+    store.unsubscribe(&b);
+    assert_eq!(
+        store
+            .fetch(b, 0, 64)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>(),
+        vec![next_seq]
+    );
+
+    // Reopened, the store numbers on above everything it ever handed out and committed, also
+    // once that mail is deleted.
+    store.delete(b, next_seq).unwrap();
+    store.close();
+    drop(store);
+    let store = Store::open(&dir, bounds()).unwrap();
+    let after_restart = store
+        .insert(b, b"after".to_vec(), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after_restart > next_seq, "{after_restart} after {next_seq}");
+    store.close();
+}
+
+#[tokio::test]
+async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
+    let dir = scratch("store-tail");
+    let store = Store::open(&dir, bounds()).unwrap();
+    let (b, c) = (who(2), who(3));
+    // Stored before anyone subscribed: only on disk.
+    let early = store
+        .insert(b, b"early".to_vec(), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let sub = store.subscribe(b);
+    // Mail for another recipient is not handed out (held, the writer may take it in the same
+    // batch or the next, never before).
+    store.hold_commits(true);
+    let mine = store.enqueue(None, b, b"late".to_vec(), 2).unwrap();
+    let other = store.enqueue(None, c, b"for c".to_vec(), 2).unwrap();
+    let got = mail_after(&store, b, early).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, b"late");
+    // A reader behind the tail reads the disk: the early one, and not yet the late one.
+    assert_eq!(
+        store
+            .fetch(b, 0, 64)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.envelope)
+            .collect::<Vec<_>>(),
+        vec![b"early".to_vec()]
+    );
+    assert!(store.fetch(c, 0, 64).await.unwrap().is_empty());
+    store.hold_commits(false);
+    let late = timeout(T, mine).await.unwrap().unwrap().unwrap().unwrap();
+    timeout(T, other).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(got[0].0, late);
+    // Committed, everything is read in order from the start.
+    let all: Vec<u64> = store
+        .fetch(b, 0, 64)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(all, vec![early, late]);
+    // What the recipient acknowledged leaves both (the insert after it commits after it).
+    store.delete(b, late).unwrap();
+    assert!(store.fetch(b, late, 64).await.unwrap().is_empty());
+    store
+        .insert(c, b"after".to_vec(), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.fetch(b, 0, 64).await.unwrap().is_empty());
+    drop(sub);
+    store.unsubscribe(&b);
+    store.close();
+}
