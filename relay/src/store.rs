@@ -28,6 +28,10 @@ const MAX_BATCH: usize = 1024;
 const MAX_TAIL_MESSAGES: usize = 1024;
 /// Most bytes a connected recipient's tail keeps in memory.
 const MAX_TAIL_BYTES: usize = 4 << 20;
+/// Most bytes all tails together keep in memory (by default): without it, every connection
+/// the relay allows could hold `MAX_TAIL_BYTES`. Over it, a recipient reads its new mail from
+/// disk once committed, as without a tail.
+pub const MAX_TAILS_BYTES: usize = 64 << 20;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,6 +170,37 @@ struct Tails {
     /// The next mail seq. Never lowered, also when a commit fails.
     next_seq: u64,
     boxes: HashMap<NodeId, Tail>,
+    /// The envelope bytes in all tails: the sum of their `bytes`.
+    bytes: usize,
+    /// Most `bytes` may reach.
+    budget: usize,
+}
+
+impl Tails {
+    /// Change `recipient`'s tail, if subscribed, keeping the sum of the tails' bytes.
+    fn update<R>(
+        &mut self,
+        recipient: &NodeId,
+        f: impl FnOnce(&mut Tail, usize) -> R,
+    ) -> Option<R> {
+        let tail = self.boxes.get_mut(recipient)?;
+        let others = self.bytes.saturating_sub(tail.bytes);
+        let r = f(tail, self.budget.saturating_sub(others));
+        self.bytes = others + tail.bytes;
+        Some(r)
+    }
+
+    /// Hand `mail` out to its recipient's tail, if subscribed, within the bounds of one tail
+    /// and of all of them.
+    fn push(&mut self, recipient: &NodeId, mail: Mail) {
+        self.update(recipient, |tail, room| {
+            tail.push(mail, room.min(MAX_TAIL_BYTES));
+        });
+    }
+
+    fn trim_to(&mut self, recipient: &NodeId, up_to: u64) {
+        self.update(recipient, |tail, _| tail.trim_to(up_to));
+    }
 }
 
 /// One connected recipient's newest mail, in memory from the moment its `INSERT` ran.
@@ -191,11 +226,14 @@ impl Tail {
         self.complete_after = self.complete_after.max(up_to);
     }
 
-    fn push(&mut self, mail: Mail) {
+    /// Add `mail`, dropping the oldest entries (raising `complete_after`) while there are more
+    /// than `MAX_TAIL_MESSAGES` or more than `max_bytes` bytes: possibly `mail` itself, which
+    /// the reader then reads from disk once committed.
+    fn push(&mut self, mail: Mail, max_bytes: usize) {
         let seq = mail.seq;
         self.bytes += mail.envelope.len();
         self.entries.push_back(mail);
-        while self.entries.len() > MAX_TAIL_MESSAGES || self.bytes > MAX_TAIL_BYTES {
+        while self.entries.len() > MAX_TAIL_MESSAGES || self.bytes > max_bytes {
             let Some(old) = self.entries.front().map(|m| m.seq) else {
                 break;
             };
@@ -253,6 +291,8 @@ impl Store {
         let tails = Arc::new(Mutex::new(Tails {
             next_seq: u64::try_from(last_seq).unwrap_or(0) + 1,
             boxes: HashMap::new(),
+            bytes: 0,
+            budget: MAX_TAILS_BYTES,
         }));
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
@@ -318,9 +358,21 @@ impl Store {
             .boxes
             .get(recipient)
             .is_some_and(|t| t.notify.receiver_count() == 0)
+            && let Some(tail) = tails.boxes.remove(recipient)
         {
-            tails.boxes.remove(recipient);
+            tails.bytes = tails.bytes.saturating_sub(tail.bytes);
         }
+    }
+
+    /// The envelope bytes all tails hold now.
+    pub fn tail_bytes(&self) -> usize {
+        lock_tails(&self.tails).bytes
+    }
+
+    /// Set the most bytes all tails may hold (by default [`MAX_TAILS_BYTES`]). For tests.
+    #[doc(hidden)]
+    pub fn set_tails_budget(&self, bytes: usize) {
+        lock_tails(&self.tails).budget = bytes;
     }
 
     /// Transactions committed so far (one per batch of operations).
@@ -380,9 +432,7 @@ impl Store {
 
     /// Delete `recipient`'s mail up to and including `up_to` (after the recipient handled it).
     pub fn delete(&self, recipient: NodeId, up_to: u64) -> Result<(), StoreError> {
-        if let Some(tail) = lock_tails(&self.tails).boxes.get_mut(&recipient) {
-            tail.trim_to(up_to);
-        }
+        lock_tails(&self.tails).trim_to(&recipient, up_to);
         self.send(Op::Delete { recipient, up_to })
     }
 
@@ -654,16 +704,18 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
                             ])?;
                             u.messages += 1;
                             u.bytes += size;
-                            let handed_out = match lock_tails(&w.tails).boxes.get_mut(&recipient) {
-                                Some(tail) => {
-                                    tail.push(Mail {
+                            let handed_out = {
+                                let mut tails = lock_tails(&w.tails);
+                                let subscribed = tails.boxes.contains_key(&recipient);
+                                tails.push(
+                                    &recipient,
+                                    Mail {
                                         seq,
                                         received_ms: now_ms,
                                         envelope,
-                                    });
-                                    true
-                                }
-                                None => false,
+                                    },
+                                );
+                                subscribed
                             };
                             inserted.push((recipient, seq, handed_out));
                             replies.push(Reply::Insert(reply, Ok(Ok(seq))));
@@ -745,6 +797,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
                             tail.trim_to(last);
                             tail.notify.send_replace(last);
                         }
+                        tails.bytes = 0;
                     }
                     // Wake the deliveries that read this mail from disk.
                     for (recipient, seq, _) in &inserted {
@@ -765,7 +818,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
                 {
                     let mut tails = lock_tails(&w.tails);
                     for (recipient, seq, _) in inserted.iter().filter(|i| i.2) {
-                        if let Some(tail) = tails.boxes.get_mut(recipient) {
+                        tails.update(recipient, |tail, _| {
                             let removed: usize = tail
                                 .entries
                                 .iter()
@@ -774,7 +827,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
                                 .sum();
                             tail.entries.retain(|m| m.seq != *seq);
                             tail.bytes = tail.bytes.saturating_sub(removed);
-                        }
+                        });
                     }
                 }
                 for r in replies {

@@ -165,3 +165,40 @@ async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
     store.unsubscribe(&b);
     store.close();
 }
+
+#[tokio::test]
+async fn all_tails_together_stay_within_their_budget_and_the_rest_is_read_from_disk() {
+    let dir = scratch("store-tails-budget");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_tails_budget(3000);
+    let (b, c, d) = (who(2), who(3), who(4));
+    let subs = [store.subscribe(b), store.subscribe(c), store.subscribe(d)];
+    let envelope = |n: u8| vec![n; 1000];
+    let seqs =
+        |mail: Vec<offst_relay::store::Mail>| mail.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    let b1 = store.insert(b, envelope(1), 1).await.unwrap().unwrap();
+    let b2 = store.insert(b, envelope(2), 1).await.unwrap().unwrap();
+    let c1 = store.insert(c, envelope(3), 1).await.unwrap().unwrap();
+    assert_eq!(store.tail_bytes(), 3000);
+    // Over the budget: d's mail is not kept in memory, and d reads it from disk.
+    let d1 = store.insert(d, envelope(4), 1).await.unwrap().unwrap();
+    assert_eq!(store.tail_bytes(), 3000);
+    let got = store.fetch(d, 0, 64).await.unwrap();
+    assert_eq!(seqs(got.clone()), vec![d1]);
+    assert_eq!(got[0].envelope, envelope(4));
+    // A tail makes room within the budget by dropping its own oldest, read from disk then.
+    let b3 = store.insert(b, envelope(5), 1).await.unwrap().unwrap();
+    assert!(store.tail_bytes() <= 3000, "{}", store.tail_bytes());
+    assert_eq!(seqs(store.fetch(b, 0, 64).await.unwrap()), vec![b1, b2, b3]);
+    assert_eq!(seqs(store.fetch(b, b2, 64).await.unwrap()), vec![b3]);
+    // Acknowledged and unsubscribed, the memory is given back.
+    store.delete(b, b3).unwrap();
+    assert_eq!(store.tail_bytes(), 1000);
+    assert_eq!(seqs(store.fetch(c, 0, 64).await.unwrap()), vec![c1]);
+    drop(subs);
+    for r in [b, c, d] {
+        store.unsubscribe(&r);
+    }
+    assert_eq!(store.tail_bytes(), 0);
+    store.close();
+}
