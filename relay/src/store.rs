@@ -226,6 +226,15 @@ impl Tail {
         self.complete_after = self.complete_after.max(up_to);
     }
 
+    /// Take back the entry `seq`, if it is still here (its commit failed).
+    fn remove(&mut self, seq: u64) {
+        if let Some(i) = self.entries.iter().position(|m| m.seq == seq)
+            && let Some(m) = self.entries.remove(i)
+        {
+            self.bytes = self.bytes.saturating_sub(m.envelope.len());
+        }
+    }
+
     /// Add `mail`, dropping the oldest entries (raising `complete_after`) while there are more
     /// than `MAX_TAIL_MESSAGES` or more than `max_bytes` bytes: possibly `mail` itself, which
     /// the reader then reads from disk once committed.
@@ -818,16 +827,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
                 {
                     let mut tails = lock_tails(&w.tails);
                     for (recipient, seq, _) in inserted.iter().filter(|i| i.2) {
-                        tails.update(recipient, |tail, _| {
-                            let removed: usize = tail
-                                .entries
-                                .iter()
-                                .filter(|m| m.seq == *seq)
-                                .map(|m| m.envelope.len())
-                                .sum();
-                            tail.entries.retain(|m| m.seq != *seq);
-                            tail.bytes = tail.bytes.saturating_sub(removed);
-                        });
+                        tails.update(recipient, |tail, _| tail.remove(*seq));
                     }
                 }
                 for r in replies {

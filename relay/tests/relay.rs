@@ -75,6 +75,15 @@ async fn next(c: &mut RelayConnection) -> offst_core::net::client::Delivery {
         .expect("connection open")
 }
 
+/// Connects as `seed` and checks that nothing is delivered: the mailbox is empty.
+async fn assert_mailbox_empty(r: &RelayHandle, seed: u8) {
+    let mut c = connect(r, seed).await;
+    assert!(
+        timeout(Duration::from_millis(300), c.recv()).await.is_err(),
+        "mailbox should be empty"
+    );
+}
+
 #[tokio::test]
 async fn mail_waits_for_an_offline_wallet_and_is_deleted_once_acknowledged() {
     let r = relay("offline", |_| {}).await;
@@ -100,11 +109,7 @@ async fn mail_waits_for_an_offline_wallet_and_is_deleted_once_acknowledged() {
     assert_eq!(last.envelope, vec![4u8; 100]);
     b.ack(last.seq).await.unwrap();
     b.close().await;
-    let mut b = connect(&r, 2).await;
-    assert!(
-        timeout(Duration::from_millis(300), b.recv()).await.is_err(),
-        "mailbox should be empty"
-    );
+    assert_mailbox_empty(&r, 2).await;
     r.shutdown().await;
 }
 
@@ -389,11 +394,7 @@ async fn a_connected_wallet_gets_mail_before_the_commit_and_a_failed_commit_lose
     b.ack(last.seq).await.unwrap();
     b.close().await;
     // Everything acknowledged is gone, on disk too.
-    let mut b = connect(&r, 2).await;
-    assert!(
-        timeout(Duration::from_millis(300), b.recv()).await.is_err(),
-        "mailbox should be empty"
-    );
+    assert_mailbox_empty(&r, 2).await;
     r.shutdown().await;
 }
 

@@ -25,6 +25,18 @@ fn who(seed: u8) -> NodeId {
     Identity::from_seed([seed; 32]).id()
 }
 
+/// `recipient`'s mail after `after` as the store has it now: `(seq, envelope)`.
+async fn mail_now(store: &Store, recipient: NodeId, after: u64) -> Vec<(u64, Vec<u8>)> {
+    let mail = store.fetch(recipient, after, 64).await.unwrap();
+    mail.into_iter().map(|m| (m.seq, m.envelope)).collect()
+}
+
+/// The seqs of `recipient`'s mail after `after` as the store has it now.
+async fn seqs_now(store: &Store, recipient: NodeId, after: u64) -> Vec<u64> {
+    let mail = mail_now(store, recipient, after).await;
+    mail.into_iter().map(|(seq, _)| seq).collect()
+}
+
 /// `recipient`'s mail after `after` once there is some (the writer hands it out on its own
 /// thread).
 async fn mail_after(store: &Store, recipient: NodeId, after: u64) -> Vec<(u64, Vec<u8>)> {
@@ -65,6 +77,7 @@ async fn mail_is_handed_out_before_its_commit_and_a_failed_commit_never_reuses_i
     let answer = timeout(T, pending).await.unwrap().unwrap();
     assert!(matches!(answer, Err(StoreError::Sqlite(_))), "{answer:?}");
     assert!(store.fetch(b, 0, 64).await.unwrap().is_empty());
+    assert_eq!(store.tail_bytes(), 0, "the memory it took is given back");
     assert_eq!(store.count().await.unwrap(), 0);
 
     // The recipient had read it and acknowledges it. The next envelope gets a new number, so
@@ -81,16 +94,7 @@ async fn mail_is_handed_out_before_its_commit_and_a_failed_commit_never_reuses_i
     store.unsubscribe(&b);
     drop(sub);
     store.unsubscribe(&b);
-    assert_eq!(
-        store
-            .fetch(b, 0, 64)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.seq)
-            .collect::<Vec<_>>(),
-        vec![next_seq]
-    );
+    assert_eq!(seqs_now(&store, b, 0).await, vec![next_seq]);
 
     // Reopened, the store numbers on above everything it ever handed out and committed, also
     // once that mail is deleted.
@@ -129,14 +133,8 @@ async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
     assert_eq!(got[0].1, b"late");
     // A reader behind the tail reads the disk: the early one, and not yet the late one.
     assert_eq!(
-        store
-            .fetch(b, 0, 64)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.envelope)
-            .collect::<Vec<_>>(),
-        vec![b"early".to_vec()]
+        mail_now(&store, b, 0).await,
+        vec![(early, b"early".to_vec())]
     );
     assert!(store.fetch(c, 0, 64).await.unwrap().is_empty());
     store.hold_commits(false);
@@ -144,14 +142,7 @@ async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
     timeout(T, other).await.unwrap().unwrap().unwrap().unwrap();
     assert_eq!(got[0].0, late);
     // Committed, everything is read in order from the start.
-    let all: Vec<u64> = store
-        .fetch(b, 0, 64)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(all, vec![early, late]);
+    assert_eq!(seqs_now(&store, b, 0).await, vec![early, late]);
     // What the recipient acknowledged leaves both (the insert after it commits after it).
     store.delete(b, late).unwrap();
     assert!(store.fetch(b, late, 64).await.unwrap().is_empty());
@@ -174,8 +165,6 @@ async fn all_tails_together_stay_within_their_budget_and_the_rest_is_read_from_d
     let (b, c, d) = (who(2), who(3), who(4));
     let subs = [store.subscribe(b), store.subscribe(c), store.subscribe(d)];
     let envelope = |n: u8| vec![n; 1000];
-    let seqs =
-        |mail: Vec<offst_relay::store::Mail>| mail.into_iter().map(|m| m.seq).collect::<Vec<_>>();
     let b1 = store.insert(b, envelope(1), 1).await.unwrap().unwrap();
     let b2 = store.insert(b, envelope(2), 1).await.unwrap().unwrap();
     let c1 = store.insert(c, envelope(3), 1).await.unwrap().unwrap();
@@ -183,18 +172,16 @@ async fn all_tails_together_stay_within_their_budget_and_the_rest_is_read_from_d
     // Over the budget: d's mail is not kept in memory, and d reads it from disk.
     let d1 = store.insert(d, envelope(4), 1).await.unwrap().unwrap();
     assert_eq!(store.tail_bytes(), 3000);
-    let got = store.fetch(d, 0, 64).await.unwrap();
-    assert_eq!(seqs(got.clone()), vec![d1]);
-    assert_eq!(got[0].envelope, envelope(4));
+    assert_eq!(mail_now(&store, d, 0).await, vec![(d1, envelope(4))]);
     // A tail makes room within the budget by dropping its own oldest, read from disk then.
     let b3 = store.insert(b, envelope(5), 1).await.unwrap().unwrap();
     assert!(store.tail_bytes() <= 3000, "{}", store.tail_bytes());
-    assert_eq!(seqs(store.fetch(b, 0, 64).await.unwrap()), vec![b1, b2, b3]);
-    assert_eq!(seqs(store.fetch(b, b2, 64).await.unwrap()), vec![b3]);
+    assert_eq!(seqs_now(&store, b, 0).await, vec![b1, b2, b3]);
+    assert_eq!(seqs_now(&store, b, b2).await, vec![b3]);
     // Acknowledged and unsubscribed, the memory is given back.
     store.delete(b, b3).unwrap();
     assert_eq!(store.tail_bytes(), 1000);
-    assert_eq!(seqs(store.fetch(c, 0, 64).await.unwrap()), vec![c1]);
+    assert_eq!(seqs_now(&store, c, 0).await, vec![c1]);
     drop(subs);
     for r in [b, c, d] {
         store.unsubscribe(&r);
