@@ -1167,3 +1167,102 @@ fn a_step_never_flushed_is_flushed_when_the_wallet_opens_again() {
         "completed"
     );
 }
+
+/// The envelopes a wallet has seen are kept through the schema change that keys them by sender
+/// and send time (a copy is still refused), and are forgotten on their own once they leave the
+/// replay window, so the table does not grow for ever.
+#[test]
+fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
+    use offst_core::net::envelope::{REPLAY_WINDOW_MS, seal};
+    use offst_core::wallet::{Delivery, ManualClock, SEEN_PRUNE_EVERY_MS};
+    let t = TempDir::new("seen");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let options = || WalletOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..Default::default()
+    };
+    let dir = t.path("b");
+    let db = dir.join("wallet.db");
+    let rows = |sql: &str| -> i64 {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    let a = offst_tests::identity(1);
+    let mut b = open_or_create(&dir, 2, options()).unwrap();
+    let envelope = |b: &Wallet, id: u8| {
+        seal(
+            &a,
+            &b.mail_key(),
+            &[0, 0xff],
+            b.now_ms(),
+            [id; 16],
+            [id; 56],
+        )
+        .unwrap()
+    };
+    let refused = |d: Delivery, needle: &str| match d {
+        Delivery::Refused(why) => assert!(why.contains(needle), "{why}"),
+        Delivery::Applied => panic!("accepted a copy"),
+    };
+    let first = envelope(&b, 1);
+    assert!(matches!(
+        b.receive_envelope(&first).unwrap(),
+        Delivery::Refused(_)
+    ));
+    drop(b);
+    assert_eq!(rows("SELECT COUNT(*) FROM seen"), 1);
+    // Back to schema 5, as a wallet of the build before kept it.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE seen_envelopes (
+                 sender BLOB NOT NULL, id BLOB NOT NULL, sent_ms INTEGER NOT NULL,
+                 PRIMARY KEY (sender, id)
+             ) STRICT;
+             INSERT INTO seen_envelopes (sender, id, sent_ms) SELECT sender, id, sent_ms FROM seen;
+             DROP TABLE seen;
+             CREATE INDEX seen_by_time ON seen_envelopes(sent_ms);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    // Migrated, it still knows the envelope.
+    let mut b = open_or_create(&dir, 2, options()).unwrap();
+    refused(b.receive_envelope(&first).unwrap(), "replay");
+    assert_eq!(
+        rows("PRAGMA user_version"),
+        i64::from(offst_core::wallet::SCHEMA_VERSION)
+    );
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM sqlite_master WHERE name = 'seen_envelopes'"),
+        0
+    );
+    // Within the window it is kept, also when the pruning is due.
+    clock.advance(SEEN_PRUNE_EVERY_MS);
+    let second = envelope(&b, 2);
+    assert!(matches!(
+        b.receive_envelope(&second).unwrap(),
+        Delivery::Refused(_)
+    ));
+    assert_eq!(rows("SELECT COUNT(*) FROM seen"), 2);
+    refused(
+        b.receive_envelopes(&[&first, &second]).unwrap().remove(0),
+        "replay",
+    );
+    // Out of the window, the next mail forgets it (it is refused as too old instead).
+    clock.advance(REPLAY_WINDOW_MS - SEEN_PRUNE_EVERY_MS + 1);
+    let third = envelope(&b, 3);
+    let got = b.receive_envelopes(&[&third, &first]).unwrap();
+    assert!(matches!(&got[0], Delivery::Refused(why) if !why.contains("replay")));
+    refused(got[1].clone(), "older than");
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM seen"),
+        2,
+        "the first one is forgotten"
+    );
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM seen WHERE id = x'01010101010101010101010101010101'"),
+        0
+    );
+    refused(b.receive_envelope(&second).unwrap(), "replay");
+}

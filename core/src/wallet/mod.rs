@@ -33,7 +33,7 @@ use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
 pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_backup};
 pub use history::{EventKind, HistoryEntry};
 pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
-pub use network::{Contact, Control, DRAIN_PERIOD_MS, FriendRequest};
+pub use network::{Contact, Control, DRAIN_PERIOD_MS, FriendRequest, SEEN_PRUNE_EVERY_MS};
 pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION, tune as tune_connection};
 
 use history::NewEntry;
@@ -364,6 +364,9 @@ pub struct Wallet {
     /// Held while the write-ahead log is flushed for [`sync`], so one flush serves everyone
     /// who waits while it runs.
     sync_lock: Arc<tokio::sync::Mutex<()>>,
+    /// When the envelope ids out of the replay window were last forgotten (`None`: not since
+    /// the wallet was opened).
+    seen_pruned_ms: Option<u64>,
     _lock: File,
 }
 
@@ -773,6 +776,7 @@ impl Wallet {
             unsynced: Unsynced::default(),
             deferred: false,
             sync_lock: Arc::default(),
+            seen_pruned_ms: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -827,6 +831,7 @@ impl Wallet {
             unsynced: Unsynced::default(),
             deferred: false,
             sync_lock: Arc::default(),
+            seen_pruned_ms: None,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -1142,15 +1147,18 @@ impl Wallet {
             .map_err(WalletError::from_sqlite)?;
         self.group = Some(Group::default());
         let mut out = Vec::with_capacity(envelopes.len());
-        let mut failed = None;
-        // Opening is pure (no state): all at once, with one batch of signature checks.
-        let opened = crate::net::envelope::open_all(&self.identity, envelopes);
-        for e in opened {
-            match self.receive_opened(e) {
-                Ok(d) => out.push(d),
-                Err(err) => {
-                    failed = Some(err);
-                    break;
+        // Forgetting the ids out of the replay window, when due, is part of the group.
+        let pruned_before = self.seen_pruned_ms;
+        let mut failed = self.prune_seen_if_due().err();
+        if failed.is_none() {
+            // Opening is pure (no state): all at once, with one batch of signature checks.
+            for e in crate::net::envelope::open_all(&self.identity, envelopes) {
+                match self.receive_opened(e) {
+                    Ok(d) => out.push(d),
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
                 }
             }
         }
@@ -1170,6 +1178,7 @@ impl Wallet {
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.seen_pruned_ms = pruned_before;
                 self.recover();
                 Err(e)
             }

@@ -23,6 +23,10 @@ use crate::protocol::node::NodeError;
 /// How long a wallet that moved keeps draining its old relay: as long as the relay keeps mail.
 pub const DRAIN_PERIOD_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// How often receiving mail forgets the envelope ids that left the replay window
+/// ([`Wallet::prune_seen`]).
+pub const SEEN_PRUNE_EVERY_MS: u64 = 3600 * 1000;
+
 /// Messages between wallets that are not part of a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
@@ -677,6 +681,9 @@ impl Wallet {
     /// in the same transaction, so a copy is refused even after a crash). Storage failures
     /// are errors (do not acknowledge); anything else is acknowledged.
     pub fn receive_envelope(&mut self, bytes: &[u8]) -> Result<Delivery, WalletError> {
+        if self.seen_prune_due() {
+            self.prune_seen()?;
+        }
         let opened = envelope::open(&self.identity, bytes);
         self.receive_opened(opened)
     }
@@ -744,10 +751,14 @@ impl Wallet {
         }
         let seen: Option<i64> = self
             .conn
-            .prepare_cached("SELECT 1 FROM seen_envelopes WHERE sender = ?1 AND id = ?2")
+            .prepare_cached("SELECT 1 FROM seen WHERE sender = ?1 AND sent_ms = ?2 AND id = ?3")
             .and_then(|mut s| {
                 s.query_row(
-                    params![opened.sender.as_bytes(), opened.id.as_slice()],
+                    params![
+                        opened.sender.as_bytes(),
+                        history::clamp(opened.sent_ms),
+                        opened.id.as_slice()
+                    ],
                     |r| r.get(0),
                 )
                 .optional()
@@ -877,16 +888,39 @@ impl Wallet {
     }
 
     /// Forget envelope ids older than the replay window (they would be refused as too old).
+    /// Receiving mail does this on its own at most once every [`SEEN_PRUNE_EVERY_MS`] (a
+    /// group of envelopes in its own commit), so the table holds about one window of ids.
     pub fn prune_seen(&mut self) -> Result<u64, WalletError> {
-        let cutoff = self.clock.now_ms().saturating_sub(REPLAY_WINDOW_MS);
+        self.usable()?;
         self.close_deferred()?;
-        self.conn
-            .execute(
-                "DELETE FROM seen_envelopes WHERE sent_ms < ?1",
-                [history::clamp(cutoff)],
-            )
+        self.delete_old_seen()
+    }
+
+    /// [`Wallet::prune_seen`] if it has not run for [`SEEN_PRUNE_EVERY_MS`] (or not since the
+    /// wallet was opened), inside the transaction open on the connection if there is one.
+    pub(crate) fn prune_seen_if_due(&mut self) -> Result<(), WalletError> {
+        if self.seen_prune_due() {
+            self.delete_old_seen()?;
+        }
+        Ok(())
+    }
+
+    fn seen_prune_due(&self) -> bool {
+        self.seen_pruned_ms
+            .is_none_or(|at| self.clock.now_ms().saturating_sub(at) >= SEEN_PRUNE_EVERY_MS)
+    }
+
+    fn delete_old_seen(&mut self) -> Result<u64, WalletError> {
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(REPLAY_WINDOW_MS);
+        let pruned = self
+            .conn
+            .prepare_cached("DELETE FROM seen WHERE sent_ms < ?1")
+            .and_then(|mut s| s.execute([history::clamp(cutoff)]))
             .map(|n| n as u64)
-            .map_err(WalletError::from_sqlite)
+            .map_err(WalletError::from_sqlite)?;
+        self.seen_pruned_ms = Some(now);
+        Ok(pruned)
     }
 }
 
@@ -896,16 +930,14 @@ fn mark_seen(
     id: &[u8; 16],
     sent_ms: u64,
 ) -> Result<(), WalletError> {
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO seen_envelopes (sender, id, sent_ms) VALUES (?1, ?2, ?3)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            sender.as_bytes(),
-            id.as_slice(),
-            history::clamp(sent_ms)
-        ])
-    })
-    .map(|_| ())
-    .map_err(WalletError::from_sqlite)
+    tx.prepare_cached("INSERT OR IGNORE INTO seen (sender, id, sent_ms) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| {
+            s.execute(params![
+                sender.as_bytes(),
+                id.as_slice(),
+                history::clamp(sent_ms)
+            ])
+        })
+        .map(|_| ())
+        .map_err(WalletError::from_sqlite)
 }

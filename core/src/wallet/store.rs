@@ -100,6 +100,20 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (friend, seq)
     ) STRICT, WITHOUT ROWID;
     ",
+    // 6: the envelopes seen, keyed by sender and then send time, so that each one lands at
+    // the end of its sender's range instead of on a random page (the envelope id is random;
+    // the send time is signed with it, so a copy has the same key).
+    "
+    CREATE TABLE seen (
+        sender BLOB NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        id BLOB NOT NULL,
+        PRIMARY KEY (sender, sent_ms, id)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO seen (sender, sent_ms, id) SELECT sender, sent_ms, id FROM seen_envelopes;
+    DROP TABLE seen_envelopes;
+    CREATE INDEX seen_by_time ON seen(sent_ms);
+    ",
 ];
 
 /// How hard each commit waits for the disk.
