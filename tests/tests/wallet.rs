@@ -1212,20 +1212,7 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
     drop(b);
     assert_eq!(rows("SELECT COUNT(*) FROM seen"), 1);
     // Back to schema 5, as a wallet of the build before kept it.
-    {
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(
-            "CREATE TABLE seen_envelopes (
-                 sender BLOB NOT NULL, id BLOB NOT NULL, sent_ms INTEGER NOT NULL,
-                 PRIMARY KEY (sender, id)
-             ) STRICT;
-             INSERT INTO seen_envelopes (sender, id, sent_ms) SELECT sender, id, sent_ms FROM seen;
-             DROP TABLE seen;
-             CREATE INDEX seen_by_time ON seen_envelopes(sent_ms);
-             PRAGMA user_version = 5;",
-        )
-        .unwrap();
-    }
+    downgrade(&db, 5);
     // Migrated, it still knows the envelope.
     let mut b = open_or_create(&dir, 2, options()).unwrap();
     refused(b.receive_envelope(&first).unwrap(), "replay");
@@ -1265,4 +1252,84 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
         0
     );
     refused(b.receive_envelope(&second).unwrap(), "replay");
+}
+
+/// Takes a wallet database of this build back to schema `to` (5 or 6), as the builds before
+/// wrote it, for the migration tests: each step undoes one migration.
+fn downgrade(db: &Path, to: u32) {
+    assert_eq!(
+        offst_core::wallet::SCHEMA_VERSION,
+        7,
+        "undo the newer migrations here too"
+    );
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(
+        "DROP INDEX history_by_invoice;
+         ALTER TABLE history DROP COLUMN invoice_expires_ms;
+         CREATE INDEX history_by_invoice ON history(invoice, seq) WHERE invoice IS NOT NULL;
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    if to <= 5 {
+        c.execute_batch(
+            "CREATE TABLE seen_envelopes (
+                 sender BLOB NOT NULL, id BLOB NOT NULL, sent_ms INTEGER NOT NULL,
+                 PRIMARY KEY (sender, id)
+             ) STRICT;
+             INSERT INTO seen_envelopes (sender, id, sent_ms) SELECT sender, id, sent_ms FROM seen;
+             DROP TABLE seen;
+             CREATE INDEX seen_by_time ON seen_envelopes(sent_ms);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+}
+
+/// Since schema 7 the history's index by invoice leads with the invoice's expiry. A payment
+/// written before the migration, one started before and finished after, and one made after
+/// are each found whole, at the buyer and at the seller; the rows written after carry the
+/// expiry.
+#[test]
+fn payment_history_is_found_across_the_migration_of_its_index() {
+    let t = TempDir::new("history-index");
+    let mut ws = trio(&t);
+    let before = pay(&mut ws, 2);
+    let straddling = ws[2].create_invoice(hours(), 3, 60_000, "half").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 3);
+    ws[0].pay(&straddling, vec![route]).unwrap();
+    drop(ws);
+    for w in ["a", "c"] {
+        downgrade(&t.path(w).join("wallet.db"), 6);
+    }
+    let mut ws = reopen(&t, Vec::new());
+    pump(&mut ws, 10_000).unwrap();
+    let after = pay(&mut ws, 4);
+    let kinds = |w: &Wallet, invoice| -> Vec<EventKind> {
+        let view = w.payment_view(invoice).unwrap();
+        view.history.iter().map(|h| h.kind).collect()
+    };
+    for invoice in [before, straddling.terms.id, after] {
+        assert_eq!(
+            kinds(&ws[0], invoice),
+            vec![EventKind::PaymentStarted, EventKind::PaymentCompleted]
+        );
+        assert_eq!(
+            kinds(&ws[2], invoice),
+            vec![EventKind::InvoiceCreated, EventKind::InvoicePaid]
+        );
+    }
+    drop(ws);
+    // The rows written after the migration (the last payment's two, the straddling one's
+    // last) carry its invoice's expiry.
+    for w in ["a", "c"] {
+        let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
+        let with_expiry: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM history WHERE invoice_expires_ms > 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(with_expiry, 3, "{w}");
+    }
 }

@@ -979,6 +979,16 @@ impl Node {
         self.friends.values().map(|ch| ch.queue().len()).sum()
     }
 
+    /// When the invoice of a payment we make, or of an invoice of ours, expires (the seller's
+    /// `expires_at_ms`); `None` for an invoice this node does not hold.
+    pub fn invoice_expiry(&self, invoice: &InvoiceId) -> Option<u64> {
+        self.buying
+            .get(invoice)
+            .map(|b| &b.invoice)
+            .or_else(|| self.selling.get(invoice).map(|s| &s.invoice))
+            .map(|i| i.terms.expires_at_ms)
+    }
+
     /// Where an invoice of ours stands.
     pub fn invoice_status(&self, invoice: &InvoiceId) -> Option<&InvoiceStatus> {
         self.selling.get(invoice).map(|s| &s.status)

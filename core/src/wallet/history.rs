@@ -235,11 +235,18 @@ pub(crate) fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Write `entry` and queue it for the app.
-pub(crate) fn append(tx: &Connection, at_ms: u64, entry: &NewEntry) -> Result<u64, WalletError> {
+/// Write `entry` and queue it for the app. `invoice_expires_ms`: when the entry's invoice
+/// expires, 0 if unknown (the first column of the index by invoice, see [`query_sql`]).
+pub(crate) fn append(
+    tx: &Connection,
+    at_ms: u64,
+    entry: &NewEntry,
+    invoice_expires_ms: Option<u64>,
+) -> Result<u64, WalletError> {
     tx.prepare_cached(
-        "INSERT INTO history (at_ms, kind, friend, invoice, currency, amount, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO history (at_ms, kind, friend, invoice, currency, amount, detail,
+                              invoice_expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -250,6 +257,7 @@ pub(crate) fn append(tx: &Connection, at_ms: u64, entry: &NewEntry) -> Result<u6
             entry.currency.as_ref().map(|c| c.as_str().to_string()),
             entry.amount,
             entry.detail,
+            entry.invoice.map(|_| invoice_expires_ms.map_or(0, clamp)),
         ])
     })
     .map_err(WalletError::from_sqlite)?;
@@ -258,6 +266,25 @@ pub(crate) fn append(tx: &Connection, at_ms: u64, entry: &NewEntry) -> Result<u6
         .and_then(|mut s| s.execute([seq]))
         .map_err(WalletError::from_sqlite)?;
     Ok(u64::try_from(seq).unwrap_or_default())
+}
+
+/// The statement [`crate::wallet::Wallet::history`] runs: `?1` the `seq` to read below, `?2`
+/// the friend, `?3` the invoice and `?5` its expiry (0 if unknown), `?4` the limit. An
+/// invoice's rows are found through the index by invoice, which leads with the expiry: rows
+/// written before the expiry was known, or before schema 7, have 0 there.
+pub(crate) fn query_sql(friend: bool, invoice: bool) -> String {
+    let mut sql = format!("SELECT {COLUMNS} FROM history WHERE seq < ?1");
+    if friend && invoice {
+        // An invoice has a few rows, a friend may have many: not through the friend's index.
+        sql.push_str(" AND +friend = ?2");
+    } else if friend {
+        sql.push_str(" AND friend = ?2");
+    }
+    if invoice {
+        sql.push_str(" AND invoice_expires_ms IN (?5, 0) AND invoice = ?3");
+    }
+    sql.push_str(" ORDER BY seq DESC LIMIT ?4");
+    sql
 }
 
 pub(crate) const COLUMNS: &str = "seq, at_ms, kind, friend, invoice, currency, amount, detail";
@@ -293,4 +320,39 @@ pub(crate) fn read_row(r: &Row<'_>) -> rusqlite::Result<Result<HistoryEntry, Str
             detail,
         })
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+    /// The plan SQLite picks for `sql` on an empty wallet database of this build's schema.
+    fn plan(sql: &str) -> Result<String> {
+        let mut conn = Connection::open_in_memory()?;
+        crate::wallet::store::migrate(&mut conn)?;
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(unbound), |r| {
+                r.get::<_, String>(3)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows.join("; "))
+    }
+
+    /// Reading one payment's history goes through an index, also with a friend, instead of
+    /// reading the whole history (a wallet keeps every row it ever wrote).
+    #[test]
+    fn an_invoice_history_is_read_through_its_index() -> Result<()> {
+        for friend in [false, true] {
+            let p = plan(&query_sql(friend, true))?;
+            assert!(p.contains("USING INDEX history_by_invoice"), "{p}");
+            assert!(!p.contains("SCAN"), "{p}");
+        }
+        let p = plan(&query_sql(true, false))?;
+        assert!(p.contains("USING INDEX history_by_friend"), "{p}");
+        Ok(())
+    }
 }

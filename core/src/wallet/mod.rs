@@ -970,6 +970,10 @@ impl Wallet {
         } else {
             None
         };
+        let expiries: Vec<Option<u64>> = entries
+            .iter()
+            .map(|e| e.invoice.and_then(|i| self.node.invoice_expiry(&i)))
+            .collect();
         let first_sent = std::cell::Cell::new(None::<i64>);
         let write = |conn: &Connection| -> Result<(), WalletError> {
             if !unchanged {
@@ -1003,8 +1007,8 @@ impl Wallet {
                     }
                 }
             }
-            for e in &entries {
-                history::append(conn, now, e)?;
+            for (e, expires) in entries.iter().zip(&expiries) {
+                history::append(conn, now, e, *expires)?;
             }
             extra(conn, &value)
         };
@@ -1676,14 +1680,7 @@ impl Wallet {
         } else {
             q.limit.min(10_000)
         };
-        let mut sql = format!("SELECT {} FROM history WHERE seq < ?1", history::COLUMNS);
-        if q.friend.is_some() {
-            sql.push_str(" AND friend = ?2");
-        }
-        if q.invoice.is_some() {
-            sql.push_str(" AND invoice = ?3");
-        }
-        sql.push_str(" ORDER BY seq DESC LIMIT ?4");
+        let sql = history::query_sql(q.friend.is_some(), q.invoice.is_some());
         let mut stmt = self
             .conn
             .prepare_cached(&sql)
@@ -1691,6 +1688,10 @@ impl Wallet {
         let before = q.before.map_or(i64::MAX, history::clamp);
         let friend = q.friend.map(|f| f.as_bytes().to_vec());
         let invoice = q.invoice.map(|i| i.0.to_vec());
+        let expires = q
+            .invoice
+            .and_then(|i| self.node.invoice_expiry(&i))
+            .map_or(0, history::clamp);
         let limit = i64::try_from(limit).unwrap_or(50);
         let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![("?1", &before), ("?4", &limit)];
         if let Some(f) = &friend {
@@ -1698,6 +1699,7 @@ impl Wallet {
         }
         if let Some(i) = &invoice {
             params.push(("?3", i));
+            params.push(("?5", &expires));
         }
         let rows = stmt
             .query_map(params.as_slice(), history::read_row)
