@@ -1333,3 +1333,53 @@ fn payment_history_is_found_across_the_migration_of_its_index() {
         assert_eq!(with_expiry, 3, "{w}");
     }
 }
+
+/// Regression: a wallet that could not read its record of envelopes seen took every envelope
+/// as new (the error was read as "not seen"), so a copy went on to the node. Now the call
+/// fails, the relay keeps the envelope, and the copy is refused once the record reads again.
+#[test]
+fn a_record_of_seen_envelopes_that_cannot_be_read_lets_no_copy_through() {
+    use offst_core::net::envelope::seal;
+    use offst_core::wallet::Delivery;
+    let t = TempDir::new("seen-unreadable");
+    let dir = t.path("b");
+    let mut b = open_or_create(&dir, 2, WalletOptions::default()).unwrap();
+    let a = offst_tests::identity(1);
+    let real = seal(&a, &b.mail_key(), &[0, 0xff], b.now_ms(), [5; 16], [6; 56]).unwrap();
+    assert!(matches!(
+        b.receive_envelope(&real).unwrap(),
+        Delivery::Refused(why) if !why.contains("replay")
+    ));
+    // The record now fails to read (a view whose rows raise an error) and still takes writes.
+    let other = rusqlite::Connection::open(dir.join("wallet.db")).unwrap();
+    other
+        .execute_batch(
+            "ALTER TABLE seen RENAME TO seen_rows;
+             CREATE VIEW seen AS SELECT sender, sent_ms, id FROM seen_rows
+                 WHERE abs(-9223372036854775807 - 1) > 0;
+             CREATE TRIGGER seen_insert INSTEAD OF INSERT ON seen BEGIN
+                 INSERT OR IGNORE INTO seen_rows VALUES (NEW.sender, NEW.sent_ms, NEW.id);
+             END;",
+        )
+        .unwrap();
+    let before = b.node().parts();
+    let history = b.history_len().unwrap();
+    assert!(b.receive_envelope(&real).is_err(), "a copy taken as new");
+    assert!(b.receive_envelopes(&[&real, &real]).is_err());
+    // Readable again: the copy is refused as one.
+    other
+        .execute_batch(
+            "DROP VIEW seen;
+             ALTER TABLE seen_rows RENAME TO seen;",
+        )
+        .unwrap();
+    drop(other);
+    drop(b);
+    let mut b = open_or_create(&dir, 2, WalletOptions::default()).unwrap();
+    assert_eq!(b.node().parts(), before);
+    assert_eq!(b.history_len().unwrap(), history);
+    assert!(matches!(
+        b.receive_envelope(&real).unwrap(),
+        Delivery::Refused(why) if why.contains("replay")
+    ));
+}

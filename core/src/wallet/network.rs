@@ -699,7 +699,7 @@ impl Wallet {
             Err(e) => return Ok(Delivery::Refused(e.to_string())),
         };
         let now = self.clock.now_ms();
-        if let Err(e) = self.check_replay(&opened, now) {
+        if let Err(e) = self.check_replay(&opened, now)? {
             return Ok(Delivery::Refused(e.to_string()));
         }
         let Some((&tag, payload)) = opened.body.split_first() else {
@@ -740,14 +740,20 @@ impl Wallet {
         }
     }
 
-    fn check_replay(&self, opened: &Opened, now: u64) -> Result<(), EnvelopeError> {
+    /// Whether `opened` is new and inside the window. A database that cannot say is an error
+    /// (the envelope is not acknowledged and comes again), never "not seen".
+    fn check_replay(
+        &self,
+        opened: &Opened,
+        now: u64,
+    ) -> Result<Result<(), EnvelopeError>, WalletError> {
         let cutoff = now.saturating_sub(REPLAY_WINDOW_MS);
         if opened.sent_ms < cutoff {
-            return Err(EnvelopeError::TooOld {
+            return Ok(Err(EnvelopeError::TooOld {
                 sender: opened.sender,
                 age_ms: now.saturating_sub(opened.sent_ms),
                 window_ms: REPLAY_WINDOW_MS,
-            });
+            }));
         }
         let seen: Option<i64> = self
             .conn
@@ -763,14 +769,14 @@ impl Wallet {
                 )
                 .optional()
             })
-            .unwrap_or(None);
+            .map_err(WalletError::from_sqlite)?;
         if seen.is_some() {
-            return Err(EnvelopeError::Replay(
+            return Ok(Err(EnvelopeError::Replay(
                 data_encoding::HEXLOWER.encode(&opened.id),
                 opened.sender,
-            ));
+            )));
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     fn record_seen(&mut self, opened: &Opened, d: Delivery) -> Result<Delivery, WalletError> {
