@@ -894,8 +894,9 @@ impl Wallet {
     }
 
     /// Forget envelope ids older than the replay window (they would be refused as too old).
-    /// Receiving mail does this on its own at most once every [`SEEN_PRUNE_EVERY_MS`] (a
-    /// group of envelopes in its own commit), so the table holds about one window of ids.
+    /// Receiving mail does this on its own at most once every [`SEEN_PRUNE_EVERY_MS`] (a group
+    /// of envelopes inside its own commit, a single envelope in a commit before it), so the
+    /// table holds about one window of ids.
     pub fn prune_seen(&mut self) -> Result<u64, WalletError> {
         self.usable()?;
         self.close_deferred()?;
