@@ -970,10 +970,6 @@ impl Wallet {
         } else {
             None
         };
-        let expiries: Vec<Option<u64>> = entries
-            .iter()
-            .map(|e| e.invoice.and_then(|i| self.node.invoice_expiry(&i)))
-            .collect();
         let first_sent = std::cell::Cell::new(None::<i64>);
         let write = |conn: &Connection| -> Result<(), WalletError> {
             if !unchanged {
@@ -1007,8 +1003,9 @@ impl Wallet {
                     }
                 }
             }
-            for (e, expires) in entries.iter().zip(&expiries) {
-                history::append(conn, now, e, *expires)?;
+            for e in &entries {
+                let expires = e.invoice.and_then(|i| self.node.invoice_expiry(&i));
+                history::append(conn, now, e, expires)?;
             }
             extra(conn, &value)
         };
@@ -1687,19 +1684,18 @@ impl Wallet {
             .map_err(WalletError::from_sqlite)?;
         let before = q.before.map_or(i64::MAX, history::clamp);
         let friend = q.friend.map(|f| f.as_bytes().to_vec());
-        let invoice = q.invoice.map(|i| i.0.to_vec());
-        let expires = q
-            .invoice
-            .and_then(|i| self.node.invoice_expiry(&i))
-            .map_or(0, history::clamp);
+        let invoice = q.invoice.map(|i| {
+            let expires = self.node.invoice_expiry(&i).map_or(0, history::clamp);
+            (i.0.to_vec(), expires)
+        });
         let limit = i64::try_from(limit).unwrap_or(50);
         let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![("?1", &before), ("?4", &limit)];
         if let Some(f) = &friend {
             params.push(("?2", f));
         }
-        if let Some(i) = &invoice {
+        if let Some((i, expires)) = &invoice {
             params.push(("?3", i));
-            params.push(("?5", &expires));
+            params.push(("?5", expires));
         }
         let rows = stmt
             .query_map(params.as_slice(), history::read_row)
