@@ -716,6 +716,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             commits(&plan),
         );
         let relay_commits0: u64 = relays.iter().map(|r| r.stats().commits).sum();
+        let never_written0: u64 = relays.iter().map(|r| r.stats().never_written).sum();
         let start = Instant::now();
         if common.timeline {
             offst_core::metrics::timeline_start();
@@ -791,6 +792,11 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             .map(|r| r.stats().commits)
             .sum::<u64>()
             .saturating_sub(relay_commits0);
+        let never_written = relays
+            .iter()
+            .map(|r| r.stats().never_written)
+            .sum::<u64>()
+            .saturating_sub(never_written0);
         stop_flaky.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(f) = flaky {
             let _ = f.await;
@@ -880,6 +886,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "wallet_steps_per_payment": per(wallet_steps),
             "wallet_commits_per_payment": per(wallet_commits),
             "relay_commits_per_payment": per(relay_commits),
+            "relay_envelopes_never_written_per_payment": per(never_written),
             "crypto": counts(&crypto),
             "crypto_floor_payments_per_sec": floor_pps,
             "ratio_to_crypto_floor": if floor_pps > 0.0 { pps / floor_pps } else { 0.0 },

@@ -176,6 +176,8 @@ pub struct Stats {
     pub forwarded: u64,
     /// SQLite transactions the mailbox store committed since start.
     pub commits: u64,
+    /// Envelopes acknowledged by their recipients while held, never written, since start.
+    pub never_written: u64,
 }
 
 impl RelayHandle {
@@ -187,6 +189,7 @@ impl RelayHandle {
             delivered: self.shared.delivered.load(Ordering::Relaxed),
             forwarded: self.shared.forwarded.load(Ordering::Relaxed),
             commits: self.shared.store.commits(),
+            never_written: self.shared.store.never_written(),
         }
     }
 
@@ -199,6 +202,13 @@ impl RelayHandle {
     #[doc(hidden)]
     pub fn fail_next_commits(&self, n: u32) {
         self.shared.store.fail_next_commits(n);
+    }
+
+    /// Hold mail for connected recipients unwritten this long (zero: write all mail at once).
+    /// For tests of either path.
+    #[doc(hidden)]
+    pub fn set_hold(&self, hold_for: std::time::Duration) {
+        self.shared.store.set_hold(hold_for);
     }
 
     /// Hold the mail store's commits back while `hold` is set. For tests.

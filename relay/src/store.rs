@@ -9,12 +9,21 @@
 //! ever: the writer numbers mail itself and never lowers the next number, so a commit that
 //! fails never hands one of its numbers out again (an acknowledgement of the lost envelope
 //! would otherwise delete its successor unread).
+//!
+//! Mail for a connected recipient is also *held*: kept in memory and not written at all for up
+//! to [`HOLD_FOR`], since the recipient usually acknowledges it sooner (after its own durable
+//! step), and then it never touches the disk. Its sender's answer waits until the mail is
+//! acknowledged or committed, so an answered envelope is always on this relay's disk or in
+//! its recipient's. Held mail is written when it is due, before any later mail for the same
+//! recipient (the disk holds each mailbox in order), and when the store closes
+//! (`docs/proposals/relay-hold-until-acknowledged.md`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use offst_core::net::wire::{Refusal, RelayAddress};
 use offst_core::protocol::identity::NodeId;
@@ -32,6 +41,12 @@ const MAX_TAIL_BYTES: usize = 4 << 20;
 /// the relay allows could hold `MAX_TAIL_BYTES`. Over it, a recipient reads its new mail from
 /// disk once committed, as without a tail.
 pub const MAX_TAILS_BYTES: usize = 64 << 20;
+
+/// How long mail for a connected recipient is held in memory, unwritten, waiting for the
+/// recipient's acknowledgement (by default): acknowledged in time, it is never written.
+pub const HOLD_FOR: Duration = Duration::from_millis(20);
+/// Most envelope bytes held unwritten at once; over it, mail is written at once.
+const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -122,6 +137,8 @@ pub struct Mail {
 pub struct Store {
     /// Transactions committed by the writer (each holds a batch: group commit).
     commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Held mail acknowledged before it was written.
+    never_written: Arc<std::sync::atomic::AtomicU64>,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
@@ -174,6 +191,13 @@ struct Tails {
     bytes: usize,
     /// Most `bytes` may reach.
     budget: usize,
+    /// Mail held unwritten (or being written, until its commit), by recipient and seq: every
+    /// reader sees it as if it were on disk.
+    held: HashMap<NodeId, BTreeMap<u64, Mail>>,
+    /// The envelope bytes in `held`.
+    held_bytes: usize,
+    /// How long mail for a connected recipient is held ([`HOLD_FOR`]; zero: never).
+    hold_for: Duration,
 }
 
 impl Tails {
@@ -200,6 +224,29 @@ impl Tails {
 
     fn trim_to(&mut self, recipient: &NodeId, up_to: u64) {
         self.update(recipient, |tail, _| tail.trim_to(up_to));
+    }
+
+    /// Forget the held mail `seq` of `recipient` (acknowledged, committed or lost).
+    fn unhold(&mut self, recipient: &NodeId, seq: u64) -> Option<Mail> {
+        let mailbox = self.held.get_mut(recipient)?;
+        let mail = mailbox.remove(&seq)?;
+        if mailbox.is_empty() {
+            self.held.remove(recipient);
+        }
+        self.held_bytes = self.held_bytes.saturating_sub(mail.envelope.len());
+        Some(mail)
+    }
+
+    /// The held mail of `recipient` after `after`.
+    fn held_after(&self, recipient: &NodeId, after: u64) -> Vec<Mail> {
+        self.held
+            .get(recipient)
+            .map(|m| {
+                m.range(after.saturating_add(1)..)
+                    .map(|(_, mail)| mail.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -302,6 +349,9 @@ impl Store {
             boxes: HashMap::new(),
             bytes: 0,
             budget: MAX_TAILS_BYTES,
+            held: HashMap::new(),
+            held_bytes: 0,
+            hold_for: HOLD_FOR,
         }));
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
@@ -309,6 +359,7 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Op>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = commits.clone();
+        let never_written = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let faults = Arc::new(Faults::default());
         let writer_state = Writer {
             usage,
@@ -316,6 +367,8 @@ impl Store {
             commits: counted,
             tails: tails.clone(),
             faults: faults.clone(),
+            waiting: BTreeMap::new(),
+            never_written: never_written.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("mail-writer".into())
@@ -323,6 +376,7 @@ impl Store {
             .map_err(|e| StoreError::Sqlite(e.to_string()))?;
         Ok(Store {
             commits,
+            never_written,
             ops: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
             reader: Arc::new(Mutex::new(reader)),
@@ -384,7 +438,29 @@ impl Store {
         lock_tails(&self.tails).budget = bytes;
     }
 
-    /// Transactions committed so far (one per batch of operations).
+    /// Hold mail for connected recipients this long before writing it (by default
+    /// [`HOLD_FOR`]; zero writes all mail at once). For tests of either path.
+    #[doc(hidden)]
+    pub fn set_hold(&self, hold_for: Duration) {
+        lock_tails(&self.tails).hold_for = hold_for;
+    }
+
+    /// Envelopes held in memory, not written (yet).
+    pub fn held(&self) -> usize {
+        lock_tails(&self.tails)
+            .held
+            .values()
+            .map(BTreeMap::len)
+            .sum()
+    }
+
+    /// Held mail acknowledged before it was written, so far.
+    pub fn never_written(&self) -> u64 {
+        self.never_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Transactions committed so far that wrote something (one per batch of operations).
     pub fn commits(&self) -> u64 {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -474,8 +550,11 @@ impl Store {
                 .cloned()
                 .collect());
         }
+        // Held mail first, then the disk: mail leaves `held` only once committed, so each
+        // envelope is in one or the other (or both, counted once).
+        let held = lock_tails(&self.tails).held_after(&recipient, after);
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let disk = tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| StoreError::Closed)?;
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, received_ms, envelope FROM mail
@@ -495,7 +574,20 @@ impl Store {
                 .map_err(StoreError::from)
         })
         .await
-        .map_err(|e| StoreError::Sqlite(e.to_string()))?
+        .map_err(|e| StoreError::Sqlite(e.to_string()))??;
+        if held.is_empty() {
+            return Ok(disk);
+        }
+        // Every disk row past the last one read is above it, so the first `limit` of the two
+        // together are right.
+        let mut all: BTreeMap<u64, Mail> = disk.into_iter().map(|m| (m.seq, m)).collect();
+        for m in held {
+            all.entry(m.seq).or_insert(m);
+        }
+        Ok(all
+            .into_values()
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect())
     }
 
     /// Keep `envelope` for `recipient` at the relay `relay`, until forwarded.
@@ -590,9 +682,20 @@ impl Store {
         .map_err(|e| StoreError::Sqlite(e.to_string()))?
     }
 
-    /// Messages waiting, in all mailboxes.
+    /// Messages waiting, in all mailboxes: on disk or held.
     pub async fn count(&self) -> Result<u64, StoreError> {
-        self.count_rows("SELECT COUNT(*) FROM mail").await
+        let tails = self.tails.clone();
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            // The writer commits held mail and forgets it under this lock: nothing counts twice.
+            let tails = lock_tails(&tails);
+            let held: usize = tails.held.values().map(BTreeMap::len).sum();
+            let conn = reader.lock().map_err(|_| StoreError::Closed)?;
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM mail", [], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0) + held as u64)
+        })
+        .await
+        .map_err(|e| StoreError::Sqlite(e.to_string()))?
     }
 
     /// Envelopes waiting (committed) to be forwarded to other relays.
@@ -637,8 +740,20 @@ struct Writer {
     usage: HashMap<NodeId, Usage>,
     bounds: Bounds,
     commits: Arc<std::sync::atomic::AtomicU64>,
+    never_written: Arc<std::sync::atomic::AtomicU64>,
     tails: Arc<Mutex<Tails>>,
     faults: Arc<Faults>,
+    /// Held mail not yet written or acknowledged, by seq; each was held for the same time, so
+    /// the first is due first.
+    waiting: BTreeMap<u64, Waiting>,
+}
+
+/// Held mail waiting for its recipient's acknowledgement, and its sender's answer.
+struct Waiting {
+    recipient: NodeId,
+    size: u64,
+    due: Instant,
+    reply: oneshot::Sender<Result<Result<u64, Refusal>, StoreError>>,
 }
 
 fn lock_tails(tails: &Mutex<Tails>) -> std::sync::MutexGuard<'_, Tails> {
@@ -650,189 +765,344 @@ fn lock_tails(tails: &Mutex<Tails>) -> std::sync::MutexGuard<'_, Tails> {
 }
 
 fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
-    use std::sync::atomic::Ordering;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    loop {
+        // Wait for work, or until the first held mail is due.
+        let first = match w.waiting.values().next().map(|h| h.due) {
+            None => match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => break,
+            },
+            Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
+        let mut batch: Vec<Op> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        let before = w.usage.clone();
-        let mut replies = Vec::with_capacity(batch.len());
-        // Mail inserted for recipients of this relay, and whether it was handed out before
-        // the commit: (recipient, seq, handed out).
-        let mut inserted: Vec<(NodeId, u64, bool)> = Vec::new();
-        let result = (|| -> Result<(), StoreError> {
-            let tx = conn.transaction()?;
-            {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO mail (seq, recipient, received_ms, envelope)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                let mut del_sum = tx.prepare_cached(
-                    "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
-                     WHERE recipient = ?1 AND seq <= ?2",
-                )?;
-                let mut del =
-                    tx.prepare_cached("DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2")?;
-                for op in batch {
-                    match op {
-                        Op::Insert {
-                            recipient,
+        run_batch(conn, &mut w, batch, Some(Instant::now()));
+    }
+    // Closing: everything still held is written.
+    if !w.waiting.is_empty() {
+        run_batch(conn, &mut w, Vec::new(), None);
+    }
+}
+
+/// Mail written to disk in a batch: (recipient, seq, handed out before its commit, held).
+type Written = Vec<(NodeId, u64, bool, bool)>;
+
+/// Write `recipient`'s held mail up to `up_to` (all of it that is neither acknowledged nor
+/// already written), in order, so that the disk holds each mailbox in order.
+fn write_held(
+    ins: &mut rusqlite::CachedStatement<'_>,
+    w: &mut Writer,
+    recipient: &NodeId,
+    up_to: u64,
+    written: &mut Written,
+    replies: &mut Vec<Reply>,
+) -> Result<(), StoreError> {
+    let due: Vec<Mail> = {
+        let tails = lock_tails(&w.tails);
+        let Some(held) = tails.held.get(recipient) else {
+            return Ok(());
+        };
+        held.range(..=up_to)
+            .filter(|(seq, _)| w.waiting.contains_key(seq))
+            .map(|(_, m)| m.clone())
+            .collect()
+    };
+    for mail in due {
+        let Some(h) = w.waiting.remove(&mail.seq) else {
+            continue;
+        };
+        ins.execute(params![
+            i64_of(mail.seq),
+            recipient.as_bytes(),
+            i64_of(mail.received_ms),
+            mail.envelope
+        ])?;
+        written.push((*recipient, mail.seq, true, true));
+        replies.push(Reply::Insert(h.reply, Ok(Ok(mail.seq))));
+    }
+    Ok(())
+}
+
+/// Run one batch of operations in one transaction, and write the held mail due by `now`
+/// (`None`: all of it).
+fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<Instant>) {
+    use std::sync::atomic::Ordering;
+    let mut before = w.usage.clone();
+    let mut replies = Vec::with_capacity(batch.len());
+    // Answers for held mail its recipient acknowledged: sent whatever the commit does.
+    let mut acknowledged = Vec::new();
+    let mut written: Written = Vec::new();
+    let changes_before = conn.total_changes();
+    let result = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO mail (seq, recipient, received_ms, envelope)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut del_sum = tx.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
+                 WHERE recipient = ?1 AND seq <= ?2",
+            )?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2")?;
+            for op in batch {
+                match op {
+                    Op::Insert {
+                        recipient,
+                        envelope,
+                        now_ms,
+                        reply,
+                    } => {
+                        let u = w.usage.entry(recipient).or_default();
+                        let size = envelope.len() as u64;
+                        if u.messages + 1 > w.bounds.max_messages
+                            || u.bytes + size > w.bounds.max_bytes
+                        {
+                            replies.push(Reply::Insert(
+                                reply,
+                                Ok(Err(Refusal::MailboxFull {
+                                    messages: u.messages,
+                                    bytes: u.bytes,
+                                })),
+                            ));
+                            continue;
+                        }
+                        u.messages += 1;
+                        u.bytes += size;
+                        let mail = Mail {
+                            seq: 0,
+                            received_ms: now_ms,
                             envelope,
-                            now_ms,
-                            reply,
-                        } => {
-                            let u = w.usage.entry(recipient).or_default();
-                            let size = envelope.len() as u64;
-                            if u.messages + 1 > w.bounds.max_messages
-                                || u.bytes + size > w.bounds.max_bytes
-                            {
-                                replies.push(Reply::Insert(
-                                    reply,
-                                    Ok(Err(Refusal::MailboxFull {
-                                        messages: u.messages,
-                                        bytes: u.bytes,
-                                    })),
-                                ));
-                                continue;
-                            }
-                            let seq = {
-                                let mut tails = lock_tails(&w.tails);
-                                let seq = tails.next_seq;
-                                tails.next_seq += 1;
-                                seq
+                        };
+                        // Numbered and handed out to a connected recipient; held if there is
+                        // room and time to.
+                        let (seq, subscribed, hold_until) = {
+                            let mut tails = lock_tails(&w.tails);
+                            let seq = tails.next_seq;
+                            tails.next_seq += 1;
+                            let mail = Mail {
+                                seq,
+                                ..mail.clone()
                             };
-                            ins.execute(params![
-                                i64_of(seq),
+                            let subscribed = tails.boxes.contains_key(&recipient);
+                            let hold_until = now
+                                .filter(|_| {
+                                    subscribed
+                                        && !tails.hold_for.is_zero()
+                                        && tails.held_bytes + mail.envelope.len() <= MAX_HELD_BYTES
+                                })
+                                .map(|now| now + tails.hold_for);
+                            if hold_until.is_some() {
+                                tails.held_bytes += mail.envelope.len();
+                                tails
+                                    .held
+                                    .entry(recipient)
+                                    .or_default()
+                                    .insert(seq, mail.clone());
+                            }
+                            tails.push(&recipient, mail);
+                            (seq, subscribed, hold_until)
+                        };
+                        if let Some(due) = hold_until {
+                            // Held whatever this batch's commit does: counted either way.
+                            let u = before.entry(recipient).or_default();
+                            u.messages += 1;
+                            u.bytes += size;
+                            w.waiting.insert(
+                                seq,
+                                Waiting {
+                                    recipient,
+                                    size,
+                                    due,
+                                    reply,
+                                },
+                            );
+                            continue;
+                        }
+                        // Written now: the recipient's held mail before it first.
+                        write_held(&mut ins, w, &recipient, seq, &mut written, &mut replies)?;
+                        ins.execute(params![
+                            i64_of(seq),
+                            recipient.as_bytes(),
+                            i64_of(now_ms),
+                            mail.envelope
+                        ])?;
+                        written.push((recipient, seq, subscribed, false));
+                        replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                    }
+                    Op::Delete { recipient, up_to } => {
+                        // Held mail the recipient acknowledged is never written.
+                        let seqs: Vec<u64> = lock_tails(&w.tails)
+                            .held
+                            .get(&recipient)
+                            .map(|h| h.range(..=up_to).map(|(s, _)| *s).collect())
+                            .unwrap_or_default();
+                        for seq in seqs {
+                            // Not waiting: written in this batch, so deleted below.
+                            let Some(h) = w.waiting.remove(&seq) else {
+                                continue;
+                            };
+                            lock_tails(&w.tails).unhold(&recipient, seq);
+                            for usage in [&mut w.usage, &mut before] {
+                                let u = usage.entry(recipient).or_default();
+                                u.messages = u.messages.saturating_sub(1);
+                                u.bytes = u.bytes.saturating_sub(h.size);
+                            }
+                            w.never_written.fetch_add(1, Ordering::Relaxed);
+                            acknowledged.push(Reply::Insert(h.reply, Ok(Ok(seq))));
+                        }
+                        let (n, b): (i64, i64) = del_sum
+                            .query_row(params![recipient.as_bytes(), i64_of(up_to)], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?;
+                        if n > 0 {
+                            del.execute(params![recipient.as_bytes(), i64_of(up_to)])?;
+                            let u = w.usage.entry(recipient).or_default();
+                            u.messages = u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
+                            u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
+                        }
+                    }
+                    Op::InsertForward {
+                        relay,
+                        recipient,
+                        envelope,
+                        now_ms,
+                        reply,
+                    } => {
+                        tx.prepare_cached(
+                            "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                                relay.key.as_bytes(),
+                                relay.addr,
                                 recipient.as_bytes(),
                                 i64_of(now_ms),
                                 envelope
-                            ])?;
-                            u.messages += 1;
-                            u.bytes += size;
-                            let handed_out = {
-                                let mut tails = lock_tails(&w.tails);
-                                let subscribed = tails.boxes.contains_key(&recipient);
-                                tails.push(
-                                    &recipient,
-                                    Mail {
-                                        seq,
-                                        received_ms: now_ms,
-                                        envelope,
-                                    },
-                                );
-                                subscribed
-                            };
-                            inserted.push((recipient, seq, handed_out));
-                            replies.push(Reply::Insert(reply, Ok(Ok(seq))));
-                        }
-                        Op::Delete { recipient, up_to } => {
-                            let (n, b): (i64, i64) = del_sum
-                                .query_row(params![recipient.as_bytes(), i64_of(up_to)], |r| {
-                                    Ok((r.get(0)?, r.get(1)?))
-                                })?;
-                            if n > 0 {
-                                del.execute(params![recipient.as_bytes(), i64_of(up_to)])?;
-                                let u = w.usage.entry(recipient).or_default();
-                                u.messages =
-                                    u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
-                                u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
-                            }
-                        }
-                        Op::InsertForward {
-                            relay,
-                            recipient,
-                            envelope,
-                            now_ms,
-                            reply,
-                        } => {
-                            tx.prepare_cached(
-                                "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
-                                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                            )?
-                            .execute(params![
-                                    relay.key.as_bytes(),
-                                    relay.addr,
-                                    recipient.as_bytes(),
-                                    i64_of(now_ms),
-                                    envelope
-                                ],
-                            )?;
-                            let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-                            replies.push(Reply::Insert(reply, Ok(Ok(seq))));
-                        }
-                        Op::DeleteForward { seq } => {
-                            tx.prepare_cached("DELETE FROM forward WHERE seq = ?1")?
-                                .execute([i64_of(seq)])?;
-                        }
-                        Op::Purge {
-                            older_than_ms,
-                            reply,
-                        } => {
-                            let n = tx.execute(
-                                "DELETE FROM mail WHERE received_ms < ?1",
-                                [i64_of(older_than_ms)],
-                            )?;
-                            replies.push(Reply::Purge(reply, Ok(n as u64)));
-                        }
+                            ],
+                        )?;
+                        let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                        replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                    }
+                    Op::DeleteForward { seq } => {
+                        tx.prepare_cached("DELETE FROM forward WHERE seq = ?1")?
+                            .execute([i64_of(seq)])?;
+                    }
+                    Op::Purge {
+                        older_than_ms,
+                        reply,
+                    } => {
+                        let n = tx.execute(
+                            "DELETE FROM mail WHERE received_ms < ?1",
+                            [i64_of(older_than_ms)],
+                        )?;
+                        replies.push(Reply::Purge(reply, Ok(n as u64)));
                     }
                 }
             }
-            if w.faults.before_commit() {
-                // Dropping the transaction rolls it back, as a failed COMMIT does.
-                return Err(StoreError::Sqlite(
-                    "commit failed (on purpose, for a test)".into(),
-                ));
+            // Held mail that is due (in seq order, so each mailbox stays in order on disk).
+            let due: Vec<(u64, NodeId)> = w
+                .waiting
+                .iter()
+                .take_while(|(_, h)| now.is_none_or(|now| h.due <= now))
+                .map(|(seq, h)| (*seq, h.recipient))
+                .collect();
+            for (seq, recipient) in due {
+                write_held(&mut ins, w, &recipient, seq, &mut written, &mut replies)?;
             }
+        }
+        if w.faults.before_commit() {
+            // Dropping the transaction rolls it back, as a failed COMMIT does.
+            return Err(StoreError::Sqlite(
+                "commit failed (on purpose, for a test)".into(),
+            ));
+        }
+        if written.iter().any(|m| m.3) {
+            // Committed and no longer held at once, for readers that count both.
+            let mut tails = lock_tails(&w.tails);
             tx.commit()?;
+            for (recipient, seq, _, _) in written.iter().filter(|m| m.3) {
+                tails.unhold(recipient, *seq);
+            }
+        } else {
+            tx.commit()?;
+        }
+        // Counted when it wrote something (a batch that only held mail or read wrote nothing).
+        if conn.total_changes() != changes_before {
             w.commits.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                let purged = replies.iter().any(|r| matches!(r, Reply::Purge(..)));
-                if purged {
-                    w.usage = recount(conn).unwrap_or(w.usage);
-                }
-                {
-                    let mut tails = lock_tails(&w.tails);
-                    if purged {
-                        // Purged mail may be in a tail: read everything from disk again.
-                        let last = tails.next_seq.saturating_sub(1);
-                        for tail in tails.boxes.values_mut() {
-                            tail.trim_to(last);
-                            tail.notify.send_replace(last);
-                        }
-                        tails.bytes = 0;
-                    }
-                    // Wake the deliveries that read this mail from disk.
-                    for (recipient, seq, _) in &inserted {
-                        if let Some(tail) = tails.boxes.get(recipient) {
-                            tail.notify.send_replace(*seq);
-                        }
-                    }
-                }
-                for r in replies {
-                    r.send();
+        }
+        Ok(())
+    })();
+    for r in acknowledged {
+        r.send();
+    }
+    match result {
+        Ok(()) => {
+            let purged = replies.iter().any(|r| matches!(r, Reply::Purge(..)));
+            if purged {
+                w.usage = recount(conn).unwrap_or(std::mem::take(&mut w.usage));
+                // Held mail is counted too, as on disk.
+                let tails = lock_tails(&w.tails);
+                for (recipient, held) in &tails.held {
+                    let u = w.usage.entry(*recipient).or_default();
+                    u.messages += held.len() as u64;
+                    u.bytes += held.values().map(|m| m.envelope.len() as u64).sum::<u64>();
                 }
             }
-            Err(e) => {
-                // Nothing in the batch was stored: take back what was handed out (a recipient
-                // that already read it refuses the copy its sender sends again) and say so to
-                // every sender. The numbers it used are never used again.
-                w.usage = before;
-                {
-                    let mut tails = lock_tails(&w.tails);
-                    for (recipient, seq, _) in inserted.iter().filter(|i| i.2) {
+            {
+                let mut tails = lock_tails(&w.tails);
+                if purged {
+                    // Purged mail may be in a tail: read everything from disk again.
+                    let last = tails.next_seq.saturating_sub(1);
+                    for tail in tails.boxes.values_mut() {
+                        tail.trim_to(last);
+                        tail.notify.send_replace(last);
+                    }
+                    tails.bytes = 0;
+                }
+                // Wake the deliveries that read this mail from disk.
+                for (recipient, seq, _, _) in &written {
+                    if let Some(tail) = tails.boxes.get(recipient) {
+                        tail.notify.send_replace(*seq);
+                    }
+                }
+            }
+            for r in replies {
+                r.send();
+            }
+        }
+        Err(e) => {
+            // Nothing in the batch was stored: take back what was handed out (a recipient
+            // that already read it refuses the copy its sender sends again) and say so to
+            // every sender. The numbers it used are never used again. Held mail written in
+            // the batch is lost with it (its sender is told and sends it again); held mail
+            // not written stays held.
+            w.usage = before;
+            {
+                let mut tails = lock_tails(&w.tails);
+                for (recipient, seq, handed_out, held) in &written {
+                    if *held && let Some(mail) = tails.unhold(recipient, *seq) {
+                        let u = w.usage.entry(*recipient).or_default();
+                        u.messages = u.messages.saturating_sub(1);
+                        u.bytes = u.bytes.saturating_sub(mail.envelope.len() as u64);
+                    }
+                    if *handed_out {
                         tails.update(recipient, |tail, _| tail.remove(*seq));
                     }
                 }
-                for r in replies {
-                    r.fail(e.clone());
-                }
+            }
+            for r in replies {
+                r.fail(e.clone());
             }
         }
     }

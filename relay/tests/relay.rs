@@ -353,6 +353,9 @@ async fn accepted_mail_survives_a_restart_on_the_same_directory() {
 #[tokio::test]
 async fn a_connected_wallet_gets_mail_before_the_commit_and_a_failed_commit_loses_nothing() {
     let r = relay("before-commit", |_| {}).await;
+    // Mail written at once: an acknowledgement before the commit would answer it otherwise
+    // (the test below).
+    r.set_hold(Duration::ZERO);
     let mut b = connect(&r, 2).await;
     let a = connect(&r, 1).await;
     let b_id = who(2).id();
@@ -395,6 +398,52 @@ async fn a_connected_wallet_gets_mail_before_the_commit_and_a_failed_commit_lose
     b.close().await;
     // Everything acknowledged is gone, on disk too.
     assert_mailbox_empty(&r, 2).await;
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_its_recipient_acknowledges_while_held_is_answered_and_never_written() {
+    let r = relay("held-acked", |_| {}).await;
+    r.set_hold(Duration::from_secs(3600));
+    let mut b = connect(&r, 2).await;
+    let a = connect(&r, 1).await;
+    let b_id = who(2).id();
+    // Held: b gets it, a waits for b.
+    let send = a.send(b_id, b"held".to_vec());
+    tokio::pin!(send);
+    let got = tokio::select! {
+        d = next(&mut b) => d,
+        answer = &mut send => panic!("answered before b acknowledged: {answer:?}"),
+    };
+    assert_eq!(got.envelope, b"held");
+    b.ack(got.seq).await.unwrap();
+    timeout(T, send).await.unwrap().unwrap();
+    assert_eq!(r.stats().never_written, 1, "it was never written");
+    b.close().await;
+    assert_mailbox_empty(&r, 2).await;
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn held_mail_that_is_not_acknowledged_is_written_when_due_and_kept() {
+    let dir = scratch("held-due");
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    let r = offst_relay::start(cfg.clone()).await.unwrap();
+    r.set_hold(Duration::from_millis(50));
+    let mut b = connect(&r, 2).await;
+    let a = connect(&r, 1).await;
+    // b reads it and never acknowledges: it is written when due, and then a is answered.
+    a.send(who(2).id(), b"kept".to_vec()).await.unwrap();
+    assert_eq!(next(&mut b).await.envelope, b"kept");
+    b.close().await;
+    r.shutdown().await;
+    let r = offst_relay::start(cfg).await.unwrap();
+    let mut b = connect(&r, 2).await;
+    assert_eq!(next(&mut b).await.envelope, b"kept");
     r.shutdown().await;
 }
 

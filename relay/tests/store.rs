@@ -57,6 +57,8 @@ async fn mail_after(store: &Store, recipient: NodeId, after: u64) -> Vec<(u64, V
 async fn mail_is_handed_out_before_its_commit_and_a_failed_commit_never_reuses_its_number() {
     let dir = scratch("store-before-commit");
     let store = Store::open(&dir, bounds()).unwrap();
+    // Mail written at once (held mail: the tests below).
+    store.set_hold(Duration::ZERO);
     let b = who(2);
     let sub = store.subscribe(b);
 
@@ -115,6 +117,7 @@ async fn mail_is_handed_out_before_its_commit_and_a_failed_commit_never_reuses_i
 async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
     let dir = scratch("store-tail");
     let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::ZERO);
     let (b, c) = (who(2), who(3));
     // Stored before anyone subscribed: only on disk.
     let early = store
@@ -161,6 +164,7 @@ async fn a_tail_serves_only_complete_runs_and_disk_serves_the_rest() {
 async fn all_tails_together_stay_within_their_budget_and_the_rest_is_read_from_disk() {
     let dir = scratch("store-tails-budget");
     let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::ZERO);
     store.set_tails_budget(3000);
     let (b, c, d) = (who(2), who(3), who(4));
     let subs = [store.subscribe(b), store.subscribe(c), store.subscribe(d)];
@@ -187,5 +191,140 @@ async fn all_tails_together_stay_within_their_budget_and_the_rest_is_read_from_d
         store.unsubscribe(&r);
     }
     assert_eq!(store.tail_bytes(), 0);
+    store.close();
+}
+
+/// How many rows `recipient` has on disk (committed), read apart from the store.
+fn rows_on_disk(dir: &std::path::Path, recipient: NodeId) -> Vec<u64> {
+    let conn = rusqlite::Connection::open(dir.join("mail.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT seq FROM mail WHERE recipient = ?1 ORDER BY seq")
+        .unwrap();
+    stmt.query_map([recipient.as_bytes().as_slice()], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|s| s.unwrap() as u64)
+        .collect()
+}
+
+#[tokio::test]
+async fn held_mail_is_read_as_if_on_disk_and_acknowledged_is_never_written() {
+    let dir = scratch("store-held-acked");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_secs(3600));
+    let b = who(2);
+    let sub = store.subscribe(b);
+    let mut first = store.enqueue(None, b, b"one".to_vec(), 1).unwrap();
+    let second = store.enqueue(None, b, b"two".to_vec(), 1).unwrap();
+    let got = timeout(T, async {
+        loop {
+            let mail = seqs_now(&store, b, 0).await;
+            if mail.len() == 2 {
+                return mail;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(first.try_recv().is_err(), "no answer while held");
+    assert_eq!(store.held(), 2);
+    assert_eq!(
+        store.count().await.unwrap(),
+        2,
+        "held mail counts as waiting"
+    );
+    assert!(rows_on_disk(&dir, b).is_empty(), "nothing written yet");
+    // A reader behind the tail (its tail dropped) still finds held mail.
+    drop(sub);
+    store.unsubscribe(&b);
+    assert_eq!(seqs_now(&store, b, 0).await, got);
+    // The first is acknowledged: answered, never written; the second is written when mail
+    // for b can no longer be held (b is not connected), before it.
+    store.delete(b, got[0]).unwrap();
+    assert_eq!(
+        timeout(T, first).await.unwrap().unwrap().unwrap(),
+        Ok(got[0])
+    );
+    let third = store
+        .insert(b, b"three".to_vec(), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeout(T, second).await.unwrap().unwrap().unwrap(),
+        Ok(got[1])
+    );
+    assert_eq!(
+        rows_on_disk(&dir, b),
+        vec![got[1], third],
+        "in order, on disk"
+    );
+    assert_eq!(store.never_written(), 1);
+    assert_eq!(store.held(), 0);
+    assert_eq!(store.count().await.unwrap(), 2);
+    store.close();
+}
+
+#[tokio::test]
+async fn held_mail_is_written_when_due_and_when_the_store_closes() {
+    let dir = scratch("store-held-due");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_millis(30));
+    let b = who(2);
+    let _sub = store.subscribe(b);
+    // Nobody acknowledges it: written when due, then answered.
+    let due = store.insert(b, b"due".to_vec(), 1).await.unwrap().unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![due]);
+    assert_eq!(store.held(), 0);
+    // Held for an hour, and the store closes: written first.
+    store.set_hold(Duration::from_secs(3600));
+    let closing = store.enqueue(None, b, b"closing".to_vec(), 1).unwrap();
+    timeout(T, async {
+        while store.held() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    store.close();
+    let seq = timeout(T, closing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![due, seq]);
+    assert_eq!(store.never_written(), 0);
+}
+
+#[tokio::test]
+async fn held_mail_written_in_a_commit_that_fails_is_answered_as_lost_and_its_number_never_returns()
+{
+    let dir = scratch("store-held-fails");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_millis(30));
+    let b = who(2);
+    let _sub = store.subscribe(b);
+    store.fail_next_commits(1);
+    // The first commit (the batch that holds it) fails: it stays held, and is written later.
+    let kept = store.insert(b, b"kept".to_vec(), 1).await.unwrap().unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![kept]);
+    // Written in a commit that fails: its sender hears so, and it is taken back.
+    let pending = store.enqueue(None, b, b"lost".to_vec(), 1).unwrap();
+    timeout(T, async {
+        while store.held() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap();
+    store.fail_next_commits(1);
+    let answer = timeout(T, pending).await.unwrap().unwrap();
+    assert!(matches!(answer, Err(StoreError::Sqlite(_))), "{answer:?}");
+    assert_eq!(store.held(), 0);
+    assert_eq!(seqs_now(&store, b, 0).await, vec![kept]);
+    let next = store.insert(b, b"next".to_vec(), 2).await.unwrap().unwrap();
+    assert!(next > kept + 1, "the lost number is not handed out again");
+    assert_eq!(store.count().await.unwrap(), 2);
     store.close();
 }
