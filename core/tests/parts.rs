@@ -436,3 +436,81 @@ fn a_pending_request_without_its_channel_is_refused() {
         "{err}"
     );
 }
+
+/// A step writes a payment's or an invoice's row only when its bytes changed (a collect that
+/// reaches a payment the seller's "paid" already finished writes nothing), and still reports
+/// every payment it reached, so that whoever waits for one to settle is woken. A store fed
+/// with these rows holds exactly the node's payments and invoices at every step.
+#[test]
+fn a_step_writes_a_payment_or_invoice_row_only_when_it_changed() {
+    let n = 20;
+    let (mut net, ids) = many_under_way(n);
+    let (buyer, seller) = (ids[0], ids[2]);
+    let mut payments: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
+    let mut invoices: std::collections::BTreeMap<_, Vec<u8>> = Default::default();
+    for id in [buyer, seller] {
+        let mut all = net.node(&id).unwrap().clone();
+        all.mark_all_changed();
+        let first = all.take_changes();
+        payments.extend(first.payments.into_iter().map(|(k, v)| (k, v.unwrap())));
+        invoices.extend(first.invoices.into_iter().map(|(k, v)| (k, v.unwrap())));
+        net.node_mut(&id).unwrap().take_changes();
+    }
+    let (mut payment_rows, mut invoice_rows, mut reached_unwritten) = (0u64, 0u64, 0u64);
+    while net.step().unwrap() {
+        for id in [buyer, seller] {
+            let node = net.node_mut(&id).unwrap();
+            let changes = node.take_changes();
+            for (k, v) in &changes.payments {
+                let v = v.as_ref().unwrap();
+                assert_ne!(
+                    payments.get(k),
+                    Some(v),
+                    "a payment row written again unchanged"
+                );
+                payments.insert(*k, v.clone());
+                payment_rows += 1;
+                assert!(changes.payments_reached.contains(k));
+            }
+            reached_unwritten += changes
+                .payments_reached
+                .iter()
+                .filter(|k| !changes.payments.iter().any(|(w, _)| w == *k))
+                .count() as u64;
+            for (k, v) in &changes.invoices {
+                let v = v.as_ref().unwrap();
+                assert_ne!(
+                    invoices.get(k),
+                    Some(v),
+                    "an invoice row written again unchanged"
+                );
+                invoices.insert(*k, v.clone());
+                invoice_rows += 1;
+            }
+            let parts = node.parts();
+            let mut held: Vec<_> = if id == buyer {
+                payments.values().cloned().collect()
+            } else {
+                invoices.values().cloned().collect()
+            };
+            let mut now = if id == buyer {
+                parts.payments
+            } else {
+                parts.invoices
+            };
+            held.sort();
+            now.sort();
+            assert_eq!(held, now, "the store holds what the node has");
+        }
+    }
+    let buyer_node = net.node(&buyer).unwrap();
+    for id in payments.keys() {
+        assert!(buyer_node.payment_progress(id).unwrap().settled);
+    }
+    assert_eq!(payments.len() as u64, n);
+    // Steps reached payments without changing them, and wrote nothing for them.
+    assert!(reached_unwritten >= n, "{reached_unwritten}");
+    // After the payment's first row: answered and committed, then finished by the "paid".
+    assert_eq!(payment_rows, 2 * n);
+    assert_eq!(invoice_rows, 2 * n);
+}

@@ -10,7 +10,7 @@
 //! - the **seller** answers requests for an open invoice, collects the committed routes, and
 //!   cancels everything once the invoice expires without a commit.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -467,8 +467,11 @@ pub struct Changes {
     /// Operations queued in channels, by friend and place: written when queued, deleted once
     /// sent in a move.
     pub queued: Vec<(QueuedKey, Option<Vec<u8>>)>,
-    /// Payments we make, by invoice.
+    /// Payments we make, by invoice: those whose row changed.
     pub payments: Vec<(InvoiceId, Option<Vec<u8>>)>,
+    /// Every payment the step reached, its row changed or not: what a payment's watcher sees
+    /// can change without its row (whether it settled depends on its channels).
+    pub payments_reached: Vec<InvoiceId>,
     /// Invoices we issued, by invoice.
     pub invoices: Vec<(InvoiceId, Option<Vec<u8>>)>,
     /// Remembered outcomes, by request.
@@ -668,6 +671,38 @@ pub struct Node {
     /// step that changed only the channel's queue (most of the steps that touch a channel
     /// under load: operations queued for the turn) writes no channel row.
     stored_core: BTreeMap<NodeId, CoreKey>,
+    /// A digest of each payment's and each invoice's row as the store holds it (after the
+    /// last [`Node::take_changes`]): a step that reached a payment without changing it (a
+    /// route's collect after the seller's "paid" already finished it, a commit tried again)
+    /// writes no row. Empty after a load: the first write of each goes through.
+    stored_payments: HashMap<InvoiceId, RowDigest>,
+    stored_invoices: HashMap<InvoiceId, RowDigest>,
+}
+
+/// What identifies a stored row's bytes: 128 bits of BLAKE3 (a collision would skip a write).
+type RowDigest = [u8; 16];
+
+/// The rows of `changed` whose bytes differ from what the store holds by `stored`, encoded;
+/// `stored` is brought up to date.
+fn encode_unless_stored<V: Serialize>(
+    changed: Vec<(InvoiceId, Option<&V>)>,
+    stored: &mut HashMap<InvoiceId, RowDigest>,
+) -> Vec<(InvoiceId, Option<Vec<u8>>)> {
+    changed
+        .into_iter()
+        .filter_map(|(key, value)| match value {
+            Some(value) => {
+                let bytes = encode_part(value);
+                let mut digest = [0u8; 16];
+                digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+                (stored.insert(key, digest) != Some(digest)).then_some((key, Some(bytes)))
+            }
+            None => {
+                stored.remove(&key);
+                Some((key, None))
+            }
+        })
+        .collect()
 }
 
 impl Node {
@@ -690,6 +725,8 @@ impl Node {
             stored_pending_at: BTreeMap::new(),
             stored_queue: BTreeMap::new(),
             stored_core: BTreeMap::new(),
+            stored_payments: HashMap::new(),
+            stored_invoices: HashMap::new(),
         }
     }
 
@@ -828,12 +865,14 @@ impl Node {
                 }
             }
         }
+        let payments_reached = self.buying.take_changed();
         Changes {
             channels,
             pending,
             queued,
-            payments: encode_all(self.buying.take_changed()),
-            invoices: encode_all(self.selling.take_changed()),
+            payments_reached: payments_reached.iter().map(|(id, _)| *id).collect(),
+            payments: encode_unless_stored(payments_reached, &mut self.stored_payments),
+            invoices: encode_unless_stored(self.selling.take_changed(), &mut self.stored_invoices),
             outcomes: encode_all(self.outcomes.take_changed()),
             settings: encode_part(&self.settings()),
         }
@@ -847,6 +886,8 @@ impl Node {
         self.stored_pending_at.clear();
         self.stored_queue.clear();
         self.stored_core.clear();
+        self.stored_payments.clear();
+        self.stored_invoices.clear();
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();

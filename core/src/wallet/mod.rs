@@ -954,7 +954,7 @@ impl Wallet {
         let touched: Vec<InvoiceId> = if self.payment_watchers.is_empty() {
             Vec::new()
         } else {
-            changes.payments.iter().map(|(id, _)| *id).collect()
+            changes.payments_reached.clone()
         };
         let unchanged = changes.channels.is_empty()
             && changes.pending.is_empty()
