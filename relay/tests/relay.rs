@@ -44,15 +44,20 @@ impl TestRelay {
 
 async fn relay(name: &str, tweak: impl FnOnce(&mut Config)) -> TestRelay {
     let dir = scratch(name);
-    let mut c = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let mut c = config_in(&dir);
     tweak(&mut c);
     TestRelay {
         handle: offst_relay::start(c).await.unwrap(),
         _dir: dir,
+    }
+}
+
+/// A relay's settings: any free port on loopback, its data in `dir`.
+fn config_in(dir: &std::path::Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
     }
 }
 
@@ -333,11 +338,7 @@ async fn a_full_mailbox_refuses_until_mail_is_picked_up() {
 #[tokio::test]
 async fn accepted_mail_survives_a_restart_on_the_same_directory() {
     let dir = scratch("restart");
-    let cfg = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let cfg = config_in(&dir);
     let r = offst_relay::start(cfg.clone()).await.unwrap();
     let key: NodeId = r.key;
     let a = connect(&r, 1).await;
@@ -427,11 +428,7 @@ async fn mail_its_recipient_acknowledges_while_held_is_answered_and_never_writte
 #[tokio::test]
 async fn held_mail_that_is_not_acknowledged_is_written_when_due_and_kept() {
     let dir = scratch("held-due");
-    let cfg = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let cfg = config_in(&dir);
     let r = offst_relay::start(cfg.clone()).await.unwrap();
     r.set_hold(Duration::from_millis(50));
     let mut b = connect(&r, 2).await;
