@@ -1014,6 +1014,11 @@ fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_
         if !(lo..=hi).contains(&t0) || v.iter().filter(|m| m.0 == Stage::Handled).count() != 1 {
             continue;
         }
+        // The way ends at the recipient's commit: a relay answers for mail it held only after
+        // the recipient acknowledged it, so its `Stored` can come later, off the way.
+        if let Some(end) = v.iter().position(|m| m.0 == Stage::Handled) {
+            v.truncate(end + 1);
+        }
         let kind = if v.iter().any(|m| m.0 == Stage::Forwarding) {
             "two_relays"
         } else {
@@ -1052,4 +1057,42 @@ fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_
         out.insert(kind.to_string(), serde_json::Value::Array(rows));
     }
     serde_json::Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offst_core::metrics::Stage;
+
+    /// A relay's answer for held mail comes after the recipient's commit: the envelope's way,
+    /// and its total, still end at that commit.
+    #[test]
+    fn an_envelopes_way_ends_at_the_recipients_commit() -> Result<(), String> {
+        let mut marks = offst_core::metrics::Timeline::new();
+        marks.insert(
+            1,
+            vec![
+                (Stage::Sealed, 5_000_000),
+                (Stage::RelayIn, 5_001_000),
+                (Stage::Delivered, 5_002_000),
+                (Stage::Received, 5_003_000),
+                (Stage::Handled, 5_004_000),
+                (Stage::Stored, 5_024_000),
+            ],
+        );
+        let report = timeline_report(marks, 10.0);
+        let rows = report
+            .get("one_relay")
+            .and_then(|r| r.as_array())
+            .ok_or("no rows")?;
+        let row = |name: &str| {
+            rows.iter()
+                .find(|r| r.get("between").and_then(|b| b.as_str()) == Some(name))
+                .and_then(|r| r.get("mean_ms"))
+                .and_then(serde_json::Value::as_f64)
+        };
+        assert_eq!(row("total"), Some(4.0));
+        assert_eq!(row("handled -> stored"), None);
+        Ok(())
+    }
 }

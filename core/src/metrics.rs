@@ -97,8 +97,10 @@ pub enum Stage {
     Sealed = 0,
     /// A relay read it from a connection (a wallet's or another relay's).
     RelayIn = 1,
-    /// That relay's store committed it. A connected recipient may have had it before this
-    /// (the relay hands mail out before its commit), so this stage can come after `Delivered`.
+    /// That relay's store committed it, or (mail the relay held for a connected recipient)
+    /// the recipient acknowledged it. A connected recipient may have had it before this (the
+    /// relay hands mail out before its commit), so this stage can come after `Delivered`, and
+    /// after `Handled`.
     Stored = 2,
     /// The relay's forwarder took it from its store to send to the next relay.
     Forwarding = 3,
