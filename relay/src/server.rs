@@ -176,7 +176,8 @@ pub struct Stats {
     pub forwarded: u64,
     /// SQLite transactions the mailbox store committed since start.
     pub commits: u64,
-    /// Envelopes acknowledged by their recipients while held, never written, since start.
+    /// Envelopes answered for without ever being written, since start: held while their
+    /// recipient acknowledged them, or while the next relay took them (cut-through).
     pub never_written: u64,
 }
 
@@ -623,7 +624,21 @@ enum Queued {
 
 /// An envelope for the next relay, sent before this relay's commit: recipient, envelope, and
 /// whether the next relay took it.
-type CutThrough = (NodeId, Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+type CutThrough = (NodeId, Vec<u8>, Done);
+
+/// Where cut-through reports whether the next relay took an envelope: to the connection that
+/// answers its sender, and to the store, which holds it unwritten meanwhile.
+struct Done {
+    tx: tokio::sync::oneshot::Sender<bool>,
+    sent_on: crate::store::SentOn,
+}
+
+impl Done {
+    fn send(self, taken: bool) {
+        self.sent_on.set(taken);
+        let _ = self.tx.send(taken);
+    }
+}
 
 /// Hand `envelope` to the cut-through task of `relay` (started on first use), unless its
 /// cut-through is paused. The receiver hears whether the next relay took it.
@@ -632,7 +647,7 @@ fn cut_through(
     relay: &RelayAddress,
     to: NodeId,
     envelope: &[u8],
-) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+) -> Option<(tokio::sync::oneshot::Receiver<bool>, crate::store::SentOn)> {
     let mut paused = lock(&shared.cut_through_paused);
     if shared.cut_through_backlog.load(Ordering::Relaxed) >= MAX_CUT_THROUGH_BACKLOG {
         // From here on, in order through the queue on disk until it is empty.
@@ -642,7 +657,12 @@ fn cut_through(
         return None;
     }
     drop(paused);
-    let (done, heard) = tokio::sync::oneshot::channel();
+    let (tx, heard) = tokio::sync::oneshot::channel();
+    let sent_on = crate::store::SentOn::new();
+    let done = Done {
+        tx,
+        sent_on: sent_on.clone(),
+    };
     let mut tasks = lock(&shared.cut_through);
     let tx = tasks.entry(relay.key).or_insert_with(|| {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -651,7 +671,7 @@ fn cut_through(
     });
     tx.send((to, envelope.to_vec(), done)).ok()?;
     shared.cut_through_backlog.fetch_add(1, Ordering::Relaxed);
-    Some(heard)
+    Some((heard, sent_on))
 }
 
 /// Most envelopes waiting in memory for cut-through, over all next relays.
@@ -684,7 +704,7 @@ async fn cut_through_loop(
         }
         if lock(&shared.cut_through_paused).contains(&relay.key) {
             for (_, _, done) in batch {
-                let _ = done.send(false);
+                done.send(false);
             }
             continue;
         }
@@ -695,7 +715,7 @@ async fn cut_through_loop(
                     debug!(relay = %relay.key.short(), "cut-through: can't reach: {e}");
                     lock(&shared.cut_through_paused).insert(relay.key);
                     for (_, _, done) in batch {
-                        let _ = done.send(false);
+                        done.send(false);
                     }
                     continue;
                 }
@@ -727,7 +747,7 @@ async fn cut_through_loop(
                 } else {
                     lock(&shared.cut_through_paused).insert(key);
                 }
-                let _ = done.send(taken);
+                done.send(taken);
             }
         });
     }
@@ -761,9 +781,18 @@ fn queue_envelope(
     let sent_on = relay
         .as_ref()
         .and_then(|r| cut_through(shared, r, to, &envelope));
-    let queued = shared.store.enqueue(relay.clone(), to, envelope, now_ms());
+    let queued = match (&relay, sent_on) {
+        (Some(r), Some((heard, state))) => shared
+            .store
+            .enqueue_sent_on(r.clone(), to, envelope, now_ms(), state)
+            .map(|p| (p, Some(heard))),
+        (_, _) => shared
+            .store
+            .enqueue(relay.clone(), to, envelope, now_ms())
+            .map(|p| (p, None)),
+    };
     match queued {
-        Ok(p) => Queued::Stored(p, relay, key, sent_on),
+        Ok((p, sent_on)) => Queued::Stored(p, relay, key, sent_on),
         Err(e) => {
             warn!("could not queue an envelope: {e}");
             Queued::Refused(Refusal::Unavailable)
@@ -793,7 +822,11 @@ async fn respond_loop(
                         (Some(r), Some(heard)) => {
                             let shared = shared.clone();
                             tokio::spawn(async move {
+                                // Seq 0: held and never written, as the next relay took it.
                                 if heard.await == Ok(true) {
+                                    if seq == 0 {
+                                        return;
+                                    }
                                     if let Err(e) = shared.store.delete_forward(seq) {
                                         warn!("forward queue: {e}");
                                     }
@@ -854,6 +887,12 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             }
         };
         if batch.is_empty() {
+            if shared.store.held_forward(&relay.key) > 0 {
+                // Envelopes cut-through sent before the pause are held, their answers awaited:
+                // one the next relay refuses is written and must go before newer ones.
+                let _ = tokio::time::timeout(crate::store::HOLD_FOR, wake.changed()).await;
+                continue;
+            }
             // Everything for this relay went: envelopes may go on by cut-through again.
             lock(&shared.cut_through_paused).remove(&relay.key);
             if wake.changed().await.is_err() {

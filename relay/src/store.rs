@@ -16,7 +16,10 @@
 //! acknowledged or committed, so an answered envelope is always on this relay's disk or in
 //! its recipient's. Held mail is written when it is due, before any later mail for the same
 //! recipient (the disk holds each mailbox in order), and when the store closes
-//! (`docs/proposals/relay-hold-until-acknowledged.md`).
+//! (`docs/proposals/relay-hold-until-acknowledged.md`). The same goes for an envelope for
+//! another relay that cut-through already sent on: held until the next relay's answer
+//! ([`SentOn`]), never written if it took it, and written in order before any later envelope
+//! for that relay otherwise.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -102,6 +105,8 @@ enum Op {
         envelope: Vec<u8>,
         now_ms: u64,
         reply: oneshot::Sender<Result<Result<u64, Refusal>, StoreError>>,
+        /// Sent on by cut-through: what the next relay answered, once it did.
+        sent_on: Option<SentOn>,
     },
     DeleteForward {
         seq: u64,
@@ -137,7 +142,7 @@ pub struct Mail {
 pub struct Store {
     /// Transactions committed by the writer (each holds a batch: group commit).
     commits: Arc<std::sync::atomic::AtomicU64>,
-    /// Held mail acknowledged before it was written.
+    /// Held envelopes answered for before they were written.
     never_written: Arc<std::sync::atomic::AtomicU64>,
     ops: Mutex<Option<mpsc::Sender<Op>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -198,6 +203,37 @@ struct Tails {
     held_bytes: usize,
     /// How long mail for a connected recipient is held ([`HOLD_FOR`]; zero: never).
     hold_for: Duration,
+    /// Envelopes held for the forward queue, by next relay.
+    held_forward: HashMap<NodeId, usize>,
+}
+
+/// What the next relay answered to an envelope cut-through sent on: not yet, taken, or not
+/// taken. Shared by the connection that sent it and the store's writer.
+#[derive(Clone, Debug, Default)]
+pub struct SentOn(Arc<std::sync::atomic::AtomicU8>);
+
+impl SentOn {
+    /// Not answered yet.
+    pub fn new() -> SentOn {
+        SentOn::default()
+    }
+
+    /// The next relay answered: it took the envelope, or not.
+    pub fn set(&self, taken: bool) {
+        self.0.store(
+            if taken { 1 } else { 2 },
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// The answer, once there is one.
+    fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl Tails {
@@ -352,6 +388,7 @@ impl Store {
             held: HashMap::new(),
             held_bytes: 0,
             hold_for: HOLD_FOR,
+            held_forward: HashMap::new(),
         }));
         let reader = Connection::open(&path)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
@@ -368,6 +405,7 @@ impl Store {
             tails: tails.clone(),
             faults: faults.clone(),
             waiting: BTreeMap::new(),
+            forwards: VecDeque::new(),
             never_written: never_written.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -454,7 +492,8 @@ impl Store {
             .sum()
     }
 
-    /// Held mail acknowledged before it was written, so far.
+    /// Held envelopes answered for before they were written (acknowledged by their
+    /// recipient, or taken by the next relay), so far.
     pub fn never_written(&self) -> u64 {
         self.never_written
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -496,23 +535,64 @@ impl Store {
         envelope: Vec<u8>,
         now_ms: u64,
     ) -> Result<Pending, StoreError> {
+        if let Some(relay) = relay {
+            return self.queue_forward(relay, recipient, envelope, now_ms, None);
+        }
         let (reply, rx) = oneshot::channel();
-        self.send(match relay {
-            None => Op::Insert {
-                recipient,
-                envelope,
-                now_ms,
-                reply,
-            },
-            Some(relay) => Op::InsertForward {
-                relay,
-                recipient,
-                envelope,
-                now_ms,
-                reply,
-            },
+        self.send(Op::Insert {
+            recipient,
+            envelope,
+            now_ms,
+            reply,
         })?;
         Ok(rx)
+    }
+
+    /// Queue an envelope for `recipient` at the relay `relay` that cut-through already sent on:
+    /// held unwritten (like mail for a connected recipient) until `sent_on` says the next
+    /// relay took it, then answered without ever being written (its seq is then 0, never a
+    /// row's); written if the next relay did not take it, or had not answered when it was due.
+    pub fn enqueue_sent_on(
+        &self,
+        relay: RelayAddress,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+        sent_on: SentOn,
+    ) -> Result<Pending, StoreError> {
+        self.queue_forward(relay, recipient, envelope, now_ms, Some(sent_on))
+    }
+
+    /// Queue an insert into the forward queue (held first, with `sent_on`).
+    fn queue_forward(
+        &self,
+        relay: RelayAddress,
+        recipient: NodeId,
+        envelope: Vec<u8>,
+        now_ms: u64,
+        sent_on: Option<SentOn>,
+    ) -> Result<Pending, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::InsertForward {
+            relay,
+            recipient,
+            envelope,
+            now_ms,
+            reply,
+            sent_on,
+        })?;
+        Ok(rx)
+    }
+
+    /// Envelopes for `relay` held unwritten while cut-through's answer is awaited. Cut-through
+    /// to a relay resumes only when none is left, and the queue on disk is empty: a held one
+    /// that the next relay refuses is written and forwarded from disk, before newer ones.
+    pub fn held_forward(&self, relay: &NodeId) -> usize {
+        lock_tails(&self.tails)
+            .held_forward
+            .get(relay)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Delete `recipient`'s mail up to and including `up_to` (after the recipient handled it).
@@ -598,15 +678,9 @@ impl Store {
         envelope: Vec<u8>,
         now_ms: u64,
     ) -> Result<Result<u64, Refusal>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Op::InsertForward {
-            relay,
-            recipient,
-            envelope,
-            now_ms,
-            reply,
-        })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.queue_forward(relay, recipient, envelope, now_ms, None)?
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// The next relay stored the envelope `seq`: forget it.
@@ -746,6 +820,20 @@ struct Writer {
     /// Held mail not yet written or acknowledged, by seq; each was held for the same time, so
     /// the first is due first.
     waiting: BTreeMap<u64, Waiting>,
+    /// Envelopes for other relays held while cut-through's answer is awaited, in the order
+    /// they arrived; each was held for the same time, so the first is due first.
+    forwards: VecDeque<HeldForward>,
+}
+
+/// An envelope for another relay, held unwritten.
+struct HeldForward {
+    relay: RelayAddress,
+    recipient: NodeId,
+    envelope: Vec<u8>,
+    now_ms: u64,
+    due: Instant,
+    sent_on: SentOn,
+    reply: oneshot::Sender<Result<Result<u64, Refusal>, StoreError>>,
 }
 
 /// Held mail waiting for its recipient's acknowledgement, and its sender's answer.
@@ -767,7 +855,14 @@ fn lock_tails(tails: &Mutex<Tails>) -> std::sync::MutexGuard<'_, Tails> {
 fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
     loop {
         // Wait for work, or until the first held mail is due.
-        let first = match w.waiting.values().next().map(|h| h.due) {
+        let due = [
+            w.waiting.values().next().map(|h| h.due),
+            w.forwards.front().map(|h| h.due),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let first = match due {
             None => match rx.recv() {
                 Ok(op) => Some(op),
                 Err(_) => break,
@@ -788,7 +883,7 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
         run_batch(conn, &mut w, batch, Some(Instant::now()));
     }
     // Closing: everything still held is written.
-    if !w.waiting.is_empty() {
+    if !w.waiting.is_empty() || !w.forwards.is_empty() {
         run_batch(conn, &mut w, Vec::new(), None);
     }
 }
@@ -832,6 +927,106 @@ fn write_held(
     Ok(())
 }
 
+/// Most envelopes for other relays held at once; over it, they are written at once.
+const MAX_HELD_FORWARDS: usize = 4096;
+
+/// Insert an envelope into the forward queue; its seq.
+fn insert_forward(
+    tx: &Connection,
+    relay: &RelayAddress,
+    recipient: &NodeId,
+    now_ms: u64,
+    envelope: &[u8],
+) -> Result<u64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        relay.key.as_bytes(),
+        relay.addr,
+        recipient.as_bytes(),
+        i64_of(now_ms),
+        envelope
+    ])?;
+    Ok(u64::try_from(tx.last_insert_rowid()).unwrap_or(0))
+}
+
+/// Settle the envelopes held for other relays: those the next relay took are answered and
+/// never written (seq 0); those it did not take, those due by `now` (`None`: all) and, with
+/// `force`, every one for that relay are written, each with every older one for the same
+/// relay before it, so that the queue on disk keeps the order of arrival.
+fn settle_forwards(
+    tx: &Connection,
+    w: &mut Writer,
+    now: Option<Instant>,
+    force: Option<NodeId>,
+    replies: &mut Vec<Reply>,
+    acknowledged: &mut Vec<Reply>,
+    written: &mut Vec<NodeId>,
+) -> Result<(), StoreError> {
+    use std::sync::atomic::Ordering;
+    if w.forwards.is_empty() {
+        return Ok(());
+    }
+    // For each next relay, the last held envelope that must be written.
+    let mut last: HashMap<NodeId, usize> = HashMap::new();
+    for (i, h) in w.forwards.iter().enumerate() {
+        let must = force == Some(h.relay.key)
+            || match h.sent_on.get() {
+                Some(taken) => !taken,
+                None => now.is_none_or(|now| h.due <= now),
+            };
+        if must {
+            last.insert(h.relay.key, i);
+        }
+    }
+    let mut held = std::mem::take(&mut w.forwards);
+    let mut i = 0usize;
+    while let Some(h) = held.pop_front() {
+        let taken = h.sent_on.get() == Some(true);
+        let write = !taken && last.get(&h.relay.key).is_some_and(|l| i <= *l);
+        i += 1;
+        if !taken && !write {
+            w.forwards.push_back(h);
+            continue;
+        }
+        let key = h.relay.key;
+        if taken {
+            w.never_written.fetch_add(1, Ordering::Relaxed);
+            acknowledged.push(Reply::Insert(h.reply, Ok(Ok(0))));
+            unhold_forward(&w.tails, &key);
+        } else {
+            match insert_forward(tx, &h.relay, &h.recipient, h.now_ms, &h.envelope) {
+                Ok(seq) => {
+                    replies.push(Reply::Insert(h.reply, Ok(Ok(seq))));
+                    // No longer counted as held once its batch is over (committed: on disk for
+                    // the forwarder; failed: its sender sends it again).
+                    written.push(key);
+                }
+                Err(e) => {
+                    // The batch fails: what is not settled stays held, in order.
+                    w.forwards.push_back(h);
+                    w.forwards.extend(held);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One envelope fewer held for `relay`.
+fn unhold_forward(tails: &Mutex<Tails>, relay: &NodeId) {
+    let mut tails = lock_tails(tails);
+    if let Some(n) = tails.held_forward.get_mut(relay) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            tails.held_forward.remove(relay);
+        }
+    }
+}
+
 /// Run one batch of operations in one transaction, and write the held mail due by `now`
 /// (`None`: all of it).
 fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<Instant>) {
@@ -841,6 +1036,8 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
     // Answers for held mail its recipient acknowledged: sent whatever the commit does.
     let mut acknowledged = Vec::new();
     let mut written: Written = Vec::new();
+    // Held envelopes for other relays written in this batch, by next relay.
+    let mut forwards_written: Vec<NodeId> = Vec::new();
     let changes_before = conn.total_changes();
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction()?;
@@ -978,20 +1175,39 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                         envelope,
                         now_ms,
                         reply,
+                        sent_on,
                     } => {
-                        tx.prepare_cached(
-                            "INSERT INTO forward (relay_key, relay_addr, recipient, received_ms, envelope)
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )?
-                        .execute(params![
-                                relay.key.as_bytes(),
-                                relay.addr,
-                                recipient.as_bytes(),
-                                i64_of(now_ms),
-                                envelope
-                            ],
+                        let hold_for = lock_tails(&w.tails).hold_for;
+                        let due = now
+                            .filter(|_| !hold_for.is_zero() && w.forwards.len() < MAX_HELD_FORWARDS)
+                            .map(|now| now + hold_for);
+                        if let (Some(sent_on), Some(due)) = (sent_on, due) {
+                            *lock_tails(&w.tails)
+                                .held_forward
+                                .entry(relay.key)
+                                .or_default() += 1;
+                            w.forwards.push_back(HeldForward {
+                                relay,
+                                recipient,
+                                envelope,
+                                now_ms,
+                                due,
+                                sent_on,
+                                reply,
+                            });
+                            continue;
+                        }
+                        // Written now: this relay's held envelopes before it, in order.
+                        settle_forwards(
+                            &tx,
+                            w,
+                            now,
+                            Some(relay.key),
+                            &mut replies,
+                            &mut acknowledged,
+                            &mut forwards_written,
                         )?;
-                        let seq = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+                        let seq = insert_forward(&tx, &relay, &recipient, now_ms, &envelope)?;
                         replies.push(Reply::Insert(reply, Ok(Ok(seq))));
                     }
                     Op::DeleteForward { seq } => {
@@ -1021,6 +1237,15 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                 write_held(&mut ins, w, &recipient, seq, &mut written, &mut replies)?;
             }
         }
+        settle_forwards(
+            &tx,
+            w,
+            now,
+            None,
+            &mut replies,
+            &mut acknowledged,
+            &mut forwards_written,
+        )?;
         if w.faults.before_commit() {
             // Dropping the transaction rolls it back, as a failed COMMIT does.
             return Err(StoreError::Sqlite(
@@ -1045,6 +1270,9 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
     })();
     for r in acknowledged {
         r.send();
+    }
+    for relay in &forwards_written {
+        unhold_forward(&w.tails, relay);
     }
     match result {
         Ok(()) => {

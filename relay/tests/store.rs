@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use offst_core::protocol::identity::{Identity, NodeId};
-use offst_relay::store::{Bounds, Store, StoreError};
+use offst_relay::store::{Bounds, SentOn, Store, StoreError};
 use tokio::time::timeout;
 
 mod common;
@@ -338,5 +338,130 @@ async fn held_mail_written_in_a_commit_that_fails_is_answered_as_lost_and_its_nu
     let next = store.insert(b, b"next".to_vec(), 2).await.unwrap().unwrap();
     assert!(next > kept + 2, "the lost numbers are not handed out again");
     assert_eq!(store.count().await.unwrap(), 3, "kept, sync and next");
+    store.close();
+}
+
+/// Wait until the store holds something for `relay` unwritten.
+async fn until_held_forward(store: &Store, relay: NodeId) {
+    timeout(T, async {
+        while store.held_forward(&relay) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("held in time");
+}
+
+fn next_relay() -> offst_core::net::wire::RelayAddress {
+    offst_core::net::wire::RelayAddress {
+        addr: "127.0.0.1:9".into(),
+        key: who(9),
+    }
+}
+
+/// The forward queue's envelopes for `relay` now, by recipient's seed byte: what the
+/// forwarder would send, in its order.
+async fn queued_for(store: &Store, relay: NodeId) -> Vec<Vec<u8>> {
+    let batch = store.fetch_forward(relay, 0, 64).await.unwrap();
+    batch.into_iter().map(|o| o.envelope).collect()
+}
+
+#[tokio::test]
+async fn an_envelope_the_next_relay_took_while_held_is_never_written() {
+    let dir = scratch("store-fwd-taken");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_secs(3600));
+    let relay = next_relay();
+    let sent_on = SentOn::new();
+    let pending = store
+        .enqueue_sent_on(relay.clone(), who(2), b"on".to_vec(), 1, sent_on.clone())
+        .unwrap();
+    until_held_forward(&store, relay.key).await;
+    sent_on.set(true);
+    // The writer settles it with its next batch.
+    store
+        .insert(who(3), b"other".to_vec(), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let seq = timeout(T, pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, 0, "never written");
+    assert_eq!(store.count_forward().await.unwrap(), 0);
+    assert_eq!(store.held_forward(&relay.key), 0);
+    assert_eq!(store.never_written(), 1);
+    store.close();
+}
+
+#[tokio::test]
+async fn held_envelopes_for_a_relay_reach_the_queue_in_their_order_when_not_taken() {
+    let dir = scratch("store-fwd-order");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_secs(3600));
+    let relay = next_relay();
+    let (first, second) = (SentOn::new(), SentOn::new());
+    let a = store
+        .enqueue_sent_on(relay.clone(), who(2), b"a".to_vec(), 1, first.clone())
+        .unwrap();
+    let b = store
+        .enqueue_sent_on(relay.clone(), who(2), b"b".to_vec(), 1, second.clone())
+        .unwrap();
+    // The second is refused by the next relay while the first has no answer yet: both are
+    // written, the first before it.
+    second.set(false);
+    store
+        .insert(who(3), b"other".to_vec(), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    let (a, b) = (
+        timeout(T, a).await.unwrap().unwrap().unwrap().unwrap(),
+        timeout(T, b).await.unwrap().unwrap().unwrap().unwrap(),
+    );
+    assert!(0 < a && a < b, "{a} then {b}");
+    assert_eq!(store.held_forward(&relay.key), 0);
+    // Held again, and then one the relay sends through the queue (cut-through paused): the
+    // held one goes first, although nobody answered for it.
+    let c = store
+        .enqueue_sent_on(relay.clone(), who(2), b"c".to_vec(), 1, SentOn::new())
+        .unwrap();
+    let d = store
+        .enqueue(Some(relay.clone()), who(2), b"d".to_vec(), 1)
+        .unwrap();
+    timeout(T, c).await.unwrap().unwrap().unwrap().unwrap();
+    timeout(T, d).await.unwrap().unwrap().unwrap().unwrap();
+    assert_eq!(
+        queued_for(&store, relay.key).await,
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+    );
+    // And when the store closes, what is still held is written.
+    let e = store
+        .enqueue_sent_on(relay.clone(), who(2), b"e".to_vec(), 1, SentOn::new())
+        .unwrap();
+    until_held_forward(&store, relay.key).await;
+    store.close();
+    assert!(timeout(T, e).await.unwrap().unwrap().unwrap().unwrap() > 0);
+    let store = Store::open(&dir, bounds()).unwrap();
+    assert_eq!(queued_for(&store, relay.key).await.len(), 5);
+    store.close();
+}
+
+#[tokio::test]
+async fn a_held_envelope_without_an_answer_is_written_when_due() {
+    let dir = scratch("store-fwd-due");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_millis(30));
+    let relay = next_relay();
+    let seq = store
+        .enqueue_sent_on(relay.clone(), who(2), b"late".to_vec(), 1, SentOn::new())
+        .unwrap();
+    let seq = timeout(T, seq).await.unwrap().unwrap().unwrap().unwrap();
+    assert!(seq > 0);
+    assert_eq!(store.count_forward().await.unwrap(), 1);
+    assert_eq!(store.held_forward(&relay.key), 0);
     store.close();
 }
