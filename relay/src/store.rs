@@ -1076,21 +1076,16 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                         }
                         u.messages += 1;
                         u.bytes += size;
-                        let mail = Mail {
-                            seq: 0,
-                            received_ms: now_ms,
-                            envelope,
-                        };
                         // Numbered and handed out to a connected recipient; held if there is
                         // room and time to.
-                        let (seq, subscribed, hold_until) = {
+                        let (mail, subscribed, hold_until) = {
                             let mut tails = lock_tails(&w.tails);
-                            let seq = tails.next_seq;
-                            tails.next_seq += 1;
                             let mail = Mail {
-                                seq,
-                                ..mail.clone()
+                                seq: tails.next_seq,
+                                received_ms: now_ms,
+                                envelope,
                             };
+                            tails.next_seq += 1;
                             let subscribed = tails.boxes.contains_key(&recipient);
                             let hold_until = now
                                 .filter(|_| {
@@ -1105,11 +1100,14 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                                     .held
                                     .entry(recipient)
                                     .or_default()
-                                    .insert(seq, mail.clone());
+                                    .insert(mail.seq, mail.clone());
                             }
-                            tails.push(&recipient, mail);
-                            (seq, subscribed, hold_until)
+                            if subscribed {
+                                tails.push(&recipient, mail.clone());
+                            }
+                            (mail, subscribed, hold_until)
                         };
+                        let seq = mail.seq;
                         if let Some(due) = hold_until {
                             // Held whatever this batch's commit does: counted either way.
                             let u = before.entry(recipient).or_default();
