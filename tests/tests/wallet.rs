@@ -1168,6 +1168,171 @@ fn a_step_never_flushed_is_flushed_when_the_wallet_opens_again() {
     );
 }
 
+/// Seal everything in `from`'s outbox as envelopes (the recipients' contacts must be set).
+fn seal_all(from: &mut Wallet, salt: u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for item in from.outbox(100).unwrap() {
+        let mut entropy = [9u8; 72];
+        entropy[..8].copy_from_slice(&(salt + item.seq).to_le_bytes());
+        let (env, _) = from.seal_outgoing(&item, entropy).unwrap();
+        from.outbox_sent(item.seq).unwrap();
+        out.push(env);
+    }
+    out
+}
+
+/// Received mail committed without waiting for the disk (what the network driver does, so the
+/// flush holds neither the wallet nor a thread): until its flush, nothing it queued may leave
+/// and nobody waiting for a change is woken, since a power cut would take the group back (the
+/// relay, not acknowledged, delivers it again). After the flush both happen, and the payment
+/// goes on.
+#[test]
+fn received_mail_flushed_later_sends_nothing_and_wakes_nobody_before_its_flush() {
+    use offst_core::wallet::{Contact, Delivery};
+    let t = TempDir::new("received-unsynced");
+    let mut ws = trio(&t);
+    let contact = |w: &Wallet, name: &str| Contact {
+        id: w.id(),
+        name: name.into(),
+        mail_key: w.mail_key(),
+        relay: test_relay(1),
+    };
+    let (ca, cb) = (contact(&ws[0], "a"), contact(&ws[1], "b"));
+    ws[0].set_contact(cb).unwrap();
+    ws[1].set_contact(ca).unwrap();
+    let inv = ws[2].create_invoice(hours(), 10, 60_000, "bread").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 10);
+    ws[0].pay(&inv, vec![route]).unwrap();
+    let envelopes = seal_all(&mut ws[0], 1);
+    assert!(!envelopes.is_empty());
+
+    let commits = ws[1].disk_commits();
+    let mut changes = ws[1].watch_changes();
+    changes.mark_unchanged();
+    let (got, ticket) = ws[1].receive_envelopes_unsynced(&envelopes).unwrap();
+    assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}");
+    // b forwards the request to c: queued, but held back until the flush.
+    assert!(ws[1].outbox_len().unwrap() > 0);
+    assert!(
+        ws[1].outbox(10).unwrap().is_empty(),
+        "sent before the flush"
+    );
+    assert!(!changes.has_changed().unwrap(), "woken before the flush");
+    assert_eq!(ws[1].disk_commits(), commits, "committed before the flush");
+
+    let b = std::sync::Mutex::new(ws.remove(1));
+    block_on(offst_core::wallet::sync(&b, ticket)).unwrap();
+    ws.insert(1, b.into_inner().unwrap());
+    assert_eq!(ws[1].disk_commits(), commits + 1);
+    assert!(changes.has_changed().unwrap(), "not woken by the flush");
+    assert!(
+        !ws[1].outbox(10).unwrap().is_empty(),
+        "still held after the flush"
+    );
+    pump(&mut ws, 10_000).unwrap();
+    assert_eq!(
+        ws[0].payment_view(inv.terms.id).unwrap().status,
+        "completed"
+    );
+    assert_eq!(balance(&ws[2], &ws[1]), 10);
+}
+
+/// A group received without waiting for the disk that cannot be stored (the disk is full) is
+/// undone whole and leaves the wallet as it was; steps of the app that waited in the same
+/// transaction for their flush are kept exactly when their flush says so. With room again the
+/// same envelopes are new to the wallet.
+#[test]
+fn a_received_group_flushed_later_that_fails_leaves_nothing_behind() {
+    use offst_core::wallet::{Contact, Delivery};
+    let t = TempDir::new("received-unsynced-full");
+    let mut ws = trio(&t);
+    let contact = |w: &Wallet, name: &str| Contact {
+        id: w.id(),
+        name: name.into(),
+        mail_key: w.mail_key(),
+        relay: test_relay(1),
+    };
+    let (ca, cb) = (contact(&ws[0], "a"), contact(&ws[1], "b"));
+    ws[0].set_contact(cb).unwrap();
+    ws[1].set_contact(ca).unwrap();
+    ws[0].set_relay(test_relay(1)).unwrap();
+    drop(ws.remove(1));
+    let size = std::fs::metadata(t.path("b").join("wallet.db"))
+        .unwrap()
+        .len();
+    let capped = WalletOptions {
+        max_size_bytes: Some(size + 8 * 1024),
+        ..WalletOptions::default()
+    };
+    ws.insert(
+        1,
+        Wallet::open(&t.path("b"), &test_keys(2), capped).unwrap(),
+    );
+    let mut port = 2;
+    let mut refused = None;
+    let mut tickets = Vec::new();
+    let mut app_steps = true;
+    for round in 0..400u64 {
+        // A step of b's app waiting for its flush (until one no longer fits), then a group of
+        // a's relay moves.
+        if app_steps {
+            match ws[1].create_invoice_unsynced(hours(), 1, 60_000, "") {
+                Ok((inv, ticket)) => tickets.push((inv, ticket)),
+                Err(e) => {
+                    assert!(matches!(e, WalletError::DiskFull), "{e}");
+                    app_steps = false;
+                }
+            }
+        }
+        let mut group = Vec::new();
+        for _ in 0..10 {
+            ws[0].move_relay(test_relay(port)).unwrap();
+            port += 1;
+            group.extend(seal_all(&mut ws[0], round * 1_000 + u64::from(port)));
+        }
+        let before = (ws[1].node().parts(), ws[1].contact(&ws[0].id()).unwrap());
+        match ws[1].receive_envelopes_unsynced(&group) {
+            Ok((got, _)) => assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}"),
+            Err(e) => {
+                assert!(matches!(e, WalletError::DiskFull), "{e}");
+                // SQLite may have undone the whole shared transaction, with the groups and
+                // steps before that waited there (their flushes fail, so those groups are not
+                // acknowledged and come again); never less than this group.
+                let after = (ws[1].node().parts(), ws[1].contact(&ws[0].id()).unwrap());
+                if ws[1].node().parts() == before.0 {
+                    assert_eq!(after, before, "half of the group stayed");
+                }
+                refused = Some(group);
+                break;
+            }
+        }
+    }
+    let group = refused.expect("the capped disk never filled");
+    let in_memory = (ws[1].node().parts(), ws[1].contact(&ws[0].id()).unwrap());
+    let b = std::sync::Mutex::new(ws.remove(1));
+    let flushed: Vec<bool> = tickets
+        .iter()
+        .map(|(_, ticket)| block_on(offst_core::wallet::sync(&b, *ticket)).is_ok())
+        .collect();
+    drop(b);
+    let mut b = Wallet::open(&t.path("b"), &test_keys(2), WalletOptions::default()).unwrap();
+    assert_eq!(
+        (b.node().parts(), b.contact(&ws[0].id()).unwrap()),
+        in_memory,
+        "the disk differs from memory"
+    );
+    for ((inv, _), ok) in tickets.iter().zip(&flushed) {
+        let kept = b.payment_view(inv.terms.id).is_ok();
+        assert_eq!(kept, *ok, "flush said {ok}, the invoice is there: {kept}");
+    }
+    let got = b.receive_envelopes_unsynced(&group).unwrap().0;
+    assert!(got.iter().all(|d| *d == Delivery::Applied), "{got:?}");
+    assert_eq!(
+        b.contact(&ws[0].id()).unwrap().unwrap().relay,
+        test_relay(port - 1)
+    );
+}
+
 /// The envelopes a wallet has seen are kept through the schema change that keys them by sender
 /// and send time (a copy is still refused), and are forgotten on their own once they leave the
 /// replay window, so the table does not grow for ever.
