@@ -566,7 +566,7 @@ const BATCH: usize = 64;
 
 /// Handle `first` and whatever else has already arrived (up to [`BATCH`] envelopes) as one
 /// group commit, then acknowledge them: the relay's acknowledgement is cumulative, so the last
-/// seq covers the batch. Nothing is acknowledged unless its step is on disk.
+/// seq covers the batch. Nothing is acknowledged unless its step committed.
 async fn receive_batch(
     wallet: &Mutex<Wallet>,
     conn: &mut RelayConnection,
@@ -590,16 +590,7 @@ async fn receive_batch(
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
         }
-        // Committed without waiting for the disk, then flushed without holding the wallet or
-        // this thread of the runtime: other wallets' tasks, the app's steps and QUIC go on
-        // meanwhile. Nothing of the group leaves, and nothing is acknowledged, before the flush.
-        let received = lock(wallet).receive_envelopes_unsynced(&envelopes);
-        let result = match received {
-            Ok((deliveries, ticket)) => crate::wallet::sync(wallet, ticket)
-                .await
-                .map(|()| deliveries),
-            Err(e) => Err(e),
-        };
+        let result = lock(wallet).receive_envelopes(&envelopes);
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
         }

@@ -356,9 +356,6 @@ pub struct Wallet {
     payment_watchers: HashMap<InvoiceId, tokio::sync::watch::Sender<u64>>,
     /// Steps committed without waiting for the disk ([`Wallet::pay_unsynced`]).
     unsynced: Unsynced,
-    /// Groups of received mail committed without waiting for the disk, by step number: whoever
-    /// waits for their changes is woken once they are on disk.
-    unannounced: VecDeque<(u64, Group)>,
     /// Set while such steps share one open transaction: each writes into it (inside a
     /// savepoint of its own) instead of committing, and the next flush ([`sync`]) or any other
     /// write commits them together ([`Wallet::close_deferred`]). Nothing they send leaves
@@ -490,7 +487,6 @@ pub async fn sync(
         return Err(e);
     }
     w.unsynced.synced_to(target);
-    w.announce_synced();
     w.outbox_signal.notify_one();
     Ok(())
 }
@@ -600,8 +596,6 @@ struct Group {
     steps: u64,
     /// Payments of ours those steps changed.
     payments: Vec<InvoiceId>,
-    /// The outbox seq of the first message those steps queued.
-    first_sent: Option<i64>,
 }
 
 impl std::fmt::Debug for Wallet {
@@ -780,7 +774,6 @@ impl Wallet {
             group: None,
             payment_watchers: HashMap::new(),
             unsynced: Unsynced::default(),
-            unannounced: VecDeque::new(),
             deferred: false,
             sync_lock: Arc::default(),
             seen_pruned_ms: None,
@@ -836,7 +829,6 @@ impl Wallet {
             group: None,
             payment_watchers: HashMap::new(),
             unsynced: Unsynced::default(),
-            unannounced: VecDeque::new(),
             deferred: false,
             sync_lock: Arc::default(),
             seen_pruned_ms: None,
@@ -1022,9 +1014,6 @@ impl Wallet {
             write(&self.conn)?;
             group.steps += 1;
             group.payments.extend(touched);
-            if group.first_sent.is_none() {
-                group.first_sent = first_sent.get();
-            }
             self.last_settings = changes.settings;
             return Ok(value);
         }
@@ -1050,7 +1039,7 @@ impl Wallet {
                 if !relax {
                     // This commit waited for the disk (or this wallet's never do): everything
                     // before it is as durable as it gets.
-                    self.all_synced();
+                    self.unsynced.all_synced();
                 } else if let Some(seq) = first_sent.get() {
                     // Its messages wait for the flush.
                     let seq = u64::try_from(seq).unwrap_or_default();
@@ -1157,88 +1146,6 @@ impl Wallet {
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(WalletError::from_sqlite)?;
-        let result = self.receive_group(envelopes).and_then(|(out, group)| {
-            self.conn
-                .execute_batch("COMMIT")
-                .map_err(WalletError::from_sqlite)
-                .map(|()| (out, group))
-        });
-        match result {
-            Ok((out, group)) => {
-                self.all_synced();
-                self.committed(group.steps, &group.payments);
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                self.recover();
-                Err(e)
-            }
-        }
-    }
-
-    /// [`Wallet::receive_envelopes`] without waiting for the disk: the group joins the
-    /// transaction that steps waiting for the next flush share, and the caller waits for the
-    /// flush with [`sync`] and the ticket returned, without holding the wallet or a thread of
-    /// the runtime meanwhile. Until that flush nothing the group queued leaves, nobody waiting
-    /// for a change or a payment is woken, and the caller must not acknowledge the envelopes:
-    /// if the machine loses power first, the group is lost whole and the relay delivers it
-    /// again. (A process that merely dies loses nothing: the group is in the system's cache,
-    /// and opening the wallet flushes it.)
-    ///
-    /// If any step's storage fails, the group is undone (the steps before it in the shared
-    /// transaction stay, unless SQLite undid them too, in which case their flushes fail), the
-    /// node is read back and the error returned.
-    pub fn receive_envelopes_unsynced<E: AsRef<[u8]>>(
-        &mut self,
-        envelopes: &[E],
-    ) -> Result<(Vec<Delivery>, SyncTicket), WalletError> {
-        if self.durability != Durability::Full {
-            // Nothing here waits for the disk anyway.
-            let out = self.receive_envelopes(envelopes)?;
-            return Ok((out, SyncTicket(self.unsynced.written)));
-        }
-        self.usable()?;
-        open_deferred(&self.conn, &mut self.deferred, &mut self.broken)?;
-        self.conn
-            .execute_batch("SAVEPOINT received")
-            .map_err(WalletError::from_sqlite)?;
-        let result = self.receive_group(envelopes).and_then(|(out, group)| {
-            self.conn
-                .execute_batch("RELEASE received")
-                .map_err(WalletError::from_sqlite)
-                .map(|()| (out, group))
-        });
-        match result {
-            Ok((out, group)) => {
-                self.unsynced.written += 1;
-                let step = self.unsynced.written;
-                if let Some(seq) = group.first_sent {
-                    let seq = u64::try_from(seq).unwrap_or_default();
-                    self.unsynced.held.push_back((step, seq));
-                }
-                self.unannounced.push_back((step, group));
-                Ok((out, SyncTicket(step)))
-            }
-            Err(e) => {
-                if !self.conn.is_autocommit() {
-                    let _ = self
-                        .conn
-                        .execute_batch("ROLLBACK TO received; RELEASE received");
-                }
-                self.check_deferred(&e);
-                self.recover();
-                Err(e)
-            }
-        }
-    }
-
-    /// The steps of a group of envelopes, inside a transaction the caller opened and commits
-    /// (or rolls back on an error).
-    fn receive_group<E: AsRef<[u8]>>(
-        &mut self,
-        envelopes: &[E],
-    ) -> Result<(Vec<Delivery>, Group), WalletError> {
         self.group = Some(Group::default());
         let mut out = Vec::with_capacity(envelopes.len());
         // Forgetting the ids out of the replay window, when due, is part of the group.
@@ -1257,31 +1164,24 @@ impl Wallet {
             }
         }
         let group = self.group.take().unwrap_or_default();
-        match failed {
-            Some(err) => {
-                self.seen_pruned_ms = pruned_before;
-                Err(err)
-            }
-            None => Ok((out, group)),
-        }
-    }
-
-    /// Everything committed is on disk: release what waited for that.
-    fn all_synced(&mut self) {
-        self.unsynced.all_synced();
-        self.announce_synced();
-    }
-
-    /// Wake whoever waits for the groups of received mail now on disk
-    /// ([`Wallet::receive_envelopes_unsynced`]).
-    fn announce_synced(&mut self) {
-        while self
-            .unannounced
-            .front()
-            .is_some_and(|(step, _)| *step <= self.unsynced.synced)
-        {
-            if let Some((_, group)) = self.unannounced.pop_front() {
+        let result = match failed {
+            Some(err) => Err(err),
+            None => self
+                .conn
+                .execute_batch("COMMIT")
+                .map_err(WalletError::from_sqlite),
+        };
+        match result {
+            Ok(()) => {
+                self.unsynced.all_synced();
                 self.committed(group.steps, &group.payments);
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.seen_pruned_ms = pruned_before;
+                self.recover();
+                Err(e)
             }
         }
     }
