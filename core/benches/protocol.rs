@@ -2,7 +2,8 @@
 //! - signing a move (state hash + ed25519 signature), as the sender does;
 //! - verifying and applying a move, as the receiver does;
 //! - whole payments through a 4-hop chain (buyer, 3 mediators, seller) on an in-process
-//!   network that encodes and decodes every message.
+//!   network that encodes and decodes every message;
+//! - a relay frame carrying a 1 KiB envelope, encoded and decoded.
 //!
 //! `cargo bench -p offst-core`; figures and method in `docs/benchmarks.md`.
 
@@ -106,5 +107,26 @@ fn chain_payments(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crypto, moves, chain_payments);
+/// A relay frame carrying a 1 KiB envelope (about the size of a move), encoded and decoded:
+/// each envelope is framed and read about four times on its way (wallet, relays, wallet).
+fn frames(c: &mut Criterion) {
+    use offst_core::net::wire::{self, FromRelay};
+    let frame = FromRelay::Deliver {
+        seq: 1_000_000,
+        received_ms: 1_800_000_000_000,
+        envelope: vec![0xa5; 1024],
+    };
+    let bytes = wire::encode(&frame);
+    let mut g = c.benchmark_group("frame");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("encode a delivery of 1 KiB", |b| {
+        b.iter(|| wire::encode(std::hint::black_box(&frame)))
+    });
+    g.bench_function("decode a delivery of 1 KiB", |b| {
+        b.iter(|| wire::decode::<FromRelay>(std::hint::black_box(&bytes)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, crypto, moves, chain_payments, frames);
 criterion_main!(benches);

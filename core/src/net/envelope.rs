@@ -233,6 +233,7 @@ struct Inner {
     recipient: NodeId,
     id: [u8; 16],
     sent_ms: u64,
+    #[serde(with = "serde_bytes")]
     body: Vec<u8>,
     signature: Signature,
 }
@@ -568,5 +569,51 @@ impl ReplayGuard {
     /// Whether none is remembered.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The envelope's inner encoding (what is signed and sealed) is the same bytes as before the
+    /// body became a byte string (`serde_bytes`): envelopes sealed by older wallets open.
+    #[test]
+    fn the_inner_encoding_is_unchanged_by_the_byte_string_body() {
+        #[derive(Serialize)]
+        struct OldInner {
+            sender: NodeId,
+            recipient: NodeId,
+            id: [u8; 16],
+            sent_ms: u64,
+            body: Vec<u8>,
+            signature: Signature,
+        }
+        let signer = Identity::from_seed([5; 32]);
+        let signature = signer.sign("test", &1u8);
+        for len in [0usize, 127, 128, 4000] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let new = Inner {
+                sender: signer.id(),
+                recipient: signer.id(),
+                id: [7; 16],
+                sent_ms: 42,
+                body: body.clone(),
+                signature,
+            };
+            let old = OldInner {
+                sender: signer.id(),
+                recipient: signer.id(),
+                id: [7; 16],
+                sent_ms: 42,
+                body,
+                signature,
+            };
+            assert_eq!(
+                postcard::to_allocvec(&new).unwrap(),
+                postcard::to_allocvec(&old).unwrap()
+            );
+        }
     }
 }

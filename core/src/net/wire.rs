@@ -67,6 +67,7 @@ pub enum ToRelay {
         /// The recipient.
         to: NodeId,
         /// The sealed envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// Mail up to and including `seq` arrived and was handled: delete it.
@@ -85,6 +86,7 @@ pub enum ToRelay {
         /// The recipient's relay.
         relay: RelayAddress,
         /// The sealed envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// The first frame on a connection: opens the stream (a QUIC stream reaches the peer only
@@ -140,6 +142,7 @@ pub enum FromRelay {
         /// When the relay stored it, ms since the Unix epoch.
         received_ms: u64,
         /// The sealed envelope.
+        #[serde(with = "serde_bytes")]
         envelope: Vec<u8>,
     },
     /// Everything in the mailbox has been delivered (sent once each time the mailbox runs dry).

@@ -116,6 +116,7 @@ pub(crate) struct Introduction {
 #[derive(Serialize, Deserialize)]
 struct Introduced {
     from: Introduction,
+    #[serde(with = "serde_bytes")]
     message: Vec<u8>,
 }
 
