@@ -50,6 +50,10 @@ struct Args {
     /// Most deliveries to one wallet not yet acknowledged. Default 256.
     #[arg(long, value_name = "N")]
     delivery_window: Option<u64>,
+    /// Milliseconds mail for a connected wallet (or for another relay) is held unwritten; 0
+    /// writes every envelope before answering its sender. Default 20, at most 1000.
+    #[arg(long, value_name = "MS")]
+    hold_ms: Option<u64>,
     /// CA-signed certificate chain (PEM, leaf first) for clients that know the relay only by
     /// its DNS name. Clients that pin the relay key are unaffected. Needs --tls-private-key.
     #[arg(long, value_name = "FILE")]
@@ -86,7 +90,8 @@ fn settings(args: &Args) -> Result<Config, crate::config::ConfigError> {
         sender_rate_per_sec,
         sender_burst,
         max_connections,
-        delivery_window
+        delivery_window,
+        hold_ms
     );
     if args.tls_certificate.is_some() {
         c.tls_certificate = args.tls_certificate.clone();

@@ -30,6 +30,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Most deliveries sent to one connection and not yet acknowledged.
     pub delivery_window: u64,
+    /// How long mail for a connected recipient, and an envelope sent on to another relay, is
+    /// held in memory unwritten, in milliseconds (0: every envelope is written before its sender
+    /// is answered). Acknowledged or taken in that time, it is never written.
+    pub hold_ms: u64,
     /// A CA-signed certificate chain (PEM, leaf first) to serve to clients that know this
     /// relay only by its DNS name; clients that pin the relay's key keep getting its own
     /// certificate. Needs `tls_private_key`.
@@ -46,6 +50,9 @@ pub struct Config {
 /// The port of the embedded default.
 pub const DEFAULT_PORT: u16 = 7360;
 
+/// The longest `hold_ms`: a sender whose mail is held waits up to that long for its answer.
+pub const MAX_HOLD_MS: u64 = 1_000;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -59,6 +66,7 @@ impl Default for Config {
             sender_burst: 2_000,
             max_connections: 20_000,
             delivery_window: 256,
+            hold_ms: crate::store::HOLD_FOR.as_millis() as u64,
             tls_certificate: None,
             tls_private_key: None,
             index: true,
@@ -127,6 +135,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_connections, delivery_window and sender_burst must be at least 1".into(),
             ));
+        }
+        if self.hold_ms > MAX_HOLD_MS {
+            return Err(ConfigError::Invalid(format!(
+                "hold_ms must be 0 to {MAX_HOLD_MS}: senders wait that long for their answer"
+            )));
         }
         self.peers()?;
         if self.tls_certificate.is_some() != self.tls_private_key.is_some() {

@@ -205,9 +205,8 @@ impl RelayHandle {
         self.shared.store.fail_next_commits(n);
     }
 
-    /// Hold mail for connected recipients unwritten this long (zero: write all mail at once).
-    /// For tests of either path.
-    #[doc(hidden)]
+    /// Hold mail for connected recipients unwritten this long (zero: write all mail at once),
+    /// as `hold_ms` in the configuration does, while the relay runs.
     pub fn set_hold(&self, hold_for: std::time::Duration) {
         self.shared.store.set_hold(hold_for);
     }
@@ -250,6 +249,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, RelayError> {
             max_bytes: config.max_mailbox_bytes,
         },
     )?;
+    store.set_hold(std::time::Duration::from_millis(config.hold_ms));
     let ca = match (&config.tls_certificate, &config.tls_private_key) {
         (Some(chain), Some(key)) => {
             let ca = tls::load_ca_certificate(chain, key)?;
@@ -890,7 +890,11 @@ async fn forward_loop(shared: Arc<Shared>, relay: RelayAddress, mut wake: watch:
             if shared.store.held_forward(&relay.key) > 0 {
                 // Envelopes cut-through sent before the pause are held, their answers awaited:
                 // one the next relay refuses is written and must go before newer ones.
-                let _ = tokio::time::timeout(crate::store::HOLD_FOR, wake.changed()).await;
+                let hold = shared
+                    .store
+                    .hold_for()
+                    .max(std::time::Duration::from_millis(1));
+                let _ = tokio::time::timeout(hold, wake.changed()).await;
                 continue;
             }
             // Everything for this relay went: envelopes may go on by cut-through again.

@@ -477,10 +477,14 @@ impl Store {
     }
 
     /// Hold mail for connected recipients this long before writing it (by default
-    /// [`HOLD_FOR`]; zero writes all mail at once). For tests of either path.
-    #[doc(hidden)]
+    /// [`HOLD_FOR`]; zero writes all mail at once): the relay's `hold_ms` setting.
     pub fn set_hold(&self, hold_for: Duration) {
         lock_tails(&self.tails).hold_for = hold_for;
+    }
+
+    /// How long mail is held unwritten ([`Store::set_hold`]).
+    pub fn hold_for(&self) -> Duration {
+        lock_tails(&self.tails).hold_for
     }
 
     /// Envelopes held in memory, not written (yet).

@@ -104,6 +104,22 @@ fn a_config_file_is_read_and_a_bad_one_is_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
+    // A hold past its bound, from a flag and from the file; within it, the relay runs.
+    std::fs::write(cwd.join("hold.toml"), "hold_ms = 1001\n").unwrap();
+    for args in [&["--hold-ms", "5000"][..], &["--config", "hold.toml"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("hold_ms must be 0 to 1000"), "{err}");
+    }
+    let (mut child, _, _) = spawn(&cwd, &["--listen", "127.0.0.1:0", "--hold-ms", "0"]);
+    signal(&child, "-TERM");
+    assert!(wait(&mut child).success());
     // A malformed index peer, from the file and from a flag.
     std::fs::write(cwd.join("peers.toml"), "index_peers = [\"nokey\"]\n").unwrap();
     for args in [

@@ -353,10 +353,9 @@ async fn accepted_mail_survives_a_restart_on_the_same_directory() {
 
 #[tokio::test]
 async fn a_connected_wallet_gets_mail_before_the_commit_and_a_failed_commit_loses_nothing() {
-    let r = relay("before-commit", |_| {}).await;
-    // Mail written at once: an acknowledgement before the commit would answer it otherwise
-    // (the test below).
-    r.set_hold(Duration::ZERO);
+    // Mail written at once (`hold_ms = 0`): an acknowledgement before the commit would answer
+    // it otherwise (the test below).
+    let r = relay("before-commit", |c| c.hold_ms = 0).await;
     let mut b = connect(&r, 2).await;
     let a = connect(&r, 1).await;
     let b_id = who(2).id();
@@ -428,9 +427,11 @@ async fn mail_its_recipient_acknowledges_while_held_is_answered_and_never_writte
 #[tokio::test]
 async fn held_mail_that_is_not_acknowledged_is_written_when_due_and_kept() {
     let dir = scratch("held-due");
-    let cfg = config_in(&dir);
+    let cfg = Config {
+        hold_ms: 50,
+        ..config_in(&dir)
+    };
     let r = offst_relay::start(cfg.clone()).await.unwrap();
-    r.set_hold(Duration::from_millis(50));
     let mut b = connect(&r, 2).await;
     let a = connect(&r, 1).await;
     // b reads it and never acknowledges: it is written when due, and then a is answered.
