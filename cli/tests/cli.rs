@@ -109,12 +109,25 @@ fn background(args: &[&str]) -> (Bg, String) {
     (Bg(child), line)
 }
 
+/// A free UDP port on loopback below the range the system picks port-0 sockets from, so no
+/// other test's port-0 socket can take it before the relay started with it binds it (a port
+/// from `127.0.0.1:0`, released and bound later, can be; the relay's tests failed CI that way).
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let span = u32::from(last - first);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    (0..span)
+        .map(|i| first + (seed.wrapping_add(i) % span) as u16)
+        .find(|&port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free UDP port below the ephemeral range")
 }
 
 fn relay_key(dir: &Path) -> String {

@@ -42,13 +42,10 @@ fn key_of(dir: &Path) -> NodeId {
         .id()
 }
 
-/// A free UDP port on loopback.
+/// A free UDP port on loopback that no other test's port-0 socket can take before the relay
+/// binds it.
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    common::port_outside_the_ephemeral_range().port()
 }
 
 impl RelayProc {

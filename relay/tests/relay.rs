@@ -448,10 +448,13 @@ async fn held_mail_that_is_not_acknowledged_is_written_when_due_and_kept() {
 #[tokio::test]
 async fn mail_for_another_relay_is_forwarded_when_it_comes_up() {
     use offst_core::net::wire::RelayAddress;
-    // r2 is down at first: its address is reserved by starting and stopping it.
+    // r2 is down at first: it is started once (for its key) and stopped, and comes up again
+    // on the same address later. That address is outside the range the system hands out for
+    // port 0: a port from that range, free while r2 is down, could be taken meanwhile by any
+    // other socket of the tests running beside this one (this failed CI once, 2026-12-06).
     let dir2 = scratch("fed-r2");
     let cfg2 = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: common::port_outside_the_ephemeral_range(),
         data_dir: dir2.to_path_buf(),
         ..Config::default()
     };
@@ -781,11 +784,8 @@ mod index {
         let one_key = offst_relay::server::load_or_create_identity(&one_dir)
             .unwrap()
             .id();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port no port-0 socket of another test can take before `one` binds it.
+        let port = common::port_outside_the_ephemeral_range().port();
         let two = relay("index-two", |c| {
             c.index_peers = vec![format!("{one_key}@127.0.0.1:{port}")];
         })

@@ -1,6 +1,6 @@
 //! Helpers shared by the relay's integration tests.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -61,4 +61,33 @@ pub fn spawn(cwd: &Path, args: &[&str]) -> (Child, NodeId, SocketAddr) {
         "unexpected first line: {line:?}"
     );
     (child, parts[1].parse().unwrap(), parts[2].parse().unwrap())
+}
+
+/// A free UDP port on loopback below the range the system picks port-0 sockets from, so that
+/// no socket bound to port 0 (another test's relay or client, running beside this one) can take
+/// it while it is not bound: for a relay that must come up on a port chosen before it starts,
+/// or again on the same port after a stop. A port from `127.0.0.1:0`, released and bound
+/// later, failed CI that way once (2026-12-06).
+pub fn port_outside_the_ephemeral_range() -> std::net::SocketAddr {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    // Above the relay's default port (7360, which the process tests use) and the well-known
+    // ones; a start that differs between runs and processes.
+    let (first, last) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let span = u32::from(last - first);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for i in 0..span {
+        let port = first + ((seed.wrapping_add(i)) % span) as u16;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free UDP port between {first} and {last}");
 }
