@@ -352,7 +352,8 @@ pub enum EventKind {
     PaymentCompleted,
     /// A payment of ours was cancelled; nothing moved.
     PaymentCancelled,
-    /// We gave a payment up before it was committed.
+    /// We asked the seller to call a payment of ours off (it may still complete, if the seller
+    /// took it first).
     PaymentAbandoned,
     /// A friend proposes to reset our channel.
     ResetProposed,
@@ -1088,8 +1089,10 @@ impl Wallet {
         })
     }
 
-    /// Give up a payment of ours that is not committed yet: the credit it holds is freed at
-    /// once and nothing moves. Refused once the seller has it (it then completes).
+    /// Ask the seller to call off a payment of ours that has no receipt yet: if the seller had
+    /// not taken it, the credit it holds is freed at once and nothing moves; if it had (its
+    /// commit goes with the requests, so that can be as soon as they arrive), the payment
+    /// completes. Refused once the receipt is in hand.
     pub fn abandon_payment(&self, invoice_id: String) -> Result<(), PayError> {
         let id: offst_core::protocol::payment::InvoiceId = invoice_id
             .parse()

@@ -23,6 +23,9 @@ fn abandoning_frees_the_credit_before_the_invoice_expires() {
     // Both orders: the abandon overtakes the requests, or arrives after the seller answered.
     for overtakes in [true, false] {
         let (mut net, ids) = chain(3, 100, Rate::default());
+        // Answered before the buyer committed: the classic way (an early commit is accepted
+        // as soon as the requests arrive; see `early_commit.rs` for abandons with it).
+        net.commit_after_answers();
         let (a, b, c) = (ids[0], ids[1], ids[2]);
         give_token(&mut net, a, b);
         let invoice = net.invoice(c, &hours(), 30, 41).unwrap();
@@ -108,6 +111,8 @@ fn a_committed_payment_cannot_be_abandoned() {
 #[test]
 fn only_the_buyer_can_abandon() {
     let (mut net, ids) = chain(2, 100, Rate::default());
+    // The commit held back after the answers: the classic way.
+    net.commit_after_answers();
     let (a, b) = (ids[0], ids[1]);
     let invoice = net.invoice(b, &hours(), 10, 43).unwrap();
     let plan = net.plan(&[a, b], 10).unwrap();

@@ -215,6 +215,8 @@ fn mediator_taking_more_than_its_fee_is_refused() {
 
 /// A pays B 10 directly and B answers; returns the request id, still pending at A.
 fn answered_but_uncommitted(net: &mut LocalNet, a: NodeId, b: NodeId) -> (RequestId, Vec<u8>) {
+    // The seller answers before any commit: the classic way.
+    net.commit_after_answers();
     let invoice = net.invoice(b, &hours(), 10, 5).unwrap();
     let plan = net.plan(&[a, b], 10).unwrap();
     let out = net

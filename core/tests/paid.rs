@@ -97,6 +97,8 @@ fn paying(
     offst_core::protocol::payment::Invoice,
 ) {
     let (mut net, ids) = common::chain(n, 1_000, Rate { base: 1, ppm: 0 });
+    // A "paid" answers a classic commit (an early one is answered by an "accepted").
+    net.commit_after_answers();
     let (buyer, seller) = (ids[0], ids[ids.len() - 1]);
     let invoice = net.invoice(seller, &hours(), 10, 1).unwrap();
     let plan = net.plan(&ids, 10).unwrap();

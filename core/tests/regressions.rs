@@ -35,6 +35,8 @@ fn token_request_that_overtakes_its_move_is_honoured() {
     let a = net.add_node(1, Rate::default());
     let b = net.add_node(2, Rate::default());
     let c = net.add_node(3, Rate::default());
+    // Answers and commits in the order of the classic way (commit after the answers).
+    net.commit_after_answers();
     net.befriend(a, b, &hours(), 100).unwrap();
     net.befriend(b, c, &hours(), 100).unwrap();
     common::give_token(&mut net, a, b);
@@ -72,6 +74,8 @@ fn operations_in_an_adopted_tip_are_acted_on() {
     let mut net = LocalNet::new();
     let a = net.add_node(1, Rate::default());
     let b = net.add_node(2, Rate::default());
+    // Answers and commits in the order of the classic way (commit after the answers).
+    net.commit_after_answers();
     net.befriend(a, b, &hours(), 100).unwrap();
     let mut invoice_node = net.node(&b).unwrap().clone();
     let _ = &mut invoice_node;
@@ -217,6 +221,8 @@ fn an_answer_and_a_collect_in_one_move_complete_the_payment() {
     let mut net = LocalNet::new();
     let a = net.add_node(1, Rate::default());
     let b = net.add_node(2, Rate::default());
+    // Answers and commits in the order of the classic way (commit after the answers).
+    net.commit_after_answers();
     net.befriend(a, b, &hours(), 100).unwrap();
     common::give_token(&mut net, a, b);
     let invoice = net.invoice(b, &hours(), 7, 11).unwrap();
@@ -339,31 +345,40 @@ fn a_waiting_friend_gets_the_token_after_we_adopt_its_tip() {
 /// Found by the load generator: after a collect the payer's side acknowledged with an empty
 /// move, which handed the token downstream; the next payment the same way then had to ask for
 /// it back (a request and an empty move) on every hop, 7 messages per hop in all. Now the side
-/// that received the collect keeps the token: a payment makes 4 messages per hop (request,
-/// response, the acknowledgement that lets the collect go, collect) plus the buyer's commit
-/// and the seller's "paid" answer, and the next one starts at once.
+/// that received the collect keeps the token: a payment the classic way makes 4 messages per
+/// hop (request, response, the acknowledgement that lets the collect go, collect) plus the
+/// buyer's commit and the seller's "paid" answer, and the next one starts at once. With the
+/// early commit, 2 per hop (the answer goes with the collect) plus the commit and "accepted".
 #[test]
 fn a_second_payment_the_same_way_needs_no_token_request() {
-    let (mut net, ids) = common::chain(4, 1_000, Rate { base: 1, ppm: 0 });
-    net.buy_along(&ids, &hours(), 10, 1).unwrap();
-    for nonce in 2..5 {
-        let before = net.delivered;
-        net.buy_along(&ids, &hours(), 10, nonce).unwrap();
-        let hops = (ids.len() - 1) as u64;
-        assert_eq!(
-            net.delivered - before,
-            4 * hops + 2,
-            "messages for payment {nonce} over {hops} hops"
-        );
+    for early in [true, false] {
+        let (mut net, ids) = common::chain(4, 1_000, Rate { base: 1, ppm: 0 });
+        if !early {
+            net.commit_after_answers();
+        }
+        net.buy_along(&ids, &hours(), 10, 1).unwrap();
+        for nonce in 2..5 {
+            let before = net.delivered;
+            net.buy_along(&ids, &hours(), 10, nonce).unwrap();
+            let hops = (ids.len() - 1) as u64;
+            // With the early commit, 2 per hop (the request; the answer with the collect) and
+            // the commit and the seller's "accepted".
+            let per_hop = if early { 2 } else { 4 };
+            assert_eq!(
+                net.delivered - before,
+                per_hop * hops + 2,
+                "messages for payment {nonce} over {hops} hops (early commit: {early})"
+            );
+        }
+        // Both ends of every channel agree, and the money adds up.
+        for w in ids.windows(2) {
+            let a = net.node(&w[0]).unwrap().channel(&w[1]).unwrap();
+            let b = net.node(&w[1]).unwrap().channel(&w[0]).unwrap();
+            assert_eq!(a.state(), b.state());
+            assert!(a.tip().verify(w[0], w[1]).is_ok());
+        }
+        assert_eq!(net.net(&ids[3], &hours()), 40);
     }
-    // Both ends of every channel agree, and the money adds up.
-    for w in ids.windows(2) {
-        let a = net.node(&w[0]).unwrap().channel(&w[1]).unwrap();
-        let b = net.node(&w[1]).unwrap().channel(&w[0]).unwrap();
-        assert_eq!(a.state(), b.state());
-        assert!(a.tip().verify(w[0], w[1]).is_ok());
-    }
-    assert_eq!(net.net(&ids[3], &hours()), 40);
 }
 
 /// A move carries at most `MAX_OPS_PER_MOVE` operations; what is left waits for the next
@@ -379,6 +394,8 @@ fn operations_left_behind_a_full_move_are_sent() {
     let mut net = LocalNet::new();
     let a = net.add_node(1, Rate::default());
     let b = net.add_node(2, Rate::default());
+    // Answers and commits in the order of the classic way (commit after the answers).
+    net.commit_after_answers();
     net.befriend(a, b, &hours(), 100_000).unwrap();
     // More than one move carries, and no more than a channel may hold pending.
     let n = (MAX_OPS_PER_MOVE + 100).min(MAX_PENDING_REQUESTS) as u64;

@@ -21,6 +21,8 @@ use offst_core::sim::local::entropy;
 #[test]
 fn lost_moves_and_commits_are_recovered_by_resend() {
     let (mut net, ids) = chain(3, 100, Rate { base: 1, ppm: 0 });
+    // The commit after the answers (the classic way), so it is lost after they came.
+    net.commit_after_answers();
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     give_token(&mut net, a, b);
     let invoice = net.invoice(c, &hours(), 10, 31).unwrap();

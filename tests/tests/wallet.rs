@@ -957,8 +957,9 @@ fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
     let inv = ws[2].create_invoice(hours(), 10, 60_000, "bread").unwrap();
     let route = plan(&ws, &[0, 1, 2], 10);
     let ticket = ws[0].pay_unsynced(&inv, vec![route]).unwrap();
-    // Committed (in memory and in the file), but its request may not leave yet.
-    assert_eq!(ws[0].outbox_len().unwrap(), 1);
+    // Committed (in memory and in the file), but its request (and the commit that goes with
+    // it to the seller) may not leave yet.
+    assert_eq!(ws[0].outbox_len().unwrap(), 2);
     assert!(ws[0].outbox(10).unwrap().is_empty());
     assert_eq!(pump(&mut ws, 10_000).unwrap(), 0);
     let a = std::sync::Mutex::new(ws.remove(0));
@@ -966,7 +967,7 @@ fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
     // A ticket already flushed returns at once.
     block_on(offst_core::wallet::sync(&a, ticket)).unwrap();
     ws.insert(0, a.into_inner().unwrap());
-    assert_eq!(ws[0].outbox(10).unwrap().len(), 1);
+    assert_eq!(ws[0].outbox(10).unwrap().len(), 2);
     pump(&mut ws, 10_000).unwrap();
     assert_eq!(
         ws[0].payment_view(inv.terms.id).unwrap().status,
@@ -1160,7 +1161,7 @@ fn a_step_never_flushed_is_flushed_when_the_wallet_opens_again() {
     // The process ends before the flush: the step is in the file (the system's cache), and
     // opening the wallet flushes it before anything can be sent.
     let mut ws = reopen(&t, ws);
-    assert_eq!(ws[0].outbox(10).unwrap().len(), 1);
+    assert_eq!(ws[0].outbox(10).unwrap().len(), 2);
     pump(&mut ws, 10_000).unwrap();
     assert_eq!(
         ws[0].payment_view(inv.terms.id).unwrap().status,

@@ -51,3 +51,9 @@ pub const MAX_REMEMBERED_OUTCOMES: usize = 65_536;
 /// travels directly and can overtake the requests). Each names the buyer and lock whose
 /// requests to cancel on arrival.
 pub const MAX_EARLY_ABANDONS_PER_INVOICE: usize = 8;
+
+/// Early commits a seller holds for one open invoice while the routes they name are on their
+/// way. Anyone can send one (it costs nothing), so they are few: when they are taken, a
+/// buyer's early commit is refused and its payment goes the slower way (the seller answers hop
+/// by hop and the buyer commits after the answers), nothing worse.
+pub const MAX_HELD_COMMITS_PER_INVOICE: usize = 4;

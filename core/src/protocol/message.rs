@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bounds::MAX_MESSAGE_SIZE;
 use super::channel::{Move, ResetCertificate, ResetProposal, Tip};
-use super::payment::{Abandon, Commit, Paid, PlainLock, RequestId, Response};
+use super::payment::{Abandon, Accepted, Commit, Paid, PlainLock, RequestId, Response};
 
 /// The version this code writes.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -42,6 +42,14 @@ pub enum Message {
     /// The seller accepted the buyer's commit, sent to the buyer: the seller's secret, so the
     /// buyer has its receipt without waiting for the collects.
     Paid(Paid),
+    /// The buyer's commit sent with its requests, before the seller answered any of them: the
+    /// seller holds it until the routes it names have arrived (`docs/protocol.md` §4), and then
+    /// answers with [`Message::Accepted`]. A seller that does not know this message refuses it,
+    /// and the buyer falls back to a [`Message::Commit`] once the answers came hop by hop.
+    EarlyCommit(Commit),
+    /// The seller accepted an early commit, sent to the buyer: its secret and its signed answer
+    /// to each route it collects, which the buyer has not seen (they travel with the collects).
+    Accepted(Accepted),
 }
 
 /// A resync offer.

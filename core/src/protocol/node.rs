@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::amount::{Currency, Rate};
 use super::bounds::{
-    MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
+    MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_HELD_COMMITS_PER_INVOICE,
+    MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
 };
 use super::channel::{
     Channel, ChannelError, ChannelState, CoreKey, CreditLine, OfferOutcome, Op, OpError, Received,
@@ -25,7 +26,7 @@ use super::channel::{
 use super::identity::{Hash, Identity, NodeId};
 use super::message::{Message, Offer, Outcome, Resolution};
 use super::payment::{
-    Abandon, AbandonTerms, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, Paid,
+    Abandon, AbandonTerms, Accepted, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, Paid,
     PaymentError, PlainLock, Receipt, Request, RequestId, RequestTerms, Response,
 };
 use super::tracked::Tracked;
@@ -250,8 +251,8 @@ pub enum NodeError {
     /// Abandoning a payment we do not know.
     #[error("no payment of this invoice is under way")]
     UnknownPayment(InvoiceId),
-    /// Abandoning a payment already committed: it can no longer be called off.
-    #[error("the payment is already committed to the seller and can no longer be called off")]
+    /// Abandoning a payment that is already paid (its receipt is in hand).
+    #[error("the payment is already paid (its receipt is in hand) and can no longer be called off")]
     AlreadyCommitted(InvoiceId),
     /// Accepting a reset nobody proposed.
     #[error("{0} has not proposed a reset (or it was withdrawn)")]
@@ -284,6 +285,14 @@ pub enum ProtocolError {
     /// Too many abandons for an invoice no buyer has sent requests for yet.
     #[error("too many abandons for this invoice before any request arrived")]
     TooManyAbandons,
+    /// Too many early commits held for one invoice: the buyer's payment goes the slower way
+    /// (it commits again once the seller's answers reached it).
+    #[error("too many early commits are waiting for this invoice's routes")]
+    TooManyHeldCommits,
+    /// An "accepted" message naming a route we did not send, or whose answer is not the
+    /// seller's signature over our request.
+    #[error("an accepted message with an answer that is not the seller's to our request")]
+    BadAnswer,
     /// A commit whose lock does not open the requests' lock.
     #[error("commit reveals a lock that does not match the payment's requests")]
     WrongCommitLock,
@@ -332,7 +341,10 @@ pub struct PaymentProgress {
     pub status: PaymentStatus,
     /// What the seller must receive.
     pub amount: u64,
-    /// The commit went out.
+    /// A commit went out and the routes it names, not cancelled, still cover the invoice: the
+    /// seller may take it, so routing the payment again makes no sense. (With an early commit,
+    /// which goes with the requests, this holds from the start until a route it needs is
+    /// cancelled.)
     pub committed: bool,
     /// Routes tried over the payment's life.
     pub routes: usize,
@@ -410,6 +422,45 @@ struct Selling {
     /// Answered requests.
     routes: BTreeMap<RequestId, SoldRoute>,
     status: InvoiceStatus,
+    /// Early commits waiting for the routes they name (at most
+    /// [`MAX_HELD_COMMITS_PER_INVOICE`]); emptied when the invoice is paid or cancelled.
+    held: Vec<HeldCommit>,
+}
+
+/// An early commit the seller holds: who sent it (the answer goes there) and the commit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct HeldCommit {
+    from: NodeId,
+    commit: Commit,
+}
+
+/// An invoice as stored before part format 4 (no held commits).
+#[derive(Deserialize)]
+struct SellingV3 {
+    invoice: Invoice,
+    dest_plain_lock: PlainLock,
+    src_hashed_lock: Option<HashedLock>,
+    buyer: Option<NodeId>,
+    early_abandons: Vec<(HashedLock, NodeId)>,
+    src_plain_lock: Option<PlainLock>,
+    routes: BTreeMap<RequestId, SoldRoute>,
+    status: InvoiceStatus,
+}
+
+impl From<SellingV3> for Selling {
+    fn from(v: SellingV3) -> Selling {
+        Selling {
+            invoice: v.invoice,
+            dest_plain_lock: v.dest_plain_lock,
+            src_hashed_lock: v.src_hashed_lock,
+            buyer: v.buyer,
+            early_abandons: v.early_abandons,
+            src_plain_lock: v.src_plain_lock,
+            routes: v.routes,
+            status: v.status,
+            held: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -502,8 +553,9 @@ pub struct Parts {
 /// The version byte in front of every stored part. Version 3 stores a channel without its
 /// pending requests and its queued operations, which are parts of their own; version 2 (the
 /// queue inside the channel) and version 1 (the pending requests inside too) are still read.
-/// Other parts are the same in all three.
-pub const PART_VERSION: u8 = 3;
+/// Version 4 adds the early commits an invoice holds; an invoice of versions 1–3 is read with
+/// none. Other parts are the same in all four.
+pub const PART_VERSION: u8 = 4;
 
 /// A pending request as stored: its channel's friend, its id, and where it stands.
 #[derive(Serialize, Deserialize)]
@@ -677,6 +729,8 @@ pub struct Node {
     /// writes no row. Empty after a load: the first write of each goes through.
     stored_payments: HashMap<InvoiceId, RowDigest>,
     stored_invoices: HashMap<InvoiceId, RowDigest>,
+    /// Whether our payments send their commit with their requests ([`Node::set_early_commit`]).
+    early_commit: bool,
 }
 
 /// What identifies a stored row's bytes: 128 bits of BLAKE3 (a collision would skip a write).
@@ -727,7 +781,17 @@ impl Node {
             stored_core: BTreeMap::new(),
             stored_payments: HashMap::new(),
             stored_invoices: HashMap::new(),
+            early_commit: true,
         }
+    }
+
+    /// Whether the payments this node starts from now on send their commit with their requests
+    /// (the default: the seller holds it and collects as soon as the routes arrive, answering
+    /// the buyer directly, `docs/protocol.md` §4), or only once the seller's answers came back
+    /// hop by hop (how a payment goes with a seller that does not know early commits; kept for
+    /// tests of that way).
+    pub fn set_early_commit(&mut self, early: bool) {
+        self.early_commit = early;
     }
 
     /// This node's id.
@@ -990,7 +1054,12 @@ impl Node {
         }
         let mut selling = BTreeMap::new();
         for bytes in &parts.invoices {
-            let sold: Selling = decode_part("invoice", bytes)?;
+            let sold: Selling = match part_body("invoice", bytes)? {
+                (1..=3, body) => postcard::from_bytes::<SellingV3>(body)
+                    .map_err(corrupt("invoice"))?
+                    .into(),
+                (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice"))?,
+            };
             selling.insert(sold.invoice.terms.id, sold);
         }
         let mut outcomes = BTreeMap::new();
@@ -1105,6 +1174,7 @@ impl Node {
                 src_plain_lock: None,
                 routes: BTreeMap::new(),
                 status: InvoiceStatus::Open,
+                held: Vec::new(),
             },
         );
         Ok(invoice)
@@ -1156,18 +1226,22 @@ impl Node {
             }
             self.dirty.insert(friend);
         }
+        let committed = self
+            .early_commit
+            .then(|| states.keys().copied().collect::<Vec<_>>());
         self.buying.insert(
             terms.id,
             Buying {
                 invoice: invoice.clone(),
                 src_plain_lock,
                 routes: states,
-                committed: None,
+                committed,
                 abandoned: false,
                 receipt: None,
                 status: PaymentStatus::InFlight,
             },
         );
+        self.resend_commit(terms.id);
         Ok(self.finish())
     }
 
@@ -1190,7 +1264,11 @@ impl Node {
         // A payment whose routes were all cancelled may be taken up again: nothing moved, the
         // seller still holds the invoice open for this lock until it expires.
         let reopen = b.status == PaymentStatus::Cancelled && b.receipt.is_none();
-        if !(b.status == PaymentStatus::InFlight || reopen) || b.committed.is_some() || b.abandoned
+        // A commit whose routes can still cover the invoice stands: the seller may take it.
+        if !(b.status == PaymentStatus::InFlight || reopen)
+            || b.receipt.is_some()
+            || b.abandoned
+            || commit_covers(b)
         {
             return Err(NodeError::NotPaying(invoice_id));
         }
@@ -1216,6 +1294,20 @@ impl Node {
             }
             self.enqueue(friend, Op::Request(request));
         }
+        // An early commit names the routes still under way, the new ones with them: the old
+        // commit can no longer be taken (its routes no longer cover the invoice).
+        if let Some(b) = self.buying.get_mut(&invoice_id)
+            && b.committed.is_some()
+        {
+            b.committed = Some(
+                b.routes
+                    .iter()
+                    .filter(|(_, r)| !matches!(r.status, RouteStatus::Cancelled))
+                    .map(|(id, _)| *id)
+                    .collect(),
+            );
+            self.resend_commit(invoice_id);
+        }
         Ok(self.finish())
     }
 
@@ -1225,7 +1317,7 @@ impl Node {
         let mut p = PaymentProgress {
             status: b.status,
             amount: b.invoice.terms.amount,
-            committed: b.committed.is_some(),
+            committed: commit_covers(b),
             routes: b.routes.len(),
             ..PaymentProgress::default()
         };
@@ -1352,6 +1444,7 @@ impl Node {
                 continue;
             };
             s.status = InvoiceStatus::Cancelled;
+            s.held.clear();
             let routes: Vec<(RequestId, NodeId)> =
                 s.routes.iter().map(|(r, sold)| (*r, sold.friend)).collect();
             for (request_id, friend) in routes {
@@ -1399,15 +1492,18 @@ impl Node {
         self.finish()
     }
 
-    /// Give up a payment that is not committed: ask the seller to cancel its routes now instead
-    /// of at the invoice's expiry, and never commit it. Routes the seller has not seen yet are
-    /// cancelled when they reach it.
+    /// Give up a payment that has no receipt yet: ask the seller to cancel its routes now
+    /// instead of at the invoice's expiry, and commit nothing more. Routes the seller has not
+    /// seen yet are cancelled when they reach it. The seller decides: if it took our commit
+    /// first (an early commit goes with the requests), the payment completes all the same.
     pub fn abandon_payment(&mut self, invoice_id: InvoiceId) -> Result<Vec<Output>, NodeError> {
         let b = self
             .buying
             .get_mut(&invoice_id)
             .ok_or(NodeError::UnknownPayment(invoice_id))?;
-        if b.committed.is_some() {
+        // With a receipt the payment is done. Before it, even once a commit went out, the
+        // abandon asks the seller, who decides: a commit it accepted first stands.
+        if b.receipt.is_some() {
             return Err(NodeError::AlreadyCommitted(invoice_id));
         }
         if b.status == PaymentStatus::InFlight {
@@ -1435,6 +1531,12 @@ impl Node {
             .ok_or(ProtocolError::UnknownInvoice)?;
         abandon.verify().map_err(|_| ProtocolError::NotTheBuyer)?;
         let claim = (terms.src_hashed_lock, abandon.buyer);
+        // The buyer's early commits for that lock will never be taken now.
+        if matches!(s.status, InvoiceStatus::Open) {
+            s.held.retain(|h| {
+                (h.commit.src_plain_lock.hashed(), h.from) != (terms.src_hashed_lock, abandon.buyer)
+            });
+        }
         match (s.buyer, s.src_hashed_lock) {
             (Some(buyer), Some(lock)) if (lock, buyer) == claim => {}
             (Some(_), _) => return Err(ProtocolError::NotTheBuyer),
@@ -1455,6 +1557,7 @@ impl Node {
             InvoiceStatus::Open => {}
         }
         s.status = InvoiceStatus::Cancelled;
+        s.held.clear();
         let routes: Vec<(RequestId, NodeId)> =
             s.routes.iter().map(|(r, sold)| (*r, sold.friend)).collect();
         for (request_id, friend) in routes {
@@ -1664,7 +1767,9 @@ impl Node {
                 // do not lose mail, and `resend` covers a reconnect.
             }
             Message::Offer(offer) => self.on_offer(now_ms, from, *offer)?,
-            Message::Commit(commit) => self.on_commit(now_ms, from, commit)?,
+            Message::Commit(commit) => self.on_commit(now_ms, from, commit, false)?,
+            Message::EarlyCommit(commit) => self.on_commit(now_ms, from, commit, true)?,
+            Message::Accepted(accepted) => self.on_accepted(from, accepted)?,
             Message::Abandon(abandon) => self.on_abandon(abandon)?,
             Message::ResetProposal(p) => self.on_reset_proposal(from, *p)?,
             Message::ResetAccept(cert) => self.on_reset_accept(from, *cert)?,
@@ -1816,14 +1921,29 @@ impl Node {
                 };
                 let terms = &p.request.terms;
                 if terms.buyer() == Some(me) {
+                    let mut newly = false;
                     if let Some(route) = self
                         .buying
                         .get_mut(&terms.invoice_id)
                         .and_then(|b| b.routes.get_mut(&request_id))
+                        && route.status == RouteStatus::Sent
                     {
                         route.status = RouteStatus::Responded(response);
+                        newly = true;
                     }
-                    self.try_commit(terms.invoice_id);
+                    // An answer that came with its collect (after an early commit) needs no
+                    // commit: the route is settled by this same move.
+                    if newly && self.pending_in(&from, &request_id, false).is_some() {
+                        let early = self
+                            .buying
+                            .get(&terms.invoice_id)
+                            .is_some_and(|b| b.committed.is_some());
+                        if early {
+                            self.commit_again(terms.invoice_id, request_id);
+                        } else {
+                            self.try_commit(terms.invoice_id);
+                        }
+                    }
                 } else if let Some(prev) = upstream_of(terms, &me) {
                     self.enqueue(
                         prev,
@@ -1969,6 +2089,11 @@ impl Node {
                 response: response.clone(),
             },
         );
+        // With the buyer's early commit held, the answer goes with the collect (and to the
+        // buyer directly once the commit is accepted): none of the hops needs it before.
+        if self.take_held_commit(terms.invoice_id, terms.src_hashed_lock) {
+            return;
+        }
         self.enqueue(
             from,
             Op::Response {
@@ -1978,40 +2103,92 @@ impl Node {
         );
     }
 
+    /// A buyer's commit (`early`: sent with its requests). Accepted at once if the answered
+    /// routes it names cover the invoice; an early one is otherwise held until they do (or the
+    /// invoice closes), a classic one refused.
     fn on_commit(
         &mut self,
         now_ms: u64,
         from: NodeId,
         commit: Commit,
+        early: bool,
     ) -> Result<(), ProtocolError> {
         let s = self
             .selling
             .get_mut(&commit.invoice_id)
             .ok_or(ProtocolError::UnknownInvoice)?;
-        let lock_ok = s.src_hashed_lock == Some(commit.src_plain_lock.hashed());
-        let paid = Output::Send {
-            to: from,
-            message: Message::Paid(Paid {
-                invoice_id: commit.invoice_id,
-                dest_plain_lock: s.dest_plain_lock,
-            }),
-        };
+        let lock = commit.src_plain_lock.hashed();
+        let lock_ok = s.src_hashed_lock == Some(lock);
         match &s.status {
             // A duplicate commit (the buyer sent it again, e.g. restored from a backup): tell
             // it again that it is paid.
-            InvoiceStatus::Paid(_) if lock_ok => {
-                self.out.push(paid);
+            InvoiceStatus::Paid(named) if lock_ok => {
+                let answer = answer_to(s, early, named);
+                self.out.push(Output::Send {
+                    to: from,
+                    message: answer,
+                });
                 return Ok(());
             }
             InvoiceStatus::Open => {}
             _ => return Err(ProtocolError::InvoiceClosed),
         }
-        if !lock_ok {
+        if s.src_hashed_lock.is_some() && !lock_ok {
             return Err(ProtocolError::WrongCommitLock);
+        }
+        // The buyer's abandon overtook its commit: the abandon stands (its requests are
+        // cancelled when they arrive), and the commit, which can no longer be taken, is dropped.
+        if s.early_abandons.contains(&(lock, from)) {
+            return Ok(());
         }
         if now_ms >= s.invoice.terms.expires_at_ms {
             return Err(ProtocolError::InvoiceClosed);
         }
+        let delivered = delivered_by(s, &commit);
+        if delivered >= s.invoice.terms.amount {
+            self.accept_commit(from, commit, early);
+            return Ok(());
+        }
+        if !early {
+            if !lock_ok {
+                return Err(ProtocolError::WrongCommitLock);
+            }
+            return Err(ProtocolError::CommitShort {
+                delivered,
+                amount: s.invoice.terms.amount,
+            });
+        }
+        // Held until the routes it names arrive. The buyer's newer commit (after a route was
+        // cancelled) replaces its older one.
+        if commit.request_ids.len() > MAX_ROUTES_PER_PAYMENT {
+            return Err(ProtocolError::CommitShort {
+                delivered,
+                amount: s.invoice.terms.amount,
+            });
+        }
+        if let Some(h) = s
+            .held
+            .iter_mut()
+            .find(|h| h.from == from && h.commit.src_plain_lock == commit.src_plain_lock)
+        {
+            h.commit = commit;
+            return Ok(());
+        }
+        if s.held.len() >= MAX_HELD_COMMITS_PER_INVOICE {
+            return Err(ProtocolError::TooManyHeldCommits);
+        }
+        s.held.push(HeldCommit { from, commit });
+        Ok(())
+    }
+
+    /// As the seller, with the answered routes `commit` names covering the invoice: collect
+    /// them, cancel every other route of the invoice, and tell the buyer (`from`) it is paid:
+    /// with our secret alone after a classic commit (the buyer holds our answers), with our
+    /// answers too after an early one (they travel with the collects only).
+    fn accept_commit(&mut self, from: NodeId, commit: Commit, early: bool) {
+        let Some(s) = self.selling.get_mut(&commit.invoice_id) else {
+            return;
+        };
         let named: BTreeSet<RequestId> = commit
             .request_ids
             .iter()
@@ -2024,14 +2201,10 @@ impl Node {
             .filter_map(|r| s.routes.get(r).map(|sold| sold.dest_payment))
             .try_fold(0u64, u64::checked_add)
             .unwrap_or(u64::MAX);
-        if delivered < s.invoice.terms.amount {
-            return Err(ProtocolError::CommitShort {
-                delivered,
-                amount: s.invoice.terms.amount,
-            });
-        }
         s.status = InvoiceStatus::Paid(named.clone());
         s.src_plain_lock = Some(commit.src_plain_lock);
+        s.held.clear();
+        let answer = answer_to(s, early, &named);
         let dest = s.dest_plain_lock;
         let invoice_id = commit.invoice_id;
         let routes: Vec<(RequestId, SoldRoute)> = s
@@ -2053,12 +2226,38 @@ impl Node {
             }
         }
         // Only the buyer knows the lock the commit opened, so `from` is the buyer.
-        self.out.push(paid);
+        self.out.push(Output::Send {
+            to: from,
+            message: answer,
+        });
         self.out.push(Output::Event(Event::InvoicePaid {
             invoice_id,
             amount: delivered,
         }));
-        Ok(())
+    }
+
+    /// As the seller, after answering a route of `invoice_id`: whether an early commit for its
+    /// lock is held (then the answer waits for the collect), and if one now covers the
+    /// invoice, accept it.
+    fn take_held_commit(&mut self, invoice_id: InvoiceId, lock: HashedLock) -> bool {
+        let Some(s) = self.selling.get(&invoice_id) else {
+            return false;
+        };
+        let mut holding = false;
+        let mut ready = None;
+        for h in &s.held {
+            if h.commit.src_plain_lock.hashed() != lock {
+                continue;
+            }
+            holding = true;
+            if ready.is_none() && delivered_by(s, &h.commit) >= s.invoice.terms.amount {
+                ready = Some(h.clone());
+            }
+        }
+        if let Some(h) = ready {
+            self.accept_commit(h.from, h.commit, true);
+        }
+        holding
     }
 
     /// The seller accepted our commit: with its secret, each committed route's response (which
@@ -2104,6 +2303,64 @@ impl Node {
         Ok(())
     }
 
+    /// The seller accepted our early commit: each route it names comes with the seller's
+    /// signed answer, checked here against the request we signed (the hops have not seen it
+    /// yet: it travels with the collects), and its secret opens each answer's lock. With our
+    /// own secret that makes each route's receipt, so the payment completes now, also if we
+    /// abandoned it meanwhile (the seller took the commit first). From anyone but the seller,
+    /// for a payment we did not commit, or with an answer or a secret that does not check, it
+    /// changes nothing (an error says which).
+    fn on_accepted(&mut self, from: NodeId, accepted: Accepted) -> Result<(), ProtocolError> {
+        let Some(b) = self.buying.get(&accepted.invoice_id) else {
+            return Err(ProtocolError::NotOurPayment);
+        };
+        if b.invoice.terms.seller != from {
+            return Err(ProtocolError::NotTheSeller);
+        }
+        let Some(committed) = &b.committed else {
+            return Err(ProtocolError::NotOurPayment);
+        };
+        if accepted.responses.len() > MAX_ROUTES_PER_PAYMENT {
+            return Err(ProtocolError::BadAnswer);
+        }
+        let dest_hashed = accepted.dest_plain_lock.hashed();
+        let mut receipts = Vec::with_capacity(accepted.responses.len());
+        for (id, response) in &accepted.responses {
+            let route = b
+                .routes
+                .get(id)
+                .filter(|_| committed.contains(id))
+                .ok_or(ProtocolError::BadAnswer)?;
+            if response.dest_hashed_lock != dest_hashed {
+                return Err(ProtocolError::WrongPaidLock);
+            }
+            response
+                .verify(&route.request.terms)
+                .map_err(|_| ProtocolError::BadAnswer)?;
+            let receipt = Receipt::from_response(
+                from,
+                &route.request.terms,
+                response,
+                b.src_plain_lock,
+                accepted.dest_plain_lock,
+            );
+            debug_assert!(
+                receipt.verify().is_ok(),
+                "a receipt from an accepted message"
+            );
+            receipts.push((*id, receipt));
+        }
+        for (id, receipt) in receipts {
+            self.route_done(
+                accepted.invoice_id,
+                id,
+                RouteStatus::Collected,
+                Some(receipt),
+            );
+        }
+        Ok(())
+    }
+
     fn try_commit(&mut self, invoice_id: InvoiceId) {
         let Some(b) = self.buying.get_mut(&invoice_id) else {
             return;
@@ -2125,10 +2382,59 @@ impl Node {
             return;
         }
         b.committed = Some(answered.into_iter().map(|(id, _)| id).collect());
-        self.resend_commit(invoice_id);
+        self.send_commit(invoice_id, false);
     }
 
+    /// Our early commit was not held (a seller that does not know early commits, or one
+    /// holding too many), so its routes were answered hop by hop: when the answer to `just`
+    /// makes the answered routes it names cover the invoice, commit again the classic way.
+    fn commit_again(&mut self, invoice_id: InvoiceId, just: RequestId) {
+        let Some(b) = self.buying.get(&invoice_id) else {
+            return;
+        };
+        let Some(ids) = &b.committed else {
+            return;
+        };
+        if b.abandoned || b.status != PaymentStatus::InFlight || !ids.contains(&just) {
+            return;
+        }
+        let answered = |skip: Option<RequestId>| {
+            ids.iter()
+                .filter(|id| Some(**id) != skip)
+                .filter_map(|id| b.routes.get(id))
+                .filter(|r| matches!(r.status, RouteStatus::Responded(_)))
+                .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
+                .unwrap_or(u64::MAX)
+        };
+        let amount = b.invoice.terms.amount;
+        if answered(Some(just)) < amount && answered(None) >= amount {
+            self.send_commit(invoice_id, false);
+        }
+    }
+
+    /// Send our commit of `invoice_id` again, if the routes it names can still cover the
+    /// invoice: the classic way once the answered ones cover it here (the seller's "paid" then
+    /// suffices), else early (the seller then answers with its responses).
     fn resend_commit(&mut self, invoice_id: InvoiceId) {
+        let Some(b) = self.buying.get(&invoice_id) else {
+            return;
+        };
+        let Some(ids) = &b.committed else {
+            return;
+        };
+        if !commit_covers(b) {
+            return;
+        }
+        let answered = ids
+            .iter()
+            .filter_map(|id| b.routes.get(id))
+            .filter(|r| matches!(r.status, RouteStatus::Responded(_)))
+            .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
+            .unwrap_or(u64::MAX);
+        self.send_commit(invoice_id, answered < b.invoice.terms.amount);
+    }
+
+    fn send_commit(&mut self, invoice_id: InvoiceId, early: bool) {
         let Some(b) = self.buying.get(&invoice_id) else {
             return;
         };
@@ -2137,11 +2443,18 @@ impl Node {
         };
         self.out.push(Output::Send {
             to: b.invoice.terms.seller,
-            message: Message::Commit(Commit {
-                invoice_id,
-                src_plain_lock: b.src_plain_lock,
-                request_ids: ids.clone(),
-            }),
+            message: {
+                let commit = Commit {
+                    invoice_id,
+                    src_plain_lock: b.src_plain_lock,
+                    request_ids: ids.clone(),
+                };
+                if early {
+                    Message::EarlyCommit(commit)
+                } else {
+                    Message::Commit(commit)
+                }
+            },
         });
     }
 
@@ -2149,7 +2462,9 @@ impl Node {
         let open: Vec<InvoiceId> = self
             .buying
             .iter()
-            .filter(|(_, b)| b.status == PaymentStatus::InFlight && b.committed.is_some())
+            .filter(|(_, b)| {
+                b.status == PaymentStatus::InFlight && b.committed.is_some() && !b.abandoned
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in open {
@@ -2643,6 +2958,54 @@ impl Node {
 }
 
 /// The friend before `me` on a request's route.
+/// What the answered routes of `s` that `commit` names deliver (each once, at most
+/// [`MAX_ROUTES_PER_PAYMENT`] of them).
+fn delivered_by(s: &Selling, commit: &Commit) -> u64 {
+    commit
+        .request_ids
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|r| s.routes.get(r))
+        .take(MAX_ROUTES_PER_PAYMENT)
+        .try_fold(0u64, |acc, sold| acc.checked_add(sold.dest_payment))
+        .unwrap_or(u64::MAX)
+}
+
+/// The seller's word to a buyer whose commit it accepted, collecting the routes `named`: its
+/// secret, with its answers after an early commit.
+fn answer_to(s: &Selling, early: bool, named: &BTreeSet<RequestId>) -> Message {
+    if early {
+        Message::Accepted(Accepted {
+            invoice_id: s.invoice.terms.id,
+            dest_plain_lock: s.dest_plain_lock,
+            responses: named
+                .iter()
+                .filter_map(|id| s.routes.get(id).map(|sold| (*id, sold.response.clone())))
+                .collect(),
+        })
+    } else {
+        Message::Paid(Paid {
+            invoice_id: s.invoice.terms.id,
+            dest_plain_lock: s.dest_plain_lock,
+        })
+    }
+}
+
+/// Whether our payment's commit is out and the routes it names, not cancelled, still deliver
+/// the invoice: the seller may take it, so no route is added.
+fn commit_covers(b: &Buying) -> bool {
+    let Some(ids) = &b.committed else {
+        return false;
+    };
+    ids.iter()
+        .filter_map(|id| b.routes.get(id))
+        .filter(|r| r.status != RouteStatus::Cancelled)
+        .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
+        .unwrap_or(u64::MAX)
+        >= b.invoice.terms.amount
+}
+
 fn upstream_of(terms: &RequestTerms, me: &NodeId) -> Option<NodeId> {
     let pos = terms.position(me)?;
     pos.checked_sub(1).and_then(|p| terms.route.get(p).copied())

@@ -424,6 +424,20 @@ pub struct Paid {
     pub dest_plain_lock: PlainLock,
 }
 
+/// The seller's word to the buyer once it accepted an early commit ([`Commit`] sent with the
+/// requests): its secret and its signed response to each route it collects. The responses
+/// travel hop by hop only with the collects, so the buyer learns them here; it checks each
+/// against the request it signed and the secret against each, and builds its receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The invoice.
+    pub invoice_id: InvoiceId,
+    /// The seller's secret (opens every response's `dest_hashed_lock`).
+    pub dest_plain_lock: PlainLock,
+    /// The seller's response to each route it collects.
+    pub responses: Vec<(RequestId, Response)>,
+}
+
 /// What a buyer signs to give up a payment it has not committed: the invoice and the lock its
 /// requests carry (which binds the signature to this buyer's attempt).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

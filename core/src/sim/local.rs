@@ -58,6 +58,15 @@ impl LocalNet {
         id
     }
 
+    /// Make every node's payments commit the classic way, after the seller's answers came
+    /// back hop by hop ([`Node::set_early_commit`]), as with sellers that do not know early
+    /// commits.
+    pub fn commit_after_answers(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.set_early_commit(false);
+        }
+    }
+
     /// The node `id`.
     pub fn node(&self, id: &NodeId) -> Result<&Node, LocalNetError> {
         self.nodes.get(id).ok_or(LocalNetError::NoNode(*id))

@@ -345,6 +345,8 @@ pub fn describe(m: &Message) -> String {
         Message::ResetProposal(p) => format!("reset proposal (epoch {})", p.terms.epoch),
         Message::ResetAccept(c) => format!("reset accepted (epoch {})", c.terms.epoch),
         Message::Paid(_) => "paid".to_string(),
+        Message::EarlyCommit(c) => format!("early commit ({} routes)", c.request_ids.len()),
+        Message::Accepted(a) => format!("accepted ({} routes)", a.responses.len()),
     }
 }
 

@@ -1456,7 +1456,8 @@ impl Wallet {
         )
     }
 
-    /// Give up a payment that is not committed yet.
+    /// Ask the seller to call off a payment of ours that has no receipt yet (see
+    /// [`Node::abandon_payment`]: the seller decides, and a payment it already took completes).
     pub fn abandon_payment(&mut self, invoice: InvoiceId) -> Result<(), WalletError> {
         self.action(
             |node, _| node.abandon_payment(invoice).map(|out| ((), out)),
@@ -1464,7 +1465,7 @@ impl Wallet {
                 vec![
                     NewEntry::new(
                         EventKind::PaymentAbandoned,
-                        "you gave up this payment".into(),
+                        "you asked the seller to call this payment off".into(),
                     )
                     .invoice(invoice),
                 ]
