@@ -2909,8 +2909,13 @@ impl Node {
             });
             match (&s.status, s.src_plain_lock) {
                 (InvoiceStatus::Open, _) => {
+                    // With the buyer's early commit held, the answer waits for the collect.
+                    let held = s
+                        .held
+                        .iter()
+                        .any(|h| h.commit.src_plain_lock.hashed() == terms.src_hashed_lock);
                     if s.routes.contains_key(&id) {
-                        if let Some(op) = answer {
+                        if let Some(op) = answer.filter(|_| !held) {
                             self.enqueue(from, op);
                         }
                     } else {
@@ -2957,7 +2962,6 @@ impl Node {
     }
 }
 
-/// The friend before `me` on a request's route.
 /// What the answered routes of `s` that `commit` names deliver (each once, at most
 /// [`MAX_ROUTES_PER_PAYMENT`] of them).
 fn delivered_by(s: &Selling, commit: &Commit) -> u64 {
@@ -3006,6 +3010,7 @@ fn commit_covers(b: &Buying) -> bool {
         >= b.invoice.terms.amount
 }
 
+/// The friend before `me` on a request's route.
 fn upstream_of(terms: &RequestTerms, me: &NodeId) -> Option<NodeId> {
     let pos = terms.position(me)?;
     pos.checked_sub(1).and_then(|p| terms.route.get(p).copied())
