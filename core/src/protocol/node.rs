@@ -350,7 +350,8 @@ pub struct PaymentProgress {
     pub routes: usize,
     /// What the routes still under way would deliver.
     pub open: u64,
-    /// Of that, what the seller already answered.
+    /// Of that, what the seller's answers that reached us hop by hop cover (with an early
+    /// commit the seller's answers come with its "accepted" instead, so this stays 0).
     pub answered: u64,
     /// The routes that were cancelled (buyer, mediators, seller).
     pub failed: Vec<Vec<NodeId>>,
