@@ -39,6 +39,25 @@ fn paying(n: u8, nonce: u64) -> (LocalNet, Vec<NodeId>, Invoice) {
     (net, ids, invoice)
 }
 
+/// Deliver every message, also those a node refuses; the refusals, in order.
+fn deliver_all(net: &mut LocalNet) -> Vec<ProtocolError> {
+    let mut refused = Vec::new();
+    while let Some((from, to, message)) = net.queue.pop_front() {
+        match net.node_mut(&to).unwrap().handle_message(0, from, message) {
+            Ok(out) => net.absorb(to, out),
+            Err(e) => refused.push(e),
+        }
+    }
+    refused
+}
+
+/// Deliver until the seller's "accepted" is the next message.
+fn run_until_accepted(net: &mut LocalNet) {
+    while !matches!(net.queue.front(), Some((_, _, Message::Accepted(_)))) {
+        assert!(net.step().unwrap(), "the seller never accepted");
+    }
+}
+
 /// Every channel's two ends agree, nothing is pending in any, and balances sum to zero.
 fn settled(net: &LocalNet, ids: &[NodeId]) {
     for w in ids.windows(2) {
@@ -202,17 +221,10 @@ fn strangers_early_commits_cannot_block_a_payment() {
     }
     // The buyer's early commit is refused the same way, and nothing else changes: the seller
     // answers hop by hop, the buyer commits again the classic way, and the payment completes.
-    let mut refused = 0;
-    while let Some((from, to, message)) = net.queue.pop_front() {
-        match net.node_mut(&to).unwrap().handle_message(0, from, message) {
-            Ok(out) => net.absorb(to, out),
-            Err(e) => {
-                assert_eq!(e, ProtocolError::TooManyHeldCommits);
-                refused += 1;
-            }
-        }
-    }
-    assert_eq!(refused, 1);
+    assert_eq!(
+        deliver_all(&mut net),
+        vec![ProtocolError::TooManyHeldCommits]
+    );
     assert_eq!(
         net.node(&buyer)
             .unwrap()
@@ -231,9 +243,7 @@ fn a_forged_or_wrong_acceptance_changes_nothing() {
     let (buyer, mediator, seller) = (ids[0], ids[1], ids[2]);
     let id = invoice.terms.id;
     // Run until the seller's "accepted" is the next message to the buyer.
-    while !matches!(net.queue.front(), Some((_, _, Message::Accepted(_)))) {
-        assert!(net.step().unwrap(), "the seller never accepted");
-    }
+    run_until_accepted(&mut net);
     let Some((_, _, Message::Accepted(real))) = net.queue.pop_front() else {
         panic!("no acceptance")
     };
@@ -345,20 +355,11 @@ fn an_abandon_after_the_seller_accepted_leaves_the_payment_completed() {
     let (mut net, ids, invoice) = paying(3, 6);
     let (buyer, seller) = (ids[0], ids[2]);
     let id = invoice.terms.id;
-    while !matches!(net.queue.front(), Some((_, _, Message::Accepted(_)))) {
-        assert!(net.step().unwrap(), "the seller never accepted");
-    }
+    run_until_accepted(&mut net);
     // The buyer gives up just before the seller's word reaches it: the seller decided first.
     let out = net.node_mut(&buyer).unwrap().abandon_payment(id).unwrap();
     net.absorb(buyer, out);
-    let mut refused = Vec::new();
-    while let Some((from, to, message)) = net.queue.pop_front() {
-        match net.node_mut(&to).unwrap().handle_message(0, from, message) {
-            Ok(out) => net.absorb(to, out),
-            Err(e) => refused.push(e),
-        }
-    }
-    assert_eq!(refused, vec![ProtocolError::InvoiceClosed]);
+    assert_eq!(deliver_all(&mut net), vec![ProtocolError::InvoiceClosed]);
     let node = net.node(&buyer).unwrap();
     assert_eq!(
         node.payment_progress(&id).unwrap().status,

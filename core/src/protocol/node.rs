@@ -435,35 +435,6 @@ struct HeldCommit {
     commit: Commit,
 }
 
-/// An invoice as stored before part format 4 (no held commits).
-#[derive(Deserialize)]
-struct SellingV3 {
-    invoice: Invoice,
-    dest_plain_lock: PlainLock,
-    src_hashed_lock: Option<HashedLock>,
-    buyer: Option<NodeId>,
-    early_abandons: Vec<(HashedLock, NodeId)>,
-    src_plain_lock: Option<PlainLock>,
-    routes: BTreeMap<RequestId, SoldRoute>,
-    status: InvoiceStatus,
-}
-
-impl From<SellingV3> for Selling {
-    fn from(v: SellingV3) -> Selling {
-        Selling {
-            invoice: v.invoice,
-            dest_plain_lock: v.dest_plain_lock,
-            src_hashed_lock: v.src_hashed_lock,
-            buyer: v.buyer,
-            early_abandons: v.early_abandons,
-            src_plain_lock: v.src_plain_lock,
-            routes: v.routes,
-            status: v.status,
-            held: Vec::new(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SoldRoute {
     friend: NodeId,
@@ -1056,9 +1027,11 @@ impl Node {
         let mut selling = BTreeMap::new();
         for bytes in &parts.invoices {
             let sold: Selling = match part_body("invoice", bytes)? {
-                (1..=3, body) => postcard::from_bytes::<SellingV3>(body)
-                    .map_err(corrupt("invoice"))?
-                    .into(),
+                // Formats 1–3 end where format 4 adds the held commits, its last field: the
+                // same bytes with an empty list (its length, 0) appended.
+                (1..=3, body) => {
+                    postcard::from_bytes(&[body, &[0]].concat()).map_err(corrupt("invoice"))?
+                }
                 (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice"))?,
             };
             selling.insert(sold.invoice.terms.id, sold);
@@ -1934,16 +1907,11 @@ impl Node {
                     }
                     // An answer that came with its collect (after an early commit) needs no
                     // commit: the route is settled by this same move.
+                    // With a commit out, only `commit_again` acts; without, only `try_commit`
+                    // (which sends the first commit, so it comes second).
                     if newly && self.pending_in(&from, &request_id, false).is_some() {
-                        let early = self
-                            .buying
-                            .get(&terms.invoice_id)
-                            .is_some_and(|b| b.committed.is_some());
-                        if early {
-                            self.commit_again(terms.invoice_id, request_id);
-                        } else {
-                            self.try_commit(terms.invoice_id);
-                        }
+                        self.commit_again(terms.invoice_id, request_id);
+                        self.try_commit(terms.invoice_id);
                     }
                 } else if let Some(prev) = upstream_of(terms, &me) {
                     self.enqueue(
@@ -2190,18 +2158,8 @@ impl Node {
         let Some(s) = self.selling.get_mut(&commit.invoice_id) else {
             return;
         };
-        let named: BTreeSet<RequestId> = commit
-            .request_ids
-            .iter()
-            .filter(|r| s.routes.contains_key(r))
-            .copied()
-            .take(MAX_ROUTES_PER_PAYMENT)
-            .collect();
-        let delivered = named
-            .iter()
-            .filter_map(|r| s.routes.get(r).map(|sold| sold.dest_payment))
-            .try_fold(0u64, u64::checked_add)
-            .unwrap_or(u64::MAX);
+        let named = named_routes(s, &commit);
+        let delivered = delivered_by(s, &commit);
         s.status = InvoiceStatus::Paid(named.clone());
         s.src_plain_lock = Some(commit.src_plain_lock);
         s.held.clear();
@@ -2399,16 +2357,10 @@ impl Node {
         if b.abandoned || b.status != PaymentStatus::InFlight || !ids.contains(&just) {
             return;
         }
-        let answered = |skip: Option<RequestId>| {
-            ids.iter()
-                .filter(|id| Some(**id) != skip)
-                .filter_map(|id| b.routes.get(id))
-                .filter(|r| matches!(r.status, RouteStatus::Responded(_)))
-                .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
-                .unwrap_or(u64::MAX)
-        };
+        let answered = |r: &RouteState| matches!(r.status, RouteStatus::Responded(_));
+        let before = committed_delivery(b, |id, r| *id != just && answered(r));
         let amount = b.invoice.terms.amount;
-        if answered(Some(just)) < amount && answered(None) >= amount {
+        if before < amount && committed_delivery(b, |_, r| answered(r)) >= amount {
             self.send_commit(invoice_id, false);
         }
     }
@@ -2420,18 +2372,10 @@ impl Node {
         let Some(b) = self.buying.get(&invoice_id) else {
             return;
         };
-        let Some(ids) = &b.committed else {
-            return;
-        };
         if !commit_covers(b) {
             return;
         }
-        let answered = ids
-            .iter()
-            .filter_map(|id| b.routes.get(id))
-            .filter(|r| matches!(r.status, RouteStatus::Responded(_)))
-            .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
-            .unwrap_or(u64::MAX);
+        let answered = committed_delivery(b, |_, r| matches!(r.status, RouteStatus::Responded(_)));
         self.send_commit(invoice_id, answered < b.invoice.terms.amount);
     }
 
@@ -2963,17 +2907,23 @@ impl Node {
     }
 }
 
-/// What the answered routes of `s` that `commit` names deliver (each once, at most
-/// [`MAX_ROUTES_PER_PAYMENT`] of them).
-fn delivered_by(s: &Selling, commit: &Commit) -> u64 {
+/// The answered routes of `s` that `commit` names (at most [`MAX_ROUTES_PER_PAYMENT`]).
+fn named_routes(s: &Selling, commit: &Commit) -> BTreeSet<RequestId> {
     commit
         .request_ids
         .iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter_map(|r| s.routes.get(r))
+        .filter(|r| s.routes.contains_key(r))
+        .copied()
         .take(MAX_ROUTES_PER_PAYMENT)
-        .try_fold(0u64, |acc, sold| acc.checked_add(sold.dest_payment))
+        .collect()
+}
+
+/// What the routes [`named_routes`] finds deliver.
+fn delivered_by(s: &Selling, commit: &Commit) -> u64 {
+    named_routes(s, commit)
+        .iter()
+        .filter_map(|r| s.routes.get(r).map(|sold| sold.dest_payment))
+        .try_fold(0u64, u64::checked_add)
         .unwrap_or(u64::MAX)
 }
 
@@ -3000,15 +2950,23 @@ fn answer_to(s: &Selling, early: bool, named: &BTreeSet<RequestId>) -> Message {
 /// Whether our payment's commit is out and the routes it names, not cancelled, still deliver
 /// the invoice: the seller may take it, so no route is added.
 fn commit_covers(b: &Buying) -> bool {
-    let Some(ids) = &b.committed else {
-        return false;
-    };
-    ids.iter()
-        .filter_map(|id| b.routes.get(id))
-        .filter(|r| r.status != RouteStatus::Cancelled)
-        .try_fold(0u64, |acc, r| acc.checked_add(r.request.terms.dest_payment))
+    b.committed.is_some()
+        && committed_delivery(b, |_, r| r.status != RouteStatus::Cancelled)
+            >= b.invoice.terms.amount
+}
+
+/// What the routes our commit names, and `keep` keeps, deliver to the seller (0 without a
+/// commit).
+fn committed_delivery(b: &Buying, keep: impl Fn(&RequestId, &RouteState) -> bool) -> u64 {
+    b.committed
+        .iter()
+        .flatten()
+        .filter_map(|id| b.routes.get(id).map(|r| (id, r)))
+        .filter(|(id, r)| keep(id, r))
+        .try_fold(0u64, |acc, (_, r)| {
+            acc.checked_add(r.request.terms.dest_payment)
+        })
         .unwrap_or(u64::MAX)
-        >= b.invoice.terms.amount
 }
 
 /// The friend before `me` on a request's route.
