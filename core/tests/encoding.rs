@@ -301,3 +301,62 @@ fn byte_strings_on_the_wire_encode_as_the_sequences_they_replaced() {
         reason: Refusal::IndexOff,
     };
 }
+
+/// What is signed and hashed is built without growing a `Vec` from empty (`encode_after`
+/// sizes first; `Hash::of` streams into the hasher through a 256-byte buffer). Both must give
+/// exactly the bytes, and so the hashes, of postcard's own encoding, or every signature and
+/// stored state hash of an older wallet would stop matching: this compares them for values
+/// around and well past the buffer's size, and for a whole protocol message.
+mod encodings_built_in_place {
+    use offst_core::protocol::identity::{Hash, canonical_bytes, encode_after};
+    use proptest::prelude::*;
+
+    fn plain_hash(domain: &'static str, bytes: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(domain);
+        h.update(bytes);
+        *h.finalize().as_bytes()
+    }
+
+    proptest! {
+        #[test]
+        fn match_postcard_to_the_byte(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1200),
+            words in proptest::collection::vec(any::<u64>(), 0..90),
+            text in ".{0,300}",
+            prefix in proptest::collection::vec(any::<u8>(), 0..5),
+        ) {
+            let value = (bytes, words, text, [7u8; 32]);
+            let plain = postcard::to_allocvec(&value).unwrap();
+            let built = encode_after(&[&prefix], &value).unwrap();
+            prop_assert_eq!(&built[..prefix.len()], &prefix[..]);
+            prop_assert_eq!(&built[prefix.len()..], &plain[..]);
+            prop_assert_eq!(built.capacity(), built.len(), "sized exactly, no second allocation");
+            prop_assert_eq!(Hash::of("offst test domain", &value).0, plain_hash("offst test domain", &plain));
+            let canonical = canonical_bytes("domain", &value);
+            prop_assert_eq!(&canonical[..7], b"domain\0");
+            prop_assert_eq!(&canonical[7..], &plain[..]);
+        }
+    }
+
+    #[test]
+    fn a_protocol_message_encodes_as_before() {
+        use offst_core::protocol::message::{Message, PROTOCOL_VERSION};
+        let (mut net, ids) = super::chain(4, 100, super::Rate::default());
+        net.buy_along(&ids, &super::hours(), 5, 1).unwrap();
+        let mv = net
+            .node(&ids[1])
+            .unwrap()
+            .channel(&ids[2])
+            .unwrap()
+            .tip()
+            .last
+            .clone()
+            .unwrap();
+        let message = Message::Move(mv);
+        let plain = postcard::to_allocvec(&message).unwrap();
+        let encoded = message.encode().unwrap();
+        assert_eq!(encoded[0], PROTOCOL_VERSION);
+        assert_eq!(&encoded[1..], &plain[..]);
+        assert_eq!(encoded.capacity(), encoded.len());
+    }
+}

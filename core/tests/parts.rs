@@ -362,7 +362,7 @@ fn a_channel_of_format_2_is_still_read() {
 /// A channel's core in format 2, written field by field as that version did.
 fn format_2(ch: &offst_core::protocol::channel::Channel) -> Vec<u8> {
     let tip = ch.tip();
-    let v3 = ch.encode_core(Vec::new());
+    let v3 = ch.encode_core(&[]);
     // Format 3 is format 2 without the queue: split the encoding where the queue went (after
     // the current lines) by encoding the fields before it.
     let head = postcard::to_allocvec(&(

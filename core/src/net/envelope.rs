@@ -356,11 +356,13 @@ fn seal_raw(
             &signed_part(&me, &recipient, &eph_pub, &id, sent_ms, body),
         ),
     };
-    let encoded =
-        postcard::to_allocvec(&inner).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-    let mut plain = Vec::with_capacity(bucket(encoded.len() + 4));
-    plain.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    plain.extend_from_slice(&encoded);
+    // The length, then the encoding, then the padding, built in place in a buffer of the
+    // padded size.
+    let malformed = |e: postcard::Error| EnvelopeError::Malformed(e.to_string());
+    let size = postcard::experimental::serialized_size(&inner).map_err(malformed)?;
+    let mut plain = Vec::with_capacity(bucket(size + 4));
+    plain.extend_from_slice(&(size as u32).to_be_bytes());
+    let mut plain = postcard::to_extend(&inner, plain).map_err(malformed)?;
     plain.resize(bucket(plain.len()), 0);
     let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
     out.push(ENVELOPE_VERSION);

@@ -213,7 +213,7 @@ pub enum Refusal {
 
 /// Encode a frame body.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).unwrap_or_default()
+    crate::protocol::identity::encode_after(&[], value).unwrap_or_default()
 }
 
 /// Decode a frame body.

@@ -125,7 +125,7 @@ pub enum EncodeError {
 impl Message {
     /// The wire form.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let out = postcard::to_extend(self, vec![PROTOCOL_VERSION])
+        let out = crate::protocol::identity::encode_after(&[&[PROTOCOL_VERSION]], self)
             .map_err(|e| EncodeError::Serialize(e.to_string()))?;
         if out.len() > MAX_MESSAGE_SIZE {
             return Err(EncodeError::TooLarge(out.len()));

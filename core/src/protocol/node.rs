@@ -564,11 +564,12 @@ pub enum PartsError {
 }
 
 fn encode_part<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_extend(value, vec![PART_VERSION]).unwrap_or_default()
+    // Encoding our own values cannot fail (see `canonical_bytes`).
+    crate::protocol::identity::encode_after(&[&[PART_VERSION]], value).unwrap_or_default()
 }
 
 fn encode_channel(ch: &Channel) -> Vec<u8> {
-    ch.encode_core(vec![PART_VERSION])
+    ch.encode_core(&[PART_VERSION])
 }
 
 fn encode_pending(friend: NodeId, request: RequestId, stored: &StoredPending) -> Vec<u8> {

@@ -270,46 +270,86 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
     })
 }
 
+/// The statements that write and delete a row of `table`, keyed by `key` (one column, or
+/// `friend` and a second one): built at compile time, so a step neither formats SQL nor copies
+/// the rows it writes.
+macro_rules! row_statements {
+    ($table:literal, $key:literal) => {
+        (
+            concat!(
+                "INSERT INTO ",
+                $table,
+                " (",
+                $key,
+                ", data) VALUES (?1, ?2) ",
+                "ON CONFLICT(",
+                $key,
+                ") DO UPDATE SET data = excluded.data"
+            ),
+            concat!("DELETE FROM ", $table, " WHERE ", $key, " = ?1"),
+        )
+    };
+    ($table:literal, friend, $key:literal) => {
+        (
+            concat!(
+                "INSERT INTO ",
+                $table,
+                " (friend, ",
+                $key,
+                ", data) VALUES (?1, ?2, ?3) ",
+                "ON CONFLICT(friend, ",
+                $key,
+                ") DO UPDATE SET data = excluded.data"
+            ),
+            concat!(
+                "DELETE FROM ",
+                $table,
+                " WHERE friend = ?1 AND ",
+                $key,
+                " = ?2"
+            ),
+        )
+    };
+}
+
 /// Write one step's changes.
 pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), WalletError> {
-    fn rows<K: AsRef<[u8]>>(
+    fn rows<'a>(
         tx: &Connection,
-        table: &str,
-        key: &str,
-        rows: &[(K, Option<Vec<u8>>)],
+        (put_sql, del_sql): (&str, &str),
+        rows: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), WalletError> {
-        if rows.is_empty() {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
             return Ok(());
         }
         let mut put = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {table} ({key}, data) VALUES (?1, ?2)
-                 ON CONFLICT({key}) DO UPDATE SET data = excluded.data"
-            ))
+            .prepare_cached(put_sql)
             .map_err(WalletError::from_sqlite)?;
         let mut del = tx
-            .prepare_cached(&format!("DELETE FROM {table} WHERE {key} = ?1"))
+            .prepare_cached(del_sql)
             .map_err(WalletError::from_sqlite)?;
         for (k, v) in rows {
             match v {
-                Some(data) => put.execute(params![k.as_ref(), data]),
-                None => del.execute(params![k.as_ref()]),
+                Some(data) => put.execute(params![k, data]),
+                None => del.execute(params![k]),
             }
             .map_err(WalletError::from_sqlite)?;
         }
         Ok(())
     }
-    let channels: Vec<([u8; 32], Option<Vec<u8>>)> = changes
-        .channels
-        .iter()
-        .map(|(k, v)| (*k.as_bytes(), v.clone()))
-        .collect();
-    rows(tx, "channels", "friend", &channels)?;
+    rows(
+        tx,
+        row_statements!("channels", "friend"),
+        changes
+            .channels
+            .iter()
+            .map(|(k, v)| (&k.as_bytes()[..], v.as_deref())),
+    )?;
     // Rows of a channel's friend (pending requests, queued operations), by a second key.
     fn friend_rows<'a, K: rusqlite::ToSql>(
         tx: &Connection,
-        table: &str,
-        key: &str,
+        (put_sql, del_sql): (&str, &str),
         rows: impl IntoIterator<Item = Result<(NodeId, K, Option<&'a [u8]>), WalletError>>,
     ) -> Result<(), WalletError> {
         let mut rows = rows.into_iter().peekable();
@@ -317,15 +357,10 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
             return Ok(());
         }
         let mut put = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {table} (friend, {key}, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(friend, {key}) DO UPDATE SET data = excluded.data"
-            ))
+            .prepare_cached(put_sql)
             .map_err(WalletError::from_sqlite)?;
         let mut del = tx
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE friend = ?1 AND {key} = ?2"
-            ))
+            .prepare_cached(del_sql)
             .map_err(WalletError::from_sqlite)?;
         for row in rows {
             let (friend, k, data) = row?;
@@ -339,8 +374,7 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
     }
     friend_rows(
         tx,
-        "pending",
-        "request",
+        row_statements!("pending", friend, "request"),
         changes
             .pending
             .iter()
@@ -348,8 +382,7 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
     )?;
     friend_rows(
         tx,
-        "queued",
-        "seq",
+        row_statements!("queued", friend, "seq"),
         changes.queued.iter().map(|((friend, seq), data)| {
             // Places count up from 0 per channel and stay far below i64::MAX.
             let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
@@ -358,24 +391,30 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
             Ok((*friend, seq, data.as_deref()))
         }),
     )?;
-    let payments: Vec<([u8; 32], Option<Vec<u8>>)> = changes
-        .payments
-        .iter()
-        .map(|(k, v)| (k.0, v.clone()))
-        .collect();
-    rows(tx, "payments", "invoice", &payments)?;
-    let invoices: Vec<([u8; 32], Option<Vec<u8>>)> = changes
-        .invoices
-        .iter()
-        .map(|(k, v)| (k.0, v.clone()))
-        .collect();
-    rows(tx, "invoices", "invoice", &invoices)?;
-    let outcomes: Vec<([u8; 32], Option<Vec<u8>>)> = changes
-        .outcomes
-        .iter()
-        .map(|(k, v)| (k.0, v.clone()))
-        .collect();
-    rows(tx, "outcomes", "request", &outcomes)?;
+    rows(
+        tx,
+        row_statements!("payments", "invoice"),
+        changes
+            .payments
+            .iter()
+            .map(|(k, v)| (&k.0[..], v.as_deref())),
+    )?;
+    rows(
+        tx,
+        row_statements!("invoices", "invoice"),
+        changes
+            .invoices
+            .iter()
+            .map(|(k, v)| (&k.0[..], v.as_deref())),
+    )?;
+    rows(
+        tx,
+        row_statements!("outcomes", "request"),
+        changes
+            .outcomes
+            .iter()
+            .map(|(k, v)| (&k.0[..], v.as_deref())),
+    )?;
     tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('settings', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",

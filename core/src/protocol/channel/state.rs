@@ -208,8 +208,7 @@ impl ChannelState {
     pub fn hash(&self) -> Hash {
         crate::metrics::hashed();
         let mut hasher = blake3::Hasher::new_derive_key(STATE_DOMAIN);
-        // Encoding our own values into a Vec cannot fail (see `canonical_bytes`).
-        hasher.update(&postcard::to_allocvec(&self.lines).unwrap_or_default());
+        crate::protocol::identity::hash_encoded(&mut hasher, &self.lines);
         hasher.update(&(self.pending.len() as u64).to_le_bytes());
         for (id, p) in &self.pending {
             hasher.update(&id.0);

@@ -231,7 +231,7 @@ impl Channel {
 
     /// The channel without its pending requests, encoded after `prefix` (see
     /// [`ChannelCore`]).
-    pub fn encode_core(&self, prefix: Vec<u8>) -> Vec<u8> {
+    pub fn encode_core(&self, prefix: &[u8]) -> Vec<u8> {
         let core = CoreRef {
             local: &self.local,
             parties: &self.parties,
@@ -246,7 +246,7 @@ impl Channel {
             confirmed: self.confirmed,
         };
         // Encoding our own values into a Vec cannot fail (see `canonical_bytes`).
-        postcard::to_extend(&core, prefix).unwrap_or_default()
+        crate::protocol::identity::encode_after(&[prefix], &core).unwrap_or_default()
     }
 
     /// Read back what [`Channel::encode_core`] wrote (`version` 3), or format 2, which kept the
