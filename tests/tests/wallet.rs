@@ -1225,6 +1225,21 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
         rows("SELECT COUNT(*) FROM sqlite_master WHERE name = 'seen_envelopes'"),
         0
     );
+    // Since schema 8 the key leads with the send time: no index by time beside it, and
+    // forgetting old ones is a range of the key, not a scan.
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM sqlite_master WHERE name = 'seen_by_time'"),
+        0
+    );
+    let plan: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "EXPLAIN QUERY PLAN DELETE FROM seen WHERE sent_ms < 5",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("PRIMARY KEY (sent_ms<?)"), "{plan}");
     // Within the window it is kept, also when the pruning is due.
     clock.advance(SEEN_PRUNE_EVERY_MS);
     let second = envelope(&b, 2);
@@ -1255,15 +1270,30 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
     refused(b.receive_envelope(&second).unwrap(), "replay");
 }
 
-/// Takes a wallet database of this build back to schema `to` (5 or 6), as the builds before
+/// Takes a wallet database of this build back to schema `to` (5, 6 or 7), as the builds before
 /// wrote it, for the migration tests: each step undoes one migration.
 fn downgrade(db: &Path, to: u32) {
     assert_eq!(
         offst_core::wallet::SCHEMA_VERSION,
-        7,
+        8,
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE seen_by_sender (
+             sender BLOB NOT NULL, sent_ms INTEGER NOT NULL, id BLOB NOT NULL,
+             PRIMARY KEY (sender, sent_ms, id)
+         ) STRICT, WITHOUT ROWID;
+         INSERT INTO seen_by_sender (sender, sent_ms, id) SELECT sender, sent_ms, id FROM seen;
+         DROP TABLE seen;
+         ALTER TABLE seen_by_sender RENAME TO seen;
+         CREATE INDEX seen_by_time ON seen(sent_ms);
+         PRAGMA user_version = 7;",
+    )
+    .unwrap();
+    if to >= 7 {
+        return;
+    }
     c.execute_batch(
         "DROP INDEX history_by_invoice;
          ALTER TABLE history DROP COLUMN invoice_expires_ms;
@@ -1359,7 +1389,8 @@ fn a_record_of_seen_envelopes_that_cannot_be_read_lets_no_copy_through() {
              CREATE VIEW seen AS SELECT sender, sent_ms, id FROM seen_rows
                  WHERE abs(-9223372036854775807 - 1) > 0;
              CREATE TRIGGER seen_insert INSTEAD OF INSERT ON seen BEGIN
-                 INSERT OR IGNORE INTO seen_rows VALUES (NEW.sender, NEW.sent_ms, NEW.id);
+                 INSERT OR IGNORE INTO seen_rows (sender, sent_ms, id)
+                     VALUES (NEW.sender, NEW.sent_ms, NEW.id);
              END;",
         )
         .unwrap();

@@ -124,6 +124,22 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX history_by_invoice ON history(invoice_expires_ms, invoice, seq)
         WHERE invoice IS NOT NULL;
     ",
+    // 8: the envelopes seen keyed by send time first. The replay check is an exact lookup,
+    // which any order of the key's columns serves, and forgetting those out of the window is
+    // then a range of the key itself: the index by time goes, and with it one more B-tree (one
+    // more page) in every commit that took mail. New rows still land on the last pages: the
+    // send times of the mail under way are all close to now.
+    "
+    CREATE TABLE seen_by_time_first (
+        sent_ms INTEGER NOT NULL,
+        sender BLOB NOT NULL,
+        id BLOB NOT NULL,
+        PRIMARY KEY (sent_ms, sender, id)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO seen_by_time_first (sent_ms, sender, id) SELECT sent_ms, sender, id FROM seen;
+    DROP TABLE seen;
+    ALTER TABLE seen_by_time_first RENAME TO seen;
+    ",
 ];
 
 /// How hard each commit waits for the disk.
