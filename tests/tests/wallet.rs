@@ -1270,15 +1270,27 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
     refused(b.receive_envelope(&second).unwrap(), "replay");
 }
 
-/// Takes a wallet database of this build back to schema `to` (5, 6 or 7), as the builds before
+/// Takes a wallet database of this build back to schema `to` (5 to 8), as the builds before
 /// wrote it, for the migration tests: each step undoes one migration.
 fn downgrade(db: &Path, to: u32) {
     assert_eq!(
         offst_core::wallet::SCHEMA_VERSION,
-        8,
+        9,
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
+    // A remembered outcome's bytes are the part's version and then its request id.
+    c.execute_batch(
+        "CREATE TABLE outcomes_by_request (request BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+         INSERT INTO outcomes_by_request (request, data) SELECT substr(data, 2, 32), data FROM outcomes;
+         DROP TABLE outcomes;
+         ALTER TABLE outcomes_by_request RENAME TO outcomes;
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    if to >= 8 {
+        return;
+    }
     c.execute_batch(
         "CREATE TABLE seen_by_sender (
              sender BLOB NOT NULL, sent_ms INTEGER NOT NULL, id BLOB NOT NULL,
@@ -1363,6 +1375,73 @@ fn payment_history_is_found_across_the_migration_of_its_index() {
             .unwrap();
         assert_eq!(with_expiry, 3, "{w}");
     }
+}
+
+/// Since schema 9 the remembered outcomes are keyed by their place in the order they were
+/// remembered. A mediator's and a seller's outcomes written before are all kept by the
+/// migration (the node reads back the same), and the outcomes of a payment after it land on
+/// the next places.
+#[test]
+fn remembered_outcomes_survive_the_migration_to_rows_by_place() {
+    let t = TempDir::new("outcomes-by-place");
+    let mut ws = trio(&t);
+    pay(&mut ws, 2);
+    pay(&mut ws, 3);
+    let before: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
+    assert!(
+        !before[1].outcomes.is_empty(),
+        "the mediator remembers outcomes"
+    );
+    drop(ws);
+    for w in ["a", "b", "c"] {
+        downgrade(&t.path(w).join("wallet.db"), 8);
+    }
+    let mut ws = reopen(&t, Vec::new());
+    let after: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
+    assert_eq!(after, before);
+    let places = |w: &str| -> Vec<i64> {
+        let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
+        let mut s = c.prepare("SELECT seq FROM outcomes ORDER BY seq").unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let kept = places("b");
+    assert_eq!(kept.len(), before[1].outcomes.len());
+    // Each row's key is the place its bytes hold (the store deletes forgotten ones by it).
+    for w in ["b", "c"] {
+        let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
+        let mut s = c.prepare("SELECT seq, data FROM outcomes").unwrap();
+        let rows: Vec<(i64, Vec<u8>)> = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (seq, data) in rows {
+            let place = offst_core::protocol::node::outcome_place(&data).unwrap();
+            assert_eq!(u64::try_from(seq).unwrap(), place, "{w}");
+        }
+    }
+    pump(&mut ws, 10_000).unwrap();
+    pay(&mut ws, 4);
+    drop(ws);
+    let now = places("b");
+    assert!(
+        now.len() > kept.len(),
+        "the new payment's outcomes are stored"
+    );
+    assert_eq!(
+        now[..kept.len()],
+        kept[..],
+        "the rows before stay where they were"
+    );
+    let first_new = now[kept.len()];
+    assert_eq!(
+        first_new,
+        kept.last().unwrap() + 1,
+        "the next place, not a random key"
+    );
 }
 
 /// Regression: a wallet that could not read its record of envelopes seen took every envelope

@@ -497,8 +497,10 @@ pub struct Changes {
     pub payments_reached: Vec<InvoiceId>,
     /// Invoices we issued, by invoice.
     pub invoices: Vec<(InvoiceId, Option<Vec<u8>>)>,
-    /// Remembered outcomes, by request.
-    pub outcomes: Vec<(RequestId, Option<Vec<u8>>)>,
+    /// Remembered outcomes, by their place in the order they were remembered (`seq`, never
+    /// reused): each is written once and they are forgotten oldest first, so a store keyed
+    /// this way writes at the ends of its table instead of on a random page per row.
+    pub outcomes: Vec<(u64, Option<Vec<u8>>)>,
     /// The settings.
     pub settings: Vec<u8>,
 }
@@ -561,6 +563,12 @@ pub enum PartsError {
     /// Channels that belong to another identity: the wrong key for this data.
     #[error("the stored channels belong to another identity: this is not this wallet's key")]
     WrongIdentity,
+}
+
+/// The place (`seq`) of a stored remembered outcome, which keys its row in a store (for the
+/// store's migration from rows keyed by request).
+pub fn outcome_place(bytes: &[u8]) -> Result<u64, PartsError> {
+    decode_part::<StoredOutcome>("outcome", bytes).map(|o| o.seq)
 }
 
 fn encode_part<T: Serialize>(value: &T) -> Vec<u8> {
@@ -677,6 +685,9 @@ pub struct Node {
     /// Outcome ids, oldest first (rebuilt from the stored sequence numbers on load).
     outcome_order: VecDeque<RequestId>,
     next_outcome_seq: u64,
+    /// The places (`seq`) of the outcomes forgotten since the last [`Node::take_changes`]:
+    /// a store deletes their rows by place, which the removed entries no longer tell.
+    forgotten_outcomes: Vec<u64>,
     resets: BTreeMap<NodeId, PendingReset>,
     /// The latest time any input carried; used where an action is not driven by one.
     now_ms: u64,
@@ -744,6 +755,7 @@ impl Node {
             outcomes: Tracked::default(),
             outcome_order: VecDeque::new(),
             next_outcome_seq: 0,
+            forgotten_outcomes: Vec::new(),
             resets: BTreeMap::new(),
             now_ms: 0,
             out: Vec::new(),
@@ -847,14 +859,6 @@ impl Node {
     /// What changed since the last call (or since the node was built or loaded), encoded for a
     /// store. A durable step writes exactly these, with the step's outputs, in one transaction.
     pub fn take_changes(&mut self) -> Changes {
-        fn encode_all<K: Copy, V: Serialize>(
-            changed: Vec<(K, Option<&V>)>,
-        ) -> Vec<(K, Option<Vec<u8>>)> {
-            changed
-                .into_iter()
-                .map(|(k, v)| (k, v.map(encode_part)))
-                .collect()
-        }
         let mut channels = Vec::new();
         let mut pending = Vec::new();
         let mut queued = Vec::new();
@@ -910,9 +914,26 @@ impl Node {
             payments_reached: payments_reached.iter().map(|(id, _)| *id).collect(),
             payments: encode_unless_stored(payments_reached, &mut self.stored_payments),
             invoices: encode_unless_stored(self.selling.take_changed(), &mut self.stored_invoices),
-            outcomes: encode_all(self.outcomes.take_changed()),
+            outcomes: self.take_outcome_changes(),
             settings: encode_part(&self.settings()),
         }
+    }
+
+    /// The outcomes forgotten (by place) and then those remembered since the last call. One
+    /// remembered and forgotten in between shows only as forgotten: its row is deleted, never
+    /// written.
+    fn take_outcome_changes(&mut self) -> Vec<(u64, Option<Vec<u8>>)> {
+        let mut rows: Vec<(u64, Option<Vec<u8>>)> = std::mem::take(&mut self.forgotten_outcomes)
+            .into_iter()
+            .map(|seq| (seq, None))
+            .collect();
+        rows.extend(
+            self.outcomes
+                .take_changed()
+                .into_iter()
+                .filter_map(|(_, o)| o.map(|o| (o.seq, Some(encode_part(o))))),
+        );
+        rows
     }
 
     /// Mark everything as changed, so that the next [`Node::take_changes`] reports the whole
@@ -928,6 +949,7 @@ impl Node {
         self.buying.mark_all();
         self.selling.mark_all();
         self.outcomes.mark_all();
+        self.forgotten_outcomes.clear();
     }
 
     /// Everything this node stores, encoded (for a first write, a backup, or a check).
@@ -2609,8 +2631,12 @@ impl Node {
             );
             self.outcome_order.push_back(request_id);
             while self.outcome_order.len() > MAX_REMEMBERED_OUTCOMES {
-                if let Some(old) = self.outcome_order.pop_front() {
-                    self.outcomes.remove(&old);
+                if let Some(forgotten) = self
+                    .outcome_order
+                    .pop_front()
+                    .and_then(|old| self.outcomes.remove(&old))
+                {
+                    self.forgotten_outcomes.push(forgotten.seq);
                 }
             }
         }
@@ -3074,5 +3100,70 @@ mod tests {
         let deleted = changes.iter().filter(|(_, o)| o.is_none()).count();
         assert_eq!((written, deleted), (1, 2));
         assert!(stored.update(&queue).is_empty());
+    }
+    /// Outcomes past `MAX_REMEMBERED_OUTCOMES` are forgotten oldest first, and a store fed only
+    /// the node's changes (rows keyed by place) holds exactly the outcomes the node remembers,
+    /// also for one remembered and forgotten within a single step, and after the node is
+    /// rebuilt from that store.
+    #[test]
+    fn a_store_fed_the_changes_forgets_the_outcomes_the_node_forgot() {
+        use super::{MAX_REMEMBERED_OUTCOMES, Node, Outcome};
+        use crate::protocol::amount::Rate;
+        use crate::protocol::identity::Identity;
+        let identity = Identity::from_seed([9; 32]);
+        let mut node = Node::new(identity.clone(), Rate { base: 0, ppm: 0 });
+        let mut store: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let apply = |node: &mut Node, store: &mut BTreeMap<u64, Vec<u8>>| {
+            for (seq, row) in node.take_changes().outcomes {
+                match row {
+                    Some(bytes) => {
+                        assert!(store.insert(seq, bytes).is_none(), "a place written twice");
+                    }
+                    None => {
+                        store.remove(&seq);
+                    }
+                }
+            }
+        };
+        let id = |n: u64| {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&n.to_le_bytes());
+            b[8] = 0xa5;
+            RequestId(b)
+        };
+        // Fill to the bound, 4,096 a step.
+        let bound = MAX_REMEMBERED_OUTCOMES as u64;
+        for n in 0..bound {
+            node.remember(id(n), Outcome::Cancelled);
+            if n % 4096 == 4095 {
+                apply(&mut node, &mut store);
+            }
+        }
+        apply(&mut node, &mut store);
+        assert_eq!(store.len(), MAX_REMEMBERED_OUTCOMES);
+        // Three more: the three oldest go, in the same step.
+        for n in bound..bound + 3 {
+            node.remember(id(n), Outcome::Cancelled);
+        }
+        apply(&mut node, &mut store);
+        assert_eq!(store.len(), MAX_REMEMBERED_OUTCOMES);
+        assert_eq!(store.keys().next(), Some(&3));
+        assert!(node.outcome(&id(2)).is_none() && node.outcome(&id(3)).is_some());
+        // The store rebuilds the same node, which goes on forgetting in order.
+        let mut parts = node.parts();
+        parts.outcomes = store.values().cloned().collect();
+        let mut back = Node::from_parts(identity, &parts).unwrap();
+        assert_eq!(back.parts(), node.parts());
+        back.remember(id(bound + 3), Outcome::Cancelled);
+        apply(&mut back, &mut store);
+        assert_eq!(store.keys().next(), Some(&4));
+        let mut held = back.parts().outcomes;
+        held.sort();
+        let mut stored: Vec<Vec<u8>> = store.values().cloned().collect();
+        stored.sort();
+        assert!(
+            held == stored,
+            "the store holds other outcomes than the node"
+        );
     }
 }

@@ -227,7 +227,7 @@ struct ShadowStore {
     queued: BTreeMap<(NodeId, u64), Vec<u8>>,
     payments: BTreeMap<InvoiceId, Vec<u8>>,
     invoices: BTreeMap<InvoiceId, Vec<u8>>,
-    outcomes: BTreeMap<RequestId, Vec<u8>>,
+    outcomes: BTreeMap<u64, Vec<u8>>,
     settings: Vec<u8>,
 }
 

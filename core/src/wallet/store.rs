@@ -140,6 +140,13 @@ pub const MIGRATIONS: &[&str] = &[
     DROP TABLE seen;
     ALTER TABLE seen_by_time_first RENAME TO seen;
     ",
+    // 9: remembered outcomes keyed by their place in the order they were remembered (written
+    // once each, forgotten oldest first) instead of by their random request id: a commit's
+    // new rows share the table's last pages, and the key index (a random page per row) goes.
+    // The place is inside each row's bytes, so `finish_migration` moves the rows.
+    "
+    CREATE TABLE outcomes_by_place (seq INTEGER PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    ",
 ];
 
 /// How hard each commit waits for the disk.
@@ -229,9 +236,39 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), Walle
         let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
         let sql = MIGRATIONS.get(v as usize).copied().unwrap_or_default();
         tx.execute_batch(sql).map_err(WalletError::from_sqlite)?;
+        finish_migration(&tx, v + 1)?;
         tx.pragma_update(None, "user_version", v + 1)
             .map_err(WalletError::from_sqlite)?;
         tx.commit().map_err(WalletError::from_sqlite)?;
+    }
+    Ok(())
+}
+
+/// The part of the migration to `version` that SQL alone cannot do, in its transaction after
+/// its SQL. A row that does not decode fails the migration, which leaves the file as it was.
+fn finish_migration(tx: &Connection, version: u32) -> Result<(), WalletError> {
+    if version == 9 {
+        let mut read = tx
+            .prepare("SELECT data FROM outcomes")
+            .map_err(WalletError::from_sqlite)?;
+        let mut put = tx
+            .prepare("INSERT INTO outcomes_by_place (seq, data) VALUES (?1, ?2)")
+            .map_err(WalletError::from_sqlite)?;
+        let mut rows = read.query([]).map_err(WalletError::from_sqlite)?;
+        while let Some(row) = rows.next().map_err(WalletError::from_sqlite)? {
+            let data: Vec<u8> = row.get(0).map_err(WalletError::from_sqlite)?;
+            let seq = crate::protocol::node::outcome_place(&data)?;
+            let seq = i64::try_from(seq).map_err(|_| WalletError::Corrupt {
+                detail: "a remembered outcome's place is out of range".into(),
+            })?;
+            put.execute(params![seq, data])
+                .map_err(WalletError::from_sqlite)?;
+        }
+        drop(rows);
+        drop(read);
+        drop(put);
+        tx.execute_batch("DROP TABLE outcomes; ALTER TABLE outcomes_by_place RENAME TO outcomes;")
+            .map_err(WalletError::from_sqlite)?;
     }
     Ok(())
 }
@@ -330,10 +367,10 @@ macro_rules! row_statements {
 
 /// Write one step's changes.
 pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), WalletError> {
-    fn rows<'a>(
+    fn rows<'a, K: rusqlite::ToSql>(
         tx: &Connection,
         (put_sql, del_sql): (&str, &str),
-        rows: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        rows: impl IntoIterator<Item = Result<(K, Option<&'a [u8]>), WalletError>>,
     ) -> Result<(), WalletError> {
         let mut rows = rows.into_iter().peekable();
         if rows.peek().is_none() {
@@ -345,7 +382,8 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         let mut del = tx
             .prepare_cached(del_sql)
             .map_err(WalletError::from_sqlite)?;
-        for (k, v) in rows {
+        for row in rows {
+            let (k, v) = row?;
             match v {
                 Some(data) => put.execute(params![k, data]),
                 None => del.execute(params![k]),
@@ -360,7 +398,7 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         changes
             .channels
             .iter()
-            .map(|(k, v)| (&k.as_bytes()[..], v.as_deref())),
+            .map(|(k, v)| Ok((&k.as_bytes()[..], v.as_deref()))),
     )?;
     // Rows of a channel's friend (pending requests, queued operations), by a second key.
     fn friend_rows<'a, K: rusqlite::ToSql>(
@@ -413,7 +451,7 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         changes
             .payments
             .iter()
-            .map(|(k, v)| (&k.0[..], v.as_deref())),
+            .map(|(k, v)| Ok((&k.0[..], v.as_deref()))),
     )?;
     rows(
         tx,
@@ -421,15 +459,18 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
         changes
             .invoices
             .iter()
-            .map(|(k, v)| (&k.0[..], v.as_deref())),
+            .map(|(k, v)| Ok((&k.0[..], v.as_deref()))),
     )?;
     rows(
         tx,
-        row_statements!("outcomes", "request"),
-        changes
-            .outcomes
-            .iter()
-            .map(|(k, v)| (&k.0[..], v.as_deref())),
+        row_statements!("outcomes", "seq"),
+        changes.outcomes.iter().map(|(seq, v)| {
+            // Places count up from 0, one per outcome, and stay far below i64::MAX.
+            let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
+                detail: "a remembered outcome's place is out of range".into(),
+            })?;
+            Ok((seq, v.as_deref()))
+        }),
     )?;
     tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('settings', ?1)
