@@ -12,10 +12,24 @@ mod common;
 
 use common::{chain, hours, identity};
 use offst_core::protocol::amount::Rate;
+use offst_core::protocol::channel::Move;
 use offst_core::protocol::identity::{NodeId, ParseNodeIdError};
 use offst_core::protocol::message::{DecodeError, Message, PROTOCOL_VERSION};
 use offst_core::protocol::node::PaymentStatus;
 use offst_core::protocol::payment::{PaymentError, PlainLock};
+use offst_core::sim::local::LocalNet;
+
+/// The last move of `from`'s channel with `to`.
+fn last_move(net: &LocalNet, from: NodeId, to: NodeId) -> Move {
+    net.node(&from)
+        .unwrap()
+        .channel(&to)
+        .unwrap()
+        .tip()
+        .last
+        .clone()
+        .unwrap()
+}
 
 #[test]
 fn node_id_text_form_round_trips_and_names_each_mistake() {
@@ -107,15 +121,7 @@ fn wire_decoding_refuses_bad_input_with_specific_errors() {
     // Truncations of a real move never decode into something else silently.
     let (mut net, ids) = chain(2, 100, Rate::default());
     net.buy_along(&[ids[0], ids[1]], &hours(), 5, 1).unwrap();
-    let mv = net
-        .node(&ids[0])
-        .unwrap()
-        .channel(&ids[1])
-        .unwrap()
-        .tip()
-        .last
-        .clone()
-        .unwrap();
+    let mv = last_move(&net, ids[0], ids[1]);
     let full = Message::Move(mv).encode().unwrap();
     for cut in 1..full.len() {
         assert!(
@@ -343,16 +349,7 @@ mod encodings_built_in_place {
         use offst_core::protocol::message::{Message, PROTOCOL_VERSION};
         let (mut net, ids) = super::chain(4, 100, super::Rate::default());
         net.buy_along(&ids, &super::hours(), 5, 1).unwrap();
-        let mv = net
-            .node(&ids[1])
-            .unwrap()
-            .channel(&ids[2])
-            .unwrap()
-            .tip()
-            .last
-            .clone()
-            .unwrap();
-        let message = Message::Move(mv);
+        let message = Message::Move(super::last_move(&net, ids[1], ids[2]));
         let plain = postcard::to_allocvec(&message).unwrap();
         let encoded = message.encode().unwrap();
         assert_eq!(encoded[0], PROTOCOL_VERSION);

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
-use crate::protocol::identity::NodeId;
 use crate::protocol::node::{Changes, Parts};
 
 use super::WalletError;
@@ -248,25 +248,24 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: u32) -> Result<(), Walle
 /// its SQL. A row that does not decode fails the migration, which leaves the file as it was.
 fn finish_migration(tx: &Connection, version: u32) -> Result<(), WalletError> {
     if version == 9 {
-        let mut read = tx
-            .prepare("SELECT data FROM outcomes")
-            .map_err(WalletError::from_sqlite)?;
-        let mut put = tx
-            .prepare("INSERT INTO outcomes_by_place (seq, data) VALUES (?1, ?2)")
-            .map_err(WalletError::from_sqlite)?;
-        let mut rows = read.query([]).map_err(WalletError::from_sqlite)?;
-        while let Some(row) = rows.next().map_err(WalletError::from_sqlite)? {
-            let data: Vec<u8> = row.get(0).map_err(WalletError::from_sqlite)?;
-            let seq = crate::protocol::node::outcome_place(&data)?;
-            let seq = i64::try_from(seq).map_err(|_| WalletError::Corrupt {
-                detail: "a remembered outcome's place is out of range".into(),
-            })?;
-            put.execute(params![seq, data])
+        {
+            let mut read = tx
+                .prepare("SELECT data FROM outcomes")
                 .map_err(WalletError::from_sqlite)?;
+            let mut put = tx
+                .prepare("INSERT INTO outcomes_by_place (seq, data) VALUES (?1, ?2)")
+                .map_err(WalletError::from_sqlite)?;
+            let mut rows = read.query([]).map_err(WalletError::from_sqlite)?;
+            while let Some(row) = rows.next().map_err(WalletError::from_sqlite)? {
+                let data: Vec<u8> = row.get(0).map_err(WalletError::from_sqlite)?;
+                let seq = place(
+                    crate::protocol::node::outcome_place(&data)?,
+                    "a remembered outcome",
+                )?;
+                put.execute(params![seq, data])
+                    .map_err(WalletError::from_sqlite)?;
+            }
         }
-        drop(rows);
-        drop(read);
-        drop(put);
         tx.execute_batch("DROP TABLE outcomes; ALTER TABLE outcomes_by_place RENAME TO outcomes;")
             .map_err(WalletError::from_sqlite)?;
     }
@@ -365,112 +364,94 @@ macro_rules! row_statements {
     };
 }
 
+/// A place (a queued operation's, a remembered outcome's) as SQLite's integer. Places count
+/// up from 0, one at a time, and stay far below `i64::MAX`; one beyond it is a damaged store.
+fn place(n: u64, what: &str) -> Result<i64, WalletError> {
+    i64::try_from(n).map_err(|_| WalletError::Corrupt {
+        detail: format!("{what}'s place is out of range"),
+    })
+}
+
+/// Write or delete rows with the statements of [`row_statements!`]: each row's key (its `N`
+/// columns, borrowed from the step's changes) and its bytes, or `None` to delete it.
+fn write_rows<'a, const N: usize>(
+    tx: &Connection,
+    (put_sql, del_sql): (&str, &str),
+    rows: impl IntoIterator<Item = Result<([ToSqlOutput<'a>; N], Option<&'a [u8]>), WalletError>>,
+) -> Result<(), WalletError> {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
+    }
+    let mut put = tx
+        .prepare_cached(put_sql)
+        .map_err(WalletError::from_sqlite)?;
+    let mut del = tx
+        .prepare_cached(del_sql)
+        .map_err(WalletError::from_sqlite)?;
+    for row in rows {
+        let (key, data) = row?;
+        let key = key.iter().map(|k| k as &dyn ToSql);
+        match data {
+            Some(data) => put.execute(params_from_iter(key.chain([&data as &dyn ToSql]))),
+            None => del.execute(params_from_iter(key)),
+        }
+        .map_err(WalletError::from_sqlite)?;
+    }
+    Ok(())
+}
+
 /// Write one step's changes.
 pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), WalletError> {
-    fn rows<'a, K: rusqlite::ToSql>(
-        tx: &Connection,
-        (put_sql, del_sql): (&str, &str),
-        rows: impl IntoIterator<Item = Result<(K, Option<&'a [u8]>), WalletError>>,
-    ) -> Result<(), WalletError> {
-        let mut rows = rows.into_iter().peekable();
-        if rows.peek().is_none() {
-            return Ok(());
-        }
-        let mut put = tx
-            .prepare_cached(put_sql)
-            .map_err(WalletError::from_sqlite)?;
-        let mut del = tx
-            .prepare_cached(del_sql)
-            .map_err(WalletError::from_sqlite)?;
-        for row in rows {
-            let (k, v) = row?;
-            match v {
-                Some(data) => put.execute(params![k, data]),
-                None => del.execute(params![k]),
-            }
-            .map_err(WalletError::from_sqlite)?;
-        }
-        Ok(())
+    fn blob(b: &[u8]) -> ToSqlOutput<'_> {
+        ToSqlOutput::from(b)
     }
-    rows(
+    write_rows(
         tx,
         row_statements!("channels", "friend"),
         changes
             .channels
             .iter()
-            .map(|(k, v)| Ok((&k.as_bytes()[..], v.as_deref()))),
+            .map(|(k, v)| Ok(([blob(k.as_bytes())], v.as_deref()))),
     )?;
-    // Rows of a channel's friend (pending requests, queued operations), by a second key.
-    fn friend_rows<'a, K: rusqlite::ToSql>(
-        tx: &Connection,
-        (put_sql, del_sql): (&str, &str),
-        rows: impl IntoIterator<Item = Result<(NodeId, K, Option<&'a [u8]>), WalletError>>,
-    ) -> Result<(), WalletError> {
-        let mut rows = rows.into_iter().peekable();
-        if rows.peek().is_none() {
-            return Ok(());
-        }
-        let mut put = tx
-            .prepare_cached(put_sql)
-            .map_err(WalletError::from_sqlite)?;
-        let mut del = tx
-            .prepare_cached(del_sql)
-            .map_err(WalletError::from_sqlite)?;
-        for row in rows {
-            let (friend, k, data) = row?;
-            match data {
-                Some(data) => put.execute(params![friend.as_bytes(), k, data]),
-                None => del.execute(params![friend.as_bytes(), k]),
-            }
-            .map_err(WalletError::from_sqlite)?;
-        }
-        Ok(())
-    }
-    friend_rows(
+    write_rows(
         tx,
         row_statements!("pending", friend, "request"),
-        changes
-            .pending
-            .iter()
-            .map(|((friend, request), data)| Ok((*friend, request.0, data.as_deref()))),
+        changes.pending.iter().map(|((friend, request), data)| {
+            Ok(([blob(friend.as_bytes()), blob(&request.0)], data.as_deref()))
+        }),
     )?;
-    friend_rows(
+    write_rows(
         tx,
         row_statements!("queued", friend, "seq"),
         changes.queued.iter().map(|((friend, seq), data)| {
-            // Places count up from 0 per channel and stay far below i64::MAX.
-            let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
-                detail: "a queued operation's place is out of range".into(),
-            })?;
-            Ok((*friend, seq, data.as_deref()))
+            let seq = place(*seq, "a queued operation")?;
+            Ok(([blob(friend.as_bytes()), seq.into()], data.as_deref()))
         }),
     )?;
-    rows(
+    write_rows(
         tx,
         row_statements!("payments", "invoice"),
         changes
             .payments
             .iter()
-            .map(|(k, v)| Ok((&k.0[..], v.as_deref()))),
+            .map(|(k, v)| Ok(([blob(&k.0)], v.as_deref()))),
     )?;
-    rows(
+    write_rows(
         tx,
         row_statements!("invoices", "invoice"),
         changes
             .invoices
             .iter()
-            .map(|(k, v)| Ok((&k.0[..], v.as_deref()))),
+            .map(|(k, v)| Ok(([blob(&k.0)], v.as_deref()))),
     )?;
-    rows(
+    write_rows(
         tx,
         row_statements!("outcomes", "seq"),
-        changes.outcomes.iter().map(|(seq, v)| {
-            // Places count up from 0, one per outcome, and stay far below i64::MAX.
-            let seq = i64::try_from(*seq).map_err(|_| WalletError::Corrupt {
-                detail: "a remembered outcome's place is out of range".into(),
-            })?;
-            Ok((seq, v.as_deref()))
-        }),
+        changes
+            .outcomes
+            .iter()
+            .map(|(seq, v)| Ok(([place(*seq, "a remembered outcome")?.into()], v.as_deref()))),
     )?;
     tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('settings', ?1)
