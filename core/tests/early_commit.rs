@@ -410,7 +410,7 @@ fn a_held_commit_is_stored_and_invoices_of_the_format_before_are_read() {
     let row = parts
         .invoices
         .iter_mut()
-        .find(|row| {
+        .find(|(_, row)| {
             let mut one = parts_with_invoice(row);
             one.settings
                 .clone_from(&net.node(&seller).unwrap().parts().settings);
@@ -419,6 +419,7 @@ fn a_held_commit_is_stored_and_invoices_of_the_format_before_are_read() {
                 .issued_invoice(&fresh.terms.id)
                 .is_some()
         })
+        .map(|(_, row)| row)
         .unwrap();
     assert_eq!(row.first(), Some(&4));
     assert_eq!(row.last(), Some(&0), "an empty list of held commits");
@@ -434,7 +435,8 @@ fn a_held_commit_is_stored_and_invoices_of_the_format_before_are_read() {
     let row = parts
         .invoices
         .iter_mut()
-        .find(|r| r.first() == Some(&3))
+        .find(|(_, r)| r.first() == Some(&3))
+        .map(|(_, row)| row)
         .unwrap();
     row.truncate(row.len() / 2);
     assert!(Node::from_parts(identity(3), &parts).is_err());
@@ -443,7 +445,7 @@ fn a_held_commit_is_stored_and_invoices_of_the_format_before_are_read() {
 /// Parts holding nothing but one invoice row.
 fn parts_with_invoice(row: &[u8]) -> offst_core::protocol::node::Parts {
     offst_core::protocol::node::Parts {
-        invoices: vec![row.to_vec()],
+        invoices: vec![(0, row.to_vec())],
         ..Default::default()
     }
 }

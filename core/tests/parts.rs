@@ -14,6 +14,7 @@ mod common;
 use common::{chain, hours, identity};
 use offst_core::protocol::amount::Rate;
 use offst_core::protocol::node::{Node, PART_VERSION, PartsError};
+use offst_core::protocol::payment::InvoiceId;
 
 /// A mediator in the middle of a chain, after a completed payment and one left pending.
 fn busy_mediator() -> (Node, u8) {
@@ -437,6 +438,12 @@ fn a_pending_request_without_its_channel_is_refused() {
     );
 }
 
+/// The invoice a stored payment's or invoice's bytes are about: the part's version, then the
+/// invoice terms, which begin with its id.
+fn invoice_of(row: &[u8]) -> InvoiceId {
+    InvoiceId(row[1..33].try_into().unwrap())
+}
+
 /// A step writes a payment's or an invoice's row only when its bytes changed (a collect that
 /// reaches a payment the seller's "paid" already finished writes nothing), and still reports
 /// every payment it reached, so that whoever waits for one to settle is woken. A store fed
@@ -470,12 +477,17 @@ fn a_step_writes_a_payment_or_invoice_row_only_when_it_changed() {
                 );
                 payments.insert(*k, v.clone());
                 payment_rows += 1;
-                assert!(changes.payments_reached.contains(k));
+                assert!(changes.payments_reached.contains(&invoice_of(v)));
             }
             reached_unwritten += changes
                 .payments_reached
                 .iter()
-                .filter(|k| !changes.payments.iter().any(|(w, _)| w == *k))
+                .filter(|k| {
+                    !changes
+                        .payments
+                        .iter()
+                        .any(|(_, w)| w.as_deref().map(invoice_of).as_ref() == Some(*k))
+                })
                 .count() as u64;
             for (k, v) in &changes.invoices {
                 let v = v.as_ref().unwrap();
@@ -488,11 +500,8 @@ fn a_step_writes_a_payment_or_invoice_row_only_when_it_changed() {
                 invoice_rows += 1;
             }
             let parts = node.parts();
-            let mut held: Vec<_> = if id == buyer {
-                payments.values().cloned().collect()
-            } else {
-                invoices.values().cloned().collect()
-            };
+            let rows = if id == buyer { &payments } else { &invoices };
+            let mut held: Vec<_> = rows.iter().map(|(k, v)| (*k, v.clone())).collect();
             let mut now = if id == buyer {
                 parts.payments
             } else {
@@ -504,8 +513,13 @@ fn a_step_writes_a_payment_or_invoice_row_only_when_it_changed() {
         }
     }
     let buyer_node = net.node(&buyer).unwrap();
-    for id in payments.keys() {
-        assert!(buyer_node.payment_progress(id).unwrap().settled);
+    for row in payments.values() {
+        assert!(
+            buyer_node
+                .payment_progress(&invoice_of(row))
+                .unwrap()
+                .settled
+        );
     }
     assert_eq!(payments.len() as u64, n);
     // Steps reached payments without changing them, and wrote nothing for them.
@@ -514,4 +528,84 @@ fn a_step_writes_a_payment_or_invoice_row_only_when_it_changed() {
     // seller's "accepted".
     assert_eq!(payment_rows, n);
     assert_eq!(invoice_rows, 2 * n);
+}
+
+/// Payments and invoices are stored under a row the node gives each when it is made (wallet
+/// schema 10), not under their invoice id. Rows are unique; a store whose rows are numbered
+/// otherwise (as the migration numbers them) is read back with its own rows, and what is made
+/// afterwards gets rows above all of them; two rows holding the same payment or invoice are a
+/// damaged store, not one silently dropped.
+#[test]
+fn payment_and_invoice_rows_are_unique_kept_on_load_and_never_reused() {
+    let (mut net, ids) = many_under_way(6);
+    let before = [ids[0], ids[2]].map(|who| (who, net.node(&who).unwrap().parts()));
+    for ((who, parts), seed) in before.into_iter().zip([1u8, 3]) {
+        let take = |p: &offst_core::protocol::node::Parts| -> Vec<(u64, Vec<u8>)> {
+            if who == ids[0] {
+                p.payments.clone()
+            } else {
+                p.invoices.clone()
+            }
+        };
+        let put = |p: &mut offst_core::protocol::node::Parts, rows: Vec<(u64, Vec<u8>)>| {
+            if who == ids[0] {
+                p.payments = rows;
+            } else {
+                p.invoices = rows;
+            }
+        };
+        let rows = take(&parts);
+        assert_eq!(rows.len(), 6);
+        let distinct: std::collections::BTreeSet<u64> = rows.iter().map(|(r, _)| *r).collect();
+        assert_eq!(distinct.len(), rows.len(), "two records share a row");
+
+        // Renumbered from 1,000 in the store: read back with those rows.
+        let mut renumbered = parts.clone();
+        put(
+            &mut renumbered,
+            (1_000u64..)
+                .zip(rows.iter().map(|(_, b)| b.clone()))
+                .collect(),
+        );
+        let mut back = Node::from_parts(identity(seed), &renumbered).unwrap();
+        assert_eq!(take(&back.parts()), take(&renumbered));
+        back.take_changes();
+        // The next record made goes above them.
+        let changes = if who == ids[0] {
+            let invoice = net.invoice(ids[2], &hours(), 1, 500).unwrap();
+            let plan = net.plan(&ids, 1).unwrap();
+            back.pay(
+                net.now_ms,
+                &invoice,
+                vec![plan],
+                offst_core::sim::local::entropy(500, 2),
+            )
+            .unwrap();
+            back.take_changes().payments
+        } else {
+            back.create_invoice(
+                hours(),
+                1,
+                net.now_ms + 60_000,
+                String::new(),
+                offst_core::sim::local::entropy(501, 1),
+            )
+            .unwrap();
+            back.take_changes().invoices
+        };
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].0 >= 1_006, "row {} reused", changes[0].0);
+        assert!(changes[0].1.is_some());
+
+        // The same record in two rows.
+        let mut doubled = parts.clone();
+        let mut rows2 = rows.clone();
+        rows2.push((9_999, rows[0].1.clone()));
+        put(&mut doubled, rows2);
+        let err = Node::from_parts(identity(seed), &doubled).unwrap_err();
+        assert!(
+            matches!(err, PartsError::Corrupt { part, .. } if part == (if who == ids[0] { "payment" } else { "invoice" })),
+            "{err}"
+        );
+    }
 }

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use offst_core::protocol::node::Parts;
 use offst_core::wallet::{
     BackupError, EventKind, HistoryQuery, KdfCost, PassphraseKeys, Wallet, WalletError,
     WalletOptions,
@@ -1270,15 +1271,34 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
     refused(b.receive_envelope(&second).unwrap(), "replay");
 }
 
-/// Takes a wallet database of this build back to schema `to` (5 to 8), as the builds before
+/// Takes a wallet database of this build back to schema `to` (5 to 9), as the builds before
 /// wrote it, for the migration tests: each step undoes one migration.
 fn downgrade(db: &Path, to: u32) {
     assert_eq!(
         offst_core::wallet::SCHEMA_VERSION,
-        9,
+        10,
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
+    // A payment's and an invoice's bytes are the part's version and then the invoice terms,
+    // which begin with its id.
+    c.execute_batch(
+        "CREATE TABLE payments_by_invoice (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+         INSERT INTO payments_by_invoice (invoice, data)
+             SELECT substr(data, 2, 32), data FROM payments ORDER BY seq;
+         DROP TABLE payments;
+         ALTER TABLE payments_by_invoice RENAME TO payments;
+         CREATE TABLE invoices_by_invoice (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+         INSERT INTO invoices_by_invoice (invoice, data)
+             SELECT substr(data, 2, 32), data FROM invoices ORDER BY seq;
+         DROP TABLE invoices;
+         ALTER TABLE invoices_by_invoice RENAME TO invoices;
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
+    if to >= 9 {
+        return;
+    }
     // A remembered outcome's bytes are the part's version and then its request id.
     c.execute_batch(
         "CREATE TABLE outcomes_by_request (request BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
@@ -1397,8 +1417,11 @@ fn remembered_outcomes_survive_the_migration_to_rows_by_place() {
         downgrade(&t.path(w).join("wallet.db"), 8);
     }
     let mut ws = reopen(&t, Vec::new());
-    let after: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
-    assert_eq!(after, before);
+    let after: Vec<_> = ws.iter().map(|w| unnumbered(w.node().parts())).collect();
+    assert_eq!(
+        after,
+        before.iter().cloned().map(unnumbered).collect::<Vec<_>>()
+    );
     let places = |w: &str| -> Vec<i64> {
         let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
         let mut s = c.prepare("SELECT seq FROM outcomes ORDER BY seq").unwrap();
@@ -1442,6 +1465,121 @@ fn remembered_outcomes_survive_the_migration_to_rows_by_place() {
         kept.last().unwrap() + 1,
         "the next place, not a random key"
     );
+}
+
+/// A node's parts with the rows of its payments and invoices set aside: what a migration
+/// that numbers them afresh must keep.
+fn unnumbered(mut parts: Parts) -> Parts {
+    for (row, _) in parts.payments.iter_mut().chain(parts.invoices.iter_mut()) {
+        *row = 0;
+    }
+    parts
+}
+
+/// The rows of `table` in a wallet's file, by their key.
+fn stored_rows(db: &Path, table: &str) -> Vec<(u64, Vec<u8>)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut s = c
+        .prepare(&format!("SELECT seq, data FROM {table} ORDER BY seq"))
+        .unwrap();
+    s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (seq, data) = r.unwrap();
+            (u64::try_from(seq).unwrap(), data)
+        })
+        .collect()
+}
+
+/// Since schema 10 payments and invoices are keyed by a row the node gives each, not by their
+/// invoice id. A wallet of schema 9 with two payments finished and one under way migrates:
+/// the node reads back the same payments and invoices, numbered in the order they were
+/// written; every view and receipt is the same; the payment under way finishes after it; and
+/// a payment made afterwards lands on a row above all of them. No key index is left.
+#[test]
+fn payments_and_invoices_survive_the_migration_to_rows_by_number() {
+    let t = TempDir::new("payments-by-row");
+    let mut ws = trio(&t);
+    let first = pay(&mut ws, 2);
+    let second = pay(&mut ws, 3);
+    let under_way = ws[2].create_invoice(hours(), 4, 60_000, "half").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 4);
+    ws[0].pay(&under_way, vec![route]).unwrap();
+    let before: Vec<_> = ws.iter().map(|w| unnumbered(w.node().parts())).collect();
+    assert_eq!(before[0].payments.len(), 3);
+    assert_eq!(before[2].invoices.len(), 3);
+    let views = |ws: &[Wallet]| -> Vec<(&'static str, Option<Vec<u8>>, &'static str)> {
+        [first, second, under_way.terms.id]
+            .into_iter()
+            .map(|inv| {
+                let bought = ws[0].payment_view(inv).unwrap();
+                let sold = ws[2].payment_view(inv).unwrap();
+                (
+                    bought.status,
+                    bought.receipt.map(|r| format!("{r:?}").into_bytes()),
+                    sold.status,
+                )
+            })
+            .collect()
+    };
+    let views_before = views(&ws);
+    assert_eq!(views_before[2].0, "in_flight");
+    drop(ws);
+    for w in ["a", "b", "c"] {
+        downgrade(&t.path(w).join("wallet.db"), 9);
+    }
+    let db = |w: &str| t.path(w).join("wallet.db");
+    let ws = reopen(&t, Vec::new());
+    let after: Vec<_> = ws.iter().map(|w| unnumbered(w.node().parts())).collect();
+    assert_eq!(after, before, "the migration changed a payment or invoice");
+    assert_eq!(views(&ws), views_before);
+    // The node holds the rows the store holds, numbered 0, 1, 2 in the order written.
+    for (w, table, held) in [
+        ("a", "payments", ws[0].node().parts().payments),
+        ("c", "invoices", ws[2].node().parts().invoices),
+    ] {
+        let mut held = held;
+        held.sort();
+        let stored = stored_rows(&db(w), table);
+        assert_eq!(held, stored, "{w}");
+        assert_eq!(
+            stored.iter().map(|(row, _)| *row).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "{w}"
+        );
+        let c = rusqlite::Connection::open(db(w)).unwrap();
+        let indexes: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index'
+                 AND tbl_name IN ('payments', 'invoices')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0, "{w}: a key index is left");
+    }
+    // The payment under way finishes, and a new one goes above every row.
+    let mut ws = ws;
+    pump(&mut ws, 10_000).unwrap();
+    let views_now = views(&ws);
+    assert_eq!(views_now[2].0, "completed");
+    assert_eq!(views_now[..2], views_before[..2]);
+    let last = pay(&mut ws, 5);
+    assert_eq!(ws[0].payment_view(last).unwrap().status, "completed");
+    let in_memory: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
+    let ws = reopen(&t, ws);
+    let reread: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
+    assert_eq!(reread, in_memory);
+    for (w, table) in [("a", "payments"), ("c", "invoices")] {
+        let rows = stored_rows(&db(w), table);
+        assert_eq!(rows.len(), 4, "{w}");
+        assert!(rows[3].0 > 2, "{w}: row {} reused", rows[3].0);
+        assert_eq!(
+            &rows[3].1[1..33],
+            &last.0[..],
+            "{w}: the newest row is the newest payment"
+        );
+    }
 }
 
 /// Regression: a wallet that could not read its record of envelopes seen took every envelope

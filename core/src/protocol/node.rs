@@ -399,6 +399,10 @@ struct RouteState {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Buying {
+    /// The payment's row in a store (a place of the node's, see [`Node::take_place`]): not
+    /// in its bytes, the store keys the row by it.
+    #[serde(skip)]
+    row: u64,
     invoice: Invoice,
     src_plain_lock: PlainLock,
     routes: BTreeMap<RequestId, RouteState>,
@@ -411,6 +415,9 @@ struct Buying {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Selling {
+    /// The invoice's row in a store, as for [`Buying::row`].
+    #[serde(skip)]
+    row: u64,
     invoice: Invoice,
     dest_plain_lock: PlainLock,
     src_hashed_lock: Option<HashedLock>,
@@ -466,7 +473,9 @@ struct Settings {
     rate: Rate,
     now_ms: u64,
     resets: BTreeMap<NodeId, PendingReset>,
-    next_outcome_seq: u64,
+    /// The next place to give (`Node::take_place`). Named `next_outcome_seq` before payments
+    /// and invoices took places too; the bytes are the same.
+    next_place: u64,
 }
 
 /// Where a stored pending request belongs: its channel's friend and its id.
@@ -476,8 +485,9 @@ pub type PendingKey = (NodeId, RequestId);
 /// (rows are read back in this order).
 pub type QueuedKey = (NodeId, u64);
 
-/// What one step changed, ready for a store: for each changed channel (by friend), payment
-/// and invoice (by invoice id) and remembered outcome (by request id), its current encoding,
+/// What one step changed, ready for a store: for each changed channel (by friend), pending
+/// request, queued operation, payment, invoice and remembered outcome (each by its key below),
+/// its current encoding,
 /// or `None` when it was deleted; and the settings, always. Write them in the same transaction
 /// as the step's outgoing messages and events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -490,13 +500,14 @@ pub struct Changes {
     /// Operations queued in channels, by friend and place: written when queued, deleted once
     /// sent in a move.
     pub queued: Vec<(QueuedKey, Option<Vec<u8>>)>,
-    /// Payments we make, by invoice: those whose row changed.
-    pub payments: Vec<(InvoiceId, Option<Vec<u8>>)>,
+    /// Payments we make, by row (a place the node gave each when it was made, never reused):
+    /// those whose row changed.
+    pub payments: Vec<(u64, Option<Vec<u8>>)>,
     /// Every payment the step reached, its row changed or not: what a payment's watcher sees
     /// can change without its row (whether it settled depends on its channels).
     pub payments_reached: Vec<InvoiceId>,
-    /// Invoices we issued, by invoice.
-    pub invoices: Vec<(InvoiceId, Option<Vec<u8>>)>,
+    /// Invoices we issued, by row (as payments).
+    pub invoices: Vec<(u64, Option<Vec<u8>>)>,
     /// Remembered outcomes, by their place in the order they were remembered (`seq`, never
     /// reused): each is written once and they are forgotten oldest first, so a store keyed
     /// this way writes at the ends of its table instead of on a random page per row.
@@ -514,10 +525,10 @@ pub struct Parts {
     pub pending: Vec<Vec<u8>>,
     /// One per operation queued in a channel (each names its friend and place).
     pub queued: Vec<Vec<u8>>,
-    /// One per payment we make.
-    pub payments: Vec<Vec<u8>>,
-    /// One per invoice we issued.
-    pub invoices: Vec<Vec<u8>>,
+    /// One per payment we make, with its row (the store's key, not in the bytes).
+    pub payments: Vec<(u64, Vec<u8>)>,
+    /// One per invoice we issued, with its row.
+    pub invoices: Vec<(u64, Vec<u8>)>,
     /// One per remembered outcome.
     pub outcomes: Vec<Vec<u8>>,
     /// The settings.
@@ -665,6 +676,15 @@ fn corrupt(part: &'static str) -> impl Fn(postcard::Error) -> PartsError {
     }
 }
 
+/// Two stored rows hold the same record: a damaged store (a write keyed by the record itself
+/// could not do that).
+fn twice(part: &'static str) -> PartsError {
+    PartsError::Corrupt {
+        part,
+        detail: "two rows hold the same one".into(),
+    }
+}
+
 fn decode_part<T: serde::de::DeserializeOwned>(
     part: &'static str,
     bytes: &[u8],
@@ -684,7 +704,9 @@ pub struct Node {
     outcomes: Tracked<RequestId, StoredOutcome>,
     /// Outcome ids, oldest first (rebuilt from the stored sequence numbers on load).
     outcome_order: VecDeque<RequestId>,
-    next_outcome_seq: u64,
+    /// The next place to give ([`Node::take_place`]): a remembered outcome's place in the
+    /// eviction order, and the row of each payment and invoice in a store.
+    next_place: u64,
     /// The places (`seq`) of the outcomes forgotten since the last [`Node::take_changes`]:
     /// a store deletes their rows by place, which the removed entries no longer tell.
     forgotten_outcomes: Vec<u64>,
@@ -707,12 +729,13 @@ pub struct Node {
     /// step that changed only the channel's queue (most of the steps that touch a channel
     /// under load: operations queued for the turn) writes no channel row.
     stored_core: BTreeMap<NodeId, CoreKey>,
-    /// A digest of each payment's and each invoice's row as the store holds it (after the
-    /// last [`Node::take_changes`]): a step that reached a payment without changing it (a
-    /// route's collect after the seller's "paid" already finished it, a commit tried again)
-    /// writes no row. Empty after a load: the first write of each goes through.
-    stored_payments: HashMap<InvoiceId, RowDigest>,
-    stored_invoices: HashMap<InvoiceId, RowDigest>,
+    /// Each payment's and each invoice's row as the store holds it (after the last
+    /// [`Node::take_changes`]): where to delete it, and a digest of its bytes, so that a step
+    /// that reached a payment without changing it (a route's collect after the seller's "paid"
+    /// already finished it, a commit tried again) writes no row. After a load the digests are
+    /// unknown: the first write of each goes through.
+    stored_payments: HashMap<InvoiceId, StoredRow>,
+    stored_invoices: HashMap<InvoiceId, StoredRow>,
     /// Whether our payments send their commit with their requests ([`Node::set_early_commit`]).
     early_commit: bool,
 }
@@ -720,12 +743,38 @@ pub struct Node {
 /// What identifies a stored row's bytes: 128 bits of BLAKE3 (a collision would skip a write).
 type RowDigest = [u8; 16];
 
-/// The rows of `changed` whose bytes differ from what the store holds by `stored`, encoded;
-/// `stored` is brought up to date.
-fn encode_unless_stored<V: Serialize>(
+/// A payment's or an invoice's row as a store holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StoredRow {
+    row: u64,
+    /// Of the bytes stored; `None` when not known (after a load).
+    digest: Option<RowDigest>,
+}
+
+/// A record stored in a row of its own, given when it is made.
+trait InRow {
+    fn row(&self) -> u64;
+}
+
+impl InRow for Buying {
+    fn row(&self) -> u64 {
+        self.row
+    }
+}
+
+impl InRow for Selling {
+    fn row(&self) -> u64 {
+        self.row
+    }
+}
+
+/// The rows of `changed` whose bytes differ from what the store holds by `stored`, encoded,
+/// and the rows of those removed that the store holds, to delete; `stored` is brought up to
+/// date.
+fn encode_unless_stored<V: Serialize + InRow>(
     changed: Vec<(InvoiceId, Option<&V>)>,
-    stored: &mut HashMap<InvoiceId, RowDigest>,
-) -> Vec<(InvoiceId, Option<Vec<u8>>)> {
+    stored: &mut HashMap<InvoiceId, StoredRow>,
+) -> Vec<(u64, Option<Vec<u8>>)> {
     changed
         .into_iter()
         .filter_map(|(key, value)| match value {
@@ -733,12 +782,13 @@ fn encode_unless_stored<V: Serialize>(
                 let bytes = encode_part(value);
                 let mut digest = [0u8; 16];
                 digest.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
-                (stored.insert(key, digest) != Some(digest)).then_some((key, Some(bytes)))
+                let now = StoredRow {
+                    row: value.row(),
+                    digest: Some(digest),
+                };
+                (stored.insert(key, now) != Some(now)).then_some((now.row, Some(bytes)))
             }
-            None => {
-                stored.remove(&key);
-                Some((key, None))
-            }
+            None => stored.remove(&key).map(|gone| (gone.row, None)),
         })
         .collect()
 }
@@ -754,7 +804,7 @@ impl Node {
             selling: Tracked::default(),
             outcomes: Tracked::default(),
             outcome_order: VecDeque::new(),
-            next_outcome_seq: 0,
+            next_place: 0,
             forgotten_outcomes: Vec::new(),
             resets: BTreeMap::new(),
             now_ms: 0,
@@ -852,7 +902,7 @@ impl Node {
             rate: self.rate,
             now_ms: self.now_ms,
             resets: self.resets.clone(),
-            next_outcome_seq: self.next_outcome_seq,
+            next_place: self.next_place,
         }
     }
 
@@ -970,8 +1020,16 @@ impl Node {
             channels: self.friends.values().map(encode_channel).collect(),
             pending,
             queued,
-            payments: self.buying.values().map(encode_part).collect(),
-            invoices: self.selling.values().map(encode_part).collect(),
+            payments: self
+                .buying
+                .values()
+                .map(|b| (b.row, encode_part(b)))
+                .collect(),
+            invoices: self
+                .selling
+                .values()
+                .map(|s| (s.row, encode_part(s)))
+                .collect(),
             outcomes: self.outcomes.values().map(encode_part).collect(),
             settings: encode_part(&self.settings()),
         }
@@ -1042,14 +1100,32 @@ impl Node {
                 detail: "it belongs to no stored channel".into(),
             });
         }
+        // The next place is above every one the store holds (a wallet migrated from rows keyed
+        // by invoice has rows numbered without the settings knowing).
+        let mut next_place = settings.next_place;
+        let mut above = |place: u64| next_place = next_place.max(place.saturating_add(1));
         let mut buying = BTreeMap::new();
-        for bytes in &parts.payments {
-            let b: Buying = decode_part("payment", bytes)?;
-            buying.insert(b.invoice.terms.id, b);
+        let mut stored_payments = HashMap::new();
+        for (row, bytes) in &parts.payments {
+            let mut b: Buying = decode_part("payment", bytes)?;
+            b.row = *row;
+            above(*row);
+            let id = b.invoice.terms.id;
+            if buying.insert(id, b).is_some() {
+                return Err(twice("payment"));
+            }
+            stored_payments.insert(
+                id,
+                StoredRow {
+                    row: *row,
+                    digest: None,
+                },
+            );
         }
         let mut selling = BTreeMap::new();
-        for bytes in &parts.invoices {
-            let sold: Selling = match part_body("invoice", bytes)? {
+        let mut stored_invoices = HashMap::new();
+        for (row, bytes) in &parts.invoices {
+            let mut sold: Selling = match part_body("invoice", bytes)? {
                 // Formats 1–3 end where format 4 adds the held commits, its last field: the
                 // same bytes with an empty list (its length, 0) appended.
                 (1..=3, body) => {
@@ -1057,12 +1133,27 @@ impl Node {
                 }
                 (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice"))?,
             };
-            selling.insert(sold.invoice.terms.id, sold);
+            sold.row = *row;
+            above(*row);
+            let id = sold.invoice.terms.id;
+            if selling.insert(id, sold).is_some() {
+                return Err(twice("invoice"));
+            }
+            stored_invoices.insert(
+                id,
+                StoredRow {
+                    row: *row,
+                    digest: None,
+                },
+            );
         }
         let mut outcomes = BTreeMap::new();
         for bytes in &parts.outcomes {
             let o: StoredOutcome = decode_part("outcome", bytes)?;
-            outcomes.insert(o.request_id, o);
+            above(o.seq);
+            if outcomes.insert(o.request_id, o).is_some() {
+                return Err(twice("outcome"));
+            }
         }
         let mut order: Vec<(u64, RequestId)> =
             outcomes.values().map(|o| (o.seq, o.request_id)).collect();
@@ -1075,7 +1166,9 @@ impl Node {
         node.selling = Tracked::from_map(selling);
         node.outcomes = Tracked::from_map(outcomes);
         node.outcome_order = order.into_iter().map(|(_, id)| id).collect();
-        node.next_outcome_seq = settings.next_outcome_seq;
+        node.next_place = next_place;
+        node.stored_payments = stored_payments;
+        node.stored_invoices = stored_invoices;
         node.resets = settings.resets;
         node.now_ms = settings.now_ms;
         Ok(node)
@@ -1160,9 +1253,11 @@ impl Node {
             memo,
         };
         let invoice = Invoice::sign(&self.identity, terms)?;
+        let row = self.take_place();
         self.selling.insert(
             invoice.terms.id,
             Selling {
+                row,
                 invoice: invoice.clone(),
                 dest_plain_lock: PlainLock(derive(&entropy, "seller lock")),
                 src_hashed_lock: None,
@@ -1226,9 +1321,11 @@ impl Node {
         let committed = self
             .early_commit
             .then(|| states.keys().copied().collect::<Vec<_>>());
+        let row = self.take_place();
         self.buying.insert(
             terms.id,
             Buying {
+                row,
                 invoice: invoice.clone(),
                 src_plain_lock,
                 routes: states,
@@ -2611,6 +2708,15 @@ impl Node {
         }
     }
 
+    /// A place never given before by this node, nor by any node its store held: the outcomes'
+    /// order, and the rows of payments and invoices (a row is never reused, so a record deleted
+    /// and one made in the same step never share a row).
+    fn take_place(&mut self) -> u64 {
+        let place = self.next_place;
+        self.next_place += 1;
+        place
+    }
+
     /// How a request ended, if we remember.
     fn outcome(&self, id: &RequestId) -> Option<&Outcome> {
         self.outcomes.get(id).map(|o| &o.outcome)
@@ -2619,8 +2725,7 @@ impl Node {
     /// Remember how a request ended. The first outcome recorded stands: a request ends once.
     fn remember(&mut self, request_id: RequestId, outcome: Outcome) {
         if !self.outcomes.contains_key(&request_id) {
-            let seq = self.next_outcome_seq;
-            self.next_outcome_seq += 1;
+            let seq = self.take_place();
             self.outcomes.insert(
                 request_id,
                 StoredOutcome {

@@ -225,8 +225,8 @@ struct ShadowStore {
     channels: BTreeMap<NodeId, Vec<u8>>,
     pending: BTreeMap<(NodeId, RequestId), Vec<u8>>,
     queued: BTreeMap<(NodeId, u64), Vec<u8>>,
-    payments: BTreeMap<InvoiceId, Vec<u8>>,
-    invoices: BTreeMap<InvoiceId, Vec<u8>>,
+    payments: BTreeMap<u64, Vec<u8>>,
+    invoices: BTreeMap<u64, Vec<u8>>,
     outcomes: BTreeMap<u64, Vec<u8>>,
     settings: Vec<u8>,
 }
@@ -261,12 +261,15 @@ impl ShadowStore {
     }
 
     fn parts(&self) -> Parts {
+        fn rows(table: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, Vec<u8>)> {
+            table.iter().map(|(row, v)| (*row, v.clone())).collect()
+        }
         Parts {
             channels: self.channels.values().cloned().collect(),
             pending: self.pending.values().cloned().collect(),
             queued: self.queued.values().cloned().collect(),
-            payments: self.payments.values().cloned().collect(),
-            invoices: self.invoices.values().cloned().collect(),
+            payments: rows(&self.payments),
+            invoices: rows(&self.invoices),
             outcomes: self.outcomes.values().cloned().collect(),
             settings: self.settings.clone(),
         }

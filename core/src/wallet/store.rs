@@ -147,6 +147,24 @@ pub const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE outcomes_by_place (seq INTEGER PRIMARY KEY, data BLOB NOT NULL) STRICT;
     ",
+    // 10: payments and invoices keyed by a row number the node gives each when it is made
+    // (never reused; not in the bytes) instead of by their random invoice id, for the same
+    // reason: the payments under way are the newest rows, so a commit writes the table's last
+    // pages, and there is no key index. The rows keep their old order (rowid, the order they
+    // were first written) and are numbered from 0, as places are; the node, loading them, gives new rows
+    // above the largest.
+    "
+    CREATE TABLE payments_by_row (seq INTEGER PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    INSERT INTO payments_by_row (seq, data)
+        SELECT row_number() OVER (ORDER BY rowid) - 1, data FROM payments;
+    DROP TABLE payments;
+    ALTER TABLE payments_by_row RENAME TO payments;
+    CREATE TABLE invoices_by_row (seq INTEGER PRIMARY KEY, data BLOB NOT NULL) STRICT;
+    INSERT INTO invoices_by_row (seq, data)
+        SELECT row_number() OVER (ORDER BY rowid) - 1, data FROM invoices;
+    DROP TABLE invoices;
+    ALTER TABLE invoices_by_row RENAME TO invoices;
+    ",
 ];
 
 /// How hard each commit waits for the disk.
@@ -309,12 +327,28 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
         rows.collect::<Result<_, _>>()
             .map_err(WalletError::from_sqlite)
     };
+    let by_row = |table: &str, what: &str| -> Result<Vec<(u64, Vec<u8>)>, WalletError> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT seq, data FROM {table}"))
+            .map_err(WalletError::from_sqlite)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(WalletError::from_sqlite)?;
+        rows.map(|row| {
+            let (seq, data) = row.map_err(WalletError::from_sqlite)?;
+            let seq = u64::try_from(seq).map_err(|_| WalletError::Corrupt {
+                detail: format!("{what}'s row number is negative"),
+            })?;
+            Ok((seq, data))
+        })
+        .collect()
+    };
     Ok(Parts {
         channels: all("channels")?,
         pending: all("pending")?,
         queued: all("queued")?,
-        payments: all("payments")?,
-        invoices: all("invoices")?,
+        payments: by_row("payments", "a payment")?,
+        invoices: by_row("invoices", "an invoice")?,
         outcomes: all("outcomes")?,
         settings: get_meta(conn, "settings")?.ok_or_else(|| WalletError::Corrupt {
             detail: "the node settings are missing".into(),
@@ -364,7 +398,7 @@ macro_rules! row_statements {
     };
 }
 
-/// A place (a queued operation's, a remembered outcome's) as SQLite's integer. Places count
+/// A place (a queued operation's, a remembered outcome's, a payment's or an invoice's row) as SQLite's integer. Places count
 /// up from 0, one at a time, and stay far below `i64::MAX`; one beyond it is a damaged store.
 fn place(n: u64, what: &str) -> Result<i64, WalletError> {
     i64::try_from(n).map_err(|_| WalletError::Corrupt {
@@ -431,19 +465,19 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
     )?;
     write_rows(
         tx,
-        row_statements!("payments", "invoice"),
+        row_statements!("payments", "seq"),
         changes
             .payments
             .iter()
-            .map(|(k, v)| Ok(([blob(&k.0)], v.as_deref()))),
+            .map(|(row, v)| Ok(([place(*row, "a payment")?.into()], v.as_deref()))),
     )?;
     write_rows(
         tx,
-        row_statements!("invoices", "invoice"),
+        row_statements!("invoices", "seq"),
         changes
             .invoices
             .iter()
-            .map(|(k, v)| Ok(([blob(&k.0)], v.as_deref()))),
+            .map(|(row, v)| Ok(([place(*row, "an invoice")?.into()], v.as_deref()))),
     )?;
     write_rows(
         tx,
