@@ -529,7 +529,7 @@ async fn one_payment(
 ) -> Result<offst_core::protocol::payment::InvoiceId, String> {
     // As a merchant's server does: invoices made at once share one flush to disk.
     let (request, ticket): (PaymentRequest, _) = {
-        let mut s = lock(&seller.wallet);
+        let mut s = offst_core::sync::lock_async(&seller.wallet).await;
         let (inv, ticket) = s
             .create_invoice_unsynced(units(), amount, 300_000, "")
             .map_err(|e| e.to_string())?;

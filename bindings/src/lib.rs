@@ -9,7 +9,7 @@
 //! only awaits the result, so no call blocks the runtime that drives the network. The wallet
 //! itself is a SQLite file behind a mutex; each call holds it for one durable step.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use offst_core::invite::{self, PaymentRequest};
@@ -731,7 +731,7 @@ impl Wallet {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, core_wallet::Wallet> {
+    fn lock(&self) -> offst_core::sync::Guard<'_, core_wallet::Wallet> {
         lock(&self.inner)
     }
 

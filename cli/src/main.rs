@@ -892,7 +892,7 @@ async fn print_events_until_stopped(
     wallet: &std::sync::Mutex<offst_core::wallet::Wallet>,
     stop: &mut StopSignals,
 ) -> Result<(), String> {
-    let w = || wallet.lock().unwrap_or_else(|p| p.into_inner());
+    let w = || offst_core::sync::lock(wallet);
     loop {
         tokio::select! {
             _ = stop.recv() => return Ok(()),

@@ -1,7 +1,7 @@
 //! A wallet taken online for as long as a command needs: its network driver, and waits with
 //! progress and a time limit.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offst_core::net::client::client_endpoint;
@@ -24,8 +24,8 @@ impl Online {
     }
 
     /// The wallet, locked.
-    pub fn w(&self) -> MutexGuard<'_, Wallet> {
-        self.wallet.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
+        offst_core::sync::lock(&self.wallet)
     }
 
     /// Wait until connected, saying so on stderr while it takes long.

@@ -133,8 +133,8 @@ impl Peer {
         p
     }
 
-    fn w(&self) -> std::sync::MutexGuard<'_, Wallet> {
-        self.wallet.lock().unwrap()
+    fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
+        offst_core::sync::lock(&self.wallet)
     }
 
     fn go_online(&self) {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use offst_core::invite::{Invitation, PaymentRequest};
@@ -99,8 +99,8 @@ impl Person {
         }
     }
 
-    pub fn w(&self) -> MutexGuard<'_, Wallet> {
-        self.wallet.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
+        offst_core::sync::lock(&self.wallet)
     }
 
     /// Hand everything queued to the relay, stop the driver and close the wallet (so that

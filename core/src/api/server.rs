@@ -23,7 +23,7 @@
 //! past that the server stops reading that connection, which slows only its sender.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
@@ -108,11 +108,11 @@ impl ApiContext {
         }
     }
 
-    fn w(&self) -> MutexGuard<'_, Wallet> {
+    fn w(&self) -> crate::sync::Guard<'_, Wallet> {
         lock(&self.wallet)
     }
 
-    fn g(&self) -> MutexGuard<'_, Grants> {
+    fn g(&self) -> crate::sync::Guard<'_, Grants> {
         lock(&self.grants)
     }
 

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::client::{ClientError, RelayConnection};
 use super::wire::Refusal;
-use crate::sync::lock;
+use crate::sync::{lock, lock_async};
 use crate::wallet::{Wallet, WalletError};
 
 /// Where the driver stands.
@@ -184,9 +184,12 @@ impl Driver {
         let start = tokio::time::Instant::now();
         self.connected(limit, retrying).await?;
         let mut drained = self.drained.clone();
-        let mut changes = lock(wallet).watch_changes();
+        let mut changes = lock_async(wallet).await.watch_changes();
         loop {
-            let outbox = lock(wallet).outbox_len().map_err(WaitError::Wallet)?;
+            let outbox = lock_async(wallet)
+                .await
+                .outbox_len()
+                .map_err(WaitError::Wallet)?;
             let caught_up = *drained.borrow_and_update() > 0;
             if outbox == 0 && caught_up {
                 return Ok(());
@@ -257,7 +260,7 @@ async fn run(
     status: watch::Sender<DriverStatus>,
     mut links: Links,
 ) {
-    let signal = lock(&wallet).outbox_signal();
+    let signal = lock_async(&wallet).await.outbox_signal();
     let mut drains: std::collections::BTreeMap<
         crate::protocol::identity::NodeId,
         tokio::task::JoinHandle<()>,
@@ -265,7 +268,7 @@ async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0u32;
     while !stopping(&stop) {
-        let chosen = lock(&wallet).relay();
+        let chosen = lock_async(&wallet).await.relay();
         let relay = match chosen {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => {
@@ -277,7 +280,7 @@ async fn run(
                 continue;
             }
         };
-        let identity = lock(&wallet).identity().clone();
+        let identity = lock_async(&wallet).await.identity().clone();
         let connected = RelayConnection::connect_to(&endpoint, &relay, &identity).await;
         let mut conn = match connected {
             Ok(c) => c,
@@ -302,11 +305,14 @@ async fn run(
         backoff = MIN_BACKOFF;
         attempt = 0;
         // After days offline, whatever friends may have missed goes again (copies are dropped).
-        if let Err(e) = lock(&wallet).resend() {
+        if let Err(e) = lock_async(&wallet).await.resend() {
             warn!("resend: {e}");
         }
         // Relays we moved away from: keep picking up what friends still send there.
-        let to_drain = lock(&wallet).relays_to_drain().unwrap_or_default();
+        let to_drain = lock_async(&wallet)
+            .await
+            .relays_to_drain()
+            .unwrap_or_default();
         for (old, _) in to_drain {
             drains.retain(|_, h: &mut tokio::task::JoinHandle<()>| !h.is_finished());
             drains.entry(old.key).or_insert_with(|| {
@@ -360,7 +366,7 @@ async fn drain(
             .unwrap_or(false)
     };
     while !stopping(&stop) && still_listed(&wallet) {
-        let identity = lock(&wallet).identity().clone();
+        let identity = lock_async(&wallet).await.identity().clone();
         let conn = RelayConnection::connect_to(&endpoint, &old, &identity).await;
         let mut conn = match conn {
             Ok(c) => c,
@@ -381,7 +387,7 @@ async fn drain(
             tokio::select! {
                 m = conn.recv_or_empty() => match m {
                     Some(super::client::Incoming::Mail(d)) => {
-                        let result = lock(&wallet).receive_envelope(&d.envelope);
+                        let result = lock_async(&wallet).await.receive_envelope(&d.envelope);
                         match result {
                             Ok(_) => {
                                 if conn.ack(d.seq).await.is_err() {
@@ -464,7 +470,7 @@ async fn serve(
             // Something changed (new mail, a new contact, or a move): try everything again.
             _ = signal.notified() => {
                 sending.retry_unreachable();
-                let chosen = lock(wallet).relay();
+                let chosen = lock_async(wallet).await.relay();
                 if let Ok(Some(now)) = chosen
                     && now != *relay
                 {
@@ -474,7 +480,7 @@ async fn serve(
             // A report held back by the minimum gap goes out when the gap ends.
             _ = tokio::time::sleep_until(reports.recheck_at()), if reports.held_back() => {}
             _ = tick.tick() => {
-                let mut w = lock(wallet);
+                let mut w = lock_async(wallet).await;
                 if let Err(e) = w.tick() {
                     warn!("tick: {e}");
                 }
@@ -527,7 +533,10 @@ impl Reporting {
         if self.off {
             return Ok(());
         }
-        let report = lock(wallet).capacity_report().map_err(|e| e.to_string())?;
+        let report = lock_async(wallet)
+            .await
+            .capacity_report()
+            .map_err(|e| e.to_string())?;
         let Some(report) = report else {
             return Ok(());
         };
@@ -543,7 +552,7 @@ impl Reporting {
         }
         self.pending = false;
         self.sent_at = Some(tokio::time::Instant::now());
-        let signed = lock(wallet).sign_report(report);
+        let signed = lock_async(wallet).await.sign_report(report);
         match conn.report(signed).await {
             Ok(()) => {
                 debug!(entries = now.0.len(), "capacity report sent");
@@ -590,7 +599,7 @@ async fn receive_batch(
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
         }
-        let result = lock(wallet).receive_envelopes(&envelopes);
+        let result = lock_async(wallet).await.receive_envelopes(&envelopes);
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
         }
@@ -656,7 +665,8 @@ impl Sending {
         relay: &crate::net::wire::RelayAddress,
     ) -> Result<(), String> {
         while self.hold.is_none() && self.unanswered.len() < MAX_UNANSWERED {
-            let items = lock(wallet)
+            let items = lock_async(wallet)
+                .await
                 .outbox_after(self.sent_up_to, BATCH)
                 .map_err(|e| e.to_string())?;
             let Some(last) = items.last() else {
@@ -672,7 +682,7 @@ impl Sending {
             let mut seqs = Vec::with_capacity(items.len());
             let mut sends = Vec::with_capacity(items.len());
             {
-                let w = lock(wallet);
+                let w = lock_async(wallet).await;
                 for item in &items {
                     let mut entropy = [0u8; 72];
                     getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;

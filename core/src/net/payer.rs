@@ -12,7 +12,7 @@ use crate::invite::PaymentRequest;
 use crate::protocol::node::PaymentStatus;
 use crate::protocol::payment::Receipt;
 use crate::routing::{RouteQuery, RouteSet};
-use crate::sync::lock;
+use crate::sync::lock_async;
 use crate::wallet::{Wallet, WalletError};
 
 /// How a payment ended, or why it could not start.
@@ -64,10 +64,11 @@ pub async fn settled(
     let start = Instant::now();
     // Woken by the steps that changed this payment (the collect that settles a route does:
     // it records the route's end), not by every step of the wallet.
-    let mut changes = lock(wallet).watch_payment(*invoice);
+    let mut changes = lock_async(wallet).await.watch_payment(*invoice);
     loop {
         changes.borrow_and_update();
-        let done = lock(wallet)
+        let done = lock_async(wallet)
+            .await
             .node()
             .payment_progress(invoice)
             .is_some_and(|p| p.settled);
@@ -98,29 +99,32 @@ pub async fn pay(
 ) -> Result<Receipt, PayError> {
     let start = Instant::now();
     let invoice = request.invoice.terms.id;
-    let query = lock(wallet).route_query(request, max_routes);
+    let query = lock_async(wallet).await.route_query(request, max_routes);
     let set = routes(driver, query.clone())
         .await
         .map_err(PayError::NoRoutes)?;
     let plans = set.routes.iter().map(|r| r.plan()).collect();
     // Payments made at once share one flush to disk (`wallet::sync`).
-    let ticket = lock(wallet).pay_request_unsynced(request, plans)?;
+    let ticket = lock_async(wallet)
+        .await
+        .pay_request_unsynced(request, plans)?;
     crate::wallet::sync(wallet, ticket).await?;
     progress(PayStep::Sent(set));
     let mut retries = 0u32;
     let mut said = Instant::now();
     // Woken by each committed step that changed this payment (an answer, a receipt), not by
     // a timer nor by the steps of other payments.
-    let mut changes = lock(wallet).watch_payment(invoice);
+    let mut changes = lock_async(wallet).await.watch_payment(invoice);
     loop {
         changes.borrow_and_update();
-        let now = lock(wallet).node().payment_progress(&invoice);
+        let now = lock_async(wallet).await.node().payment_progress(&invoice);
         let Some(p) = now else {
             return Err(PayError::Cancelled);
         };
         match p.status {
             PaymentStatus::Completed => {
-                let receipt = lock(wallet)
+                let receipt = lock_async(wallet)
+                    .await
                     .node()
                     .payment(&invoice)
                     .and_then(|(_, r)| r.cloned());
@@ -141,7 +145,9 @@ pub async fn pay(
             // Some routes were refused: route what is missing again, around their hops.
             let missing = p.amount - p.open;
             let left = crate::protocol::bounds::MAX_ROUTES_PER_PAYMENT.saturating_sub(p.routes);
-            let mut q = lock(wallet).route_query(request, max_routes.min(left as u8));
+            let mut q = lock_async(wallet)
+                .await
+                .route_query(request, max_routes.min(left as u8));
             q.amount = missing;
             for route in &p.failed {
                 for hop in route.windows(2).skip(1) {
@@ -165,7 +171,7 @@ pub async fn pay(
                 Some(set) => {
                     retries += 1;
                     let plans = set.routes.iter().map(|r| r.plan()).collect();
-                    match lock(wallet).add_routes(invoice, plans) {
+                    match lock_async(wallet).await.add_routes(invoice, plans) {
                         Ok(()) => progress(PayStep::Retried(set)),
                         Err(e) => tracing::debug!("retry refused: {e}"),
                     }
@@ -179,7 +185,7 @@ pub async fn pay(
                 }
                 None => {
                     // Free the credit of the routes still out, at once.
-                    let _ = lock(wallet).abandon_payment(invoice);
+                    let _ = lock_async(wallet).await.abandon_payment(invoice);
                     return Err(PayError::GaveUp { retries });
                 }
             }

@@ -448,9 +448,9 @@ pub async fn sync(
     wallet: &std::sync::Mutex<Wallet>,
     ticket: SyncTicket,
 ) -> Result<(), WalletError> {
-    use crate::sync::lock as hold;
+    use crate::sync::lock_async as hold;
     let (sync_lock, wal) = {
-        let w = hold(wallet);
+        let w = hold(wallet).await;
         if let Some(why) = w.unsynced.lost(ticket.0) {
             return Err(WalletError::Storage(format!(
                 "the step was undone before it reached the disk ({why}); nothing of it was sent"
@@ -463,7 +463,7 @@ pub async fn sync(
     };
     let _flushing = sync_lock.lock().await;
     let target = {
-        let mut w = hold(wallet);
+        let mut w = hold(wallet).await;
         if w.unsynced.synced >= ticket.0 {
             return Ok(());
         }
@@ -479,7 +479,7 @@ pub async fn sync(
     let flushed = tokio::task::spawn_blocking(move || flush_file(&wal))
         .await
         .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?;
-    let mut w = hold(wallet);
+    let mut w = hold(wallet).await;
     if let Err(e) = flushed {
         // The disk refused: what was committed may not survive a power cut, so take no further
         // step (and send none of it) until the wallet is opened again, which flushes first.
