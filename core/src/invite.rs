@@ -371,29 +371,29 @@ impl PaymentRequest {
         })
     }
 
-    /// Check every signature and the expiry at `now_ms`.
+    /// Check every signature and the expiry at `now_ms`: the mail key, the invoice (its bounds
+    /// and the seller's signature) and the seller's signature over this request. The two
+    /// signatures, both the seller's, are checked in one batch (about a third cheaper than
+    /// one after the other, and a payment makes this check once); either one bad is
+    /// [`InviteError::BadSignature`], as it was checked alone.
     pub fn verify(&self, now_ms: u64) -> Result<(), InviteError> {
-        self.invoice
-            .verify()
-            .map_err(|_| InviteError::BadSignature)?;
-        self.verify_all_but_invoice(now_ms)
-    }
-
-    /// Check the mail key, the seller's signature over this request and the expiry, but not
-    /// the invoice's own signature: for a wallet that hands the invoice to
-    /// [`Node::pay`](crate::protocol::node::Node::pay), which checks it.
-    pub fn verify_all_but_invoice(&self, now_ms: u64) -> Result<(), InviteError> {
         let t = &self.invoice.terms;
         if self.mail_key.owner != t.seller || self.mail_key.verify().is_err() {
             return Err(InviteError::BadSignature);
         }
-        t.seller
-            .verify(
-                PAYMENT_DOMAIN,
-                &(t.id, self.mail_key, &self.relay),
-                &self.signature,
-            )
+        let mut batch = crate::protocol::identity::SignatureBatch::new();
+        self.invoice
+            .queue_check(&mut batch)
             .map_err(|_| InviteError::BadSignature)?;
+        batch.queue(
+            &t.seller,
+            PAYMENT_DOMAIN,
+            &(t.id, self.mail_key, &self.relay),
+            &self.signature,
+        );
+        if !batch.verify() {
+            return Err(InviteError::BadSignature);
+        }
         if now_ms >= t.expires_at_ms {
             return Err(InviteError::Expired {
                 ago_ms: now_ms - t.expires_at_ms,

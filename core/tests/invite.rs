@@ -228,3 +228,41 @@ fn a_payment_request_carries_the_sellers_contact_signed() {
         }
     );
 }
+
+/// A payment request's two signatures (the invoice's and the request's own, both the
+/// seller's) are checked in one batch: each one alone being wrong, swapped for a signature by
+/// someone else, or the invoice out of bounds is refused, and only the request as signed is
+/// accepted.
+#[test]
+fn a_payment_request_is_refused_when_either_signature_is_wrong() {
+    use offst_core::protocol::identity::Signature;
+    let req = payment_request();
+    assert_eq!(req.verify(NOW), Ok(()));
+    // The invoice's terms changed after signing: the request's own signature still holds.
+    let mut amount = req.clone();
+    amount.invoice.terms.amount = 1;
+    assert_eq!(amount.verify(NOW), Err(InviteError::BadSignature));
+    // The request's signature broken, the invoice intact.
+    let mut own = req.clone();
+    own.signature = Signature([7; 64]);
+    assert_eq!(own.verify(NOW), Err(InviteError::BadSignature));
+    // The invoice's signature broken, the request's intact.
+    let mut invoice_sig = req.clone();
+    invoice_sig.invoice.signature = Signature([7; 64]);
+    assert_eq!(invoice_sig.verify(NOW), Err(InviteError::BadSignature));
+    // The two signatures swapped (each valid, over the other message).
+    let mut swapped = req.clone();
+    std::mem::swap(&mut swapped.signature, &mut swapped.invoice.signature);
+    assert_eq!(swapped.verify(NOW), Err(InviteError::BadSignature));
+    // An invoice out of bounds (a memo too long), signed by its seller all the same.
+    let seller = Identity::from_seed([5; 32]);
+    let mut long = req.clone();
+    long.invoice.terms.memo = "x".repeat(10_000);
+    long.invoice.signature = seller.sign("offst invoice v1", &long.invoice.terms);
+    assert_eq!(long.verify(NOW), Err(InviteError::BadSignature));
+    // Through the text form too.
+    assert_eq!(
+        offst_core::invite::PaymentRequest::parse(&invoice_sig.to_text(), NOW).unwrap_err(),
+        InviteError::BadSignature
+    );
+}

@@ -876,6 +876,23 @@ fn a_payment_request_with_an_altered_invoice_is_refused() {
     assert!(err.to_string().contains("signature"), "{err}");
     assert!(ws[0].node().payment(&inv.terms.id).is_none());
     assert!(ws[0].outbox(100).unwrap().is_empty());
+    // Regression: a request whose own signature fails (redirected to another relay) was
+    // reported as "storage failure: the invitation is not signed…"; it is a payment refused
+    // for its signature, as an altered invoice is.
+    let mut redirected = request.clone();
+    redirected.relay = test_relay(2);
+    let err = ws[0]
+        .pay_request(&redirected, vec![route.clone()])
+        .unwrap_err();
+    assert!(
+        matches!(err, offst_core::wallet::WalletError::Refused(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("signature") && !err.to_string().contains("invitation"),
+        "{err}"
+    );
+    assert!(ws[0].node().payment(&inv.terms.id).is_none());
     // Only the seller's contact may have been recorded (the seller signed it).
     assert_eq!(balance(&ws[0], &ws[1]), 0);
 

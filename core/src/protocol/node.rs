@@ -1280,8 +1280,21 @@ impl Node {
         routes: Vec<RoutePlan>,
         entropy: [u8; 32],
     ) -> Result<Vec<Output>, NodeError> {
-        self.now_ms = self.now_ms.max(now_ms);
         invoice.verify()?;
+        self.pay_checked(now_ms, invoice, routes, entropy)
+    }
+
+    /// [`Node::pay`] for an invoice whose bounds and signature the caller has checked (a
+    /// wallet checks a payment request's invoice with the request's own signature, in one
+    /// batch). Only for this crate: an invoice not checked here must not reach it.
+    pub(crate) fn pay_checked(
+        &mut self,
+        now_ms: u64,
+        invoice: &Invoice,
+        routes: Vec<RoutePlan>,
+        entropy: [u8; 32],
+    ) -> Result<Vec<Output>, NodeError> {
+        self.now_ms = self.now_ms.max(now_ms);
         let terms = &invoice.terms;
         if now_ms >= terms.expires_at_ms {
             return Err(NodeError::InvoiceExpired {

@@ -182,6 +182,23 @@ impl Invoice {
             .verify(INVOICE_DOMAIN, &self.terms, &self.signature)?;
         Ok(())
     }
+
+    /// Check the bounds now and put the seller's signature into `batch`, to be checked with
+    /// others (a payment request's own signature, by the same seller): the invoice is checked
+    /// once the batch verifies.
+    pub fn queue_check(
+        &self,
+        batch: &mut crate::protocol::identity::SignatureBatch,
+    ) -> Result<(), PaymentError> {
+        check_terms(&self.terms)?;
+        batch.queue(
+            &self.terms.seller,
+            INVOICE_DOMAIN,
+            &self.terms,
+            &self.signature,
+        );
+        Ok(())
+    }
 }
 
 fn check_terms(terms: &InvoiceTerms) -> Result<(), PaymentError> {

@@ -1401,6 +1401,18 @@ impl Wallet {
         invoice: &Invoice,
         routes: Vec<RoutePlan>,
     ) -> Result<(), WalletError> {
+        invoice.verify().map_err(NodeError::from)?;
+        self.pay_checked(later, invoice, routes)
+    }
+
+    /// [`Wallet::pay_with`] for an invoice whose bounds and signature the caller checked
+    /// (with a payment request's, in one batch).
+    pub(crate) fn pay_checked(
+        &mut self,
+        later: bool,
+        invoice: &Invoice,
+        routes: Vec<RoutePlan>,
+    ) -> Result<(), WalletError> {
         let entropy: [u8; 32] = keys::random().map_err(WalletError::random)?;
         let t = &invoice.terms;
         let total: u64 = routes
@@ -1427,7 +1439,10 @@ impl Wallet {
         .amount(t.currency.clone(), -history::clamp(total));
         self.action_with(
             later,
-            |node, now| node.pay(now, invoice, routes, entropy).map(|out| ((), out)),
+            |node, now| {
+                node.pay_checked(now, invoice, routes, entropy)
+                    .map(|out| ((), out))
+            },
             |_| vec![entry],
             |_, _| Ok(()),
         )

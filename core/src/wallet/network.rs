@@ -498,17 +498,17 @@ impl Wallet {
             .map_err(|e| WalletError::Storage(e.to_string()))
     }
 
-    /// Pay a payment request over `routes`. The seller's contact is recorded first (the commit
-    /// goes to the seller directly); if the payment is then refused, the contact stays, which
-    /// is harmless: the seller signed it. The invoice's signature is checked by the node's
-    /// payment step, once.
+    /// Pay a payment request over `routes`. The request is checked whole first (its invoice
+    /// too: the payment step does not check it again) and the seller's contact recorded (the
+    /// commit goes to the seller directly); if the payment is then refused, the contact stays,
+    /// which is harmless: the seller signed it.
     pub fn pay_request(
         &mut self,
         request: &crate::invite::PaymentRequest,
         routes: Vec<crate::protocol::node::RoutePlan>,
     ) -> Result<(), WalletError> {
         self.remember_seller(request)?;
-        self.pay(&request.invoice, routes)
+        self.pay_checked(false, &request.invoice, routes)
     }
 
     /// [`Wallet::pay_request`], without waiting for the disk (see [`Wallet::pay_unsynced`]).
@@ -518,19 +518,33 @@ impl Wallet {
         routes: Vec<crate::protocol::node::RoutePlan>,
     ) -> Result<super::SyncTicket, WalletError> {
         self.remember_seller(request)?;
-        self.pay_unsynced(&request.invoice, routes)
+        self.pay_checked(true, &request.invoice, routes)?;
+        Ok(self.unsynced_ticket())
     }
 
-    /// Check a payment request (all but its invoice, which the payment step checks) and
-    /// record the seller's contact if it is new.
+    /// Check a payment request, its invoice included, and record the seller's contact if it
+    /// is new.
     fn remember_seller(
         &mut self,
         request: &crate::invite::PaymentRequest,
     ) -> Result<(), WalletError> {
-        request
-            .verify_all_but_invoice(self.clock.now_ms())
-            .map_err(|e| WalletError::Storage(e.to_string()))?;
+        let now_ms = self.clock.now_ms();
         let seller = request.invoice.terms.seller;
+        // Refused as the payment step refuses a bad invoice, in a payment's own words: when
+        // the batch fails, the invoice checked alone says whether it is the invoice (and why).
+        request.verify(now_ms).map_err(|e| {
+            WalletError::Refused(match e {
+                crate::invite::InviteError::Expired { .. } => NodeError::InvoiceExpired {
+                    expires_at_ms: request.invoice.terms.expires_at_ms,
+                    now_ms,
+                },
+                _ => NodeError::Payment(request.invoice.verify().err().unwrap_or(
+                    crate::protocol::payment::PaymentError::BadSignature(
+                        crate::protocol::identity::BadSignature(seller),
+                    ),
+                )),
+            })
+        })?;
         if self.contact(&seller)?.is_none() {
             self.set_contact(Contact {
                 id: seller,
