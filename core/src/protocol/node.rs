@@ -676,6 +676,15 @@ fn corrupt(part: &'static str) -> impl Fn(postcard::Error) -> PartsError {
     }
 }
 
+/// An invoice as stored. Formats 1–3 end where format 4 adds the held commits, its last
+/// field: the same bytes with an empty list (its length, 0) appended.
+fn decode_invoice(bytes: &[u8]) -> Result<Selling, PartsError> {
+    match part_body("invoice", bytes)? {
+        (1..=3, body) => postcard::from_bytes(&[body, &[0]].concat()).map_err(corrupt("invoice")),
+        (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice")),
+    }
+}
+
 /// Two stored rows hold the same record: a damaged store (a write keyed by the record itself
 /// could not do that).
 fn twice(part: &'static str) -> PartsError {
@@ -751,14 +760,22 @@ struct StoredRow {
     digest: Option<RowDigest>,
 }
 
-/// A record stored in a row of its own, given when it is made.
+/// A record stored in a row of its own, given when it is made, and known by its invoice.
 trait InRow {
     fn row(&self) -> u64;
+    fn set_row(&mut self, row: u64);
+    fn invoice_id(&self) -> InvoiceId;
 }
 
 impl InRow for Buying {
     fn row(&self) -> u64 {
         self.row
+    }
+    fn set_row(&mut self, row: u64) {
+        self.row = row;
+    }
+    fn invoice_id(&self) -> InvoiceId {
+        self.invoice.terms.id
     }
 }
 
@@ -766,6 +783,44 @@ impl InRow for Selling {
     fn row(&self) -> u64 {
         self.row
     }
+    fn set_row(&mut self, row: u64) {
+        self.row = row;
+    }
+    fn invoice_id(&self) -> InvoiceId {
+        self.invoice.terms.id
+    }
+}
+
+/// Payments or invoices read back from their rows: each record with its row (which `above`
+/// hears of), and the store's rows as the node then knows them (digests unknown). Two rows
+/// holding the same record are a damaged store.
+type FromRows<V> = (BTreeMap<InvoiceId, V>, HashMap<InvoiceId, StoredRow>);
+
+fn from_rows<V: InRow>(
+    rows: &[(u64, Vec<u8>)],
+    part: &'static str,
+    decode: impl Fn(&[u8]) -> Result<V, PartsError>,
+    mut above: impl FnMut(u64),
+) -> Result<FromRows<V>, PartsError> {
+    let mut records = BTreeMap::new();
+    let mut stored = HashMap::new();
+    for (row, bytes) in rows {
+        let mut record = decode(bytes)?;
+        record.set_row(*row);
+        above(*row);
+        let id = record.invoice_id();
+        if records.insert(id, record).is_some() {
+            return Err(twice(part));
+        }
+        stored.insert(
+            id,
+            StoredRow {
+                row: *row,
+                digest: None,
+            },
+        );
+    }
+    Ok((records, stored))
 }
 
 /// The rows of `changed` whose bytes differ from what the store holds by `stored`, encoded,
@@ -1104,49 +1159,14 @@ impl Node {
         // by invoice has rows numbered without the settings knowing).
         let mut next_place = settings.next_place;
         let mut above = |place: u64| next_place = next_place.max(place.saturating_add(1));
-        let mut buying = BTreeMap::new();
-        let mut stored_payments = HashMap::new();
-        for (row, bytes) in &parts.payments {
-            let mut b: Buying = decode_part("payment", bytes)?;
-            b.row = *row;
-            above(*row);
-            let id = b.invoice.terms.id;
-            if buying.insert(id, b).is_some() {
-                return Err(twice("payment"));
-            }
-            stored_payments.insert(
-                id,
-                StoredRow {
-                    row: *row,
-                    digest: None,
-                },
-            );
-        }
-        let mut selling = BTreeMap::new();
-        let mut stored_invoices = HashMap::new();
-        for (row, bytes) in &parts.invoices {
-            let mut sold: Selling = match part_body("invoice", bytes)? {
-                // Formats 1–3 end where format 4 adds the held commits, its last field: the
-                // same bytes with an empty list (its length, 0) appended.
-                (1..=3, body) => {
-                    postcard::from_bytes(&[body, &[0]].concat()).map_err(corrupt("invoice"))?
-                }
-                (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice"))?,
-            };
-            sold.row = *row;
-            above(*row);
-            let id = sold.invoice.terms.id;
-            if selling.insert(id, sold).is_some() {
-                return Err(twice("invoice"));
-            }
-            stored_invoices.insert(
-                id,
-                StoredRow {
-                    row: *row,
-                    digest: None,
-                },
-            );
-        }
+        let (buying, stored_payments) = from_rows(
+            &parts.payments,
+            "payment",
+            |bytes| decode_part::<Buying>("payment", bytes),
+            &mut above,
+        )?;
+        let (selling, stored_invoices) =
+            from_rows(&parts.invoices, "invoice", decode_invoice, &mut above)?;
         let mut outcomes = BTreeMap::new();
         for bytes in &parts.outcomes {
             let o: StoredOutcome = decode_part("outcome", bytes)?;
