@@ -108,8 +108,10 @@ impl ApiContext {
         }
     }
 
-    fn w(&self) -> crate::sync::Guard<'_, Wallet> {
-        lock(&self.wallet)
+    /// The wallet, locked: a call waiting for it (the driver holds it for a batch of mail)
+    /// leaves its runtime thread to the other calls and the driver (`sync::lock_async`).
+    async fn w(&self) -> crate::sync::Guard<'_, Wallet> {
+        crate::sync::lock_async(&self.wallet).await
     }
 
     fn g(&self) -> crate::sync::Guard<'_, Grants> {
@@ -117,8 +119,8 @@ impl ApiContext {
     }
 
     /// Record in the wallet's history what `app` did (`refused`: tried and was refused).
-    fn record(&self, refused: bool, app: &str, what: &str, invoice: Option<InvoiceId>) {
-        if let Err(e) = self.w().record_app(refused, app, what, invoice) {
+    async fn record(&self, refused: bool, app: &str, what: &str, invoice: Option<InvoiceId>) {
+        if let Err(e) = self.w().await.record_app(refused, app, what, invoice) {
             warn!("could not record an app's action: {e}");
         }
     }
@@ -235,7 +237,8 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                     "unknown app",
                     &format!("sent an unreadable request ({e})"),
                     None,
-                );
+                )
+                .await;
                 let _ = send(&tx, &refusal(0, ApiError::BadRequest { reason })).await;
                 break;
             }
@@ -254,7 +257,8 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                         &label,
                         &format!("{}: refused: {e}", request.call.describe()),
                         None,
-                    );
+                    )
+                    .await;
                 }
                 if !send(&tx, &refusal(seq, e)).await {
                     break;
@@ -279,9 +283,10 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                     let (result, invoice) = execute(&ctx, &grant, request.call).await;
                     match &result {
                         Ok(_) if !record_success => {}
-                        Ok(_) => ctx.record(false, &grant.name, &what, invoice),
+                        Ok(_) => ctx.record(false, &grant.name, &what, invoice).await,
                         Err(e) => {
                             ctx.record(true, &grant.name, &format!("{what}: refused: {e}"), invoice)
+                                .await
                         }
                     }
                     let _ = send(&tx, &Response { seq, result }).await;
@@ -300,7 +305,8 @@ async fn connection(stream: UnixStream, ctx: Arc<ApiContext>, mut stop: watch::R
                     count - 1
                 ),
                 None,
-            );
+            )
+            .await;
         }
     }
     drop(tx);
@@ -414,14 +420,14 @@ async fn execute(
     call: Call,
 ) -> (Result<Reply, ApiError>, Option<InvoiceId>) {
     match call {
-        Call::Balances => (balances(ctx), None),
-        Call::History { limit } => (history(ctx, limit), None),
+        Call::Balances => (balances(ctx).await, None),
+        Call::History { limit } => (history(ctx, limit).await, None),
         Call::CreateInvoice {
             currency,
             amount,
             memo,
             minutes,
-        } => match create_invoice(ctx, grant, &currency, amount, &memo, minutes) {
+        } => match create_invoice(ctx, grant, &currency, amount, &memo, minutes).await {
             Ok((id, reply)) => (Ok(reply), Some(id)),
             Err(e) => (Err(e), None),
         },
@@ -436,6 +442,7 @@ async fn execute(
             }
             let r = ctx
                 .w()
+                .await
                 .invite(&name, u64::from(hours) * 3_600_000)
                 .map(|inv| Reply::Invitation {
                     text: inv.to_text(),
@@ -445,10 +452,15 @@ async fn execute(
             (r, None)
         }
         Call::AcceptInvitation { invitation, name } => {
-            let r = Invitation::parse(&invitation, now_ms())
-                .map_err(|e| bad(e.to_string()))
-                .and_then(|inv| ctx.w().accept_invitation(&inv, &name).map_err(wallet_error))
-                .map(|()| Reply::Done);
+            let r = match Invitation::parse(&invitation, now_ms()) {
+                Ok(inv) => ctx
+                    .w()
+                    .await
+                    .accept_invitation(&inv, &name)
+                    .map_err(wallet_error)
+                    .map(|()| Reply::Done),
+                Err(e) => Err(bad(e.to_string())),
+            };
             (r, None)
         }
         Call::SetLimit {
@@ -456,18 +468,27 @@ async fn execute(
             currency,
             amount,
         } => {
-            let r = Currency::new(&currency)
-                .map_err(|e| bad(e.to_string()))
-                .and_then(|c| ctx.w().set_limit(friend, c, amount).map_err(wallet_error))
-                .map(|()| Reply::Done);
+            let r = match Currency::new(&currency) {
+                Ok(c) => ctx
+                    .w()
+                    .await
+                    .set_limit(friend, c, amount)
+                    .map_err(wallet_error)
+                    .map(|()| Reply::Done),
+                Err(e) => Err(bad(e.to_string())),
+            };
             (r, None)
         }
         Call::SetRelay { relay } => {
-            let r = relay
-                .parse()
-                .map_err(|e: String| bad(e))
-                .and_then(|a| ctx.w().set_relay(a).map_err(wallet_error))
-                .map(|()| Reply::Done);
+            let r = match relay.parse() {
+                Ok(a) => ctx
+                    .w()
+                    .await
+                    .set_relay(a)
+                    .map_err(wallet_error)
+                    .map(|()| Reply::Done),
+                Err(e) => Err(bad(e)),
+            };
             (r, None)
         }
     }
@@ -477,8 +498,8 @@ fn clamp_i64(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
-fn balances(ctx: &ApiContext) -> Result<Reply, ApiError> {
-    let w = ctx.w();
+async fn balances(ctx: &ApiContext) -> Result<Reply, ApiError> {
+    let w = ctx.w().await;
     let mut totals: std::collections::BTreeMap<String, i128> = Default::default();
     let mut friends = Vec::new();
     for f in w.node().friends().copied().collect::<Vec<_>>() {
@@ -502,12 +523,13 @@ fn balances(ctx: &ApiContext) -> Result<Reply, ApiError> {
     })
 }
 
-fn history(ctx: &ApiContext, limit: u32) -> Result<Reply, ApiError> {
+async fn history(ctx: &ApiContext, limit: u32) -> Result<Reply, ApiError> {
     if !(1..=500).contains(&limit) {
         return Err(bad("history is read 1 to 500 rows at a time"));
     }
     let rows = ctx
         .w()
+        .await
         .history(&HistoryQuery {
             limit: limit as usize,
             ..HistoryQuery::default()
@@ -527,7 +549,7 @@ fn history(ctx: &ApiContext, limit: u32) -> Result<Reply, ApiError> {
     ))
 }
 
-fn create_invoice(
+async fn create_invoice(
     ctx: &ApiContext,
     grant: &Grant,
     currency: &str,
@@ -543,7 +565,7 @@ fn create_invoice(
     }
     let currency = Currency::new(currency).map_err(|e| bad(e.to_string()))?;
     let (invoice, request) = {
-        let mut w = ctx.w();
+        let mut w = ctx.w().await;
         let invoice = w
             .create_invoice(currency, amount, u64::from(minutes) * 60_000, memo)
             .map_err(wallet_error)?;
@@ -581,10 +603,10 @@ async fn invoice_status(
         });
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
-    let mut changes = ctx.w().watch_changes();
+    let mut changes = ctx.w().await.watch_changes();
     loop {
         let reply = {
-            let w = ctx.w();
+            let w = ctx.w().await;
             let node = w.node();
             let inv = node
                 .issued_invoice(&invoice)
@@ -675,7 +697,7 @@ async fn pay_request(
         return Err(over(spent, terms.amount));
     }
     const MAX_ROUTES: u8 = 8;
-    let query = ctx.w().route_query(request, MAX_ROUTES);
+    let query = ctx.w().await.route_query(request, MAX_ROUTES);
     let set = payer::routes(&ctx.driver, query)
         .await
         .map_err(|e| ApiError::NotPaid {
@@ -707,7 +729,7 @@ async fn pay_request(
         }),
         Err(e) => {
             // The limit is given back only if nothing is under way or paid.
-            let status = ctx.w().payment_view(terms.id).map(|v| v.status);
+            let status = ctx.w().await.payment_view(terms.id).map(|v| v.status);
             let settled_nothing = !matches!(status, Ok("in_flight" | "completed"));
             if settled_nothing
                 && !matches!(e, PayError::Timeout(_))
