@@ -37,6 +37,11 @@ pub async fn lock_async<T>(m: &Mutex<T>) -> Guard<'_, T> {
 /// [`lock_async`], trying again unwoken after `recheck`.
 async fn lock_waiting<T>(m: &Mutex<T>, recheck: std::time::Duration) -> Guard<'_, T> {
     loop {
+        // Free (the usual case): taken at once, without counting as a waiter, so a release
+        // elsewhere has no one to wake.
+        if let Some(guard) = try_lock(m) {
+            return guard;
+        }
         let released = RELEASED.notified();
         tokio::pin!(released);
         // Registered before trying, so a release after the try below wakes this task.
@@ -187,6 +192,31 @@ mod tests {
             .ok()
     }
 
+    /// A thread that holds `m` (through [`lock`], or `Mutex::lock` itself when `bypass`) from
+    /// before this returns until told to go, and adds 1 before it lets go.
+    fn held_by_a_thread(
+        m: &Arc<Mutex<u32>>,
+        bypass: bool,
+    ) -> (std::thread::JoinHandle<()>, mpsc::Sender<()>) {
+        let (go, wait_for_go) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel::<()>();
+        let m = m.clone();
+        let holder = std::thread::spawn(move || {
+            let add = |n: &mut u32| {
+                let _ = held.send(());
+                let _ = wait_for_go.recv();
+                *n += 1;
+            };
+            if bypass {
+                add(&mut m.lock().unwrap());
+            } else {
+                add(&mut lock(&m));
+            }
+        });
+        is_held.recv().unwrap();
+        (holder, go)
+    }
+
     /// A task waiting for a lock leaves its thread to the other tasks, and the release wakes
     /// it. The lock's holder lets go only once another task on the same (single) runtime
     /// thread has run: with a lock that blocks the thread, as `lock` does, that task never
@@ -197,18 +227,7 @@ mod tests {
         let got = on_one_thread(|| {
             Box::pin(async {
                 let m = Arc::new(Mutex::new(0u32));
-                let (go, wait_for_go) = mpsc::channel::<()>();
-                let (held, is_held) = mpsc::channel::<()>();
-                let holder = {
-                    let m = m.clone();
-                    std::thread::spawn(move || {
-                        let mut g = lock(&m);
-                        let _ = held.send(());
-                        let _ = wait_for_go.recv();
-                        *g += 1;
-                    })
-                };
-                is_held.recv().unwrap();
+                let (holder, go) = held_by_a_thread(&m, false);
                 let waiter = {
                     let m = m.clone();
                     tokio::spawn(async move {
@@ -242,18 +261,7 @@ mod tests {
         let got = on_one_thread(|| {
             Box::pin(async {
                 let m = Arc::new(Mutex::new(0u32));
-                let (held, is_held) = mpsc::channel::<()>();
-                let (go, wait_for_go) = mpsc::channel::<()>();
-                let holder = {
-                    let m = m.clone();
-                    std::thread::spawn(move || {
-                        let mut g = m.lock().unwrap();
-                        let _ = held.send(());
-                        let _ = wait_for_go.recv();
-                        *g += 1;
-                    })
-                };
-                is_held.recv().unwrap();
+                let (holder, go) = held_by_a_thread(&m, true);
                 let waiter = {
                     let m = m.clone();
                     tokio::spawn(async move { *lock_async(&m).await + 10 })

@@ -1297,34 +1297,28 @@ fn downgrade(db: &Path, to: u32) {
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
-    // A payment's and an invoice's bytes are the part's version and then the invoice terms,
-    // which begin with its id.
-    c.execute_batch(
-        "CREATE TABLE payments_by_invoice (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
-         INSERT INTO payments_by_invoice (invoice, data)
-             SELECT substr(data, 2, 32), data FROM payments ORDER BY seq;
-         DROP TABLE payments;
-         ALTER TABLE payments_by_invoice RENAME TO payments;
-         CREATE TABLE invoices_by_invoice (invoice BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
-         INSERT INTO invoices_by_invoice (invoice, data)
-             SELECT substr(data, 2, 32), data FROM invoices ORDER BY seq;
-         DROP TABLE invoices;
-         ALTER TABLE invoices_by_invoice RENAME TO invoices;
-         PRAGMA user_version = 9;",
-    )
-    .unwrap();
+    // Key `table` again by the id its rows' bytes begin with (after the part's version byte),
+    // as the schemas before 9 and 10 did, in the order of its current key.
+    let by_id = |table: &str, key: &str| {
+        c.execute_batch(&format!(
+            "CREATE TABLE {table}_by_id ({key} BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
+             INSERT INTO {table}_by_id ({key}, data)
+                 SELECT substr(data, 2, 32), data FROM {table} ORDER BY seq;
+             DROP TABLE {table};
+             ALTER TABLE {table}_by_id RENAME TO {table};"
+        ))
+        .unwrap();
+    };
+    // A payment's and an invoice's bytes begin with the invoice terms, and so its id.
+    by_id("payments", "invoice");
+    by_id("invoices", "invoice");
+    c.pragma_update(None, "user_version", 9).unwrap();
     if to >= 9 {
         return;
     }
-    // A remembered outcome's bytes are the part's version and then its request id.
-    c.execute_batch(
-        "CREATE TABLE outcomes_by_request (request BLOB PRIMARY KEY, data BLOB NOT NULL) STRICT;
-         INSERT INTO outcomes_by_request (request, data) SELECT substr(data, 2, 32), data FROM outcomes;
-         DROP TABLE outcomes;
-         ALTER TABLE outcomes_by_request RENAME TO outcomes;
-         PRAGMA user_version = 8;",
-    )
-    .unwrap();
+    // A remembered outcome's bytes begin with its request id.
+    by_id("outcomes", "request");
+    c.pragma_update(None, "user_version", 8).unwrap();
     if to >= 8 {
         return;
     }

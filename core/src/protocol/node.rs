@@ -767,29 +767,24 @@ trait InRow {
     fn invoice_id(&self) -> InvoiceId;
 }
 
-impl InRow for Buying {
-    fn row(&self) -> u64 {
-        self.row
-    }
-    fn set_row(&mut self, row: u64) {
-        self.row = row;
-    }
-    fn invoice_id(&self) -> InvoiceId {
-        self.invoice.terms.id
-    }
+/// [`InRow`] for records with a `row` and an `invoice` field.
+macro_rules! in_row {
+    ($($record:ty),+) => {$(
+        impl InRow for $record {
+            fn row(&self) -> u64 {
+                self.row
+            }
+            fn set_row(&mut self, row: u64) {
+                self.row = row;
+            }
+            fn invoice_id(&self) -> InvoiceId {
+                self.invoice.terms.id
+            }
+        }
+    )+};
 }
 
-impl InRow for Selling {
-    fn row(&self) -> u64 {
-        self.row
-    }
-    fn set_row(&mut self, row: u64) {
-        self.row = row;
-    }
-    fn invoice_id(&self) -> InvoiceId {
-        self.invoice.terms.id
-    }
-}
+in_row!(Buying, Selling);
 
 /// Payments or invoices read back from their rows: each record with its row (which `above`
 /// hears of), and the store's rows as the node then knows them (digests unknown). Two rows
