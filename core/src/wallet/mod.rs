@@ -367,6 +367,9 @@ pub struct Wallet {
     /// When the envelope ids out of the replay window were last forgotten (`None`: not since
     /// the wallet was opened).
     seen_pruned_ms: Option<u64>,
+    /// Contacts, the relay and the report privacy, answered from memory while SQLite's hooks
+    /// say they are unchanged.
+    reads: store::ReadCache,
     _lock: File,
 }
 
@@ -564,9 +567,11 @@ fn restore_full(conn: &Connection, broken: &mut Option<String>) {
 }
 
 /// Run `write` inside a savepoint of the open transaction: if it fails, what it wrote is
-/// undone and the rest of the transaction (the other steps in it) stays.
+/// undone and the rest of the transaction (the other steps in it) stays. `reads` forgets what
+/// it read meanwhile (SQLite's hooks do not see a rollback to a savepoint).
 fn in_savepoint(
     conn: &Connection,
+    reads: &store::ReadCache,
     write: impl FnOnce() -> Result<(), WalletError>,
 ) -> Result<(), WalletError> {
     conn.execute_batch("SAVEPOINT step")
@@ -577,6 +582,7 @@ fn in_savepoint(
             .map_err(WalletError::from_sqlite),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK TO step; RELEASE step");
+            reads.forget();
             Err(e)
         }
     }
@@ -761,6 +767,7 @@ impl Wallet {
         tx.commit().map_err(WalletError::from_sqlite)?;
         set_size_cap(&conn, options.max_size_bytes)?;
         let disk_commits = store::count_commits(&mut conn)?;
+        let reads = store::ReadCache::install(&mut conn)?;
         Ok(Wallet {
             dir: dir.to_path_buf(),
             conn,
@@ -777,6 +784,7 @@ impl Wallet {
             deferred: false,
             sync_lock: Arc::default(),
             seen_pruned_ms: None,
+            reads,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -816,6 +824,7 @@ impl Wallet {
         let node = Node::from_parts(identity.clone(), &parts)?;
         set_size_cap(&conn, options.max_size_bytes)?;
         let disk_commits = store::count_commits(&mut conn)?;
+        let reads = store::ReadCache::install(&mut conn)?;
         let mut wallet = Wallet {
             dir: dir.to_path_buf(),
             conn,
@@ -832,6 +841,7 @@ impl Wallet {
             deferred: false,
             sync_lock: Arc::default(),
             seen_pruned_ms: None,
+            reads,
             outbox_signal: Arc::new(tokio::sync::Notify::new()),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             _lock: lock,
@@ -1020,7 +1030,7 @@ impl Wallet {
         let result = if relax {
             // Into the transaction the steps waiting for the next flush share.
             open_deferred(&self.conn, &mut self.deferred, &mut self.broken)
-                .and_then(|()| in_savepoint(&self.conn, || write(&self.conn)))
+                .and_then(|()| in_savepoint(&self.conn, &self.reads, || write(&self.conn)))
         } else {
             // The shared transaction was committed before this step began.
             commit_waiting(&mut self.conn, &mut self.broken, true, |conn| {
@@ -1638,7 +1648,7 @@ impl Wallet {
         if self.deferred {
             // Joins the open transaction: it commits with the steps there, without waiting
             // for the disk either, and losing it costs only a resend as above.
-            return in_savepoint(&self.conn, || delete(&self.conn));
+            return in_savepoint(&self.conn, &self.reads, || delete(&self.conn));
         }
         let relax = self.durability == Durability::Full;
         commit_waiting(&mut self.conn, &mut self.broken, !relax, |conn| {

@@ -208,16 +208,23 @@ fn put_contact(tx: &rusqlite::Connection, c: &Contact) -> Result<(), WalletError
     write_contact(tx, c, true)
 }
 
-/// Insert or update `c`; an existing contact's name is replaced only with `rename`.
+/// Insert or update `c`; an existing contact's name is replaced only with `rename`. A contact
+/// that would not change is not written: a buyer's or seller's every message repeats theirs,
+/// and a write costs a page in the commit and the contacts read from memory
+/// ([`store::ReadCache`]).
 fn write_contact(tx: &rusqlite::Connection, c: &Contact, rename: bool) -> Result<(), WalletError> {
     let sql = if rename {
         "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(friend) DO UPDATE SET name = excluded.name, mail_key = excluded.mail_key,
-             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr"
+             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr
+         WHERE name IS NOT excluded.name OR mail_key IS NOT excluded.mail_key
+             OR relay_key IS NOT excluded.relay_key OR relay_addr IS NOT excluded.relay_addr"
     } else {
         "INSERT INTO contacts (friend, name, mail_key, relay_key, relay_addr) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(friend) DO UPDATE SET mail_key = excluded.mail_key,
-             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr"
+             relay_key = excluded.relay_key, relay_addr = excluded.relay_addr
+         WHERE mail_key IS NOT excluded.mail_key OR relay_key IS NOT excluded.relay_key
+             OR relay_addr IS NOT excluded.relay_addr"
     };
     tx.prepare_cached(sql)
         .and_then(|mut s| {
@@ -272,7 +279,7 @@ impl Wallet {
     pub fn report_privacy(&self) -> Result<crate::routing::Privacy, WalletError> {
         use crate::routing::Privacy;
         Ok(
-            match store::get_meta(&self.conn, "report_privacy")?.as_deref() {
+            match self.reads.meta(&self.conn, "report_privacy")?.as_deref() {
                 Some(b"buckets") => Privacy::Buckets,
                 Some(b"off") => Privacy::Off,
                 _ => Privacy::Exact,
@@ -353,7 +360,8 @@ impl Wallet {
 
     /// The relay this wallet uses.
     pub fn relay(&self) -> Result<Option<RelayAddress>, WalletError> {
-        store::get_meta(&self.conn, "relay")?
+        self.reads
+            .meta(&self.conn, "relay")?
             .map(|b| {
                 postcard::from_bytes(&b).map_err(|_| WalletError::Corrupt {
                     detail: "the stored relay is damaged".into(),
@@ -631,19 +639,21 @@ impl Wallet {
 
     /// How to reach `friend`.
     pub fn contact(&self, friend: &NodeId) -> Result<Option<Contact>, WalletError> {
-        self.conn
-            .prepare_cached(
-                "SELECT friend, name, mail_key, relay_key, relay_addr FROM contacts WHERE friend = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([friend.as_bytes()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        self.reads.contact(friend, || {
+            self.conn
+                .prepare_cached(
+                    "SELECT friend, name, mail_key, relay_key, relay_addr FROM contacts WHERE friend = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([friend.as_bytes()], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()
                 })
-                .optional()
-            })
-            .map_err(WalletError::from_sqlite)?
-            .map(|(f, n, m, rk, ra)| contact_from_row(f, n, m, rk, ra))
-            .transpose()
+                .map_err(WalletError::from_sqlite)?
+                .map(|(f, n, m, rk, ra)| contact_from_row(f, n, m, rk, ra))
+                .transpose()
+        })
     }
 
     /// Record how to reach a friend (for friends made without an invitation).
@@ -962,4 +972,52 @@ fn mark_seen(
         })
         .map(|_| ())
         .map_err(WalletError::from_sqlite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::identity::Identity;
+
+    /// A stranger's every message repeats their contact: written again unchanged, it is not
+    /// written at all (no page in the commit, and the contacts read from memory stay); a
+    /// change is written.
+    #[test]
+    fn an_unchanged_contact_is_not_written_again() -> Result<(), Box<dyn std::error::Error>> {
+        let mut conn = rusqlite::Connection::open_in_memory()?;
+        store::migrate(&mut conn)?;
+        store::put_meta(&conn, "settings", b"")?;
+        let cache = store::ReadCache::install(&mut conn)?;
+        let them = Identity::from_seed([4; 32]);
+        let mut contact = Contact {
+            id: them.id(),
+            name: "them".into(),
+            mail_key: MailKey::of(&them),
+            relay: RelayAddress {
+                addr: "127.0.0.1:4000".into(),
+                key: Identity::from_seed([5; 32]).id(),
+            },
+        };
+        let changes = || conn.total_changes();
+        write_contact(&conn, &contact, false)?;
+        let first = (changes(), cache.generation());
+        write_contact(&conn, &contact, false)?;
+        put_contact(&conn, &contact)?;
+        assert_eq!((changes(), cache.generation()), first, "nothing written");
+        contact.relay.addr = "127.0.0.1:4001".into();
+        write_contact(&conn, &contact, false)?;
+        assert!(changes() > first.0 && cache.generation() > first.1);
+        assert_eq!(
+            conn.query_row("SELECT relay_addr FROM contacts", [], |r| r
+                .get::<_, String>(0))?,
+            "127.0.0.1:4001"
+        );
+        contact.name = "renamed".into();
+        let before = changes();
+        write_contact(&conn, &contact, false)?;
+        assert_eq!(changes(), before, "a stranger's message does not rename");
+        put_contact(&conn, &contact)?;
+        assert!(changes() > before, "a rename is written");
+        Ok(())
+    }
 }

@@ -5,15 +5,19 @@
 //! [`Node::take_changes`]), so a step writes only what it changed. Beside them: the outbox,
 //! the history and the event queue.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rusqlite::hooks::Action;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
+use crate::protocol::identity::NodeId;
 use crate::protocol::node::{Changes, Parts};
 
-use super::WalletError;
+use super::{Contact, WalletError};
 
 /// The schema this build writes. Each entry of [`MIGRATIONS`] moves the database up one
 /// version; `PRAGMA user_version` says where a database stands.
@@ -227,6 +231,131 @@ pub(crate) fn count_commits(conn: &mut Connection) -> Result<Arc<AtomicU64>, Wal
     }))
     .map_err(WalletError::from_sqlite)?;
     Ok(count)
+}
+
+/// Answers from memory for rows that the wallet reads for nearly every message and almost
+/// never writes: a friend's contact (to seal mail for them), the relay and the report privacy
+/// in `meta`. Each read was a statement and a read transaction of its own (about 2 % of the
+/// load generator's CPU, `docs/benchmarks.md`).
+///
+/// SQLite itself says when an answer may be stale, so no writer has to remember the cache:
+/// its update hook on every write to `contacts` or `meta` (but the settings row, which every
+/// step rewrites), its rollback hook on every rollback (an answer read inside a transaction
+/// that is then undone), and [`ReadCache::forget`] on a rollback to a savepoint, which no hook
+/// reports. Any of them starts a new generation, and answers from an older one are read again.
+/// A wallet has one connection, so no other writer can change these rows behind its back.
+pub(crate) struct ReadCache {
+    generation: Arc<AtomicU64>,
+    contacts: RefCell<Generation<NodeId, Option<Contact>>>,
+    meta: RefCell<Generation<&'static str, Option<Vec<u8>>>>,
+}
+
+/// Answers read during one generation.
+struct Generation<K, V> {
+    number: u64,
+    answers: HashMap<K, V>,
+}
+
+impl<K, V> Default for Generation<K, V> {
+    fn default() -> Self {
+        Generation {
+            number: 0,
+            answers: HashMap::new(),
+        }
+    }
+}
+
+/// At most this many answers of one kind are kept (a merchant hears from many buyers): past
+/// it, the kept ones are dropped and read again as needed.
+const CACHED_ANSWERS: usize = 1024;
+
+impl ReadCache {
+    /// Watch `conn` with SQLite's hooks. Call once the settings row exists (a wallet's first
+    /// commit writes it): writes to any other row of `meta` start a new generation.
+    pub(crate) fn install(conn: &mut Connection) -> Result<ReadCache, WalletError> {
+        let settings: i64 = conn
+            .query_row("SELECT rowid FROM meta WHERE key = 'settings'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(WalletError::from_sqlite)?
+            .unwrap_or(-1);
+        let generation = Arc::new(AtomicU64::new(1));
+        let on_write = generation.clone();
+        conn.update_hook(Some(move |_: Action, _: &str, table: &str, rowid: i64| {
+            if table == "contacts" || (table == "meta" && rowid != settings) {
+                on_write.fetch_add(1, Ordering::SeqCst);
+            }
+        }))
+        .map_err(WalletError::from_sqlite)?;
+        let on_rollback = generation.clone();
+        conn.rollback_hook(Some(move || {
+            on_rollback.fetch_add(1, Ordering::SeqCst);
+        }))
+        .map_err(WalletError::from_sqlite)?;
+        Ok(ReadCache {
+            generation,
+            contacts: RefCell::default(),
+            meta: RefCell::default(),
+        })
+    }
+
+    /// The current generation (for tests).
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Start a new generation: after a rollback to a savepoint.
+    pub(crate) fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A friend's contact, as `read` (from the database) would return it.
+    pub(crate) fn contact(
+        &self,
+        friend: &NodeId,
+        read: impl FnOnce() -> Result<Option<Contact>, WalletError>,
+    ) -> Result<Option<Contact>, WalletError> {
+        self.answer(&self.contacts, *friend, read)
+    }
+
+    /// A meta value, as [`get_meta`] on `conn` would return it.
+    pub(crate) fn meta(
+        &self,
+        conn: &Connection,
+        key: &'static str,
+    ) -> Result<Option<Vec<u8>>, WalletError> {
+        self.answer(&self.meta, key, || get_meta(conn, key))
+    }
+
+    fn answer<K: std::hash::Hash + Eq, V: Clone>(
+        &self,
+        kept: &RefCell<Generation<K, V>>,
+        key: K,
+        read: impl FnOnce() -> Result<V, WalletError>,
+    ) -> Result<V, WalletError> {
+        let now = self.generation.load(Ordering::SeqCst);
+        {
+            let kept = kept.borrow();
+            if kept.number == now
+                && let Some(v) = kept.answers.get(&key)
+            {
+                return Ok(v.clone());
+            }
+        }
+        let value = read()?;
+        let mut kept = kept.borrow_mut();
+        if kept.number != now || kept.answers.len() >= CACHED_ANSWERS {
+            kept.number = now;
+            kept.answers.clear();
+        }
+        // Kept only if nothing was written while it was read.
+        if self.generation.load(Ordering::SeqCst) == now {
+            kept.answers.insert(key, value.clone());
+        }
+        Ok(value)
+    }
 }
 
 /// The schema version of the database.
@@ -499,6 +628,98 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection with the two tables the read cache watches, the settings row written, and
+    /// the cache installed.
+    fn watched() -> Result<(Connection, ReadCache), Box<dyn std::error::Error>> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) STRICT;
+             CREATE TABLE contacts (friend BLOB PRIMARY KEY, name TEXT NOT NULL) STRICT;
+             INSERT INTO meta (key, value) VALUES ('settings', x'00');",
+        )?;
+        put_meta(&conn, "relay", b"first")?;
+        let cache = ReadCache::install(&mut conn)?;
+        Ok((conn, cache))
+    }
+
+    /// The relay as the cache answers it, and whether the answer came from the database.
+    fn relay(conn: &Connection, cache: &ReadCache) -> (Option<Vec<u8>>, bool) {
+        let read = std::cell::Cell::new(false);
+        let value = cache
+            .answer(&cache.meta, "relay", || {
+                read.set(true);
+                get_meta(conn, "relay")
+            })
+            .unwrap_or_default();
+        (value, read.get())
+    }
+
+    /// What the read cache answers is what the database holds, after a write, a rollback and
+    /// a rollback to a savepoint; and a step's rewrite of the settings row, which every step
+    /// makes, leaves the answers in memory.
+    #[test]
+    fn cached_reads_follow_writes_and_rollbacks() -> Result<(), Box<dyn std::error::Error>> {
+        let (conn, cache) = watched()?;
+        let first = Some(b"first".to_vec());
+        assert_eq!(relay(&conn, &cache), (first.clone(), true));
+        assert_eq!(relay(&conn, &cache), (first.clone(), false), "from memory");
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('settings', x'01')
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [],
+        )?;
+        assert_eq!(
+            relay(&conn, &cache),
+            (first, false),
+            "the settings do not count"
+        );
+
+        put_meta(&conn, "relay", b"second")?;
+        let second = Some(b"second".to_vec());
+        assert_eq!(relay(&conn, &cache), (second.clone(), true));
+
+        // Read inside a transaction that is then rolled back.
+        conn.execute_batch("BEGIN")?;
+        put_meta(&conn, "relay", b"undone")?;
+        assert_eq!(relay(&conn, &cache).0, Some(b"undone".to_vec()));
+        conn.execute_batch("ROLLBACK")?;
+        assert_eq!(relay(&conn, &cache), (second.clone(), true));
+
+        // Read inside a step whose savepoint is rolled back (no hook sees that).
+        conn.execute_batch("BEGIN")?;
+        let failed = crate::wallet::in_savepoint(&conn, &cache, || {
+            put_meta(&conn, "relay", b"undone")?;
+            assert_eq!(relay(&conn, &cache).0, Some(b"undone".to_vec()));
+            Err(WalletError::Storage("the step failed".into()))
+        });
+        assert!(failed.is_err());
+        conn.execute_batch("COMMIT")?;
+        assert_eq!(relay(&conn, &cache), (second.clone(), true));
+
+        // Unwritten keys are answered too, until written.
+        assert_eq!(cache.meta(&conn, "report_privacy")?, None);
+        put_meta(&conn, "report_privacy", b"off")?;
+        assert_eq!(cache.meta(&conn, "report_privacy")?, Some(b"off".to_vec()));
+        Ok(())
+    }
+
+    /// Any write to the contacts starts a new generation, so no contact is answered from
+    /// before it.
+    #[test]
+    fn a_contact_written_is_read_again() -> Result<(), Box<dyn std::error::Error>> {
+        let (conn, cache) = watched()?;
+        let before = cache.generation.load(Ordering::SeqCst);
+        conn.execute(
+            "INSERT INTO contacts (friend, name) VALUES (x'01', 'a')",
+            [],
+        )?;
+        let after_insert = cache.generation.load(Ordering::SeqCst);
+        assert!(after_insert > before);
+        conn.execute("UPDATE contacts SET name = 'b'", [])?;
+        assert!(cache.generation.load(Ordering::SeqCst) > after_insert);
+        Ok(())
+    }
 
     /// A wallet's connection keeps its statements' plans: a statement with a range on a bound
     /// value is not prepared again on every step (the STAT4 build would, see [`tune`]).
