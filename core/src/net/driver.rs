@@ -542,17 +542,16 @@ impl Reporting {
             self.pending = true;
             return Ok(());
         }
+        self.pending = false;
         let report = lock_async(wallet)
             .await
             .capacity_report()
             .map_err(|e| e.to_string())?;
         let Some(report) = report else {
-            self.pending = false;
             return Ok(());
         };
         let now = (report.entries.clone(), report.rate);
         let due = self.sent_at.is_none_or(|t| t.elapsed() >= REPORT_PERIOD);
-        self.pending = false;
         if !due && self.last.as_ref() == Some(&now) {
             return Ok(());
         }
