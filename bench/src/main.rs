@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -31,8 +31,7 @@ use offst_core::net::client::client_endpoint;
 use offst_core::net::driver::Driver;
 use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
-use offst_core::sync::lock;
-use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
+use offst_core::wallet::{KeyFile, SharedWallet, Wallet, WalletOptions};
 use offst_relay::RelayHandle;
 use serde_json::json;
 
@@ -139,7 +138,7 @@ fn now_ms() -> u64 {
 
 /// One wallet with its network driver (none while "offline").
 struct Node {
-    wallet: Arc<Mutex<Wallet>>,
+    wallet: Arc<SharedWallet>,
     driver: tokio::sync::RwLock<Option<Driver>>,
     id: NodeId,
 }
@@ -165,7 +164,7 @@ impl Node {
         })
         .map_err(|e| e.to_string())?;
         let id = w.id();
-        let wallet = Arc::new(Mutex::new(w));
+        let wallet = Arc::new(SharedWallet::new(w));
         let driver = Driver::spawn(
             wallet.clone(),
             client_endpoint().map_err(|e| e.to_string())?,
@@ -224,35 +223,42 @@ async fn until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> R
 
 /// `a` invites `b`, `b` accepts, `a` accepts the request; each lets the other owe `limit`.
 async fn befriend(a: &Node, b: &Node, limit: u64) -> Result<(), String> {
-    let inv = lock(&a.wallet)
+    let inv = a
+        .wallet
+        .lock()
         .invite("", 3_600_000)
         .map_err(|e| e.to_string())?;
-    lock(&b.wallet)
+    b.wallet
+        .lock()
         .accept_invitation(&inv, "")
         .map_err(|e| e.to_string())?;
     until("a friend request", Duration::from_secs(60), || {
-        lock(&a.wallet)
+        a.wallet
+            .lock()
             .friend_requests()
             .is_ok_and(|r| r.iter().any(|r| r.from.id == b.id))
     })
     .await?;
-    lock(&a.wallet)
+    a.wallet
+        .lock()
         .accept_friend_request(b.id, "")
         .map_err(|e| e.to_string())?;
     until("the friendship", Duration::from_secs(60), || {
-        lock(&b.wallet).node().channel(&a.id).is_some()
-            && lock(&a.wallet).node().channel(&b.id).is_some()
-            && lock(&b.wallet).contact(&a.id).is_ok_and(|c| c.is_some())
+        b.wallet.lock().node().channel(&a.id).is_some()
+            && a.wallet.lock().node().channel(&b.id).is_some()
+            && b.wallet.lock().contact(&a.id).is_ok_and(|c| c.is_some())
     })
     .await?;
-    lock(&a.wallet)
+    a.wallet
+        .lock()
         .set_limit(b.id, units(), limit)
         .map_err(|e| e.to_string())?;
-    lock(&b.wallet)
+    b.wallet
+        .lock()
         .set_limit(a.id, units(), limit)
         .map_err(|e| e.to_string())?;
     let agreed = |x: &Node, y: &Node| {
-        let w = lock(&x.wallet);
+        let w = x.wallet.lock();
         w.friend_view(y.id, 0).is_ok_and(|v| {
             v.lines
                 .iter()
@@ -560,7 +566,7 @@ async fn one_payment(
 ) -> Result<offst_core::protocol::payment::InvoiceId, String> {
     // As a merchant's server does: invoices made at once share one flush to disk.
     let (request, ticket): (PaymentRequest, _) = {
-        let mut s = offst_core::sync::lock_async(&seller.wallet).await;
+        let mut s = seller.wallet.lock_async().await;
         let (inv, ticket) = s
             .create_invoice_unsynced(units(), amount, 300_000, "")
             .map_err(|e| e.to_string())?;
@@ -583,7 +589,7 @@ fn invariants(plan: &Plan, completed: u64, before: &[i128]) -> Vec<String> {
     let mut sum: i128 = 0;
     let mut nets = Vec::new();
     for (i, n) in plan.nodes.iter().enumerate() {
-        let w = lock(&n.wallet);
+        let w = n.wallet.lock();
         let mut net: i128 = 0;
         for f in w.node().friends().copied().collect::<Vec<_>>() {
             let Ok(v) = w.friend_view(f, 0) else {
@@ -614,7 +620,9 @@ fn invariants(plan: &Plan, completed: u64, before: &[i128]) -> Vec<String> {
             }
             // Both sides of the channel agree.
             if let Some(other) = plan.nodes.iter().find(|o| o.id == f) {
-                let theirs = lock(&other.wallet)
+                let theirs = other
+                    .wallet
+                    .lock()
                     .friend_view(n.id, 0)
                     .ok()
                     .and_then(|v| v.lines.first().map(|l| l.balance));
@@ -651,7 +659,7 @@ fn nets(plan: &Plan) -> Vec<i128> {
     plan.nodes
         .iter()
         .map(|n| {
-            let w = lock(&n.wallet);
+            let w = n.wallet.lock();
             w.node()
                 .friends()
                 .copied()
@@ -668,7 +676,7 @@ fn nets(plan: &Plan) -> Vec<i128> {
 /// group commit; more for outbox bookkeeping).
 fn commits(plan: &Plan) -> (u64, u64) {
     plan.nodes.iter().fold((0, 0), |(steps, disk), n| {
-        let w = lock(&n.wallet);
+        let w = n.wallet.lock();
         (steps + w.commits(), disk + w.disk_commits())
     })
 }

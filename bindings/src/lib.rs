@@ -9,7 +9,7 @@
 //! only awaits the result, so no call blocks the runtime that drives the network. The wallet
 //! itself is a SQLite file behind a mutex; each call holds it for one durable step.
 
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use offst_core::invite::{self, PaymentRequest};
@@ -21,7 +21,6 @@ use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
 use offst_core::protocol::node::NodeError;
 use offst_core::routing::Privacy;
-use offst_core::sync::lock;
 use offst_core::wallet as core_wallet;
 use offst_core::wallet::EventKind as CoreEventKind;
 
@@ -712,7 +711,7 @@ pub async fn restore_wallet(
 #[derive(uniffi::Object)]
 pub struct Wallet {
     id: NodeId,
-    inner: Arc<Mutex<core_wallet::Wallet>>,
+    inner: Arc<core_wallet::SharedWallet>,
     driver: tokio::sync::RwLock<Option<Driver>>,
     listener: RwLock<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -720,7 +719,7 @@ pub struct Wallet {
 impl Wallet {
     fn start(w: core_wallet::Wallet) -> Result<Arc<Wallet>, WalletError> {
         let id = w.id();
-        let inner = Arc::new(Mutex::new(w));
+        let inner = Arc::new(core_wallet::SharedWallet::new(w));
         let endpoint = client_endpoint().map_err(|e| WalletError::Storage(e.to_string()))?;
         let driver = Driver::spawn(inner.clone(), endpoint);
         Ok(Arc::new(Wallet {
@@ -732,7 +731,7 @@ impl Wallet {
     }
 
     fn lock(&self) -> offst_core::sync::Guard<'_, core_wallet::Wallet> {
-        lock(&self.inner)
+        self.inner.lock()
     }
 
     fn friend_of(&self, id: &str) -> Result<NodeId, FriendError> {

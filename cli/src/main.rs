@@ -889,10 +889,10 @@ async fn run_online(dir: &Path) -> Result<(), String> {
 
 /// Print the wallet's events as they come, until Ctrl-C or SIGTERM.
 async fn print_events_until_stopped(
-    wallet: &std::sync::Mutex<offst_core::wallet::Wallet>,
+    wallet: &offst_core::wallet::SharedWallet,
     stop: &mut StopSignals,
 ) -> Result<(), String> {
-    let w = || offst_core::sync::lock(wallet);
+    let w = || wallet.lock();
     loop {
         tokio::select! {
             _ = stop.recv() => return Ok(()),

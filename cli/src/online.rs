@@ -1,7 +1,7 @@
 //! A wallet taken online for as long as a command needs: its network driver, and waits with
 //! progress and a time limit.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use offst_core::net::client::client_endpoint;
@@ -10,14 +10,14 @@ use offst_core::wallet::Wallet;
 
 /// A wallet with its driver running.
 pub struct Online {
-    pub wallet: Arc<Mutex<Wallet>>,
+    pub wallet: Arc<offst_core::wallet::SharedWallet>,
     pub driver: Driver,
 }
 
 impl Online {
     /// Start the driver for `wallet`.
     pub fn start(wallet: Wallet) -> Result<Online, String> {
-        let wallet = Arc::new(Mutex::new(wallet));
+        let wallet = Arc::new(offst_core::wallet::SharedWallet::new(wallet));
         let endpoint = client_endpoint().map_err(|e| e.to_string())?;
         let driver = Driver::spawn(wallet.clone(), endpoint);
         Ok(Online { wallet, driver })
@@ -25,7 +25,7 @@ impl Online {
 
     /// The wallet, locked.
     pub fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
-        offst_core::sync::lock(&self.wallet)
+        self.wallet.lock()
     }
 
     /// Wait until connected, saying so on stderr while it takes long.

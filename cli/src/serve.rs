@@ -1,7 +1,7 @@
 //! `offst serve` (the wallet's interface for apps, on a Unix socket) and `offst apps`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use offst_core::api::server::{ApiContext, ApiLimits, serve};
@@ -58,7 +58,7 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     let id = wallet.id();
     let path = socket.unwrap_or_else(|| dir.join(SOCKET_FILE));
     let listener = bind(&path)?;
-    let wallet = Arc::new(Mutex::new(wallet));
+    let wallet = Arc::new(offst_core::wallet::SharedWallet::new(wallet));
     let endpoint = client_endpoint().map_err(|e| e.to_string())?;
     let driver = Arc::new(Driver::spawn(wallet.clone(), endpoint));
     let ctx = Arc::new(ApiContext::new(

@@ -60,6 +60,56 @@ async fn lock_waiting<T>(m: &Mutex<T>, recheck: std::time::Duration) -> Guard<'_
     }
 }
 
+/// A value that threads and tasks share and may lock only through [`Shared::lock`] (a thread)
+/// and [`Shared::lock_async`] (a task), whose releases wake the tasks waiting: the inner
+/// `Mutex` is not reachable, so no caller can lock it with `Mutex::lock` itself and leave a
+/// waiting task asleep until [`RECHECK`]. Wallets are shared this way
+/// ([`crate::wallet::SharedWallet`]).
+///
+/// The inner mutex is out of reach:
+///
+/// ```compile_fail,E0616
+/// let shared = offst_core::sync::Shared::new(0u32);
+/// let _guard = shared.0.lock();
+/// ```
+///
+/// and the locks that wake waiting tasks are not:
+///
+/// ```
+/// let shared = offst_core::sync::Shared::new(0u32);
+/// *shared.lock() += 1;
+/// assert_eq!(shared.into_inner(), 1);
+/// ```
+pub struct Shared<T>(Mutex<T>);
+
+impl<T> Shared<T> {
+    /// Share `value`.
+    pub const fn new(value: T) -> Shared<T> {
+        Shared(Mutex::new(value))
+    }
+
+    /// Lock it from a thread ([`lock`]): blocks the thread while another holds it.
+    pub fn lock(&self) -> Guard<'_, T> {
+        lock(&self.0)
+    }
+
+    /// Lock it from a task ([`lock_async`]): the task waits, its thread runs other tasks.
+    pub async fn lock_async(&self) -> Guard<'_, T> {
+        lock_async(&self.0).await
+    }
+
+    /// The value, no longer shared.
+    pub fn into_inner(self) -> T {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared { .. }")
+    }
+}
+
 /// The longest a task in [`lock_async`] waits before it tries the lock again unwoken.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(2);
 

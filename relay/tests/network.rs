@@ -21,7 +21,7 @@ use offst_core::net::wire::RelayAddress;
 use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::{Identity, NodeId};
 use offst_core::protocol::node::{PaymentStatus, RoutePlan};
-use offst_core::wallet::{EventKind, RawKey, SecretKey, Wallet, WalletOptions};
+use offst_core::wallet::{EventKind, RawKey, SecretKey, SharedWallet, Wallet, WalletOptions};
 
 mod common;
 use common::{scratch, spawn};
@@ -101,7 +101,7 @@ fn hours() -> Currency {
 
 struct Peer {
     name: &'static str,
-    wallet: Arc<Mutex<Wallet>>,
+    wallet: Arc<SharedWallet>,
     driver: Mutex<Option<Driver>>,
     id: NodeId,
 }
@@ -122,7 +122,7 @@ impl Peer {
         .unwrap();
         w.set_relay(relay).unwrap();
         let id = w.id();
-        let wallet = Arc::new(Mutex::new(w));
+        let wallet = Arc::new(SharedWallet::new(w));
         let p = Peer {
             name,
             wallet,
@@ -134,7 +134,7 @@ impl Peer {
     }
 
     fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
-        offst_core::sync::lock(&self.wallet)
+        self.wallet.lock()
     }
 
     fn go_online(&self) {

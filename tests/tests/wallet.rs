@@ -980,11 +980,11 @@ fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
     assert_eq!(ws[0].outbox_len().unwrap(), 2);
     assert!(ws[0].outbox(10).unwrap().is_empty());
     assert_eq!(pump(&mut ws, 10_000).unwrap(), 0);
-    let a = std::sync::Mutex::new(ws.remove(0));
+    let a = offst_core::wallet::SharedWallet::new(ws.remove(0));
     block_on(offst_core::wallet::sync(&a, ticket)).unwrap();
     // A ticket already flushed returns at once.
     block_on(offst_core::wallet::sync(&a, ticket)).unwrap();
-    ws.insert(0, a.into_inner().unwrap());
+    ws.insert(0, a.into_inner());
     assert_eq!(ws[0].outbox(10).unwrap().len(), 2);
     pump(&mut ws, 10_000).unwrap();
     assert_eq!(
@@ -1015,11 +1015,11 @@ fn steps_waiting_for_the_disk_share_one_commit_and_survive_closing() {
         before,
         "nothing committed before the flush"
     );
-    let c = std::sync::Mutex::new(ws.remove(2));
+    let c = offst_core::wallet::SharedWallet::new(ws.remove(2));
     block_on(offst_core::wallet::sync(&c, made[3].1)).unwrap();
     // Earlier tickets are on disk too.
     block_on(offst_core::wallet::sync(&c, made[0].1)).unwrap();
-    ws.push(c.into_inner().unwrap());
+    ws.push(c.into_inner());
     assert_eq!(
         ws[2].disk_commits(),
         before + 1,
@@ -1083,12 +1083,12 @@ fn a_failed_step_in_the_shared_transaction_reports_exactly_what_was_kept() {
     assert!(made.len() >= 2, "only {} invoices fit", made.len());
     // Memory holds what the disk holds: no invoice it does not know of.
     let in_memory = ws[2].node().parts();
-    let c = std::sync::Mutex::new(ws.remove(2));
+    let c = offst_core::wallet::SharedWallet::new(ws.remove(2));
     let flushed: Vec<bool> = made
         .iter()
         .map(|(_, ticket)| block_on(offst_core::wallet::sync(&c, *ticket)).is_ok())
         .collect();
-    ws.push(c.into_inner().unwrap());
+    ws.push(c.into_inner());
     assert_eq!(ws[2].node().parts(), in_memory);
     drop(ws.remove(2));
     ws.push(Wallet::open(&t.path("c"), &test_keys(3), WalletOptions::default()).unwrap());
@@ -1132,9 +1132,9 @@ fn one_flush_serves_every_step_before_it_and_a_full_commit_flushes_them_all() {
     assert!(queued > 0);
     assert!(ws[0].outbox(10).unwrap().is_empty());
     // The first payment's flush covers all three (they were committed before it).
-    let a = std::sync::Mutex::new(ws.remove(0));
+    let a = offst_core::wallet::SharedWallet::new(ws.remove(0));
     block_on(offst_core::wallet::sync(&a, invoices[0].1)).unwrap();
-    ws.insert(0, a.into_inner().unwrap());
+    ws.insert(0, a.into_inner());
     assert_eq!(ws[0].outbox(10).unwrap().len(), queued);
     // A step that waits for the disk flushes what came before it too.
     let (inv, _) = ws[2]
@@ -1150,9 +1150,9 @@ fn one_flush_serves_every_step_before_it_and_a_full_commit_flushes_them_all() {
     let queued = ws[0].outbox_len().unwrap() as usize;
     assert!(queued >= 2);
     assert_eq!(ws[0].outbox(10).unwrap().len(), queued);
-    let a = std::sync::Mutex::new(ws.remove(0));
+    let a = offst_core::wallet::SharedWallet::new(ws.remove(0));
     block_on(offst_core::wallet::sync(&a, held)).unwrap();
-    ws.insert(0, a.into_inner().unwrap());
+    ws.insert(0, a.into_inner());
     pump(&mut ws, 10_000).unwrap();
     for (inv, _) in &invoices {
         assert_eq!(

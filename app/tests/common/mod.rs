@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use offst_core::invite::{Invitation, PaymentRequest};
@@ -12,7 +12,7 @@ use offst_core::net::driver::Driver;
 use offst_core::net::wire::RelayAddress;
 use offst_core::protocol::amount::{Currency, Rate};
 use offst_core::protocol::identity::NodeId;
-use offst_core::wallet::{KeyFile, Wallet, WalletOptions};
+use offst_core::wallet::{KeyFile, SharedWallet, Wallet, WalletOptions};
 use offst_relay::RelayHandle;
 
 /// A directory removed when dropped.
@@ -64,7 +64,7 @@ pub struct Person {
     pub name: &'static str,
     pub id: NodeId,
     pub dir: PathBuf,
-    pub wallet: Arc<Mutex<Wallet>>,
+    pub wallet: Arc<SharedWallet>,
     pub driver: Arc<Driver>,
 }
 
@@ -87,7 +87,7 @@ impl Person {
 
     fn online(name: &'static str, dir: PathBuf, w: Wallet) -> Person {
         let id = w.id();
-        let wallet = Arc::new(Mutex::new(w));
+        let wallet = Arc::new(SharedWallet::new(w));
         let endpoint = client_endpoint().unwrap_or_else(|e| unreachable!("{e}"));
         let driver = Arc::new(Driver::spawn(wallet.clone(), endpoint));
         Person {
@@ -100,7 +100,7 @@ impl Person {
     }
 
     pub fn w(&self) -> offst_core::sync::Guard<'_, Wallet> {
-        offst_core::sync::lock(&self.wallet)
+        self.wallet.lock()
     }
 
     /// Hand everything queued to the relay, stop the driver and close the wallet (so that

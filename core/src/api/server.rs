@@ -44,7 +44,7 @@ use crate::protocol::identity::NodeId;
 use crate::protocol::node::InvoiceStatus;
 use crate::protocol::payment::InvoiceId;
 use crate::sync::{TokenBucket, lock};
-use crate::wallet::{Clock, HistoryQuery, SystemClock, Wallet};
+use crate::wallet::{Clock, HistoryQuery, SharedWallet, SystemClock, Wallet};
 
 /// How much the server takes from apps.
 #[derive(Clone, Copy, Debug)]
@@ -81,7 +81,7 @@ impl Default for ApiLimits {
 
 /// What the server works with.
 pub struct ApiContext {
-    wallet: Arc<Mutex<Wallet>>,
+    wallet: Arc<SharedWallet>,
     driver: Arc<Driver>,
     grants: Mutex<Grants>,
     wallet_id: NodeId,
@@ -92,12 +92,12 @@ pub struct ApiContext {
 impl ApiContext {
     /// A context over a wallet, its running driver and its grants.
     pub fn new(
-        wallet: Arc<Mutex<Wallet>>,
+        wallet: Arc<SharedWallet>,
         driver: Arc<Driver>,
         grants: Grants,
         limits: ApiLimits,
     ) -> ApiContext {
-        let wallet_id = lock(&wallet).id();
+        let wallet_id = wallet.lock().id();
         ApiContext {
             wallet,
             driver,
@@ -111,7 +111,7 @@ impl ApiContext {
     /// The wallet, locked: a call waiting for it (the driver holds it for a batch of mail)
     /// leaves its runtime thread to the other calls and the driver (`sync::lock_async`).
     async fn w(&self) -> crate::sync::Guard<'_, Wallet> {
-        crate::sync::lock_async(&self.wallet).await
+        self.wallet.lock_async().await
     }
 
     fn g(&self) -> crate::sync::Guard<'_, Grants> {

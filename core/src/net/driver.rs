@@ -3,7 +3,7 @@
 //! received envelopes to the wallet as durable steps, acknowledges them only after, lets time
 //! pass for invoice expiry, and reconnects with backoff.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -11,8 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::client::{ClientError, RelayConnection};
 use super::wire::Refusal;
-use crate::sync::lock_async;
-use crate::wallet::{Wallet, WalletError};
+use crate::wallet::{SharedWallet, WalletError};
 
 /// Where the driver stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +84,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 impl Driver {
     /// Start driving `wallet` over `endpoint`.
-    pub fn spawn(wallet: Arc<Mutex<Wallet>>, endpoint: quinn::Endpoint) -> Driver {
+    pub fn spawn(wallet: Arc<SharedWallet>, endpoint: quinn::Endpoint) -> Driver {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Starting: "no relay" is said only once the wallet was asked.
         let (status_tx, status_rx) = watch::channel(DriverStatus::Connecting {
@@ -177,16 +176,17 @@ impl Driver {
     /// end at least once since the driver started, at most `limit`.
     pub async fn synced(
         &self,
-        wallet: &Mutex<Wallet>,
+        wallet: &SharedWallet,
         limit: Duration,
         retrying: impl FnMut(&str),
     ) -> Result<(), WaitError> {
         let start = tokio::time::Instant::now();
         self.connected(limit, retrying).await?;
         let mut drained = self.drained.clone();
-        let mut changes = lock_async(wallet).await.watch_changes();
+        let mut changes = wallet.lock_async().await.watch_changes();
         loop {
-            let outbox = lock_async(wallet)
+            let outbox = wallet
+                .lock_async()
                 .await
                 .outbox_len()
                 .map_err(WaitError::Wallet)?;
@@ -254,13 +254,13 @@ struct Links {
 }
 
 async fn run(
-    wallet: Arc<Mutex<Wallet>>,
+    wallet: Arc<SharedWallet>,
     endpoint: quinn::Endpoint,
     mut stop: watch::Receiver<bool>,
     status: watch::Sender<DriverStatus>,
     mut links: Links,
 ) {
-    let signal = lock_async(&wallet).await.outbox_signal();
+    let signal = wallet.lock_async().await.outbox_signal();
     let mut drains: std::collections::BTreeMap<
         crate::protocol::identity::NodeId,
         tokio::task::JoinHandle<()>,
@@ -268,7 +268,7 @@ async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0u32;
     while !stopping(&stop) {
-        let chosen = lock_async(&wallet).await.relay();
+        let chosen = wallet.lock_async().await.relay();
         let relay = match chosen {
             Ok(Some(r)) => r,
             Ok(None) | Err(_) => {
@@ -280,7 +280,7 @@ async fn run(
                 continue;
             }
         };
-        let identity = lock_async(&wallet).await.identity().clone();
+        let identity = wallet.lock_async().await.identity().clone();
         let connected = RelayConnection::connect_to(&endpoint, &relay, &identity).await;
         let mut conn = match connected {
             Ok(c) => c,
@@ -305,11 +305,12 @@ async fn run(
         backoff = MIN_BACKOFF;
         attempt = 0;
         // After days offline, whatever friends may have missed goes again (copies are dropped).
-        if let Err(e) = lock_async(&wallet).await.resend() {
+        if let Err(e) = wallet.lock_async().await.resend() {
             warn!("resend: {e}");
         }
         // Relays we moved away from: keep picking up what friends still send there.
-        let to_drain = lock_async(&wallet)
+        let to_drain = wallet
+            .lock_async()
             .await
             .relays_to_drain()
             .unwrap_or_default();
@@ -353,21 +354,21 @@ async fn run(
 
 /// Receive (only) from a relay we moved away from, for as long as it is on the drain list.
 async fn drain(
-    wallet: Arc<Mutex<Wallet>>,
+    wallet: Arc<SharedWallet>,
     endpoint: quinn::Endpoint,
     old: crate::net::wire::RelayAddress,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = MIN_BACKOFF;
-    let still_listed = async |w: &Mutex<Wallet>| {
-        lock_async(w)
+    let still_listed = async |w: &SharedWallet| {
+        w.lock_async()
             .await
             .relays_to_drain()
             .map(|l| l.iter().any(|(r, _)| r.key == old.key))
             .unwrap_or(false)
     };
     while !stopping(&stop) && still_listed(&wallet).await {
-        let identity = lock_async(&wallet).await.identity().clone();
+        let identity = wallet.lock_async().await.identity().clone();
         let conn = RelayConnection::connect_to(&endpoint, &old, &identity).await;
         let mut conn = match conn {
             Ok(c) => c,
@@ -388,7 +389,7 @@ async fn drain(
             tokio::select! {
                 m = conn.recv_or_empty() => match m {
                     Some(super::client::Incoming::Mail(d)) => {
-                        let result = lock_async(&wallet).await.receive_envelope(&d.envelope);
+                        let result = wallet.lock_async().await.receive_envelope(&d.envelope);
                         match result {
                             Ok(_) => {
                                 if conn.ack(d.seq).await.is_err() {
@@ -424,7 +425,7 @@ async fn drain(
 
 /// Serve one connection: Ok when asked to stop, Err when the connection failed.
 async fn serve(
-    wallet: &Mutex<Wallet>,
+    wallet: &SharedWallet,
     conn: &mut RelayConnection,
     relay: &crate::net::wire::RelayAddress,
     signal: &tokio::sync::Notify,
@@ -471,7 +472,7 @@ async fn serve(
             // Something changed (new mail, a new contact, or a move): try everything again.
             _ = signal.notified() => {
                 sending.retry_unreachable();
-                let chosen = lock_async(wallet).await.relay();
+                let chosen = wallet.lock_async().await.relay();
                 if let Ok(Some(now)) = chosen
                     && now != *relay
                 {
@@ -481,7 +482,7 @@ async fn serve(
             // A report held back by the minimum gap goes out when the gap ends.
             _ = tokio::time::sleep_until(reports.recheck_at()), if reports.held_back() => {}
             _ = tick.tick() => {
-                let mut w = lock_async(wallet).await;
+                let mut w = wallet.lock_async().await;
                 if let Err(e) = w.tick() {
                     warn!("tick: {e}");
                 }
@@ -528,7 +529,7 @@ impl Reporting {
 
     async fn maybe_send(
         &mut self,
-        wallet: &Mutex<Wallet>,
+        wallet: &SharedWallet,
         conn: &RelayConnection,
     ) -> Result<(), String> {
         if self.off {
@@ -543,7 +544,8 @@ impl Reporting {
             return Ok(());
         }
         self.pending = false;
-        let report = lock_async(wallet)
+        let report = wallet
+            .lock_async()
             .await
             .capacity_report()
             .map_err(|e| e.to_string())?;
@@ -556,7 +558,7 @@ impl Reporting {
             return Ok(());
         }
         self.sent_at = Some(tokio::time::Instant::now());
-        let signed = lock_async(wallet).await.sign_report(report);
+        let signed = wallet.lock_async().await.sign_report(report);
         match conn.report(signed).await {
             Ok(()) => {
                 debug!(entries = now.0.len(), "capacity report sent");
@@ -581,7 +583,7 @@ const BATCH: usize = 64;
 /// group commit, then acknowledge them: the relay's acknowledgement is cumulative, so the last
 /// seq covers the batch. Nothing is acknowledged unless its step committed.
 async fn receive_batch(
-    wallet: &Mutex<Wallet>,
+    wallet: &SharedWallet,
     conn: &mut RelayConnection,
     first: super::client::Incoming,
     links: &mut Links,
@@ -603,7 +605,7 @@ async fn receive_batch(
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
         }
-        let result = lock_async(wallet).await.receive_envelopes(&envelopes);
+        let result = wallet.lock_async().await.receive_envelopes(&envelopes);
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
         }
@@ -664,12 +666,13 @@ impl Sending {
     /// Seal and send what the outbox holds that is not sent yet, in batches of [`BATCH`].
     async fn start(
         &mut self,
-        wallet: &Mutex<Wallet>,
+        wallet: &SharedWallet,
         conn: &RelayConnection,
         relay: &crate::net::wire::RelayAddress,
     ) -> Result<(), String> {
         while self.hold.is_none() && self.unanswered.len() < MAX_UNANSWERED {
-            let items = lock_async(wallet)
+            let items = wallet
+                .lock_async()
                 .await
                 .outbox_after(self.sent_up_to, BATCH)
                 .map_err(|e| e.to_string())?;
@@ -686,7 +689,7 @@ impl Sending {
             let mut seqs = Vec::with_capacity(items.len());
             let mut sends = Vec::with_capacity(items.len());
             {
-                let w = lock_async(wallet).await;
+                let w = wallet.lock_async().await;
                 for item in &items {
                     let mut entropy = [0u8; 72];
                     getrandom::fill(&mut entropy).map_err(|e| e.to_string())?;
@@ -724,7 +727,7 @@ impl Sending {
     /// is sent again after the pause it asked for.
     async fn finish(
         &mut self,
-        wallet: &Mutex<Wallet>,
+        wallet: &SharedWallet,
         seqs: Vec<u64>,
         results: Vec<Result<(), ClientError>>,
     ) -> Result<(), String> {
@@ -758,7 +761,8 @@ impl Sending {
             self.unanswered.remove(seq);
         }
         // What the relay did take is recorded even when the connection then failed.
-        lock_async(wallet)
+        wallet
+            .lock_async()
             .await
             .outbox_sent_all(&gone)
             .map_err(|e| e.to_string())?;

@@ -3,7 +3,6 @@
 //! other routes (the index may lag behind the network). Gives up by abandoning the payment,
 //! which frees the credit at once.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::client::ClientError;
@@ -12,8 +11,7 @@ use crate::invite::PaymentRequest;
 use crate::protocol::node::PaymentStatus;
 use crate::protocol::payment::Receipt;
 use crate::routing::{RouteQuery, RouteSet};
-use crate::sync::lock_async;
-use crate::wallet::{Wallet, WalletError};
+use crate::wallet::{SharedWallet, WalletError};
 
 /// How a payment ended, or why it could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +55,18 @@ pub const MAX_RETRIES: u32 = 3;
 /// the seller; the collects come back hop by hop). Returns whether it has; if not, it moves
 /// when that friend next reaches us.
 pub async fn settled(
-    wallet: &Mutex<Wallet>,
+    wallet: &SharedWallet,
     invoice: &crate::protocol::payment::InvoiceId,
     limit: Duration,
 ) -> bool {
     let start = Instant::now();
     // Woken by the steps that changed this payment (the collect that settles a route does:
     // it records the route's end), not by every step of the wallet.
-    let mut changes = lock_async(wallet).await.watch_payment(*invoice);
+    let mut changes = wallet.lock_async().await.watch_payment(*invoice);
     loop {
         changes.borrow_and_update();
-        let done = lock_async(wallet)
+        let done = wallet
+            .lock_async()
             .await
             .node()
             .payment_progress(invoice)
@@ -90,7 +89,7 @@ pub async fn routes(driver: &Driver, query: RouteQuery) -> Result<RouteSet, Clie
 /// Pay `request` from `wallet` over `driver`, splitting over at most `max_routes` routes, and
 /// follow it to the receipt (at most `limit`). `progress` hears of each step.
 pub async fn pay(
-    wallet: &Mutex<Wallet>,
+    wallet: &SharedWallet,
     driver: &Driver,
     request: &PaymentRequest,
     max_routes: u8,
@@ -99,13 +98,14 @@ pub async fn pay(
 ) -> Result<Receipt, PayError> {
     let start = Instant::now();
     let invoice = request.invoice.terms.id;
-    let query = lock_async(wallet).await.route_query(request, max_routes);
+    let query = wallet.lock_async().await.route_query(request, max_routes);
     let set = routes(driver, query.clone())
         .await
         .map_err(PayError::NoRoutes)?;
     let plans = set.routes.iter().map(|r| r.plan()).collect();
     // Payments made at once share one flush to disk (`wallet::sync`).
-    let ticket = lock_async(wallet)
+    let ticket = wallet
+        .lock_async()
         .await
         .pay_request_unsynced(request, plans)?;
     crate::wallet::sync(wallet, ticket).await?;
@@ -114,16 +114,17 @@ pub async fn pay(
     let mut said = Instant::now();
     // Woken by each committed step that changed this payment (an answer, a receipt), not by
     // a timer nor by the steps of other payments.
-    let mut changes = lock_async(wallet).await.watch_payment(invoice);
+    let mut changes = wallet.lock_async().await.watch_payment(invoice);
     loop {
         changes.borrow_and_update();
-        let now = lock_async(wallet).await.node().payment_progress(&invoice);
+        let now = wallet.lock_async().await.node().payment_progress(&invoice);
         let Some(p) = now else {
             return Err(PayError::Cancelled);
         };
         match p.status {
             PaymentStatus::Completed => {
-                let receipt = lock_async(wallet)
+                let receipt = wallet
+                    .lock_async()
                     .await
                     .node()
                     .payment(&invoice)
@@ -145,7 +146,8 @@ pub async fn pay(
             // Some routes were refused: route what is missing again, around their hops.
             let missing = p.amount - p.open;
             let left = crate::protocol::bounds::MAX_ROUTES_PER_PAYMENT.saturating_sub(p.routes);
-            let mut q = lock_async(wallet)
+            let mut q = wallet
+                .lock_async()
                 .await
                 .route_query(request, max_routes.min(left as u8));
             q.amount = missing;
@@ -171,7 +173,7 @@ pub async fn pay(
                 Some(set) => {
                     retries += 1;
                     let plans = set.routes.iter().map(|r| r.plan()).collect();
-                    match lock_async(wallet).await.add_routes(invoice, plans) {
+                    match wallet.lock_async().await.add_routes(invoice, plans) {
                         Ok(()) => progress(PayStep::Retried(set)),
                         Err(e) => tracing::debug!("retry refused: {e}"),
                     }
@@ -185,7 +187,7 @@ pub async fn pay(
                 }
                 None => {
                     // Free the credit of the routes still out, at once.
-                    let _ = lock_async(wallet).await.abandon_payment(invoice);
+                    let _ = wallet.lock_async().await.abandon_payment(invoice);
                     return Err(PayError::GaveUp { retries });
                 }
             }

@@ -438,6 +438,12 @@ impl Unsynced {
     }
 }
 
+/// A wallet shared by the tasks around it (the network driver, payers, the app API's server)
+/// and the app's threads. It can be locked only through `lock` and `lock_async`
+/// ([`crate::sync::Shared`]): a wallet locked with `Mutex::lock` itself would not wake the
+/// tasks waiting for it.
+pub type SharedWallet = crate::sync::Shared<Wallet>;
+
 /// A step committed without waiting for the disk: [`sync`] returns once it is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use = "the step is not on disk until `sync` returns"]
@@ -447,13 +453,9 @@ pub struct SyncTicket(u64);
 /// way share the next one (a group commit for the app's own steps: a merchant making many
 /// invoices, a payer paying many sellers), and the flush runs without holding the wallet, so
 /// received mail is handled meanwhile. Until then nothing the step sends leaves.
-pub async fn sync(
-    wallet: &std::sync::Mutex<Wallet>,
-    ticket: SyncTicket,
-) -> Result<(), WalletError> {
-    use crate::sync::lock_async as hold;
+pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), WalletError> {
     let (sync_lock, wal) = {
-        let w = hold(wallet).await;
+        let w = wallet.lock_async().await;
         if let Some(why) = w.unsynced.lost(ticket.0) {
             return Err(WalletError::Storage(format!(
                 "the step was undone before it reached the disk ({why}); nothing of it was sent"
@@ -466,7 +468,7 @@ pub async fn sync(
     };
     let _flushing = sync_lock.lock().await;
     let target = {
-        let mut w = hold(wallet).await;
+        let mut w = wallet.lock_async().await;
         if w.unsynced.synced >= ticket.0 {
             return Ok(());
         }
@@ -482,7 +484,7 @@ pub async fn sync(
     let flushed = tokio::task::spawn_blocking(move || flush_file(&wal))
         .await
         .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?;
-    let mut w = hold(wallet).await;
+    let mut w = wallet.lock_async().await;
     if let Err(e) = flushed {
         // The disk refused: what was committed may not survive a power cut, so take no further
         // step (and send none of it) until the wallet is opened again, which flushes first.
