@@ -6,9 +6,9 @@
 #
 # This machine's cores change speed from one minute to the next, so two builds run one after
 # the other differ by about 10 % for no reason of their own. Run side by side, both see the
-# same minute: the ratio of their CPU per payment then varies by about 1 %
-# (docs/benchmarks.md, "Comparing two builds"). Each round starts both; the build started
-# second is alternated, since it measured about 0.7 % cheaper in A/A runs.
+# same minute: the ratio of their CPU per payment then varies by about 1.5 % a round
+# (docs/benchmarks.md, "Comparing two builds side by side"). Each round starts both; which
+# one starts first alternates, so the order cannot favour either.
 #
 # Prints each round and the mean and range of B's CPU per payment over A's. Needs python3.
 set -euo pipefail

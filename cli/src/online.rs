@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use offst_core::net::client::client_endpoint;
 use offst_core::net::driver::{Driver, WaitError};
-use offst_core::wallet::Wallet;
+use offst_core::wallet::{SharedWallet, Wallet};
 
 /// A wallet with its driver running.
 pub struct Online {
-    pub wallet: Arc<offst_core::wallet::SharedWallet>,
+    pub wallet: Arc<SharedWallet>,
     pub driver: Driver,
 }
 
 impl Online {
     /// Start the driver for `wallet`.
     pub fn start(wallet: Wallet) -> Result<Online, String> {
-        let wallet = Arc::new(offst_core::wallet::SharedWallet::new(wallet));
+        let wallet = Arc::new(SharedWallet::new(wallet));
         let endpoint = client_endpoint().map_err(|e| e.to_string())?;
         let driver = Driver::spawn(wallet.clone(), endpoint);
         Ok(Online { wallet, driver })

@@ -9,6 +9,7 @@ use offst_core::api::{Grants, Permission, Permissions};
 use offst_core::net::client::client_endpoint;
 use offst_core::net::driver::Driver;
 use offst_core::protocol::identity::NodeId;
+use offst_core::wallet::SharedWallet;
 use serde_json::json;
 
 use crate::AppsAction;
@@ -58,7 +59,7 @@ pub async fn run(dir: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     let id = wallet.id();
     let path = socket.unwrap_or_else(|| dir.join(SOCKET_FILE));
     let listener = bind(&path)?;
-    let wallet = Arc::new(offst_core::wallet::SharedWallet::new(wallet));
+    let wallet = Arc::new(SharedWallet::new(wallet));
     let endpoint = client_endpoint().map_err(|e| e.to_string())?;
     let driver = Arc::new(Driver::spawn(wallet.clone(), endpoint));
     let ctx = Arc::new(ApiContext::new(

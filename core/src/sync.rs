@@ -8,7 +8,7 @@ use std::time::Instant;
 
 /// Lock `m`, carrying on if a thread panicked while holding it: a wallet, a store or a map of
 /// counters is never left half-written by a panic (every change to a wallet is a transaction).
-/// Blocks the thread while another holds it; in a task, [`lock_async`] waits without.
+/// Blocks the thread while another holds it; in a task, [`Shared::lock_async`] waits without.
 pub fn lock<T>(m: &Mutex<T>) -> Guard<'_, T> {
     Guard {
         inner: Some(m.lock().unwrap_or_else(|p| p.into_inner())),
@@ -27,10 +27,11 @@ static RELEASED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// work queued behind the blocked thread (`docs/benchmarks.md`, "Waiting for a wallet's lock").
 ///
 /// Only a release through a [`Guard`] wakes the waiters, so a mutex that tasks wait for here
-/// should be locked everywhere through [`lock`] or this function, not with `Mutex::lock`
-/// itself (which would cost a waiter up to [`RECHECK`]). Needs a runtime with its timer
+/// must be locked everywhere through [`lock`] or this function, not with `Mutex::lock` itself
+/// (which would cost a waiter up to [`RECHECK`]): tasks reach it only through
+/// [`Shared::lock_async`], whose mutex nothing else can reach. Needs a runtime with its timer
 /// enabled, as the driver does.
-pub async fn lock_async<T>(m: &Mutex<T>) -> Guard<'_, T> {
+async fn lock_async<T>(m: &Mutex<T>) -> Guard<'_, T> {
     lock_waiting(m, RECHECK).await
 }
 
@@ -63,7 +64,7 @@ async fn lock_waiting<T>(m: &Mutex<T>, recheck: std::time::Duration) -> Guard<'_
 /// A value that threads and tasks share and may lock only through [`Shared::lock`] (a thread)
 /// and [`Shared::lock_async`] (a task), whose releases wake the tasks waiting: the inner
 /// `Mutex` is not reachable, so no caller can lock it with `Mutex::lock` itself and leave a
-/// waiting task asleep until [`RECHECK`]. Wallets are shared this way
+/// waiting task asleep for up to 2 ms. Wallets are shared this way
 /// ([`crate::wallet::SharedWallet`]).
 ///
 /// The inner mutex is out of reach:
@@ -93,7 +94,8 @@ impl<T> Shared<T> {
         lock(&self.0)
     }
 
-    /// Lock it from a task ([`lock_async`]): the task waits, its thread runs other tasks.
+    /// Lock it from a task: while another holds it, the task waits and its runtime thread
+    /// runs other tasks (woken by the release).
     pub async fn lock_async(&self) -> Guard<'_, T> {
         lock_async(&self.0).await
     }
@@ -101,12 +103,6 @@ impl<T> Shared<T> {
     /// The value, no longer shared.
     pub fn into_inner(self) -> T {
         self.0.into_inner().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl<T> std::fmt::Debug for Shared<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Shared { .. }")
     }
 }
 
@@ -140,8 +136,8 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<Guard<'_, T>> {
     Some(Guard { inner: Some(inner) })
 }
 
-/// A lock held through [`lock`] or [`lock_async`]. Releasing it wakes the tasks waiting in
-/// [`lock_async`], once the lock is free.
+/// A lock held through [`lock`] or [`Shared`]. Releasing it wakes the tasks waiting in
+/// [`Shared::lock_async`], once the lock is free.
 pub struct Guard<'a, T> {
     /// Always `Some` until dropped.
     inner: Option<MutexGuard<'a, T>>,

@@ -109,7 +109,7 @@ impl ApiContext {
     }
 
     /// The wallet, locked: a call waiting for it (the driver holds it for a batch of mail)
-    /// leaves its runtime thread to the other calls and the driver (`sync::lock_async`).
+    /// leaves its runtime thread to the other calls and the driver (`SharedWallet::lock_async`).
     async fn w(&self) -> crate::sync::Guard<'_, Wallet> {
         self.wallet.lock_async().await
     }
