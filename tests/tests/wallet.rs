@@ -1288,15 +1288,23 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
     refused(b.receive_envelope(&second).unwrap(), "replay");
 }
 
-/// Takes a wallet database of this build back to schema `to` (5 to 9), as the builds before
+/// Takes a wallet database of this build back to schema `to` (5 to 10), as the builds before
 /// wrote it, for the migration tests: each step undoes one migration.
 fn downgrade(db: &Path, to: u32) {
     assert_eq!(
         offst_core::wallet::SCHEMA_VERSION,
-        10,
+        11,
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
+    // Schema 11 added the archive (empty in these tests: nothing there is a week past its
+    // expiry).
+    c.execute_batch("DROP TABLE payments_archive; DROP TABLE invoices_archive;")
+        .unwrap();
+    c.pragma_update(None, "user_version", 10).unwrap();
+    if to >= 10 {
+        return;
+    }
     // Key `table` again by the id its rows' bytes begin with (after the part's version byte),
     // as the schemas before 9 and 10 did, in the order of its current key.
     let by_id = |table: &str, key: &str| {
@@ -1642,4 +1650,157 @@ fn a_record_of_seen_envelopes_that_cannot_be_read_lets_no_copy_through() {
         b.receive_envelope(&real).unwrap(),
         Delivery::Refused(why) if why.contains("replay")
     ));
+}
+
+/// A finished payment and its invoice leave the wallets' memory once their invoice expired more
+/// than `ARCHIVE_AFTER_EXPIRY_MS` ago, in one step that moves each row to the archive: the
+/// views still show them (with the receipt), a reopened wallet does not read them, the invoice
+/// cannot be paid again, and no credit moves. Before that time, and while a payment is in
+/// flight, nothing is archived.
+#[test]
+fn finished_payments_move_to_the_archive_and_stay_visible() {
+    use offst_core::protocol::bounds::ARCHIVE_AFTER_EXPIRY_MS;
+    use offst_core::protocol::node::PaymentStatus;
+    use offst_core::wallet::ManualClock;
+    let t = TempDir::new("archive");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let options = || WalletOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..Default::default()
+    };
+    let open = |options: &dyn Fn() -> WalletOptions| -> Vec<Wallet> {
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, options()).unwrap())
+            .collect()
+    };
+    let mut ws = open(&options);
+    ws[1].set_rate(MEDIATOR_RATE).unwrap();
+    befriend(&mut ws, 0, 1, 100).unwrap();
+    befriend(&mut ws, 1, 2, 100).unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    let rows = |w: &str, table: &str| -> i64 {
+        let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
+        c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let paid = pay(&mut ws, 5);
+    // A second payment that stays in flight: the seller never hears of it.
+    let stuck = ws[2].create_invoice(hours(), 3, 60_000, "tea").unwrap();
+    let route = plan(&ws, &[0, 1, 2], 3);
+    ws[0].pay(&stuck, vec![route]).unwrap();
+    let balances = (balance(&ws[0], &ws[1]), balance(&ws[2], &ws[1]));
+
+    // Just before the time: nothing moves.
+    clock.advance(60_000 + ARCHIVE_AFTER_EXPIRY_MS - 1);
+    for w in &mut ws {
+        w.tick().unwrap();
+    }
+    assert!(ws[0].node().payment(&paid).is_some());
+    assert!(ws[2].node().invoice_status(&paid).is_some());
+    assert_eq!(rows("a", "payments_archive"), 0);
+
+    clock.advance(1);
+    ws[0].tick().unwrap();
+    ws[2].tick().unwrap();
+    assert!(ws[0].node().payment(&paid).is_none());
+    assert!(ws[2].node().invoice_status(&paid).is_none());
+    // The stuck payment is still in flight: kept.
+    assert_eq!(
+        ws[0].node().payment(&stuck.terms.id).map(|(s, _)| s),
+        Some(PaymentStatus::InFlight)
+    );
+    assert_eq!(
+        (rows("a", "payments"), rows("a", "payments_archive")),
+        (1, 1)
+    );
+    // The seller's unpaid invoice expired and was cancelled: archived as well.
+    assert_eq!(
+        (rows("c", "invoices"), rows("c", "invoices_archive")),
+        (0, 2)
+    );
+
+    let check = |ws: &[Wallet]| {
+        let view = ws[0].payment_view(paid).unwrap();
+        assert_eq!(view.status, "completed");
+        let receipt = view
+            .receipt
+            .expect("the receipt is archived with the payment");
+        assert!(receipt.verify().is_ok());
+        assert_eq!(receipt.invoice_id(), paid);
+        assert!(!view.history.is_empty());
+        assert_eq!(ws[2].payment_view(paid).unwrap().status, "paid");
+        let cancelled = ws[2].payment_view(stuck.terms.id).unwrap();
+        assert_eq!(cancelled.status, "cancelled");
+        // The cancellation, written in the step that archived the invoice, is in its history.
+        let kinds: Vec<String> = cancelled
+            .history
+            .iter()
+            .map(|h| format!("{:?}", h.kind))
+            .collect();
+        assert_eq!(kinds, ["InvoiceCreated", "InvoiceCancelled"]);
+        let (invoice, status) = ws[2].issued_invoice(&paid).unwrap().unwrap();
+        assert_eq!(invoice.terms.amount, 5);
+        assert!(matches!(
+            status,
+            offst_core::protocol::node::InvoiceStatus::Paid(_)
+        ));
+        assert_eq!((balance(&ws[0], &ws[1]), balance(&ws[2], &ws[1])), balances);
+    };
+    check(&ws);
+    // Reopened, the wallets load only what they keep, and still find the archived records.
+    let mut ws = {
+        drop(ws);
+        open(&options)
+    };
+    assert!(ws[0].node().payment(&paid).is_none());
+    assert!(ws[2].node().issued_invoice(&paid).is_none());
+    check(&ws);
+    // The archived invoice cannot be paid again: it expired.
+    let invoice = ws[2].issued_invoice(&paid).unwrap().unwrap().0;
+    let route = plan(&ws, &[0, 1, 2], 5);
+    let err = ws[0].pay(&invoice, vec![route]).unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    pump(&mut ws, 10_000).unwrap();
+    check(&ws);
+}
+
+/// A wallet written under schema 10 (before the archive) migrates to the archive's schema with
+/// its finished payment still in memory, and archives it at its first tick past the grace, as
+/// a wallet made after would.
+#[test]
+fn finished_payments_of_a_schema_10_wallet_are_archived_after_the_upgrade() {
+    use offst_core::protocol::bounds::ARCHIVE_AFTER_EXPIRY_MS;
+    use offst_core::wallet::ManualClock;
+    let t = TempDir::new("archive-upgrade");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let options = || WalletOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..Default::default()
+    };
+    let open = || -> Vec<Wallet> {
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, options()).unwrap())
+            .collect()
+    };
+    let mut ws = open();
+    befriend(&mut ws, 0, 1, 100).unwrap();
+    befriend(&mut ws, 1, 2, 100).unwrap();
+    pump(&mut ws, 10_000).unwrap();
+    let paid = pay(&mut ws, 5);
+    drop(ws);
+    downgrade(&t.path("a").join("wallet.db"), 10);
+    let mut ws = open();
+    assert!(ws[0].node().payment(&paid).is_some());
+    clock.advance(60_000 + ARCHIVE_AFTER_EXPIRY_MS);
+    ws[0].tick().unwrap();
+    assert!(ws[0].node().payment(&paid).is_none());
+    let view = ws[0].payment_view(paid).unwrap();
+    assert_eq!(view.status, "completed");
+    assert!(view.receipt.unwrap().verify().is_ok());
+    assert!(!view.history.is_empty());
 }

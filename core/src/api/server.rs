@@ -607,14 +607,14 @@ async fn invoice_status(
     loop {
         let reply = {
             let w = ctx.w().await;
-            let node = w.node();
-            let inv = node
+            let (inv, status) = w
                 .issued_invoice(&invoice)
-                .ok_or_else(|| wallet_error("the wallet no longer keeps this invoice"))?;
-            let state = match node.invoice_status(&invoice) {
-                Some(InvoiceStatus::Paid(_)) => InvoiceState::Paid,
-                Some(InvoiceStatus::Cancelled) => InvoiceState::Cancelled,
-                _ => InvoiceState::Open,
+                .map_err(wallet_error)?
+                .ok_or_else(|| wallet_error("the wallet does not hold this invoice"))?;
+            let state = match status {
+                InvoiceStatus::Paid(_) => InvoiceState::Paid,
+                InvoiceStatus::Cancelled => InvoiceState::Cancelled,
+                InvoiceStatus::Open => InvoiceState::Open,
             };
             Reply::InvoiceStatus {
                 invoice,

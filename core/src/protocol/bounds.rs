@@ -47,6 +47,15 @@ pub const MAX_CURRENCIES_PER_FRIEND: usize = 16;
 /// how they ended. The oldest are forgotten first.
 pub const MAX_REMEMBERED_OUTCOMES: usize = 65_536;
 
+/// How long past its invoice's expiry a finished payment or invoice stays in the node's memory.
+/// After that no protocol message can change it (the seller cancelled every route it did not
+/// take at the expiry, and the buyer refuses to pay an expired invoice), so the node hands it
+/// to its store's archive ([`crate::protocol::node::Changes::archived`]) and forgets it: a node
+/// holds only what is under way or recent, however many payments it ever made. The week is
+/// for clocks that disagree and for friends offline for days, whose late messages the record
+/// still answers while it is kept.
+pub const ARCHIVE_AFTER_EXPIRY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Abandons a seller remembers for one invoice before any request of theirs arrived (an abandon
 /// travels directly and can overtake the requests). Each names the buyer and lock whose
 /// requests to cancel on arrival.

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::amount::{Currency, Rate};
 use super::bounds::{
-    MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE, MAX_HELD_COMMITS_PER_INVOICE,
-    MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
+    ARCHIVE_AFTER_EXPIRY_MS, MAX_AMOUNT, MAX_EARLY_ABANDONS_PER_INVOICE,
+    MAX_HELD_COMMITS_PER_INVOICE, MAX_REMEMBERED_OUTCOMES, MAX_ROUTES_PER_PAYMENT,
 };
 use super::channel::{
     Channel, ChannelError, ChannelState, CoreKey, CreditLine, OfferOutcome, Op, OpError, Received,
@@ -512,8 +512,62 @@ pub struct Changes {
     /// reused): each is written once and they are forgotten oldest first, so a store keyed
     /// this way writes at the ends of its table instead of on a random page per row.
     pub outcomes: Vec<(u64, Option<Vec<u8>>)>,
+    /// Finished payments and invoices the step forgot ([`ARCHIVE_AFTER_EXPIRY_MS`]): a store
+    /// keeps them, read on demand, in the same transaction that deletes their rows above
+    /// (which `payments` and `invoices` list as deleted).
+    pub archived: Vec<Archived>,
     /// The settings.
     pub settings: Vec<u8>,
+}
+
+/// A finished payment or invoice the node no longer keeps in memory, for a store's archive:
+/// the same bytes its row held, read back with [`archived_payment`] or [`archived_invoice`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Archived {
+    /// Ours as the buyer (a payment) or the seller (an invoice).
+    pub role: ArchivedRole,
+    /// The invoice.
+    pub invoice: InvoiceId,
+    /// When the invoice expired (`expires_at_ms`).
+    pub expires_at_ms: u64,
+    /// The record, as its row held it.
+    pub data: Vec<u8>,
+}
+
+/// Which side of an archived record this node was on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchivedRole {
+    /// A payment we made.
+    Payment,
+    /// An invoice we issued.
+    Invoice,
+}
+
+/// A payment read back from the archive.
+#[derive(Clone, Debug)]
+pub struct ArchivedPayment {
+    /// The invoice paid.
+    pub invoice: Invoice,
+    /// How it ended (never [`PaymentStatus::InFlight`]).
+    pub status: PaymentStatus,
+    /// The seller's receipt, if it completed.
+    pub receipt: Option<Receipt>,
+}
+
+/// Decode an archived payment ([`ArchivedRole::Payment`]).
+pub fn archived_payment(bytes: &[u8]) -> Result<ArchivedPayment, PartsError> {
+    let b: Buying = decode_part("payment", bytes)?;
+    Ok(ArchivedPayment {
+        invoice: b.invoice,
+        status: b.status,
+        receipt: b.receipt,
+    })
+}
+
+/// Decode an archived invoice ([`ArchivedRole::Invoice`]): the invoice and how it ended.
+pub fn archived_invoice(bytes: &[u8]) -> Result<(Invoice, InvoiceStatus), PartsError> {
+    let s = decode_invoice(bytes)?;
+    Ok((s.invoice, s.status))
 }
 
 /// Everything a node stores, as encoded parts (see [`Node::parts`], [`Node::from_parts`]).
@@ -747,6 +801,8 @@ pub struct Node {
     stored_invoices: HashMap<InvoiceId, StoredRow>,
     /// Whether our payments send their commit with their requests ([`Node::set_early_commit`]).
     early_commit: bool,
+    /// Records forgotten since the last [`Node::take_changes`], for the store's archive.
+    archived: Vec<Archived>,
 }
 
 /// What identifies a stored row's bytes: 128 bits of BLAKE3 (a collision would skip a write).
@@ -867,6 +923,7 @@ impl Node {
             stored_payments: HashMap::new(),
             stored_invoices: HashMap::new(),
             early_commit: true,
+            archived: Vec::new(),
         }
     }
 
@@ -1015,6 +1072,7 @@ impl Node {
             payments: encode_unless_stored(payments_reached, &mut self.stored_payments),
             invoices: encode_unless_stored(self.selling.take_changed(), &mut self.stored_invoices),
             outcomes: self.take_outcome_changes(),
+            archived: std::mem::take(&mut self.archived),
             settings: encode_part(&self.settings()),
         }
     }
@@ -1575,7 +1633,62 @@ impl Node {
             self.out
                 .push(Output::Event(Event::InvoiceCancelled { invoice_id: id }));
         }
+        self.archive_finished(now_ms);
         self.finish()
+    }
+
+    /// Forget the payments and invoices that ended more than [`ARCHIVE_AFTER_EXPIRY_MS`] past
+    /// their invoice's expiry, handing each to the store's archive in the same step.
+    ///
+    /// A payment has ended when it is not in flight and every route of it was collected or
+    /// cancelled: nothing in any channel refers to it any more. An invoice has ended when it
+    /// is paid or cancelled and holds no early commit. Either way, after the expiry no
+    /// message can change it: the buyer refuses to pay an expired invoice, and the seller
+    /// cancels a request for an invoice it does not hold, as for one past its expiry.
+    fn archive_finished(&mut self, now_ms: u64) {
+        let due = |expires: u64| expires.saturating_add(ARCHIVE_AFTER_EXPIRY_MS) <= now_ms;
+        let payments: Vec<InvoiceId> = self
+            .buying
+            .iter()
+            .filter(|(_, b)| {
+                due(b.invoice.terms.expires_at_ms)
+                    && b.status != PaymentStatus::InFlight
+                    && b.routes.values().all(|r| {
+                        matches!(r.status, RouteStatus::Collected | RouteStatus::Cancelled)
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in payments {
+            if let Some(b) = self.buying.remove(&id) {
+                self.archived.push(Archived {
+                    role: ArchivedRole::Payment,
+                    invoice: id,
+                    expires_at_ms: b.invoice.terms.expires_at_ms,
+                    data: encode_part(&b),
+                });
+            }
+        }
+        let invoices: Vec<InvoiceId> = self
+            .selling
+            .iter()
+            .filter(|(_, s)| {
+                due(s.invoice.terms.expires_at_ms)
+                    && s.status != InvoiceStatus::Open
+                    && s.held.is_empty()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in invoices {
+            if let Some(s) = self.selling.remove(&id) {
+                self.archived.push(Archived {
+                    role: ArchivedRole::Invoice,
+                    invoice: id,
+                    expires_at_ms: s.invoice.terms.expires_at_ms,
+                    data: encode_part(&s),
+                });
+            }
+        }
     }
 
     /// Resend whatever may not have arrived: our last move in each channel, token requests, and

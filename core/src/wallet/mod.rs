@@ -26,7 +26,8 @@ use crate::protocol::channel::Op;
 use crate::protocol::identity::{Identity, NodeId};
 use crate::protocol::message::Message;
 use crate::protocol::node::{
-    InvoiceStatus, Node, NodeError, Output, PartsError, PaymentStatus, RoutePlan,
+    ArchivedRole, InvoiceStatus, Node, NodeError, Output, PartsError, PaymentStatus, RoutePlan,
+    archived_invoice, archived_payment,
 };
 use crate::protocol::payment::{Invoice, InvoiceId, Receipt};
 
@@ -494,6 +495,29 @@ pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), Walle
     w.unsynced.synced_to(target);
     w.outbox_signal.notify_one();
     Ok(())
+}
+
+/// When `invoice` expires, for the history's index by invoice: from the node while it keeps the
+/// payment or invoice, else from the archive (also a record archived by the step being
+/// written, whose events are appended after its rows).
+fn invoice_expiry(
+    node: &Node,
+    conn: &Connection,
+    invoice: &InvoiceId,
+) -> Result<Option<u64>, WalletError> {
+    if let Some(e) = node.invoice_expiry(invoice) {
+        return Ok(Some(e));
+    }
+    store::archived_expiry(conn, invoice)
+}
+
+/// How an invoice's status reads in views.
+fn invoice_state(status: &InvoiceStatus) -> &'static str {
+    match status {
+        InvoiceStatus::Open => "open",
+        InvoiceStatus::Paid(_) => "paid",
+        InvoiceStatus::Cancelled => "cancelled",
+    }
 }
 
 /// Run `commit` on `conn`; with `wait` false its commit does not wait for the disk
@@ -974,6 +998,7 @@ impl Wallet {
             && changes.payments.is_empty()
             && changes.invoices.is_empty()
             && changes.outcomes.is_empty()
+            && changes.archived.is_empty()
             && changes.settings == self.last_settings;
         // Messages for someone who is not a friend carry our mail key and relay.
         let stranger = |to: &NodeId| self.node.channel(to).is_none();
@@ -1016,7 +1041,10 @@ impl Wallet {
                 }
             }
             for e in &entries {
-                let expires = e.invoice.and_then(|i| self.node.invoice_expiry(&i));
+                let expires = match e.invoice {
+                    Some(i) => invoice_expiry(&self.node, conn, &i)?,
+                    None => None,
+                };
                 history::append(conn, now, e, expires)?;
             }
             extra(conn, &value)
@@ -1712,10 +1740,13 @@ impl Wallet {
             .map_err(WalletError::from_sqlite)?;
         let before = q.before.map_or(i64::MAX, history::clamp);
         let friend = q.friend.map(|f| f.as_bytes().to_vec());
-        let invoice = q.invoice.map(|i| {
-            let expires = self.node.invoice_expiry(&i).map_or(0, history::clamp);
-            (i.0.to_vec(), expires)
-        });
+        let invoice = match q.invoice {
+            Some(i) => {
+                let expires = invoice_expiry(&self.node, &self.conn, &i)?;
+                Some((i.0.to_vec(), expires.map_or(0, history::clamp)))
+            }
+            None => None,
+        };
         let limit = i64::try_from(limit).unwrap_or(50);
         let mut params: Vec<(&str, &dyn rusqlite::ToSql)> = vec![("?1", &before), ("?4", &limit)];
         if let Some(f) = &friend {
@@ -1802,7 +1833,8 @@ impl Wallet {
         })
     }
 
-    /// One payment (ours) or invoice (ours), with its whole history.
+    /// One payment (ours) or invoice (ours), with its whole history; also one the node no longer
+    /// keeps in memory, from the archive.
     pub fn payment_view(&self, invoice: InvoiceId) -> Result<PaymentView, WalletError> {
         let (role, status, receipt) = if let Some((status, receipt)) = self.node.payment(&invoice) {
             let s = match status {
@@ -1812,12 +1844,17 @@ impl Wallet {
             };
             (PaymentRole::Buyer, s, receipt.cloned())
         } else if let Some(status) = self.node.invoice_status(&invoice) {
-            let s = match status {
-                InvoiceStatus::Open => "open",
-                InvoiceStatus::Paid(_) => "paid",
-                InvoiceStatus::Cancelled => "cancelled",
+            (PaymentRole::Seller, invoice_state(status), None)
+        } else if let Some(bytes) = store::archived(&self.conn, ArchivedRole::Payment, &invoice)? {
+            let p = archived_payment(&bytes)?;
+            let s = match p.status {
+                PaymentStatus::InFlight => "in_flight",
+                PaymentStatus::Completed => "completed",
+                PaymentStatus::Cancelled => "cancelled",
             };
-            (PaymentRole::Seller, s, None)
+            (PaymentRole::Buyer, s, p.receipt)
+        } else if let Some((_, status)) = self.archived_invoice(&invoice)? {
+            (PaymentRole::Seller, invoice_state(&status), None)
         } else {
             return Err(WalletError::Refused(NodeError::UnknownPayment(invoice)));
         };
@@ -1834,6 +1871,32 @@ impl Wallet {
             receipt,
             history,
         })
+    }
+
+    /// An invoice we issued and how it stands: from memory while the node keeps it, else from
+    /// the archive of finished ones ([`crate::protocol::bounds::ARCHIVE_AFTER_EXPIRY_MS`]).
+    pub fn issued_invoice(
+        &self,
+        invoice: &InvoiceId,
+    ) -> Result<Option<(Invoice, InvoiceStatus)>, WalletError> {
+        if let (Some(i), Some(status)) = (
+            self.node.issued_invoice(invoice),
+            self.node.invoice_status(invoice),
+        ) {
+            return Ok(Some((i.clone(), status.clone())));
+        }
+        self.archived_invoice(invoice)
+    }
+
+    /// An archived invoice of ours and how it ended.
+    fn archived_invoice(
+        &self,
+        invoice: &InvoiceId,
+    ) -> Result<Option<(Invoice, InvoiceStatus)>, WalletError> {
+        match store::archived(&self.conn, ArchivedRole::Invoice, invoice)? {
+            Some(bytes) => Ok(Some(archived_invoice(&bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Check the whole database file (slow on big wallets: run it now and then, not at every

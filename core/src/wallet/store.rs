@@ -15,7 +15,8 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params, params_from_iter};
 
 use crate::protocol::identity::NodeId;
-use crate::protocol::node::{Changes, Parts};
+use crate::protocol::node::{ArchivedRole, Changes, Parts};
+use crate::protocol::payment::InvoiceId;
 
 use super::{Contact, WalletError};
 
@@ -168,6 +169,21 @@ pub const MIGRATIONS: &[&str] = &[
         SELECT row_number() OVER (ORDER BY rowid) - 1, data FROM invoices;
     DROP TABLE invoices;
     ALTER TABLE invoices_by_row RENAME TO invoices;
+    ",
+    // 11: the archive of finished payments and invoices the node no longer keeps in memory
+    // (`ARCHIVE_AFTER_EXPIRY_MS` past their invoice's expiry): read only when asked for one,
+    // never at open. Keyed by invoice, the one lookup; each row is written once.
+    "
+    CREATE TABLE payments_archive (
+        invoice BLOB PRIMARY KEY,
+        expires_ms INTEGER NOT NULL,
+        data BLOB NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE invoices_archive (
+        invoice BLOB PRIMARY KEY,
+        expires_ms INTEGER NOT NULL,
+        data BLOB NOT NULL
+    ) STRICT, WITHOUT ROWID;
     ",
 ];
 
@@ -481,6 +497,39 @@ pub(crate) fn load_parts(conn: &Connection) -> Result<Parts, WalletError> {
     })
 }
 
+/// An archived record's bytes ([`crate::protocol::node::Archived`]), if the archive holds one
+/// for `invoice` in that role.
+pub(crate) fn archived(
+    conn: &Connection,
+    role: ArchivedRole,
+    invoice: &InvoiceId,
+) -> Result<Option<Vec<u8>>, WalletError> {
+    let sql = match role {
+        ArchivedRole::Payment => "SELECT data FROM payments_archive WHERE invoice = ?1",
+        ArchivedRole::Invoice => "SELECT data FROM invoices_archive WHERE invoice = ?1",
+    };
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.query_row([&invoice.0[..]], |r| r.get(0)).optional())
+        .map_err(WalletError::from_sqlite)
+}
+
+/// When an archived payment's or invoice's invoice expired, if the archive holds it.
+pub(crate) fn archived_expiry(
+    conn: &Connection,
+    invoice: &InvoiceId,
+) -> Result<Option<u64>, WalletError> {
+    conn.prepare_cached(
+        "SELECT expires_ms FROM payments_archive WHERE invoice = ?1
+         UNION ALL SELECT expires_ms FROM invoices_archive WHERE invoice = ?1 LIMIT 1",
+    )
+    .and_then(|mut s| {
+        s.query_row([&invoice.0[..]], |r| r.get::<_, i64>(0))
+            .optional()
+    })
+    .map(|e| e.map(|e| u64::try_from(e).unwrap_or(0)))
+    .map_err(WalletError::from_sqlite)
+}
+
 /// The statements that write and delete a row of `table`, keyed by `key` (one column, or
 /// `friend` and a second one): built at compile time, so a step neither formats SQL nor copies
 /// the rows it writes.
@@ -612,6 +661,25 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
             .iter()
             .map(|(seq, v)| Ok(([place(*seq, "a remembered outcome")?.into()], v.as_deref()))),
     )?;
+    for a in &changes.archived {
+        let sql = match a.role {
+            ArchivedRole::Payment => {
+                "INSERT OR REPLACE INTO payments_archive (invoice, expires_ms, data) VALUES (?1, ?2, ?3)"
+            }
+            ArchivedRole::Invoice => {
+                "INSERT OR REPLACE INTO invoices_archive (invoice, expires_ms, data) VALUES (?1, ?2, ?3)"
+            }
+        };
+        tx.prepare_cached(sql)
+            .and_then(|mut s| {
+                s.execute(params![
+                    &a.invoice.0[..],
+                    i64::try_from(a.expires_at_ms).unwrap_or(i64::MAX),
+                    &a.data
+                ])
+            })
+            .map_err(WalletError::from_sqlite)?;
+    }
     tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES ('settings', ?1)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
