@@ -115,6 +115,12 @@ struct Common {
     /// counts the pages each table wrote this way).
     #[arg(long)]
     keep: bool,
+    /// Time every SQLite statement of the wallets and relays during the payments, and report
+    /// the costliest per payment (`sql_profile` in the JSON, a table without `--json`): how
+    /// often each ran and the time inside it. SQLite measures wall time, so a `COMMIT` counts
+    /// its wait for the disk. Costs a lock per statement.
+    #[arg(long)]
+    sql_profile: bool,
 }
 
 /// Everything moves in this currency; limits are large enough for every scenario except
@@ -697,6 +703,10 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         Scenario::Multi { .. } => 1.0,
         _ => 0.0,
     });
+    if common.sql_profile {
+        // Before any wallet or relay opens its database: the profile is installed at open.
+        offst_core::metrics::sql_profile_start();
+    }
     let root: PathBuf = std::env::temp_dir().join(format!("offst-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let result = async {
@@ -760,6 +770,8 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         if common.timeline {
             offst_core::metrics::timeline_start();
         }
+        // The set-up's statements (schemas, friendships) are left out.
+        offst_core::metrics::sql_profile_reset();
         let gate = Arc::new(tokio::sync::Semaphore::new(common.inflight.max(1)));
         let mut tasks = Vec::new();
         let limit = Duration::from_secs(common.timeout);
@@ -818,6 +830,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         }
         let seconds = start.elapsed().as_secs_f64();
         let timeline = timeline_report(offst_core::metrics::timeline_take(), seconds);
+        let sql_profile = common
+            .sql_profile
+            .then(|| sql_profile_report(offst_core::metrics::sql_profile_take(), common.payments));
         let (crypto, cpu, bytes, wallet_commits) = (
             crypto_counts().since(&crypto0),
             cpu_seconds() - cpu0,
@@ -932,6 +947,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "invariant_violations": violations.len(),
             "wallet_sync": if common.normal_sync { "normal" } else { "full" },
             "timeline": timeline,
+            "sql_profile": sql_profile,
             "started_ms": now_ms(),
         }))
     }
@@ -988,6 +1004,32 @@ fn main() -> std::process::ExitCode {
                     f("crypto_floor_payments_per_sec"),
                 );
             }
+            if !json && let Some(p) = v.get("sql_profile").and_then(|p| p.as_object()) {
+                let g = |r: &serde_json::Value, k: &str| {
+                    r.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+                };
+                eprintln!(
+                    "SQLite statements, {:.1} µs per payment in all (wall time; a COMMIT includes its wait for the disk):",
+                    p.get("us_per_payment")
+                        .and_then(serde_json::Value::as_f64)
+                        .unwrap_or(0.0)
+                );
+                eprintln!("  per payment   µs/payment   µs each  statement");
+                for r in p
+                    .get("statements")
+                    .and_then(|s| s.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    eprintln!(
+                        "  {:11.2} {:12.1} {:9.1}  {}",
+                        g(r, "per_payment"),
+                        g(r, "us_per_payment"),
+                        g(r, "us_each"),
+                        r.get("sql").and_then(|s| s.as_str()).unwrap_or("")
+                    );
+                }
+            }
             if !json && let Some(kinds) = v.get("timeline").and_then(|t| t.as_object()) {
                 for (kind, rows) in kinds {
                     eprintln!("timeline, envelopes through {}:", kind.replace('_', " "));
@@ -1036,6 +1078,37 @@ fn main() -> std::process::ExitCode {
 /// The time between the stages of each envelope's way, by kind of way: `one_relay` (sender and
 /// recipient on the same relay) and `two_relays` (forwarded from one relay to the other).
 /// Envelopes sealed in the middle 40 % of the run that reached their recipient's commit.
+/// The statements that took the most time in all, per payment, costliest first (at most 25),
+/// and the time of all statements per payment.
+fn sql_profile_report(
+    profile: offst_core::metrics::SqlProfile,
+    payments: u64,
+) -> serde_json::Value {
+    let per = |n: u64| n as f64 / payments.max(1) as f64;
+    let total_ns: u64 = profile.values().map(|(_, ns)| *ns).sum();
+    let mut rows: Vec<(String, u64, u64)> = profile
+        .into_iter()
+        .map(|(sql, (count, ns))| (sql, count, ns))
+        .collect();
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    let statements: Vec<serde_json::Value> = rows
+        .iter()
+        .take(25)
+        .map(|(sql, count, ns)| {
+            serde_json::json!({
+                "sql": sql,
+                "per_payment": per(*count),
+                "us_per_payment": per(*ns) / 1e3,
+                "us_each": *ns as f64 / 1e3 / (*count).max(1) as f64,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "us_per_payment": per(total_ns) / 1e3,
+        "statements": statements,
+    })
+}
+
 fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_json::Value {
     use offst_core::metrics::Stage;
     if marks.is_empty() {
@@ -1102,6 +1175,28 @@ fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_
 mod tests {
     use super::*;
     use offst_core::metrics::Stage;
+
+    /// The statement profile: the costliest 25 by time, each per payment and per run.
+    #[test]
+    #[allow(clippy::indexing_slicing)]
+    fn the_sql_profile_reports_the_costliest_statements_per_payment() {
+        let mut p = offst_core::metrics::SqlProfile::new();
+        p.insert("COMMIT".into(), (20, 4_000_000));
+        p.insert("INSERT INTO a".into(), (100, 1_000_000));
+        for i in 0..30 {
+            p.insert(format!("SELECT {i}"), (1, 1_000));
+        }
+        let r = sql_profile_report(p, 10);
+        let rows = r["statements"].as_array().cloned().unwrap_or_default();
+        assert_eq!(rows.len(), 25);
+        assert_eq!(rows[0]["sql"], "COMMIT");
+        assert_eq!(rows[0]["per_payment"], 2.0);
+        assert_eq!(rows[0]["us_per_payment"], 400.0);
+        assert_eq!(rows[0]["us_each"], 200.0);
+        assert_eq!(rows[1]["sql"], "INSERT INTO a");
+        assert_eq!(rows[1]["us_each"], 10.0);
+        assert_eq!(r["us_per_payment"], 503.0);
+    }
 
     /// A relay's answer for held mail comes after the recipient's commit: the envelope's way,
     /// and its total, still end at that commit.

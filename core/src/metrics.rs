@@ -177,3 +177,66 @@ pub fn timeline_mark_key(stage: Stage, key: Option<u64>) {
 pub fn timeline_mark(stage: Stage, envelope: &[u8]) {
     timeline_mark_key(stage, timeline_key(envelope));
 }
+
+/// Time spent in SQLite by statement, for `offst-bench --sql-profile`: for each statement's
+/// text (whitespace folded, cut at 100 characters), how many times it ran and the
+/// nanoseconds it took in all. SQLite measures wall time, so a `COMMIT`'s includes its wait
+/// for the disk, and any statement's includes waiting for a core.
+pub type SqlProfile = std::collections::HashMap<String, (u64, u64)>;
+
+static SQL_PROFILE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static SQL_PROFILE: std::sync::Mutex<Option<SqlProfile>> = std::sync::Mutex::new(None);
+
+/// Profile the statements of every SQLite connection opened from now on (a wallet's or a
+/// relay's; off by default, and then nothing is installed on them), starting empty.
+pub fn sql_profile_start() {
+    if let Ok(mut p) = SQL_PROFILE.lock() {
+        *p = Some(SqlProfile::new());
+    }
+    SQL_PROFILE_ON.store(true, Ordering::Relaxed);
+}
+
+/// Whether connections opened now should be profiled.
+pub fn sql_profile_on() -> bool {
+    SQL_PROFILE_ON.load(Ordering::Relaxed)
+}
+
+/// Forget what was recorded so far and go on recording (to leave out the set-up).
+pub fn sql_profile_reset() {
+    if let Ok(mut p) = SQL_PROFILE.lock()
+        && let Some(p) = p.as_mut()
+    {
+        p.clear();
+    }
+}
+
+/// Stop recording and take what was recorded.
+pub fn sql_profile_take() -> SqlProfile {
+    SQL_PROFILE_ON.store(false, Ordering::Relaxed);
+    SQL_PROFILE
+        .lock()
+        .ok()
+        .and_then(|mut p| p.take())
+        .unwrap_or_default()
+}
+
+/// Record one run of the statement `sql` that took `ns` nanoseconds.
+pub fn sql_profile_record(sql: &str, ns: u64) {
+    if !sql_profile_on() {
+        return;
+    }
+    let key: String = sql
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(100)
+        .collect();
+    if let Ok(mut p) = SQL_PROFILE.lock()
+        && let Some(p) = p.as_mut()
+    {
+        let e = p.entry(key).or_default();
+        e.0 += 1;
+        e.1 = e.1.saturating_add(ns);
+    }
+}

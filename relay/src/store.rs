@@ -368,6 +368,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlite(e.to_string()))?;
         let path = dir.join("mail.db");
         let mut writer = Connection::open(&path)?;
+        offst_core::wallet::profile_statements(&mut writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
         offst_core::wallet::tune_connection(&writer)?;
         writer.execute_batch(SCHEMA)?;
@@ -390,7 +391,8 @@ impl Store {
             hold_for: HOLD_FOR,
             held_forward: HashMap::new(),
         }));
-        let reader = Connection::open(&path)?;
+        let mut reader = Connection::open(&path)?;
+        offst_core::wallet::profile_statements(&mut reader)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
         offst_core::wallet::tune_connection(&reader)?;
         let (tx, rx) = mpsc::channel::<Op>();

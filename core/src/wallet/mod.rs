@@ -35,7 +35,9 @@ pub use backup::{BACKUP_FORMAT, BackupError, BackupInfo, inspect as inspect_back
 pub use history::{EventKind, HistoryEntry};
 pub use keys::{KdfCost, KeyFile, KeyStore, KeyStoreError, PassphraseKeys, RawKey, SecretKey};
 pub use network::{Contact, Control, DRAIN_PERIOD_MS, FriendRequest, SEEN_PRUNE_EVERY_MS};
-pub use store::{Durability, MIGRATIONS, SCHEMA_VERSION, tune as tune_connection};
+pub use store::{
+    Durability, MIGRATIONS, SCHEMA_VERSION, profile_statements, tune as tune_connection,
+};
 
 use history::NewEntry;
 use keys::{SALT_LEN, SealError, Sealed};

@@ -203,7 +203,8 @@ pub(crate) fn connect(
     path: &std::path::Path,
     durability: Durability,
 ) -> Result<Connection, WalletError> {
-    let conn = Connection::open(path).map_err(WalletError::from_sqlite)?;
+    let mut conn = Connection::open(path).map_err(WalletError::from_sqlite)?;
+    profile_statements(&mut conn).map_err(WalletError::from_sqlite)?;
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -215,6 +216,37 @@ pub(crate) fn connect(
     .map_err(WalletError::from_sqlite)?;
     tune(&conn).map_err(WalletError::from_sqlite)?;
     Ok(conn)
+}
+
+/// Report each statement `conn` runs, and its time, to [`crate::metrics::sql_profile_record`]
+/// if the profile is on ([`crate::metrics::sql_profile_start`]); otherwise install nothing.
+pub fn profile_statements(conn: &mut Connection) -> rusqlite::Result<()> {
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+    if !crate::metrics::sql_profile_on() {
+        return Ok(());
+    }
+    // SQLite's own figure for a statement comes from the file system's clock, in whole
+    // milliseconds; so the time is taken here, from the statement's start (the `Stmt` event)
+    // to its end (`Profile`). Statements can nest (one runs while another's rows are read), so
+    // the starts are a stack, and an end closes the latest start of the same statement.
+    let mut started: Vec<(String, std::time::Instant)> = Vec::new();
+    conn.trace_v2(
+        TraceEventCodes::SQLITE_TRACE_STMT | TraceEventCodes::SQLITE_TRACE_PROFILE,
+        Some(move |event: TraceEvent<'_>| match event {
+            TraceEvent::Stmt(stmt, _) => {
+                started.push((stmt.sql().into_owned(), std::time::Instant::now()));
+            }
+            TraceEvent::Profile(stmt, _) => {
+                let sql = stmt.sql();
+                if let Some(i) = started.iter().rposition(|(s, _)| *s == sql) {
+                    let (sql, at) = started.remove(i);
+                    let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    crate::metrics::sql_profile_record(&sql, ns);
+                }
+            }
+            _ => {}
+        }),
+    )
 }
 
 /// Settings for a connection that runs the same few statements many times: keep them all
