@@ -1,7 +1,7 @@
 //! The state hash both friends sign (v2, `docs/protocol.md` §3): it commits to every credit
 //! line and every pending request, does not depend on how a state was built or whether its
 //! requests are shared with another state, and moves signed over the v1 hash (before
-//! 2026-12-04) are still accepted.
+//! 2026-12-04, never released) are refused like any other wrong hash.
 
 // Tests fail by panicking: unwrap, expect, indexing and panic are how they report.
 #![allow(
@@ -176,38 +176,40 @@ fn limit_move(net: &LocalNet, a: NodeId, b: NodeId, claim: impl Fn(&ChannelState
 use common::deliver_move as deliver;
 
 #[test]
-fn a_move_signed_over_the_v1_state_hash_is_still_accepted() {
+fn a_move_signed_over_the_v1_state_hash_is_refused_and_changes_nothing() {
     let (mut net, ids) = chain(2, 100, Rate::default());
     let (a, b) = (ids[0], ids[1]);
     net.buy_along(&[a, b], &hours(), 5, 1).expect("pay");
     give_token(&mut net, a, b);
-    // A hash of nothing in particular is refused, and changes nothing.
-    let forged = limit_move(&net, a, b, |_| Hash([5; 32]));
-    let before = format!("{:?}", net.node(&b).unwrap().channel(&a).unwrap().tip());
-    let err = deliver(&mut net, a, b, forged).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ProtocolError::Channel {
-                error: ChannelError::StateHashMismatch(_),
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        before,
-        format!("{:?}", net.node(&b).unwrap().channel(&a).unwrap().tip())
-    );
-    // v1, the whole state encoded and hashed, is what wallets built before 2026-12-04 signed.
-    let old = limit_move(&net, a, b, |s| Hash::of("offst channel state v1", s));
-    deliver(&mut net, a, b, old).expect("a v1 move is accepted");
+    let tip = |net: &LocalNet| format!("{:?}", net.node(&b).unwrap().channel(&a).unwrap().tip());
+    let before = tip(&net);
+    // A hash of nothing in particular, and v1 (the whole state encoded and hashed, what
+    // development builds before 2026-12-04 signed): both refused, and nothing changes.
+    for claim in [
+        Box::new(|_: &ChannelState| Hash([5; 32])) as Box<dyn Fn(&ChannelState) -> Hash>,
+        Box::new(|s: &ChannelState| Hash::of("offst channel state v1", s)),
+    ] {
+        let m = limit_move(&net, a, b, claim);
+        let err = deliver(&mut net, a, b, m).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Channel {
+                    error: ChannelError::StateHashMismatch(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(before, tip(&net));
+    }
+    // The same change over the v2 hash is accepted.
+    let good = limit_move(&net, a, b, |s| s.hash());
+    deliver(&mut net, a, b, good).expect("a v2 move is accepted");
     let ch = net.node(&b).unwrap().channel(&a).unwrap();
     assert_eq!(
         ch.state().lines[&hours()].limit_of(ch.local_side().other()),
         77
     );
-    // The tip it leaves verifies offline too (the signed state's header carries a v2 hash,
-    // the last move a v1 hash).
     ch.tip().verify(a, b).expect("the tip verifies");
 }

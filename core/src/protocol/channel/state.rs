@@ -189,7 +189,6 @@ impl<'de> Deserialize<'de> for SharedPending {
 
 const PENDING_DOMAIN: &str = "offst pending v1";
 const STATE_DOMAIN: &str = "offst channel state v2";
-const STATE_DOMAIN_V1: &str = "offst channel state v1";
 
 /// Everything two friends agree on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,12 +216,12 @@ impl ChannelState {
         Hash(*hasher.finalize().as_bytes())
     }
 
-    /// Whether `claimed` is this state's hash: v2 ([`ChannelState::hash`]), or v1 (the whole
-    /// state encoded and hashed), which moves signed before 2026-12-04 carry. Both commit to
-    /// the whole state, so a signature over either binds its signer to this state. v1 is
-    /// computed only when v2 does not match.
+    /// Whether `claimed` is this state's hash ([`ChannelState::hash`], v2). Moves signed over
+    /// the v1 hash (the whole state encoded, before 2026-12-04) were accepted until 2026-12-07;
+    /// no release ever wrote them, so they are refused now like any other wrong hash
+    /// (`docs/protocol.md` §3).
     pub fn hashes_to(&self, claimed: &Hash) -> bool {
-        self.hash() == *claimed || Hash::of(STATE_DOMAIN_V1, self) == *claimed
+        self.hash() == *claimed
     }
 }
 
