@@ -129,6 +129,13 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// One payment or invoice of yours, by the invoice's id: where it stands, its receipt (a
+    /// payment you made that completed) and its history. Finished ones a week past their
+    /// expiry come from the wallet's archive.
+    Payment {
+        /// The invoice's id (as `invoice` and `pay` print it).
+        invoice: String,
+    },
     /// Receipts.
     Receipt {
         #[command(subcommand)]
@@ -438,6 +445,7 @@ async fn run(args: Args) -> Result<(), String> {
             timeout,
         } => pay(&dir, &request, yes, max_routes, timeout, args.json).await,
         Command::History { limit } => history(&dir, limit, args.json),
+        Command::Payment { invoice } => payment(&dir, &invoice, args.json),
         Command::Balance => balance(&dir, args.json),
         Command::Sync { timeout } => {
             let online = Online::start(open(&dir)?)?;
@@ -735,6 +743,48 @@ fn history(dir: &Path, limit: usize, json: bool) -> Result<(), String> {
             _ => String::new(),
         };
         println!("{:>5} {:<18}{amount} {}", h.seq, h.kind.as_str(), h.detail);
+    }
+    Ok(())
+}
+
+fn payment(dir: &Path, invoice: &str, json: bool) -> Result<(), String> {
+    let id: offst_core::protocol::payment::InvoiceId = invoice
+        .trim()
+        .parse()
+        .map_err(|e| format!("not an invoice id ({e}); `offst history` shows them"))?;
+    let w = open(dir)?;
+    let v = w.payment_view(id).map_err(|e| match e {
+        WalletError::Refused(offst_core::protocol::node::NodeError::UnknownPayment(_)) => {
+            format!("this wallet made no payment and issued no invoice {id}")
+        }
+        e => e.to_string(),
+    })?;
+    let role = match v.role {
+        offst_core::wallet::PaymentRole::Buyer => "buyer",
+        offst_core::wallet::PaymentRole::Seller => "seller",
+    };
+    let receipt = v.receipt.as_ref().map(offst_core::invite::receipt_to_text);
+    if json {
+        print_json(json!({
+            "invoice": id.to_string(),
+            "role": role,
+            "status": v.status,
+            "receipt": receipt,
+            "history": v.history.iter().map(|h| json!({
+                "seq": h.seq,
+                "at_ms": h.at_ms,
+                "kind": h.kind.as_str(),
+                "detail": h.detail,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("{id}: {}, you are the {role}", v.status.replace('_', " "));
+    if let Some(text) = receipt {
+        println!("receipt:\n{text}");
+    }
+    for h in &v.history {
+        println!("{:>5} {:<18} {}", h.seq, h.kind.as_str(), h.detail);
     }
     Ok(())
 }

@@ -263,6 +263,35 @@ fn a_payment_across_two_relays_from_the_command_line() {
         quick.stop();
     }
 
+    // payment: the buyer finds its receipt again later, the seller its invoice paid.
+    let invoice = paid["invoice"].as_str().unwrap().to_string();
+    let p = json(&["--wallet", &alice, "--json", "payment", &invoice]);
+    assert_eq!(
+        (&p["role"], &p["status"], &p["receipt"]),
+        (
+            &"buyer".into(),
+            &"completed".into(),
+            &receipt.clone().into()
+        ),
+        "{p}"
+    );
+    let p = json(&["--wallet", &carol, "--json", "payment", &invoice]);
+    assert_eq!(
+        (&p["role"], &p["status"]),
+        (&"seller".into(), &"paid".into()),
+        "{p}"
+    );
+    assert!(p["receipt"].is_null(), "{p}");
+    let text = ok(&["--wallet", &alice, "payment", &invoice]);
+    assert!(
+        text.contains("completed") && text.contains(&receipt),
+        "{text}"
+    );
+    let e = fails(&["--wallet", &bob, "payment", &invoice]);
+    assert!(e.contains("no payment"), "{e}");
+    let e = fails(&["--wallet", &bob, "payment", "nonsense"]);
+    assert!(e.contains("not an invoice id"), "{e}");
+
     // history and balance.
     let h = json(&["--wallet", &carol, "--json", "history"]);
     let kinds: Vec<&str> = h["history"]
