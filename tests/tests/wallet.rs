@@ -1652,6 +1652,27 @@ fn a_record_of_seen_envelopes_that_cannot_be_read_lets_no_copy_through() {
     ));
 }
 
+/// The chain a - b - c (b mediates, limit 100 both ways) on `clock`: made and befriended when
+/// `fresh`, else opened again as they are.
+fn clocked_trio(t: &TempDir, clock: &offst_core::wallet::ManualClock, fresh: bool) -> Vec<Wallet> {
+    let options = || WalletOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..Default::default()
+    };
+    let mut ws: Vec<Wallet> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, options()).unwrap())
+        .collect();
+    if fresh {
+        ws[1].set_rate(MEDIATOR_RATE).unwrap();
+        befriend(&mut ws, 0, 1, 100).unwrap();
+        befriend(&mut ws, 1, 2, 100).unwrap();
+        pump(&mut ws, 10_000).unwrap();
+    }
+    ws
+}
+
 /// A finished payment and its invoice leave the wallets' memory once their invoice expired more
 /// than `ARCHIVE_AFTER_EXPIRY_MS` ago, in one step that moves each row to the archive: the
 /// views still show them (with the receipt), a reopened wallet does not read them, the invoice
@@ -1664,22 +1685,7 @@ fn finished_payments_move_to_the_archive_and_stay_visible() {
     use offst_core::wallet::ManualClock;
     let t = TempDir::new("archive");
     let clock = ManualClock::new(1_800_000_000_000);
-    let options = || WalletOptions {
-        clock: std::sync::Arc::new(clock.clone()),
-        ..Default::default()
-    };
-    let open = |options: &dyn Fn() -> WalletOptions| -> Vec<Wallet> {
-        ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, options()).unwrap())
-            .collect()
-    };
-    let mut ws = open(&options);
-    ws[1].set_rate(MEDIATOR_RATE).unwrap();
-    befriend(&mut ws, 0, 1, 100).unwrap();
-    befriend(&mut ws, 1, 2, 100).unwrap();
-    pump(&mut ws, 10_000).unwrap();
+    let mut ws = clocked_trio(&t, &clock, true);
     let rows = |w: &str, table: &str| -> i64 {
         let c = rusqlite::Connection::open(t.path(w).join("wallet.db")).unwrap();
         c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
@@ -1753,7 +1759,7 @@ fn finished_payments_move_to_the_archive_and_stay_visible() {
     // Reopened, the wallets load only what they keep, and still find the archived records.
     let mut ws = {
         drop(ws);
-        open(&options)
+        clocked_trio(&t, &clock, false)
     };
     assert!(ws[0].node().payment(&paid).is_none());
     assert!(ws[2].node().issued_invoice(&paid).is_none());
@@ -1776,25 +1782,11 @@ fn finished_payments_of_a_schema_10_wallet_are_archived_after_the_upgrade() {
     use offst_core::wallet::ManualClock;
     let t = TempDir::new("archive-upgrade");
     let clock = ManualClock::new(1_800_000_000_000);
-    let options = || WalletOptions {
-        clock: std::sync::Arc::new(clock.clone()),
-        ..Default::default()
-    };
-    let open = || -> Vec<Wallet> {
-        ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(i, d)| open_or_create(&t.path(d), i as u8 + 1, options()).unwrap())
-            .collect()
-    };
-    let mut ws = open();
-    befriend(&mut ws, 0, 1, 100).unwrap();
-    befriend(&mut ws, 1, 2, 100).unwrap();
-    pump(&mut ws, 10_000).unwrap();
+    let mut ws = clocked_trio(&t, &clock, true);
     let paid = pay(&mut ws, 5);
     drop(ws);
     downgrade(&t.path("a").join("wallet.db"), 10);
-    let mut ws = open();
+    let mut ws = clocked_trio(&t, &clock, false);
     assert!(ws[0].node().payment(&paid).is_some());
     clock.advance(60_000 + ARCHIVE_AFTER_EXPIRY_MS);
     ws[0].tick().unwrap();
