@@ -1075,9 +1075,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The time between the stages of each envelope's way, by kind of way: `one_relay` (sender and
-/// recipient on the same relay) and `two_relays` (forwarded from one relay to the other).
-/// Envelopes sealed in the middle 40 % of the run that reached their recipient's commit.
 /// The statements that took the most time in all, per payment, costliest first (at most 25),
 /// and the time of all statements per payment.
 fn sql_profile_report(
@@ -1109,6 +1106,9 @@ fn sql_profile_report(
     })
 }
 
+/// The time between the stages of each envelope's way, by kind of way: `one_relay` (sender and
+/// recipient on the same relay) and `two_relays` (forwarded from one relay to the other).
+/// Envelopes sealed in the middle 40 % of the run that reached their recipient's commit.
 fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_json::Value {
     use offst_core::metrics::Stage;
     if marks.is_empty() {

@@ -368,9 +368,8 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlite(e.to_string()))?;
         let path = dir.join("mail.db");
         let mut writer = Connection::open(&path)?;
-        offst_core::wallet::profile_statements(&mut writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-        offst_core::wallet::tune_connection(&writer)?;
+        offst_core::wallet::tune_connection(&mut writer)?;
         writer.execute_batch(SCHEMA)?;
         let usage = recount(&writer)?;
         // Above every number ever committed: the highest row, and the highest AUTOINCREMENT
@@ -392,9 +391,8 @@ impl Store {
             held_forward: HashMap::new(),
         }));
         let mut reader = Connection::open(&path)?;
-        offst_core::wallet::profile_statements(&mut reader)?;
         reader.execute_batch("PRAGMA query_only = ON;")?;
-        offst_core::wallet::tune_connection(&reader)?;
+        offst_core::wallet::tune_connection(&mut reader)?;
         let (tx, rx) = mpsc::channel::<Op>();
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = commits.clone();

@@ -899,6 +899,37 @@ fn encode_unless_stored<V: Serialize + InRow>(
         .collect()
 }
 
+/// Take out of `records` each one that `ended` and whose invoice expired
+/// [`ARCHIVE_AFTER_EXPIRY_MS`] before `now_ms`, into `out` as an [`Archived`] of `role` (the
+/// bytes its row held).
+fn archive_ended<V: Serialize>(
+    records: &mut Tracked<InvoiceId, V>,
+    role: ArchivedRole,
+    now_ms: u64,
+    invoice: impl Fn(&V) -> &Invoice,
+    ended: impl Fn(&V) -> bool,
+    out: &mut Vec<Archived>,
+) {
+    let due: Vec<InvoiceId> = records
+        .iter()
+        .filter(|(_, v)| {
+            let expires = invoice(v).terms.expires_at_ms;
+            expires.saturating_add(ARCHIVE_AFTER_EXPIRY_MS) <= now_ms && ended(v)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for id in due {
+        if let Some(v) = records.remove(&id) {
+            out.push(Archived {
+                role,
+                invoice: id,
+                expires_at_ms: invoice(&v).terms.expires_at_ms,
+                data: encode_part(&v),
+            });
+        }
+    }
+}
+
 impl Node {
     /// A node with no friends that charges `rate` for forwarding.
     pub fn new(identity: Identity, rate: Rate) -> Node {
@@ -1646,49 +1677,27 @@ impl Node {
     /// message can change it: the buyer refuses to pay an expired invoice, and the seller
     /// cancels a request for an invoice it does not hold, as for one past its expiry.
     fn archive_finished(&mut self, now_ms: u64) {
-        let due = |expires: u64| expires.saturating_add(ARCHIVE_AFTER_EXPIRY_MS) <= now_ms;
-        let payments: Vec<InvoiceId> = self
-            .buying
-            .iter()
-            .filter(|(_, b)| {
-                due(b.invoice.terms.expires_at_ms)
-                    && b.status != PaymentStatus::InFlight
+        archive_ended(
+            &mut self.buying,
+            ArchivedRole::Payment,
+            now_ms,
+            |b| &b.invoice,
+            |b| {
+                b.status != PaymentStatus::InFlight
                     && b.routes.values().all(|r| {
                         matches!(r.status, RouteStatus::Collected | RouteStatus::Cancelled)
                     })
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in payments {
-            if let Some(b) = self.buying.remove(&id) {
-                self.archived.push(Archived {
-                    role: ArchivedRole::Payment,
-                    invoice: id,
-                    expires_at_ms: b.invoice.terms.expires_at_ms,
-                    data: encode_part(&b),
-                });
-            }
-        }
-        let invoices: Vec<InvoiceId> = self
-            .selling
-            .iter()
-            .filter(|(_, s)| {
-                due(s.invoice.terms.expires_at_ms)
-                    && s.status != InvoiceStatus::Open
-                    && s.held.is_empty()
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in invoices {
-            if let Some(s) = self.selling.remove(&id) {
-                self.archived.push(Archived {
-                    role: ArchivedRole::Invoice,
-                    invoice: id,
-                    expires_at_ms: s.invoice.terms.expires_at_ms,
-                    data: encode_part(&s),
-                });
-            }
-        }
+            },
+            &mut self.archived,
+        );
+        archive_ended(
+            &mut self.selling,
+            ArchivedRole::Invoice,
+            now_ms,
+            |s| &s.invoice,
+            |s| s.status != InvoiceStatus::Open && s.held.is_empty(),
+            &mut self.archived,
+        );
     }
 
     /// Resend whatever may not have arrived: our last move in each channel, token requests, and

@@ -513,6 +513,15 @@ fn invoice_expiry(
     store::archived_expiry(conn, invoice)
 }
 
+/// How a payment's status reads in views.
+fn payment_state(status: PaymentStatus) -> &'static str {
+    match status {
+        PaymentStatus::InFlight => "in_flight",
+        PaymentStatus::Completed => "completed",
+        PaymentStatus::Cancelled => "cancelled",
+    }
+}
+
 /// How an invoice's status reads in views.
 fn invoice_state(status: &InvoiceStatus) -> &'static str {
     match status {
@@ -1839,22 +1848,12 @@ impl Wallet {
     /// keeps in memory, from the archive.
     pub fn payment_view(&self, invoice: InvoiceId) -> Result<PaymentView, WalletError> {
         let (role, status, receipt) = if let Some((status, receipt)) = self.node.payment(&invoice) {
-            let s = match status {
-                PaymentStatus::InFlight => "in_flight",
-                PaymentStatus::Completed => "completed",
-                PaymentStatus::Cancelled => "cancelled",
-            };
-            (PaymentRole::Buyer, s, receipt.cloned())
+            (PaymentRole::Buyer, payment_state(status), receipt.cloned())
         } else if let Some(status) = self.node.invoice_status(&invoice) {
             (PaymentRole::Seller, invoice_state(status), None)
         } else if let Some(bytes) = store::archived(&self.conn, ArchivedRole::Payment, &invoice)? {
             let p = archived_payment(&bytes)?;
-            let s = match p.status {
-                PaymentStatus::InFlight => "in_flight",
-                PaymentStatus::Completed => "completed",
-                PaymentStatus::Cancelled => "cancelled",
-            };
-            (PaymentRole::Buyer, s, p.receipt)
+            (PaymentRole::Buyer, payment_state(p.status), p.receipt)
         } else if let Some((_, status)) = self.archived_invoice(&invoice)? {
             (PaymentRole::Seller, invoice_state(&status), None)
         } else {

@@ -204,7 +204,6 @@ pub(crate) fn connect(
     durability: Durability,
 ) -> Result<Connection, WalletError> {
     let mut conn = Connection::open(path).map_err(WalletError::from_sqlite)?;
-    profile_statements(&mut conn).map_err(WalletError::from_sqlite)?;
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -214,7 +213,7 @@ pub(crate) fn connect(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
     ))
     .map_err(WalletError::from_sqlite)?;
-    tune(&conn).map_err(WalletError::from_sqlite)?;
+    tune(&mut conn).map_err(WalletError::from_sqlite)?;
     Ok(conn)
 }
 
@@ -256,8 +255,11 @@ pub fn profile_statements(conn: &mut Connection) -> rusqlite::Result<()> {
 /// data in memory: each step of a group commit runs in a savepoint, whose journal (the pages
 /// the step changed, to undo it alone) otherwise spills to a temporary file once it passes
 /// 64 KiB, about 9 KB written per payment on the load generator's chain (nothing of it needs
-/// to survive a crash: the commit or the rollback of the whole transaction does).
-pub fn tune(conn: &Connection) -> rusqlite::Result<()> {
+/// to survive a crash: the commit or the rollback of the whole transaction does). And, while
+/// the load generator's statement profile is on, time its statements
+/// ([`profile_statements`]).
+pub fn tune(conn: &mut Connection) -> rusqlite::Result<()> {
+    profile_statements(conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_db_config(
@@ -821,9 +823,9 @@ mod tests {
     /// value is not prepared again on every step (the STAT4 build would, see [`tune`]).
     #[test]
     fn tuned_connection_keeps_plans() -> Result<(), Box<dyn std::error::Error>> {
-        let conn = Connection::open_in_memory()?;
+        let mut conn = Connection::open_in_memory()?;
         assert!(!conn.db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)?);
-        tune(&conn)?;
+        tune(&mut conn)?;
         assert!(conn.db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)?);
         Ok(())
     }
@@ -832,10 +834,10 @@ mod tests {
     /// a temporary file written beside every large step.
     #[test]
     fn tuned_connection_keeps_temporary_data_in_memory() -> Result<(), Box<dyn std::error::Error>> {
-        let conn = Connection::open_in_memory()?;
+        let mut conn = Connection::open_in_memory()?;
         let before: i64 = conn.query_row("PRAGMA temp_store", [], |r| r.get(0))?;
         assert_ne!(before, 2);
-        tune(&conn)?;
+        tune(&mut conn)?;
         let after: i64 = conn.query_row("PRAGMA temp_store", [], |r| r.get(0))?;
         assert_eq!(after, 2);
         Ok(())
