@@ -424,52 +424,106 @@ fn loopback_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Unit costs of the crypto a payment does, measured here (seconds each).
+/// What one kind of crypto operation costs on this machine now: `fixed + per_byte * bytes`
+/// seconds for an operation over `bytes` bytes.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    fixed: f64,
+    per_byte: f64,
+}
+
+impl Cost {
+    /// The line through two timings: `short` seconds over `short_len` bytes and `long` over
+    /// `long_len`. Timing noise cannot make either part negative.
+    fn fit(short: f64, short_len: usize, long: f64, long_len: usize) -> Cost {
+        let span = long_len.saturating_sub(short_len).max(1) as f64;
+        let per_byte = ((long - short) / span).max(0.0);
+        Cost {
+            fixed: (short - per_byte * short_len as f64).max(0.0),
+            per_byte,
+        }
+    }
+
+    /// `n` operations over `bytes` bytes in all.
+    fn of(&self, n: u64, bytes: u64) -> f64 {
+        n as f64 * self.fixed + bytes as f64 * self.per_byte
+    }
+
+    fn mean(&self, other: &Cost) -> Cost {
+        Cost {
+            fixed: (self.fixed + other.fixed) / 2.0,
+            per_byte: (self.per_byte + other.per_byte) / 2.0,
+        }
+    }
+}
+
+/// Unit costs of the crypto a payment does, measured here.
 #[derive(Clone, Copy)]
 struct Unit {
-    sign: f64,
-    verify: f64,
-    hash: f64,
-    seal: f64,
-    open: f64,
+    sign: Cost,
+    verify: Cost,
+    hash: Cost,
+    seal: Cost,
+    open: Cost,
+    /// An X25519 agreement and the symmetric key derived from it (no bytes).
     agreement: f64,
-    /// A batch of signatures checked together costs about `batch + n * batched`.
+    /// A batch of signatures checked together costs `batch + batched.of(n, bytes)`.
     batch: f64,
-    batched: f64,
+    batched: Cost,
 }
 
 impl Unit {
     /// The mean of two measurements, field by field.
     fn mean(&self, other: &Unit) -> Unit {
-        let m = |a: f64, b: f64| (a + b) / 2.0;
         Unit {
-            sign: m(self.sign, other.sign),
-            verify: m(self.verify, other.verify),
-            hash: m(self.hash, other.hash),
-            seal: m(self.seal, other.seal),
-            open: m(self.open, other.open),
-            agreement: m(self.agreement, other.agreement),
-            batch: m(self.batch, other.batch),
-            batched: m(self.batched, other.batched),
+            sign: self.sign.mean(&other.sign),
+            verify: self.verify.mean(&other.verify),
+            hash: self.hash.mean(&other.hash),
+            seal: self.seal.mean(&other.seal),
+            open: self.open.mean(&other.open),
+            agreement: (self.agreement + other.agreement) / 2.0,
+            batch: (self.batch + other.batch) / 2.0,
+            batched: self.batched.mean(&other.batched),
         }
     }
 
-    /// In microseconds, for the report.
+    /// The CPU seconds the operations in `c` take.
+    fn floor(&self, c: &CryptoCounts) -> f64 {
+        self.sign.of(c.signs, c.signed_bytes)
+            + self.verify.of(c.verifies, c.verified_bytes)
+            + self.hash.of(c.hashes, c.hashed_bytes)
+            + self.seal.of(c.seals, c.sealed_bytes)
+            + self.open.of(c.opens, c.opened_bytes)
+            + c.agreements as f64 * self.agreement
+            + c.batches as f64 * self.batch
+            + self.batched.of(c.batched, c.batched_bytes)
+    }
+
+    /// In microseconds, and microseconds per KiB, for the report.
     fn json(&self) -> serde_json::Value {
+        let us = 1e6;
+        let kib = 1024.0 * 1e6;
         json!({
-            "sign": self.sign * 1e6, "verify": self.verify * 1e6, "hash": self.hash * 1e6,
-            "seal_1k": self.seal * 1e6, "open_1k": self.open * 1e6,
-            "agreement": self.agreement * 1e6,
-            "batch": self.batch * 1e6, "batched": self.batched * 1e6,
+            "sign": self.sign.fixed * us, "sign_per_kib": self.sign.per_byte * kib,
+            "verify": self.verify.fixed * us, "verify_per_kib": self.verify.per_byte * kib,
+            "hash": self.hash.fixed * us, "hash_per_kib": self.hash.per_byte * kib,
+            "seal": self.seal.fixed * us, "seal_per_kib": self.seal.per_byte * kib,
+            "open": self.open.fixed * us, "open_per_kib": self.open.per_byte * kib,
+            "agreement": self.agreement * us,
+            "batch": self.batch * us,
+            "batched": self.batched.fixed * us, "batched_per_kib": self.batched.per_byte * kib,
         })
     }
 }
 
-/// Time each crypto operation a payment does, on this machine now. Run before the payments
-/// and again once they settled: a virtual machine's cores can run at different speeds from
-/// one minute to the next (other machines' load on the host), and the floor uses the mean.
+/// Time each crypto operation a payment does, on this machine now, each at two sizes so that
+/// an operation over more bytes costs more. Run before the payments and again once they
+/// settled: a virtual machine's cores can run at different speeds from one minute to the next
+/// (other machines' load on the host), and the floor uses the mean.
 fn measure_crypto() -> Unit {
     use chacha20poly1305::aead::{Aead, KeyInit};
+    use offst_core::protocol::identity::{Identity, SignatureBatch, canonical_bytes};
+    use serde_bytes::Bytes;
     let time = |n: u32, f: &mut dyn FnMut()| {
         let t = Instant::now();
         for _ in 0..n {
@@ -477,71 +531,109 @@ fn measure_crypto() -> Unit {
         }
         t.elapsed().as_secs_f64() / f64::from(n)
     };
-    // Signed and checked as the protocol does it, through the same calls: a value of about
-    // 200 bytes encoded under a domain, and a check under the signer's key as the wallets
-    // keep it decoded (a wallet checks the same few keys over and over).
-    let me = offst_core::protocol::identity::Identity::from_seed([7; 32]);
-    let value = (7u64, [[5u8; 32]; 6]);
-    let sig = me.sign("offst bench", &value);
-    let sign = time(2_000, &mut || {
-        std::hint::black_box(me.sign("offst bench", std::hint::black_box(&value)));
-    });
+    const DOMAIN: &str = "offst bench";
+    // Messages of about 200 bytes, as most the protocol signs, and of 16 KiB.
+    let short = vec![5u8; 190];
+    let long = vec![5u8; 16 * 1024];
+    let len = |m: &[u8]| canonical_bytes(DOMAIN, &Bytes::new(m)).len();
+    // Signed and checked as the protocol does it, through the same calls, under a key kept
+    // decoded as the wallets keep it (a wallet checks the same few keys over and over).
+    let me = Identity::from_seed([7; 32]);
     let id = me.id();
-    let verify = time(2_000, &mut || {
-        std::hint::black_box(id.verify("offst bench", &value, &sig).is_ok());
-    });
-    let msg = [5u8; 200];
-    let hash = time(20_000, &mut || {
-        let mut h = blake3::Hasher::new_derive_key("offst bench");
-        h.update(&msg);
-        std::hint::black_box(h.finalize());
-    });
-    // An envelope: a key derivation and XChaCha20-Poly1305 over 1 KiB under a key agreed
-    // earlier; the X25519 agreement, when there is one, is counted and timed on its own.
+    let sign_at = |m: &[u8]| {
+        let value = Bytes::new(m);
+        time(1_000, &mut || {
+            std::hint::black_box(me.sign(DOMAIN, std::hint::black_box(&value)));
+        })
+    };
+    let sign = Cost::fit(sign_at(&short), len(&short), sign_at(&long), len(&long));
+    let verify_at = |m: &[u8]| {
+        let value = Bytes::new(m);
+        let sig = me.sign(DOMAIN, &value);
+        time(1_000, &mut || {
+            std::hint::black_box(id.verify(DOMAIN, &value, &sig).is_ok());
+        })
+    };
+    let verify = Cost::fit(verify_at(&short), len(&short), verify_at(&long), len(&long));
+    let hash_at = |m: &[u8]| {
+        time(10_000, &mut || {
+            let mut h = blake3::Hasher::new_derive_key(DOMAIN);
+            h.update(m);
+            std::hint::black_box(h.finalize());
+        })
+    };
+    let hash = Cost::fit(hash_at(&short), short.len(), hash_at(&long), long.len());
+    // An envelope: XChaCha20-Poly1305 under a key agreed earlier (a sender and a recipient
+    // keep it), at the smallest padded size (512 bytes) and at 32 KiB.
     let secret = x25519_dalek::StaticSecret::from([9u8; 32]);
     let their = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([3u8; 32]));
-    let body = vec![1u8; 1024];
     let nonce = chacha20poly1305::XNonce::default();
-    let shared = secret.diffie_hellman(&their);
     let agreement = time(2_000, &mut || {
-        std::hint::black_box(secret.diffie_hellman(std::hint::black_box(&their)));
+        let shared = secret.diffie_hellman(std::hint::black_box(&their));
+        std::hint::black_box(blake3::derive_key(DOMAIN, shared.as_bytes()));
     });
-    let seal = time(2_000, &mut || {
-        let k = blake3::derive_key("offst bench", shared.as_bytes());
-        let c = chacha20poly1305::XChaCha20Poly1305::new(&k.into());
-        std::hint::black_box(c.encrypt(&nonce, body.as_slice()).ok());
-    });
-    let k = blake3::derive_key("offst bench", shared.as_bytes());
-    let sealed = chacha20poly1305::XChaCha20Poly1305::new(&k.into())
-        .encrypt(&nonce, body.as_slice())
-        .unwrap_or_default();
-    let open = time(2_000, &mut || {
-        let k = blake3::derive_key("offst bench", shared.as_bytes());
-        let c = chacha20poly1305::XChaCha20Poly1305::new(&k.into());
-        std::hint::black_box(c.decrypt(&nonce, sealed.as_slice()).ok());
-    });
-    // Batches as a move's are checked (`SignatureBatch`): the move's signature with its requests'
-    // and responses' (two signers, as a buyer's and a seller's), timed with one and with 64.
-    let signers = [
-        offst_core::protocol::identity::Identity::from_seed([1; 32]),
-        offst_core::protocol::identity::Identity::from_seed([2; 32]),
-    ];
-    let signed: Vec<_> = (0..64u64)
-        .zip(signers.iter().cycle())
-        .map(|(i, who)| (who.id(), i, who.sign("offst bench", &(i, [[5u8; 32]; 5]))))
-        .collect();
-    let batch_of = |n: usize| {
-        time(200, &mut || {
-            let mut b = offst_core::protocol::identity::SignatureBatch::new();
-            for (id, i, sig) in signed.iter().take(n) {
-                b.queue(id, "offst bench", &(*i, [[5u8; 32]; 5]), sig);
+    let key = blake3::derive_key(DOMAIN, secret.diffie_hellman(&their).as_bytes());
+    let small_body = vec![1u8; 512];
+    let big_body = vec![1u8; 32 * 1024];
+    let seal_at = |body: &[u8]| {
+        time(1_000, &mut || {
+            let c = chacha20poly1305::XChaCha20Poly1305::new(&key.into());
+            std::hint::black_box(c.encrypt(&nonce, std::hint::black_box(body)).ok());
+        })
+    };
+    let seal = Cost::fit(
+        seal_at(&small_body),
+        small_body.len(),
+        seal_at(&big_body),
+        big_body.len(),
+    );
+    let sealed = |body: &[u8]| {
+        chacha20poly1305::XChaCha20Poly1305::new(&key.into())
+            .encrypt(&nonce, body)
+            .unwrap_or_default()
+    };
+    let (small_ct, big_ct) = (sealed(&small_body), sealed(&big_body));
+    let open_at = |ct: &[u8]| {
+        time(1_000, &mut || {
+            let c = chacha20poly1305::XChaCha20Poly1305::new(&key.into());
+            std::hint::black_box(c.decrypt(&nonce, std::hint::black_box(ct)).ok());
+        })
+    };
+    let open = Cost::fit(
+        open_at(&small_ct),
+        small_ct.len(),
+        open_at(&big_ct),
+        big_ct.len(),
+    );
+    // Batches as a move's are checked (`SignatureBatch`): the move's signature with its
+    // requests' and responses' (two signers, as a buyer's and a seller's), timed with one and
+    // with 64 short messages, and with 64 of 4 KiB.
+    let signers = [Identity::from_seed([1; 32]), Identity::from_seed([2; 32])];
+    let batch_of = |n: usize, size: usize| {
+        let msgs: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; size]).collect();
+        let signed: Vec<_> = msgs
+            .iter()
+            .zip(signers.iter().cycle())
+            .map(|(m, who)| (who.id(), who.sign(DOMAIN, &Bytes::new(m))))
+            .collect();
+        time(100, &mut || {
+            let mut b = SignatureBatch::new();
+            for (m, (id, sig)) in msgs.iter().zip(&signed) {
+                b.queue(id, DOMAIN, &Bytes::new(m), sig);
             }
             std::hint::black_box(b.verify());
         })
     };
-    let one = batch_of(1);
-    let many = batch_of(64);
-    let batched = ((many - one) / 63.0).max(0.0);
+    let (one, many, many_long) = (
+        batch_of(1, short.len()),
+        batch_of(64, short.len()),
+        batch_of(64, 4 * 1024),
+    );
+    let (short_len, long_len) = (len(&short), len(&[5u8; 4 * 1024]));
+    let per_signature = ((many - one) / 63.0).max(0.0);
+    let batch = (one - per_signature).max(0.0);
+    let per_long_signature = (many_long - batch) / 64.0;
+    let batched = Cost::fit(per_signature, short_len, per_long_signature, long_len);
     Unit {
         sign,
         verify,
@@ -549,7 +641,7 @@ fn measure_crypto() -> Unit {
         seal,
         open,
         agreement,
-        batch: (one - batched).max(0.0),
+        batch,
         batched,
     }
 }
@@ -877,14 +969,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         latencies.sort_by(f64::total_cmp);
         let done = completed.max(1) as f64;
         let per = |x: u64| x as f64 / done;
-        let floor_cpu = per(crypto.signs) * unit.sign
-            + per(crypto.verifies) * unit.verify
-            + per(crypto.hashes) * unit.hash
-            + per(crypto.seals) * unit.seal
-            + per(crypto.opens) * unit.open
-            + per(crypto.agreements) * unit.agreement
-            + per(crypto.batches) * unit.batch
-            + per(crypto.batched) * unit.batched;
+        let floor_cpu = unit.floor(&crypto) / done;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let floor_pps = if floor_cpu > 0.0 {
             cores / floor_cpu
@@ -908,6 +993,12 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
                 "agreements_per_payment": per(c.agreements),
                 "batches_per_payment": per(c.batches),
                 "batched_per_payment": per(c.batched),
+                "signed_bytes_per_payment": per(c.signed_bytes),
+                "verified_bytes_per_payment": per(c.verified_bytes),
+                "batched_bytes_per_payment": per(c.batched_bytes),
+                "hashed_bytes_per_payment": per(c.hashed_bytes),
+                "sealed_bytes_per_payment": per(c.sealed_bytes),
+                "opened_bytes_per_payment": per(c.opened_bytes),
                 "unit_us": unit.json(),
                 "unit_us_start": unit_start.json(),
                 "unit_us_end": unit_end.json(),
@@ -1175,6 +1266,47 @@ fn timeline_report(marks: offst_core::metrics::Timeline, seconds: f64) -> serde_
 mod tests {
     use super::*;
     use offst_core::metrics::Stage;
+
+    /// A cost per operation and per byte is read off two timings, and prices counts of both.
+    #[test]
+    fn the_floor_prices_operations_and_their_bytes() {
+        // 10 µs + 2 ns a byte, timed at 200 and at 16,384 bytes.
+        let line = |n: usize| 10e-6 + 2e-9 * n as f64;
+        let c = Cost::fit(line(200), 200, line(16_384), 16_384);
+        assert!((c.fixed - 10e-6).abs() < 1e-12 && (c.per_byte - 2e-9).abs() < 1e-15);
+        assert!((c.of(3, 1_000) - (30e-6 + 2e-6)).abs() < 1e-12);
+        // Noise that makes the longer timing the shorter costs nothing per byte, never less.
+        let flat = Cost::fit(10e-6, 200, 9e-6, 16_384);
+        assert_eq!((flat.fixed, flat.per_byte), (10e-6, 0.0));
+        let unit = Unit {
+            sign: c,
+            verify: Cost::default(),
+            hash: Cost::default(),
+            seal: Cost {
+                fixed: 1e-6,
+                per_byte: 1e-9,
+            },
+            open: Cost::default(),
+            agreement: 50e-6,
+            batch: 30e-6,
+            batched: Cost {
+                fixed: 8e-6,
+                per_byte: 0.0,
+            },
+        };
+        let counts = CryptoCounts {
+            signs: 2,
+            signed_bytes: 500,
+            seals: 1,
+            sealed_bytes: 2_048,
+            agreements: 1,
+            batches: 1,
+            batched: 4,
+            ..CryptoCounts::default()
+        };
+        let expected = (20e-6 + 1e-6) + (1e-6 + 2.048e-6) + 50e-6 + 30e-6 + 32e-6;
+        assert!((unit.floor(&counts) - expected).abs() < 1e-12);
+    }
 
     /// The statement profile: the costliest 25 by time, each per payment and per run.
     #[test]

@@ -128,5 +128,48 @@ fn frames(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crypto, moves, chain_payments, frames);
+/// The state hash a move signs, with as many requests pending as one channel may hold
+/// (`MAX_PENDING_REQUESTS`), as a mediator's channels have them under load.
+fn state_hash(c: &mut Criterion) {
+    use offst_core::protocol::bounds::MAX_PENDING_REQUESTS;
+    use offst_core::protocol::channel::{ChannelState, Pending, Side};
+    use offst_core::protocol::payment::{HashedLock, InvoiceId, Request, RequestId, RequestTerms};
+    let buyer = Identity::from_seed([100; 32]);
+    let route: Vec<NodeId> = (100..103u8)
+        .map(|i| Identity::from_seed([i; 32]).id())
+        .collect();
+    let hours = Currency::new("hours").expect("currency");
+    let mut state = ChannelState::default();
+    state.lines.insert(hours.clone(), Default::default());
+    for i in 0..MAX_PENDING_REQUESTS as u16 {
+        let mut id = [7u8; 32];
+        id[..2].copy_from_slice(&i.to_be_bytes());
+        let terms = RequestTerms {
+            request_id: RequestId(id),
+            invoice_id: InvoiceId([1; 32]),
+            currency: hours.clone(),
+            src_hashed_lock: HashedLock([2; 32]),
+            route: route.clone(),
+            fees: vec![1],
+            dest_payment: 5,
+            total_dest_payment: 5,
+        };
+        let pending = Pending {
+            request: Request::sign(&buyer, terms).expect("request"),
+            payer: Side::First,
+            amount: 6,
+            response: None,
+        };
+        state.pending.insert(RequestId(id), pending.into());
+    }
+    let mut g = c.benchmark_group("state");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(
+        format!("hash with {MAX_PENDING_REQUESTS} requests pending"),
+        |b| b.iter(|| state.hash()),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, crypto, moves, chain_payments, frames, state_hash);
 criterion_main!(benches);

@@ -12,6 +12,12 @@ static OPENS: AtomicU64 = AtomicU64::new(0);
 static AGREEMENTS: AtomicU64 = AtomicU64::new(0);
 static BATCHES: AtomicU64 = AtomicU64::new(0);
 static BATCHED: AtomicU64 = AtomicU64::new(0);
+static SIGNED_BYTES: AtomicU64 = AtomicU64::new(0);
+static VERIFIED_BYTES: AtomicU64 = AtomicU64::new(0);
+static BATCHED_BYTES: AtomicU64 = AtomicU64::new(0);
+static HASHED_BYTES: AtomicU64 = AtomicU64::new(0);
+static SEALED_BYTES: AtomicU64 = AtomicU64::new(0);
+static OPENED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Operations done so far by this process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +40,19 @@ pub struct CryptoCounts {
     pub batches: u64,
     /// Signatures checked in those batches (not counted in `verifies`).
     pub batched: u64,
+    /// Bytes signed (each message as it is hashed by Ed25519: domain and encoding).
+    pub signed_bytes: u64,
+    /// Bytes of the messages checked one by one.
+    pub verified_bytes: u64,
+    /// Bytes of the messages checked in batches.
+    pub batched_bytes: u64,
+    /// Bytes hashed with BLAKE3 (protocol values, channel states, envelope bodies and the
+    /// batches' transcripts).
+    pub hashed_bytes: u64,
+    /// Plaintext bytes encrypted, padding included.
+    pub sealed_bytes: u64,
+    /// Ciphertext bytes decrypted.
+    pub opened_bytes: u64,
 }
 
 impl CryptoCounts {
@@ -48,6 +67,12 @@ impl CryptoCounts {
             agreements: self.agreements.saturating_sub(earlier.agreements),
             batches: self.batches.saturating_sub(earlier.batches),
             batched: self.batched.saturating_sub(earlier.batched),
+            signed_bytes: self.signed_bytes.saturating_sub(earlier.signed_bytes),
+            verified_bytes: self.verified_bytes.saturating_sub(earlier.verified_bytes),
+            batched_bytes: self.batched_bytes.saturating_sub(earlier.batched_bytes),
+            hashed_bytes: self.hashed_bytes.saturating_sub(earlier.hashed_bytes),
+            sealed_bytes: self.sealed_bytes.saturating_sub(earlier.sealed_bytes),
+            opened_bytes: self.opened_bytes.saturating_sub(earlier.opened_bytes),
         }
     }
 }
@@ -63,27 +88,42 @@ pub fn crypto_counts() -> CryptoCounts {
         agreements: AGREEMENTS.load(Ordering::Relaxed),
         batches: BATCHES.load(Ordering::Relaxed),
         batched: BATCHED.load(Ordering::Relaxed),
+        signed_bytes: SIGNED_BYTES.load(Ordering::Relaxed),
+        verified_bytes: VERIFIED_BYTES.load(Ordering::Relaxed),
+        batched_bytes: BATCHED_BYTES.load(Ordering::Relaxed),
+        hashed_bytes: HASHED_BYTES.load(Ordering::Relaxed),
+        sealed_bytes: SEALED_BYTES.load(Ordering::Relaxed),
+        opened_bytes: OPENED_BYTES.load(Ordering::Relaxed),
     }
 }
 
-pub(crate) fn signed() {
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+pub(crate) fn signed(bytes: usize) {
     SIGNS.fetch_add(1, Ordering::Relaxed);
+    SIGNED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
-pub(crate) fn verified() {
+pub(crate) fn verified(bytes: usize) {
     VERIFIES.fetch_add(1, Ordering::Relaxed);
+    VERIFIED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
-pub(crate) fn batch_verified(signatures: usize) {
+pub(crate) fn batch_verified(signatures: usize, bytes: usize) {
     BATCHES.fetch_add(1, Ordering::Relaxed);
-    BATCHED.fetch_add(signatures as u64, Ordering::Relaxed);
+    BATCHED.fetch_add(count(signatures), Ordering::Relaxed);
+    BATCHED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
-pub(crate) fn hashed() {
+pub(crate) fn hashed(bytes: usize) {
     HASHES.fetch_add(1, Ordering::Relaxed);
+    HASHED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
-pub(crate) fn sealed() {
+pub(crate) fn sealed(bytes: usize) {
     SEALS.fetch_add(1, Ordering::Relaxed);
+    SEALED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
-pub(crate) fn opened() {
+pub(crate) fn opened(bytes: usize) {
     OPENS.fetch_add(1, Ordering::Relaxed);
+    OPENED_BYTES.fetch_add(count(bytes), Ordering::Relaxed);
 }
 pub(crate) fn agreed() {
     AGREEMENTS.fetch_add(1, Ordering::Relaxed);

@@ -213,3 +213,33 @@ fn a_move_signed_over_the_v1_state_hash_is_refused_and_changes_nothing() {
     );
     ch.tip().verify(a, b).expect("the tip verifies");
 }
+
+/// The state hash as specified (`docs/protocol.md` §3), fed piece by piece: the lines'
+/// encoding, the number of pending requests, then each one's id and hash.
+fn reference_hash(s: &ChannelState) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("offst channel state v2");
+    offst_core::protocol::identity::hash_encoded(&mut h, &s.lines);
+    h.update(&(s.pending.len() as u64).to_le_bytes());
+    for (id, p) in &s.pending {
+        h.update(&id.0);
+        h.update(&p.hash().0);
+    }
+    Hash(*h.finalize().as_bytes())
+}
+
+/// However the hash feeds its input to BLAKE3 (in pieces of 64 requests, for speed), it is
+/// the specified hash, which moves already signed depend on: around each piece's edge, and
+/// with more requests than one piece holds.
+#[test]
+fn the_state_hash_is_the_specified_one_for_any_number_of_requests() {
+    for n in [0u16, 1, 2, 63, 64, 65, 127, 128, 129, 256, 300] {
+        let mut s = state(&[]);
+        for i in 0..n {
+            let mut id = [9u8; 32];
+            id[..2].copy_from_slice(&i.to_be_bytes());
+            s.pending
+                .insert(RequestId(id), pending((i % 200) as u8, i % 3 == 0).into());
+        }
+        assert_eq!(s.hash(), reference_hash(&s), "{n} pending requests");
+    }
+}

@@ -248,14 +248,13 @@ fn signed_part(
     sent_ms: u64,
     body: &[u8],
 ) -> (NodeId, NodeId, [u8; 32], [u8; 16], u64, [u8; 32]) {
-    (
-        *sender,
-        *recipient,
-        *eph,
-        *id,
-        sent_ms,
-        *blake3::hash(body).as_bytes(),
-    )
+    (*sender, *recipient, *eph, *id, sent_ms, body_hash(body))
+}
+
+/// The hash of an envelope's body, which its signature covers instead of the body itself.
+fn body_hash(body: &[u8]) -> [u8; 32] {
+    crate::metrics::hashed(body.len());
+    *blake3::hash(body).as_bytes()
 }
 
 fn symmetric_key(shared: &[u8; 32], eph: &[u8; 32], recipient_key: &[u8; 32]) -> [u8; 32] {
@@ -344,7 +343,6 @@ fn seal_raw(
     let mut nonce = [0u8; 24];
     nonce.copy_from_slice(&entropy[32..]);
     let (eph_pub, key) = sending_key(&me, &recipient_key, eph_bytes);
-    crate::metrics::sealed();
     let inner = Inner {
         sender: me,
         recipient,
@@ -364,6 +362,7 @@ fn seal_raw(
     plain.extend_from_slice(&(size as u32).to_be_bytes());
     let mut plain = postcard::to_extend(&inner, plain).map_err(malformed)?;
     plain.resize(bucket(plain.len()), 0);
+    crate::metrics::sealed(plain.len());
     let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
     out.push(ENVELOPE_VERSION);
     out.extend_from_slice(&eph_pub);
@@ -476,7 +475,7 @@ fn decrypt(me: &Identity, bytes: &[u8]) -> Result<(Inner, [u8; 32]), EnvelopeErr
         .ok_or(EnvelopeError::Truncated)?;
     let ct = rest.get(56..).ok_or(EnvelopeError::Truncated)?;
     let my_key = MailKey::of(me).key;
-    crate::metrics::opened();
+    crate::metrics::opened(ct.len());
     let (key, known) = receiving_key(me, &my_key, &eph_pub);
     let plain = XChaCha20Poly1305::new(&key.into())
         .decrypt(

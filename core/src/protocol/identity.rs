@@ -41,19 +41,22 @@ struct HashFlavor<'a> {
     hasher: &'a mut blake3::Hasher,
     buf: [u8; 256],
     len: usize,
+    /// Bytes fed to the hasher so far.
+    fed: usize,
 }
 
 impl HashFlavor<'_> {
     fn flush(&mut self) {
         if let Some(filled) = self.buf.get(..self.len) {
             self.hasher.update(filled);
+            self.fed += filled.len();
         }
         self.len = 0;
     }
 }
 
 impl postcard::ser_flavors::Flavor for HashFlavor<'_> {
-    type Output = ();
+    type Output = usize;
 
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         if self.len == self.buf.len() {
@@ -75,26 +78,28 @@ impl postcard::ser_flavors::Flavor for HashFlavor<'_> {
             None => {
                 self.flush();
                 self.hasher.update(data);
+                self.fed += data.len();
             }
         }
         Ok(())
     }
 
-    fn finalize(mut self) -> postcard::Result<()> {
+    fn finalize(mut self) -> postcard::Result<usize> {
         self.flush();
-        Ok(())
+        Ok(self.fed)
     }
 }
 
-/// Feed the postcard encoding of `value` to `hasher`.
-pub fn hash_encoded<T: Serialize + ?Sized>(hasher: &mut blake3::Hasher, value: &T) {
+/// Feed the postcard encoding of `value` to `hasher`; returns how many bytes that was.
+pub fn hash_encoded<T: Serialize + ?Sized>(hasher: &mut blake3::Hasher, value: &T) -> usize {
     let flavor = HashFlavor {
         hasher,
         buf: [0; 256],
         len: 0,
+        fed: 0,
     };
     // Our own values always encode (see `canonical_bytes`); the flavor itself never fails.
-    let _ = postcard::serialize_with_flavor::<T, HashFlavor, ()>(value, flavor);
+    postcard::serialize_with_flavor::<T, HashFlavor, usize>(value, flavor).unwrap_or(0)
 }
 
 /// A 32-byte BLAKE3 hash.
@@ -104,15 +109,14 @@ pub struct Hash(pub [u8; 32]);
 impl Hash {
     /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
     pub fn of<T: Serialize>(domain: &'static str, value: &T) -> Hash {
-        crate::metrics::hashed();
         let mut hasher = blake3::Hasher::new_derive_key(domain);
-        hash_encoded(&mut hasher, value);
+        crate::metrics::hashed(hash_encoded(&mut hasher, value));
         Hash(*hasher.finalize().as_bytes())
     }
 
     /// Hash of raw bytes under a domain.
     pub fn of_bytes(domain: &'static str, bytes: &[u8]) -> Hash {
-        crate::metrics::hashed();
+        crate::metrics::hashed(bytes.len());
         let mut hasher = blake3::Hasher::new_derive_key(domain);
         hasher.update(bytes);
         Hash(*hasher.finalize().as_bytes())
@@ -199,11 +203,11 @@ impl NodeId {
         value: &T,
         signature: &Signature,
     ) -> Result<(), BadSignature> {
-        crate::metrics::verified();
         let key = verifying_key(&self.0).ok_or(BadSignature(*self))?;
         let sig = ed25519_zebra::Signature::from_bytes(&signature.0);
-        key.verify(&sig, &canonical_bytes(domain, value))
-            .map_err(|_| BadSignature(*self))
+        let msg = canonical_bytes(domain, value);
+        crate::metrics::verified(msg.len());
+        key.verify(&sig, &msg).map_err(|_| BadSignature(*self))
     }
 }
 
@@ -225,6 +229,8 @@ pub struct SignatureBatch {
     verifier: ed25519_zebra::batch::Verifier,
     transcript: blake3::Hasher,
     len: usize,
+    /// Bytes of the queued messages.
+    bytes: usize,
     bad_key: bool,
 }
 
@@ -241,6 +247,7 @@ impl SignatureBatch {
             verifier: ed25519_zebra::batch::Verifier::new(),
             transcript: blake3::Hasher::new_derive_key("offst signature batch v1"),
             len: 0,
+            bytes: 0,
             bad_key: false,
         }
     }
@@ -269,6 +276,7 @@ impl SignatureBatch {
             &msg,
         ));
         self.len += 1;
+        self.bytes += msg.len();
     }
 
     /// Whether every queued signature is valid (an empty batch is). When this says no, check
@@ -280,7 +288,9 @@ impl SignatureBatch {
         if self.len == 0 {
             return true;
         }
-        crate::metrics::batch_verified(self.len);
+        // The transcript's hash is part of a batch's cost (the load generator times batches
+        // whole), not counted among the hashes.
+        crate::metrics::batch_verified(self.len, self.bytes);
         use chacha20::rand_core::SeedableRng;
         let seed = *self.transcript.finalize().as_bytes();
         self.verifier
@@ -441,7 +451,8 @@ impl Identity {
 
     /// Sign `canonical_bytes(domain, value)`.
     pub fn sign<T: Serialize>(&self, domain: &str, value: &T) -> Signature {
-        crate::metrics::signed();
-        Signature(self.key.sign(&canonical_bytes(domain, value)).to_bytes())
+        let msg = canonical_bytes(domain, value);
+        crate::metrics::signed(msg.len());
+        Signature(self.key.sign(&msg).to_bytes())
     }
 }
