@@ -400,7 +400,7 @@ async fn run(args: Args) -> Result<(), String> {
             let friend = friend_of(&online.w(), &friend)?;
             online
                 .w()
-                .set_limit(friend, c.clone(), amount)
+                .set_limit(friend, c, amount)
                 .map_err(|e| e.to_string())?;
             let synced = online.sync(Duration::from_secs(30)).await;
             online.stop().await;
@@ -600,7 +600,7 @@ async fn accept(
         if let Some(limit) = limit {
             online
                 .w()
-                .set_limit(friend, c.clone(), limit)
+                .set_limit(friend, *c, limit)
                 .map_err(|e| e.to_string())?;
             println!("{friend} may owe you up to {limit} {c}");
         }
@@ -689,7 +689,7 @@ fn balance(dir: &Path, json: bool) -> Result<(), String> {
         let v = w.friend_view(f, 0).map_err(|e| e.to_string())?;
         for l in &v.lines {
             *totals.entry(l.currency.as_str().to_string()).or_default() += l.balance;
-            per_friend.push((v.name.clone(), v.id, l.currency.clone(), l.balance));
+            per_friend.push((v.name.clone(), v.id, l.currency, l.balance));
         }
     }
     if json {

@@ -140,14 +140,14 @@ fn state_hash(c: &mut Criterion) {
         .collect();
     let hours = Currency::new("hours").expect("currency");
     let mut state = ChannelState::default();
-    state.lines.insert(hours.clone(), Default::default());
+    state.lines.insert(hours, Default::default());
     for i in 0..MAX_PENDING_REQUESTS as u16 {
         let mut id = [7u8; 32];
         id[..2].copy_from_slice(&i.to_be_bytes());
         let terms = RequestTerms {
             request_id: RequestId(id),
             invoice_id: InvoiceId([1; 32]),
-            currency: hours.clone(),
+            currency: hours,
             src_hashed_lock: HashedLock([2; 32]),
             route: route.clone(),
             fees: vec![1],

@@ -100,7 +100,7 @@ fn main() {
                     .iter()
                     .map(|(f, send, recv)| ReportEntry {
                         friend: keys[*f as usize],
-                        currency: eur.clone(),
+                        currency: eur,
                         send: *send,
                         recv: *recv,
                     })
@@ -140,7 +140,7 @@ fn main() {
         let q = RouteQuery {
             from: keys[a],
             to: keys[b],
-            currency: eur.clone(),
+            currency: eur,
             amount,
             max_routes: 8,
             avoid: Vec::new(),

@@ -102,7 +102,7 @@ fn table(
         title: title.into(),
         steps,
         rows,
-        currency: c.clone(),
+        currency: *c,
     }
 }
 

@@ -116,7 +116,7 @@ fn max_pending_requests() {
     let sig = identity(100).sign("test", &0u8);
     for i in 0..MAX_PENDING_REQUESTS as u32 {
         let r = Request {
-            terms: terms(vec![n[0], n[1]], i),
+            terms: terms(vec![n[0], n[1]], i).into(),
             signature: sig,
         };
         state
@@ -124,7 +124,7 @@ fn max_pending_requests() {
             .unwrap();
     }
     let r = Request {
-        terms: terms(vec![n[0], n[1]], 99_999),
+        terms: terms(vec![n[0], n[1]], 99_999).into(),
         signature: sig,
     };
     assert_eq!(
@@ -159,7 +159,7 @@ fn frozen_credit_is_capped_by_the_limit() {
     let sig = identity(100).sign("test", &0u8);
     for i in 0..5 {
         let r = Request {
-            terms: terms(vec![n[0], n[1]], i),
+            terms: terms(vec![n[0], n[1]], i).into(),
             signature: sig,
         };
         state
@@ -167,7 +167,7 @@ fn frozen_credit_is_capped_by_the_limit() {
             .unwrap();
     }
     let r = Request {
-        terms: terms(vec![n[0], n[1]], 5),
+        terms: terms(vec![n[0], n[1]], 5).into(),
         signature: sig,
     };
     assert!(matches!(

@@ -131,10 +131,7 @@ impl World {
                     (1, self.ids[0])
                 };
                 // May be refused (below what is owed): then nothing changes.
-                if let Ok(out) = self
-                    .node(i)
-                    .set_limit(friend, currencies[currency].clone(), limit)
-                {
+                if let Ok(out) = self.node(i).set_limit(friend, currencies[currency], limit) {
                     self.absorb(i, out);
                 }
             }
@@ -149,13 +146,7 @@ impl World {
                 let (e1, e2) = (entropy(self.nonce, 1), entropy(self.nonce, 2));
                 let invoice = self
                     .node(seller)
-                    .create_invoice(
-                        currencies[currency].clone(),
-                        amount,
-                        expires,
-                        String::new(),
-                        e1,
-                    )
+                    .create_invoice(currencies[currency], amount, expires, String::new(), e1)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let plan = RoutePlan {
                     route: vec![self.ids[buyer], self.ids[seller]],
@@ -165,12 +156,8 @@ impl World {
                 let now = self.now;
                 if let Ok(out) = self.node(buyer).pay(now, &invoice, vec![plan], e2) {
                     self.absorb(buyer, out);
-                    self.payments.push((
-                        buyer,
-                        invoice.terms.id,
-                        currencies[currency].clone(),
-                        amount,
-                    ));
+                    self.payments
+                        .push((buyer, invoice.terms.id, currencies[currency], amount));
                 }
             }
             Action::Deliver { pick } => {
@@ -230,13 +217,13 @@ fn check_state(state: &ChannelState) -> Result<(), TestCaseError> {
     let mut frozen: BTreeMap<(Currency, bool), u64> = BTreeMap::new();
     for p in state.pending.values() {
         *frozen
-            .entry((p.request.terms.currency.clone(), p.payer == Side::First))
+            .entry((p.request.terms.currency, p.payer == Side::First))
             .or_default() += p.amount;
     }
     for (c, line) in &state.lines {
         prop_assert!(line.limits_hold(), "limits broken in {}: {:?}", c, line);
-        let by_first = frozen.get(&(c.clone(), true)).copied().unwrap_or(0);
-        let by_second = frozen.get(&(c.clone(), false)).copied().unwrap_or(0);
+        let by_first = frozen.get(&(*c, true)).copied().unwrap_or(0);
+        let by_second = frozen.get(&(*c, false)).copied().unwrap_or(0);
         prop_assert_eq!(
             line.frozen_by_first,
             by_first,
@@ -276,9 +263,9 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
     w.a.add_friend(ids[1]).unwrap();
     w.b.add_friend(ids[0]).unwrap();
     for c in &currencies {
-        let out = w.a.set_limit(ids[1], c.clone(), 60).unwrap();
+        let out = w.a.set_limit(ids[1], *c, 60).unwrap();
         w.absorb(0, out);
-        let out = w.b.set_limit(ids[0], c.clone(), 60).unwrap();
+        let out = w.b.set_limit(ids[0], *c, 60).unwrap();
         w.absorb(1, out);
     }
     for act in actions {
@@ -309,7 +296,7 @@ fn run(actions: Vec<Action>) -> Result<(), TestCaseError> {
                 } else {
                     i128::from(*amount)
                 };
-                *expected.entry(currency.clone()).or_default() += signed;
+                *expected.entry(*currency).or_default() += signed;
             }
             PaymentStatus::Cancelled => {}
             PaymentStatus::InFlight => prop_assert!(false, "payment did not end"),

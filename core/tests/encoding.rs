@@ -357,3 +357,46 @@ mod encodings_built_in_place {
         assert_eq!(encoded.capacity(), encoded.len());
     }
 }
+
+/// A currency is held inline, but it encodes, decodes and orders exactly as its name (a
+/// string) does, as it did when it was a `String`: signatures and state hashes over credit
+/// lines and requests depend on that. A stored or received name that is not a currency's is
+/// refused when read.
+#[test]
+fn a_currency_encodes_and_orders_as_its_name() {
+    use offst_core::protocol::amount::Currency;
+    use offst_core::protocol::bounds::MAX_CURRENCY_LEN;
+    let names = [
+        "EUR",
+        "hours",
+        "a",
+        "A",
+        "a.b-c_d",
+        &"z".repeat(MAX_CURRENCY_LEN),
+        "eur",
+    ];
+    for name in names {
+        let c = Currency::new(name).unwrap();
+        assert_eq!(c.as_str(), name);
+        assert_eq!(c.to_string(), name);
+        assert_eq!(format!("{c:?}"), format!("{name:?}"));
+        let as_string = postcard::to_allocvec(&name.to_string()).unwrap();
+        assert_eq!(postcard::to_allocvec(&c).unwrap(), as_string);
+        assert_eq!(postcard::from_bytes::<Currency>(&as_string).unwrap(), c);
+        assert_eq!(String::from(c), name);
+    }
+    let mut currencies: Vec<Currency> = names.iter().map(|n| Currency::new(n).unwrap()).collect();
+    let mut sorted: Vec<&str> = names.to_vec();
+    currencies.sort();
+    sorted.sort();
+    assert_eq!(
+        currencies.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        sorted
+    );
+    // Shorter names sort before their extensions, as strings do ("a" < "a.b-c_d").
+    assert!(Currency::new("a").unwrap() < Currency::new("a.b-c_d").unwrap());
+    for bad in ["", "€uro", "a b", &"x".repeat(MAX_CURRENCY_LEN + 1)] {
+        let bytes = postcard::to_allocvec(&bad.to_string()).unwrap();
+        assert!(postcard::from_bytes::<Currency>(&bytes).is_err(), "{bad:?}");
+    }
+}

@@ -186,7 +186,7 @@ fn mediator_taking_more_than_its_fee_is_refused() {
     let (a, b, c) = (ids[0], ids[1], ids[2]);
     let honest = request(1, vec![a, b, c], vec![2], 10, 3);
     let mut greedy = honest.clone();
-    greedy.terms.dest_payment = 7; // C would freeze 7 instead of 10; B would keep 5.
+    std::sync::Arc::make_mut(&mut greedy.terms).dest_payment = 7; // C would freeze 7 instead of 10; B would keep 5.
     give_token(&mut net, b, c);
     let m = hostile_move(&net, 2, b, c, vec![Op::Request(greedy)]);
     let before = snapshot(&net, &c, &b);
@@ -207,7 +207,7 @@ fn mediator_taking_more_than_its_fee_is_refused() {
     assert_eq!(before, snapshot(&net, &c, &b));
     // Raising its own fee in the terms does not help either: the buyer signed the fees.
     let mut greedy_fee = honest;
-    greedy_fee.terms.fees = vec![5];
+    std::sync::Arc::make_mut(&mut greedy_fee.terms).fees = vec![5];
     let m = hostile_move(&net, 2, b, c, vec![Op::Request(greedy_fee)]);
     assert!(deliver(&mut net, b, c, m).is_err());
     assert_eq!(before, snapshot(&net, &c, &b));

@@ -114,7 +114,7 @@ fn answering_a_shared_request_changes_only_the_state_it_is_applied_to() {
     let parties = *ch.parties();
     let payer = ch.local_side();
     // A request a freezes toward b, in a state b then answers in a copy of it.
-    let mut terms = request(5).terms;
+    let mut terms = (*request(5).terms).clone();
     terms.route = vec![a, b, ids[2]];
     let req = Request::sign(&identity(1), terms).unwrap();
     let mut frozen = ch.state().clone();

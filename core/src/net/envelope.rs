@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -354,37 +354,35 @@ fn seal_raw(
             &signed_part(&me, &recipient, &eph_pub, &id, sent_ms, body),
         ),
     };
-    // The length, then the encoding, then the padding, built in place in a buffer of the
-    // padded size.
+    // The header, then the plaintext (the length, the encoding, the padding) encrypted where
+    // it was built, then the tag: one buffer of the envelope's final size.
     let malformed = |e: postcard::Error| EnvelopeError::Malformed(e.to_string());
     let size = postcard::experimental::serialized_size(&inner).map_err(malformed)?;
-    let mut plain = Vec::with_capacity(bucket(size + 4));
-    plain.extend_from_slice(&(size as u32).to_be_bytes());
-    let mut plain = postcard::to_extend(&inner, plain).map_err(malformed)?;
-    plain.resize(bucket(plain.len()), 0);
-    crate::metrics::sealed(plain.len());
-    let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
+    let padded = bucket(size + 4);
+    let mut out = Vec::with_capacity(HEADER + padded + TAG);
     out.push(ENVELOPE_VERSION);
     out.extend_from_slice(&eph_pub);
     out.extend_from_slice(&nonce);
+    out.extend_from_slice(&(size as u32).to_be_bytes());
+    let mut out = postcard::to_extend(&inner, out).map_err(malformed)?;
+    out.resize(HEADER + padded, 0);
+    crate::metrics::sealed(padded);
     let aad = aad(&eph_pub, &recipient_key);
-    let ct = XChaCha20Poly1305::new(&key.into())
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &plain,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| EnvelopeError::TooLarge(plain.len()))?;
-    out.extend_from_slice(&ct);
+    let plain = out.get_mut(HEADER..).unwrap_or_default();
+    let tag = XChaCha20Poly1305::new(&key.into())
+        .encrypt_inout_detached(&XNonce::from(nonce), &aad, plain.into())
+        .map_err(|_| EnvelopeError::TooLarge(padded))?;
+    out.extend_from_slice(&tag);
     Ok(out)
 }
 
-fn aad(eph_pub: &[u8; 32], recipient_key: &[u8; 32]) -> Vec<u8> {
-    let mut a = vec![ENVELOPE_VERSION];
-    a.extend_from_slice(eph_pub);
-    a.extend_from_slice(recipient_key);
+fn aad(eph_pub: &[u8; 32], recipient_key: &[u8; 32]) -> [u8; 65] {
+    let mut a = [0u8; 65];
+    let (version, keys) = a.split_at_mut(1);
+    let (eph, recipient) = keys.split_at_mut(32);
+    version.copy_from_slice(&[ENVELOPE_VERSION]);
+    eph.copy_from_slice(eph_pub);
+    recipient.copy_from_slice(recipient_key);
     a
 }
 

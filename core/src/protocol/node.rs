@@ -162,11 +162,11 @@ impl ResetChanges {
             let (b0, l0) = view(now);
             let (b1, l1) = view(after);
             if b0 != b1 {
-                out.balances.push((c.clone(), b0, b1));
+                out.balances.push((*c, b0, b1));
             }
             if l0 != l1 {
                 out.limits.push(LimitChange {
-                    currency: c.clone(),
+                    currency: *c,
                     now: l0,
                     after: l1,
                 });
@@ -1012,7 +1012,7 @@ impl Node {
             b.routes
                 .values()
                 .filter(|r| r.status == RouteStatus::Collected)
-                .map(|r| &r.request.terms)
+                .map(|r| &*r.request.terms)
                 .collect()
         })
     }
@@ -1576,7 +1576,7 @@ impl Node {
             let request_terms = RequestTerms {
                 request_id: RequestId(Hash::of_bytes("offst request id v1", &seed).0),
                 invoice_id: terms.id,
-                currency: terms.currency.clone(),
+                currency: terms.currency,
                 src_hashed_lock: lock,
                 route: plan.route,
                 fees: plan.fees,
@@ -1630,7 +1630,7 @@ impl Node {
             if *need > available {
                 return Err(NodeError::InsufficientCapacity {
                     friend: *friend,
-                    currency: currency.clone(),
+                    currency: *currency,
                     needed: *need,
                     available,
                 });

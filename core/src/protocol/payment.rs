@@ -242,8 +242,10 @@ pub struct RequestTerms {
 /// A request: terms plus the buyer's signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// The terms.
-    pub terms: RequestTerms,
+    /// The terms, shared by every copy of the request: a request is copied into each move
+    /// that carries it, each channel's pending requests and each hop's forward, and its
+    /// route and fees are never changed once signed. Encoded as the terms themselves.
+    pub terms: std::sync::Arc<RequestTerms>,
     /// The buyer's signature over the terms.
     pub signature: Signature,
 }
@@ -317,7 +319,10 @@ impl Request {
             ));
         }
         let signature = buyer.sign(REQUEST_DOMAIN, &terms);
-        Ok(Request { terms, signature })
+        Ok(Request {
+            terms: std::sync::Arc::new(terms),
+            signature,
+        })
     }
 
     /// Structural checks and the buyer's signature.
@@ -372,7 +377,7 @@ impl Response {
         ResponseTerms {
             request_id: request.request_id,
             invoice_id: request.invoice_id,
-            currency: request.currency.clone(),
+            currency: request.currency,
             dest_payment: request.dest_payment,
             total_dest_payment: request.total_dest_payment,
             src_hashed_lock: request.src_hashed_lock,

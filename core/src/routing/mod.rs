@@ -369,8 +369,8 @@ impl Index {
             return *s;
         }
         let s = self.currencies.len() as u16;
-        self.currencies.push(c.clone());
-        self.currency_slots.insert(c.clone(), s);
+        self.currencies.push(*c);
+        self.currency_slots.insert(*c, s);
         self.graphs.push(Graph::default());
         s
     }

@@ -141,7 +141,7 @@ impl CapacityReport {
             for (currency, line) in &ch.state().lines {
                 entries.push(ReportEntry {
                     friend: *friend,
-                    currency: currency.clone(),
+                    currency: *currency,
                     send: privacy.round(line.can_send(local)),
                     recv: privacy.round(line.can_send(local.other())),
                 });

@@ -110,7 +110,7 @@ impl LocalNet {
         currency: &Currency,
         limit: u64,
     ) -> Result<(), LocalNetError> {
-        let out = self.node_mut(&a)?.set_limit(b, currency.clone(), limit)?;
+        let out = self.node_mut(&a)?.set_limit(b, *currency, limit)?;
         self.absorb(a, out);
         self.run()
     }
@@ -151,7 +151,7 @@ impl LocalNet {
     ) -> Result<Invoice, LocalNetError> {
         let expires = self.now_ms + 60_000;
         let invoice = self.node_mut(&seller)?.create_invoice(
-            currency.clone(),
+            *currency,
             amount,
             expires,
             String::new(),

@@ -714,14 +714,13 @@ impl Sim {
         if seller >= buyer {
             seller += 1;
         }
-        let currency =
-            self.currencies[self.rng.below(self.currencies.len() as u64) as usize].clone();
+        let currency = self.currencies[self.rng.below(self.currencies.len() as u64) as usize];
         let amount = self.rng.range(1, 40);
         let expires = self.now + self.cfg.invoice_ttl_ms;
         self.last_expiry = self.last_expiry.max(expires);
         let entropy = self.rng.bytes32();
         let invoice = match self.nodes[seller].create_invoice(
-            currency.clone(),
+            currency,
             amount,
             expires,
             format!("payment {i}"),
@@ -1013,7 +1012,7 @@ impl Sim {
                 let side = x.local_side();
                 let mut bad_limits = Vec::new();
                 for (c, line) in &x.state().lines {
-                    *sums.entry(c.clone()).or_default() += line.balance_of(side);
+                    *sums.entry(*c).or_default() += line.balance_of(side);
                     if !line.limits_hold() {
                         bad_limits.push(format!("limits broken between {a} and {b} in {c}"));
                     }
@@ -1079,7 +1078,7 @@ impl Sim {
                             } else {
                                 terms.hop_amount(k).unwrap_or(0)
                             };
-                            *expected[idx].entry(c.clone()).or_default() +=
+                            *expected[idx].entry(*c).or_default() +=
                                 i128::from(inflow) - i128::from(outflow);
                         }
                     }
@@ -1122,8 +1121,7 @@ impl Sim {
                 for &b in &self.adj[a] {
                     if let Some(ch) = self.nodes[a].channel(&self.ids[b]) {
                         for (c, line) in &ch.state().lines {
-                            *actual.entry(c.clone()).or_default() +=
-                                line.balance_of(ch.local_side());
+                            *actual.entry(*c).or_default() += line.balance_of(ch.local_side());
                         }
                     }
                 }

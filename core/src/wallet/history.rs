@@ -167,7 +167,7 @@ impl NewEntry {
                 ),
             )
             .friend(*friend)
-            .amount(currency.clone(), clamp(*limit)),
+            .amount(*currency, clamp(*limit)),
             Event::LimitNotSet { friend, reason } => NewEntry::new(
                 EventKind::LimitNotSet,
                 format!(
@@ -187,7 +187,7 @@ impl NewEntry {
             )
             .invoice(receipt.invoice_id())
             .friend(receipt.seller)
-            .amount(receipt.terms.currency.clone(), -clamp(receipt.amount())),
+            .amount(receipt.terms.currency, -clamp(receipt.amount())),
             Event::PaymentCancelled { invoice_id } => NewEntry::new(
                 EventKind::PaymentCancelled,
                 "payment cancelled; nothing was paid".into(),

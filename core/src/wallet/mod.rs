@@ -1345,7 +1345,7 @@ impl Wallet {
             ),
         )
         .friend(friend)
-        .amount(currency.clone(), history::clamp(limit));
+        .amount(currency, history::clamp(limit));
         self.action(
             |node, _| node.set_limit(friend, currency, limit).map(|out| ((), out)),
             |_| vec![entry],
@@ -1413,7 +1413,7 @@ impl Wallet {
                         format!("invoice for {} {}", t.amount, t.currency),
                     )
                     .invoice(t.id)
-                    .amount(t.currency.clone(), history::clamp(t.amount)),
+                    .amount(t.currency, history::clamp(t.amount)),
                 ]
             },
             |_, _| Ok(()),
@@ -1487,7 +1487,7 @@ impl Wallet {
         )
         .invoice(t.id)
         .friend(t.seller)
-        .amount(t.currency.clone(), -history::clamp(total));
+        .amount(t.currency, -history::clamp(total));
         self.action_with(
             later,
             |node, now| {
@@ -1797,7 +1797,7 @@ impl Wallet {
             .lines
             .iter()
             .map(|(c, l)| LineView {
-                currency: c.clone(),
+                currency: *c,
                 balance: l.balance_of(side),
                 our_limit: l.limit_of(side),
                 their_limit: l.limit_of(side.other()),
@@ -1812,7 +1812,7 @@ impl Wallet {
                 match lines.iter_mut().find(|l| l.currency == *currency) {
                     Some(l) => l.pending_limit = Some(*limit),
                     None => lines.push(LineView {
-                        currency: currency.clone(),
+                        currency: *currency,
                         balance: 0,
                         our_limit: 0,
                         their_limit: 0,

@@ -342,7 +342,7 @@ impl Wallet {
         crate::routing::RouteQuery {
             from: self.id(),
             to: terms.seller,
-            currency: terms.currency.clone(),
+            currency: terms.currency,
             amount: terms.amount,
             max_routes,
             avoid: Vec::new(),

@@ -466,11 +466,11 @@ impl ChannelState {
         if !self.lines.contains_key(currency) && self.lines.len() >= MAX_CURRENCIES_PER_FRIEND {
             return Err(OpError::TooManyCurrencies);
         }
-        let line = self.lines.entry(currency.clone()).or_default();
+        let line = self.lines.entry(*currency).or_default();
         let min = line.min_limit(sender);
         if limit < min {
             return Err(OpError::LimitBelowDebt {
-                currency: currency.clone(),
+                currency: *currency,
                 limit,
                 min,
             });
@@ -514,7 +514,7 @@ impl ChannelState {
         let line = self
             .lines
             .get_mut(&terms.currency)
-            .ok_or_else(|| OpError::UnknownCurrency(terms.currency.clone()))?;
+            .ok_or(OpError::UnknownCurrency(terms.currency))?;
         let available = line.can_send(sender);
         let frozen = line.frozen_by(sender).checked_add(amount);
         match frozen {
@@ -523,7 +523,7 @@ impl ChannelState {
             }
             _ => {
                 return Err(OpError::OverLimit {
-                    currency: terms.currency.clone(),
+                    currency: terms.currency,
                     amount,
                     available,
                 });
@@ -559,7 +559,7 @@ impl ChannelState {
         let line = self
             .lines
             .get_mut(currency)
-            .ok_or_else(|| OpError::UnknownCurrency(currency.clone()))?;
+            .ok_or(OpError::UnknownCurrency(*currency))?;
         let frozen = line.frozen_mut(pending.payer);
         // Cannot underflow: every pending amount was added to this sum when it was frozen.
         *frozen = frozen.saturating_sub(pending.amount);
