@@ -20,6 +20,12 @@ use tracing::{debug, info, warn};
 /// Most bytes of reports sent to a peer in one frame (a frame holds at most 521 KiB).
 const BATCH_BYTES: usize = 256 * 1024;
 
+/// An index with at most this many hops answers a query on the task that asked: its search
+/// takes microseconds, and a blocking thread woken for it and the answer handed back cost
+/// more. A larger index searches on a blocking thread, so that a search of milliseconds
+/// (`docs/benchmarks.md`, "Route search") never holds up the relay's connections.
+pub const INLINE_SEARCH_MAX_HOPS: u64 = 2_000;
+
 /// The index, shared with the relay's connections and its peers.
 pub struct IndexService {
     index: RwLock<Index>,
@@ -66,8 +72,16 @@ impl IndexService {
         self.index.read().unwrap_or_else(|e| e.into_inner()).stats()
     }
 
-    /// Routes for `query`, computed off the async threads.
+    /// Routes for `query`: computed off the async threads, unless the index is small
+    /// ([`INLINE_SEARCH_MAX_HOPS`]), when the search takes less than handing it to another
+    /// thread and back does.
     pub async fn find(self: &Arc<Self>, query: RouteQuery) -> Result<RouteSet, RouteError> {
+        {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if index.hop_count() <= INLINE_SEARCH_MAX_HOPS {
+                return index.find_routes(&query);
+            }
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             me.index
@@ -181,5 +195,76 @@ async fn peer_loop(
         conn.close().await;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use offst_core::protocol::amount::{Currency, Rate};
+    use offst_core::routing::{CapacityReport, ReportEntry};
+
+    /// An index of `n` wallets on a ring, each able to send 100 either way to its neighbours.
+    fn ring(n: usize) -> (Arc<IndexService>, Vec<NodeId>) {
+        let ids: Vec<Identity> = (0..n)
+            .map(|i| {
+                let mut seed = [7u8; 32];
+                seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                Identity::from_seed(seed)
+            })
+            .collect();
+        let keys: Vec<NodeId> = ids.iter().map(Identity::id).collect();
+        let eur = Currency::new("EUR").unwrap();
+        let service = IndexService::new(Vec::new());
+        for (i, id) in ids.iter().enumerate() {
+            let entries = [(i + 1) % n, (i + n - 1) % n]
+                .into_iter()
+                .map(|f| ReportEntry {
+                    friend: keys[f],
+                    currency: eur,
+                    send: 100,
+                    recv: 100,
+                })
+                .collect();
+            let report = CapacityReport {
+                node: keys[i],
+                issued_ms: 1_000,
+                expires_ms: 3_600_000,
+                rate: Rate { base: 1, ppm: 0 },
+                entries,
+            }
+            .sign(id);
+            service.accept(report, 2_000).unwrap();
+        }
+        (service, keys)
+    }
+
+    /// A small index answers on the asking task, a large one on a blocking thread: both give
+    /// the route along the ring.
+    #[tokio::test]
+    async fn small_and_large_indexes_both_answer() {
+        for n in [10, 1_200] {
+            let (service, keys) = ring(n);
+            let hops = service.index.read().unwrap().hop_count();
+            assert_eq!(
+                hops > INLINE_SEARCH_MAX_HOPS,
+                n > 10,
+                "{n} wallets: {hops} hops"
+            );
+            let query = RouteQuery {
+                from: keys[0],
+                to: keys[3],
+                currency: Currency::new("EUR").unwrap(),
+                amount: 10,
+                max_routes: 1,
+                avoid: Vec::new(),
+                first_hops: None,
+            };
+            let set = service.find(query).await.unwrap();
+            assert_eq!(set.routes.len(), 1, "{n} wallets");
+            assert_eq!(set.routes[0].route, keys[..4].to_vec(), "{n} wallets");
+        }
     }
 }

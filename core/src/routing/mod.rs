@@ -472,12 +472,18 @@ impl Index {
         self.held.iter().flatten().map(|h| &h.signed)
     }
 
+    /// Hops with a capacity, all currencies (as in [`Index::stats`], without counting the
+    /// reports).
+    pub fn hop_count(&self) -> u64 {
+        self.graphs.iter().map(|g| g.edges as u64).sum()
+    }
+
     /// Counts, for logs.
     pub fn stats(&self) -> IndexStats {
         IndexStats {
             reporting: self.held.iter().filter(|h| h.is_some()).count() as u64,
             known: self.ids.len() as u64,
-            hops: self.graphs.iter().map(|g| g.edges as u64).sum(),
+            hops: self.hop_count(),
         }
     }
 
