@@ -444,6 +444,11 @@ impl Cost {
         }
     }
 
+    /// [`Cost::fit`] through `at` timed over `short` and over `long` bytes.
+    fn fit_by(at: impl Fn(&[u8]) -> f64, short: &[u8], long: &[u8]) -> Cost {
+        Cost::fit(at(short), short.len(), at(long), long.len())
+    }
+
     /// `n` operations over `bytes` bytes in all.
     fn of(&self, n: u64, bytes: u64) -> f64 {
         n as f64 * self.fixed + bytes as f64 * self.per_byte
@@ -562,7 +567,7 @@ fn measure_crypto() -> Unit {
             std::hint::black_box(h.finalize());
         })
     };
-    let hash = Cost::fit(hash_at(&short), short.len(), hash_at(&long), long.len());
+    let hash = Cost::fit_by(hash_at, &short, &long);
     // An envelope: XChaCha20-Poly1305 under a key agreed earlier (a sender and a recipient
     // keep it), at the smallest padded size (512 bytes) and at 32 KiB.
     let secret = x25519_dalek::StaticSecret::from([9u8; 32]);
@@ -581,12 +586,7 @@ fn measure_crypto() -> Unit {
             std::hint::black_box(c.encrypt(&nonce, std::hint::black_box(body)).ok());
         })
     };
-    let seal = Cost::fit(
-        seal_at(&small_body),
-        small_body.len(),
-        seal_at(&big_body),
-        big_body.len(),
-    );
+    let seal = Cost::fit_by(seal_at, &small_body, &big_body);
     let sealed = |body: &[u8]| {
         chacha20poly1305::XChaCha20Poly1305::new(&key.into())
             .encrypt(&nonce, body)
@@ -599,12 +599,7 @@ fn measure_crypto() -> Unit {
             std::hint::black_box(c.decrypt(&nonce, std::hint::black_box(ct)).ok());
         })
     };
-    let open = Cost::fit(
-        open_at(&small_ct),
-        small_ct.len(),
-        open_at(&big_ct),
-        big_ct.len(),
-    );
+    let open = Cost::fit_by(open_at, &small_ct, &big_ct);
     // Batches as a move's are checked (`SignatureBatch`): the move's signature with its
     // requests' and responses' (two signers, as a buyer's and a seller's), timed with one and
     // with 64 short messages, and with 64 of 4 KiB.
