@@ -121,6 +121,12 @@ struct Common {
     /// its wait for the disk. Costs a lock per statement.
     #[arg(long)]
     sql_profile: bool,
+    /// Time how long each wallet's lock is held during the payments, and report each wallet's
+    /// share of the run's wall time and its holds and time per payment (`wallet_locks` in the
+    /// JSON, a table without `--json`): which wallet's work is the most, and whether one is
+    /// near saturation. Costs a clock reading and a lock per hold.
+    #[arg(long)]
+    lock_profile: bool,
 }
 
 /// Everything moves in this currency; limits are large enough for every scenario except
@@ -857,6 +863,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         if common.timeline {
             offst_core::metrics::timeline_start();
         }
+        if common.lock_profile {
+            offst_core::metrics::lock_profile_start();
+        }
         // The set-up's statements (schemas, friendships) are left out.
         offst_core::metrics::sql_profile_reset();
         let gate = Arc::new(tokio::sync::Semaphore::new(common.inflight.max(1)));
@@ -917,6 +926,20 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         }
         let seconds = start.elapsed().as_secs_f64();
         let timeline = timeline_report(offst_core::metrics::timeline_take(), seconds);
+        let wallet_locks = common.lock_profile.then(|| {
+            let wallets: Vec<usize> = plan
+                .nodes
+                .iter()
+                .map(|n| Arc::as_ptr(&n.wallet) as usize)
+                .collect();
+            lock_report(
+                &wallets,
+                &plan.pairs,
+                &offst_core::metrics::lock_profile_take(),
+                seconds,
+                completed,
+            )
+        });
         let sql_profile = common
             .sql_profile
             .then(|| sql_profile_report(offst_core::metrics::sql_profile_take(), common.payments));
@@ -1034,6 +1057,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
             "wallet_sync": if common.normal_sync { "normal" } else { "full" },
             "timeline": timeline,
             "sql_profile": sql_profile,
+            "wallet_locks": wallet_locks,
             "started_ms": now_ms(),
         }))
     }
@@ -1116,6 +1140,21 @@ fn main() -> std::process::ExitCode {
                     );
                 }
             }
+            if !json && let Some(rows) = v.get("wallet_locks").and_then(|l| l.as_array()) {
+                eprintln!("wallet locks (wall time held, from taking to releasing):");
+                eprintln!("  wallet  role       share   holds/payment   µs/payment");
+                for r in rows {
+                    let g = |k: &str| r.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+                    eprintln!(
+                        "  {:6}  {:9} {:5.1} % {:15.2} {:12.1}",
+                        g("wallet"),
+                        r.get("role").and_then(|s| s.as_str()).unwrap_or(""),
+                        g("held_share") * 100.0,
+                        g("holds_per_payment"),
+                        g("held_us_per_payment"),
+                    );
+                }
+            }
             if !json && let Some(kinds) = v.get("timeline").and_then(|t| t.as_object()) {
                 for (kind, rows) in kinds {
                     eprintln!("timeline, envelopes through {}:", kind.replace('_', " "));
@@ -1159,6 +1198,44 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Each wallet's lock over the run, in the plan's order (`wallets`: each wallet's address, as
+/// the profile keys it): its share of the run's `seconds` held, and its holds and time held
+/// per completed payment. A wallet is a buyer or a seller if one of the plan's `pairs` has it
+/// so, else a mediator.
+fn lock_report(
+    wallets: &[usize],
+    pairs: &[(usize, usize)],
+    profile: &offst_core::metrics::LockProfile,
+    seconds: f64,
+    completed: u64,
+) -> serde_json::Value {
+    let done = completed.max(1) as f64;
+    let rows: Vec<serde_json::Value> = wallets
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let role = match (
+                pairs.iter().any(|p| p.0 == i),
+                pairs.iter().any(|p| p.1 == i),
+            ) {
+                (true, true) => "both",
+                (true, false) => "buyer",
+                (false, true) => "seller",
+                (false, false) => "mediator",
+            };
+            let u = profile.get(addr).copied().unwrap_or_default();
+            json!({
+                "wallet": i,
+                "role": role,
+                "held_share": u.held_ns as f64 / 1e9 / seconds.max(1e-9),
+                "holds_per_payment": u.holds as f64 / done,
+                "held_us_per_payment": u.held_ns as f64 / 1e3 / done,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows)
 }
 
 /// The statements that took the most time in all, per payment, costliest first (at most 25),
@@ -1301,6 +1378,49 @@ mod tests {
         };
         let expected = (20e-6 + 1e-6) + (1e-6 + 2.048e-6) + 50e-6 + 30e-6 + 32e-6;
         assert!((unit.floor(&counts) - expected).abs() < 1e-12);
+    }
+
+    /// Each wallet's lock: its share of the run and its holds and time per payment, with its
+    /// role from the plan's pairs; a wallet never locked has zeros.
+    #[test]
+    #[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+    fn the_lock_report_gives_each_wallets_share_and_role() {
+        use offst_core::metrics::LockUse;
+        let profile: offst_core::metrics::LockProfile = [
+            (
+                100,
+                LockUse {
+                    holds: 40,
+                    held_ns: 2_000_000_000,
+                },
+            ),
+            (
+                200,
+                LockUse {
+                    holds: 5,
+                    held_ns: 500_000_000,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let r = lock_report(&[100, 200, 300], &[(0, 2)], &profile, 4.0, 10);
+        let rows = r.as_array().unwrap();
+        let f = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows.iter()
+                .map(|r| r["role"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["buyer", "mediator", "seller"]
+        );
+        assert_eq!((f(0, "held_share"), f(0, "holds_per_payment")), (0.5, 4.0));
+        assert_eq!(f(0, "held_us_per_payment"), 200_000.0);
+        assert_eq!(
+            (f(1, "held_share"), f(1, "held_us_per_payment")),
+            (0.125, 50_000.0)
+        );
+        assert_eq!((f(2, "held_share"), f(2, "holds_per_payment")), (0.0, 0.0));
     }
 
     /// The statement profile: the costliest 25 by time, each per payment and per run.

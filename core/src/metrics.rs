@@ -280,3 +280,56 @@ pub fn sql_profile_record(sql: &str, ns: u64) {
         e.1 = e.1.saturating_add(ns);
     }
 }
+
+/// How long each shared value (a wallet, [`crate::sync::Shared`]) was held, for
+/// `offst-bench --lock-profile`: by the value's address, the times it was locked and the
+/// nanoseconds it stayed locked in all (wall time, from taking the lock to releasing it).
+pub type LockProfile = std::collections::HashMap<usize, LockUse>;
+
+/// One shared value's use in a [`LockProfile`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockUse {
+    /// Times it was locked.
+    pub holds: u64,
+    /// Nanoseconds it was held, all holds together.
+    pub held_ns: u64,
+}
+
+static LOCK_PROFILE_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static LOCK_PROFILE: std::sync::Mutex<Option<LockProfile>> = std::sync::Mutex::new(None);
+
+/// Record how long each shared value is held from now on, starting empty (off by default:
+/// then a lock costs one more relaxed load).
+pub fn lock_profile_start() {
+    if let Ok(mut p) = LOCK_PROFILE.lock() {
+        *p = Some(LockProfile::new());
+    }
+    LOCK_PROFILE_ON.store(true, Ordering::Relaxed);
+}
+
+/// Whether holds are being recorded.
+pub(crate) fn lock_profile_on() -> bool {
+    LOCK_PROFILE_ON.load(Ordering::Relaxed)
+}
+
+/// Record one hold of the value at `addr`.
+pub(crate) fn lock_held(addr: usize, since: std::time::Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    if let Ok(mut p) = LOCK_PROFILE.lock()
+        && let Some(p) = p.as_mut()
+    {
+        let u = p.entry(addr).or_default();
+        u.holds = u.holds.saturating_add(1);
+        u.held_ns = u.held_ns.saturating_add(ns);
+    }
+}
+
+/// Stop recording and take what was recorded.
+pub fn lock_profile_take() -> LockProfile {
+    LOCK_PROFILE_ON.store(false, Ordering::Relaxed);
+    LOCK_PROFILE
+        .lock()
+        .ok()
+        .and_then(|mut p| p.take())
+        .unwrap_or_default()
+}

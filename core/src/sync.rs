@@ -12,6 +12,7 @@ use std::time::Instant;
 pub fn lock<T>(m: &Mutex<T>) -> Guard<'_, T> {
     Guard {
         inner: Some(m.lock().unwrap_or_else(|p| p.into_inner())),
+        profiled: None,
     }
 }
 
@@ -91,13 +92,21 @@ impl<T> Shared<T> {
 
     /// Lock it from a thread ([`lock`]): blocks the thread while another holds it.
     pub fn lock(&self) -> Guard<'_, T> {
-        lock(&self.0)
+        self.profiled(lock(&self.0))
+    }
+
+    /// `guard`, timed from now if the lock profile is on.
+    fn profiled<'a>(&'a self, mut guard: Guard<'a, T>) -> Guard<'a, T> {
+        if crate::metrics::lock_profile_on() {
+            guard.profiled = Some((self as *const Shared<T> as usize, Instant::now()));
+        }
+        guard
     }
 
     /// Lock it from a task: while another holds it, the task waits and its runtime thread
     /// runs other tasks (woken by the release).
     pub async fn lock_async(&self) -> Guard<'_, T> {
-        lock_async(&self.0).await
+        self.profiled(lock_async(&self.0).await)
     }
 
     /// The value, no longer shared.
@@ -133,7 +142,10 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<Guard<'_, T>> {
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
         Err(TryLockError::WouldBlock) => return None,
     };
-    Some(Guard { inner: Some(inner) })
+    Some(Guard {
+        inner: Some(inner),
+        profiled: None,
+    })
 }
 
 /// A lock held through [`lock`] or [`Shared`]. Releasing it wakes the tasks waiting in
@@ -141,6 +153,9 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<Guard<'_, T>> {
 pub struct Guard<'a, T> {
     /// Always `Some` until dropped.
     inner: Option<MutexGuard<'a, T>>,
+    /// With the lock profile on ([`crate::metrics::lock_profile_start`]), a [`Shared`]
+    /// value's address and when it was locked.
+    profiled: Option<(usize, Instant)>,
 }
 
 impl<T> std::ops::Deref for Guard<'_, T> {
@@ -167,6 +182,9 @@ impl<T> Drop for Guard<'_, T> {
         // Unlock first: a task woken before the lock is free would find it taken and wait
         // again, for a signal that may not come.
         drop(self.inner.take());
+        if let Some((addr, since)) = self.profiled.take() {
+            crate::metrics::lock_held(addr, since);
+        }
         std::sync::atomic::fence(Ordering::SeqCst);
         if WAITING.load(Ordering::SeqCst) > 0 {
             RELEASED.notify_waiters();
