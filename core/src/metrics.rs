@@ -218,6 +218,31 @@ pub fn timeline_mark(stage: Stage, envelope: &[u8]) {
     timeline_mark_key(stage, timeline_key(envelope));
 }
 
+/// Turn a profile on, starting from `empty`.
+fn profile_start<T>(
+    on: &std::sync::atomic::AtomicBool,
+    store: &std::sync::Mutex<Option<T>>,
+    empty: T,
+) {
+    if let Ok(mut p) = store.lock() {
+        *p = Some(empty);
+    }
+    on.store(true, Ordering::Relaxed);
+}
+
+/// Turn a profile off and take what it recorded.
+fn profile_take<T: Default>(
+    on: &std::sync::atomic::AtomicBool,
+    store: &std::sync::Mutex<Option<T>>,
+) -> T {
+    on.store(false, Ordering::Relaxed);
+    store
+        .lock()
+        .ok()
+        .and_then(|mut p| p.take())
+        .unwrap_or_default()
+}
+
 /// Time spent in SQLite by statement, for `offst-bench --sql-profile`: for each statement's
 /// text (whitespace folded, cut at 100 characters), how many times it ran and the
 /// nanoseconds it took in all. SQLite measures wall time, so a `COMMIT`'s includes its wait
@@ -230,10 +255,7 @@ static SQL_PROFILE: std::sync::Mutex<Option<SqlProfile>> = std::sync::Mutex::new
 /// Profile the statements of every SQLite connection opened from now on (a wallet's or a
 /// relay's; off by default, and then nothing is installed on them), starting empty.
 pub fn sql_profile_start() {
-    if let Ok(mut p) = SQL_PROFILE.lock() {
-        *p = Some(SqlProfile::new());
-    }
-    SQL_PROFILE_ON.store(true, Ordering::Relaxed);
+    profile_start(&SQL_PROFILE_ON, &SQL_PROFILE, SqlProfile::new());
 }
 
 /// Whether connections opened now should be profiled.
@@ -252,12 +274,7 @@ pub fn sql_profile_reset() {
 
 /// Stop recording and take what was recorded.
 pub fn sql_profile_take() -> SqlProfile {
-    SQL_PROFILE_ON.store(false, Ordering::Relaxed);
-    SQL_PROFILE
-        .lock()
-        .ok()
-        .and_then(|mut p| p.take())
-        .unwrap_or_default()
+    profile_take(&SQL_PROFILE_ON, &SQL_PROFILE)
 }
 
 /// Record one run of the statement `sql` that took `ns` nanoseconds.
@@ -301,10 +318,7 @@ static LOCK_PROFILE: std::sync::Mutex<Option<LockProfile>> = std::sync::Mutex::n
 /// Record how long each shared value is held from now on, starting empty (off by default:
 /// then a lock costs one more relaxed load).
 pub fn lock_profile_start() {
-    if let Ok(mut p) = LOCK_PROFILE.lock() {
-        *p = Some(LockProfile::new());
-    }
-    LOCK_PROFILE_ON.store(true, Ordering::Relaxed);
+    profile_start(&LOCK_PROFILE_ON, &LOCK_PROFILE, LockProfile::new());
 }
 
 /// Whether holds are being recorded.
@@ -326,10 +340,5 @@ pub(crate) fn lock_held(addr: usize, since: std::time::Instant) {
 
 /// Stop recording and take what was recorded.
 pub fn lock_profile_take() -> LockProfile {
-    LOCK_PROFILE_ON.store(false, Ordering::Relaxed);
-    LOCK_PROFILE
-        .lock()
-        .ok()
-        .and_then(|mut p| p.take())
-        .unwrap_or_default()
+    profile_take(&LOCK_PROFILE_ON, &LOCK_PROFILE)
 }
