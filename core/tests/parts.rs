@@ -609,3 +609,47 @@ fn payment_and_invoice_rows_are_unique_kept_on_load_and_never_reused() {
         );
     }
 }
+
+/// A step compares only the pending requests its moves touched since the last one; a store
+/// written whole again (`mark_all_changed`, as a first write into an empty store does) must
+/// still get every request under way, including those no move touched since.
+#[test]
+fn a_whole_write_after_earlier_steps_holds_every_pending_request() {
+    let (mut net, ids) = many_under_way(30);
+    let b = ids[1];
+    let mut checked = 0;
+    net.node_mut(&b).unwrap().take_changes();
+    while net.step().unwrap() {
+        let node = net.node_mut(&b).unwrap();
+        node.take_changes();
+        let under_way: usize = node
+            .friends()
+            .map(|f| {
+                let ch = node.channel(f).unwrap();
+                ch.state().pending.len() + ch.tip().prev_state.pending.len()
+            })
+            .sum();
+        if under_way == 0 {
+            continue;
+        }
+        let mut whole = node.clone();
+        whole.mark_all_changed();
+        let changes = whole.take_changes();
+        let mut stored = node.parts();
+        stored.channels = changes
+            .channels
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .collect();
+        stored.pending = changes.pending.into_iter().filter_map(|(_, v)| v).collect();
+        stored.queued = changes.queued.into_iter().filter_map(|(_, v)| v).collect();
+        let back = Node::from_parts(identity(2), &stored).unwrap();
+        assert_eq!(
+            back.parts(),
+            node.parts(),
+            "a whole write left requests out"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} steps with requests under way");
+}

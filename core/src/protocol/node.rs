@@ -1050,50 +1050,52 @@ impl Node {
         let mut channels = Vec::new();
         let mut pending = Vec::new();
         let mut queued = Vec::new();
-        for (friend, ch) in self.friends.take_changed() {
+        let (stored_core, stored_queue) = (&mut self.stored_core, &mut self.stored_queue);
+        let (stored_pending, stored_pending_at) =
+            (&mut self.stored_pending, &mut self.stored_pending_at);
+        self.friends.take_changed_mut(|friend, ch| {
             match ch {
                 Some(ch) => {
                     let key = ch.core_key();
-                    if self.stored_core.get(&friend) != Some(&key) {
+                    if stored_core.get(&friend) != Some(&key) {
                         channels.push((friend, Some(encode_channel(ch))));
-                        self.stored_core.insert(friend, key);
+                        stored_core.insert(friend, key);
                     }
-                    let rows = self.stored_queue.entry(friend).or_default();
+                    let rows = stored_queue.entry(friend).or_default();
                     for (seq, op) in rows.update(ch.queue()) {
                         queued.push(((friend, seq), op.map(|op| encode_queued(friend, seq, op))));
                     }
                     let at = ch.last_hash();
-                    if self.stored_pending_at.get(&friend) == Some(&at) {
-                        continue;
+                    if stored_pending_at.get(&friend) == Some(&at) {
+                        return;
                     }
-                    let stored = self.stored_pending.entry(friend).or_default();
-                    for (id, write) in ch.update_pending_rows(stored) {
+                    // No rows known for this friend (a first write, or after
+                    // `mark_all_changed`): compare every request, not only those the moves
+                    // since touched.
+                    let since_stored = stored_pending.contains_key(&friend);
+                    let stored = stored_pending.entry(friend).or_default();
+                    for (id, write) in ch.update_pending_rows(stored, since_stored) {
                         let row = stored
                             .get(&id)
                             .filter(|_| write)
                             .map(|p| encode_pending(friend, id, p));
                         pending.push(((friend, id), row));
                     }
-                    self.stored_pending_at.insert(friend, at);
+                    stored_pending_at.insert(friend, at);
                 }
                 None => {
                     channels.push((friend, None));
-                    self.stored_core.remove(&friend);
-                    for (seq, _) in self.stored_queue.remove(&friend).unwrap_or_default().rows {
+                    stored_core.remove(&friend);
+                    for (seq, _) in stored_queue.remove(&friend).unwrap_or_default().rows {
                         queued.push(((friend, seq), None));
                     }
-                    self.stored_pending_at.remove(&friend);
-                    for id in self
-                        .stored_pending
-                        .remove(&friend)
-                        .unwrap_or_default()
-                        .keys()
-                    {
+                    stored_pending_at.remove(&friend);
+                    for id in stored_pending.remove(&friend).unwrap_or_default().keys() {
                         pending.push(((friend, *id), None));
                     }
                 }
             }
-        }
+        });
         let payments_reached = self.buying.take_changed();
         Changes {
             channels,

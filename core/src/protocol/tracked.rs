@@ -99,4 +99,12 @@ impl<K: Ord + Copy, V> Tracked<K, V> {
         let changed = std::mem::take(&mut self.changed);
         changed.into_iter().map(|k| (k, self.map.get(&k))).collect()
     }
+
+    /// [`Tracked::take_changed`], with write access to each value for the caller's own
+    /// bookkeeping kept in it (what a store last saw): not a change, so nothing is marked.
+    pub fn take_changed_mut(&mut self, mut f: impl FnMut(K, Option<&mut V>)) {
+        for k in std::mem::take(&mut self.changed) {
+            f(k, self.map.get_mut(&k));
+        }
+    }
 }

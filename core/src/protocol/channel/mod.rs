@@ -26,6 +26,7 @@ pub use self::state::{
 pub use self::stored::{ChannelCore, CoreKey, StoredPending};
 use super::bounds::MAX_OPS_PER_MOVE;
 use super::identity::{Hash, Identity, NodeId, Signature, SignatureBatch};
+use super::payment::RequestId;
 
 const MOVE_DOMAIN: &str = "offst move v1";
 
@@ -256,7 +257,62 @@ pub struct Channel {
     token_requested: bool,
     peer_waiting: bool,
     confirmed: bool,
+    /// Which pending requests' stored rows the moves since the store last looked may have
+    /// changed (see [`Touched`]). Not part of the channel's value: never encoded, never
+    /// compared.
+    #[serde(skip)]
+    touched: Touched,
 }
+
+/// The pending requests whose stored row (see [`StoredPending`]) may differ from what the
+/// store last wrote, so that a step compares those instead of every request under way.
+///
+/// A row holds a request as it stands in the current state and in the last state both friends
+/// signed (the tip's). Both change only when the channel advances by a move: the current
+/// state by the new move's operations, the signed state by the previous move's (the signed
+/// state becomes the old current one). So each advance adds the request ids of both moves.
+/// Anything else that replaces the states (a reset, an adopted tip, a channel built or
+/// decoded) makes it [`Touched::all`]: the next look compares everything.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Touched(Option<Vec<RequestId>>);
+
+impl Touched {
+    /// Past this many ids a full comparison is as cheap: the list is dropped.
+    const MAX: usize = 4096;
+
+    /// Every request may have changed.
+    fn all() -> Touched {
+        Touched(None)
+    }
+
+    /// Add the requests `ops` are about.
+    fn add(&mut self, ops: &[Op]) {
+        if let Some(ids) = &mut self.0 {
+            ids.extend(ops.iter().filter_map(Op::request_id));
+            if ids.len() > Touched::MAX {
+                self.0 = None;
+            }
+        }
+    }
+
+    /// The ids touched since the last call, sorted and without repeats (`None`: every
+    /// request may have changed); starts a new list.
+    pub(crate) fn take(&mut self) -> Option<Vec<RequestId>> {
+        let mut ids = self.0.replace(Vec::new())?;
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
+    }
+}
+
+/// Bookkeeping, not a value: two channels that differ only in it are equal.
+impl PartialEq for Touched {
+    fn eq(&self, _: &Touched) -> bool {
+        true
+    }
+}
+
+impl Eq for Touched {}
 
 impl Channel {
     /// A new channel between `local` and `remote`, at the genesis.
@@ -282,6 +338,7 @@ impl Channel {
             token_requested: false,
             peer_waiting: false,
             confirmed: true,
+            touched: Touched::all(),
         }
     }
 
@@ -466,6 +523,12 @@ impl Channel {
     }
 
     fn advance(&mut self, m: Move, new_state: ChannelState) {
+        // The signed state becomes the old current one (the last move's operations applied),
+        // the current state the new one (this move's).
+        if let Some(last) = &self.tip.last {
+            self.touched.add(&last.ops);
+        }
+        self.touched.add(&m.ops);
         let prev_state = std::mem::replace(&mut self.state, new_state);
         let prev_header = self.tip.last.take().map(|l| l.signed_header());
         self.tip = Tip {
@@ -502,6 +565,7 @@ impl Channel {
             });
         }
         self.state = cert.terms.state.clone();
+        self.touched = Touched::all();
         self.tip = Tip {
             prev_state: cert.terms.state.clone(),
             prev_header: None,
@@ -742,6 +806,7 @@ impl Channel {
             .unwrap_or_default();
         self.tip = theirs;
         self.state = view.state;
+        self.touched = Touched::all();
         self.token_requested = false;
         self.confirmed = true;
         Ok(OfferOutcome::Adopted { requeued, new_ops })

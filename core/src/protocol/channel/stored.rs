@@ -201,6 +201,7 @@ impl ChannelCore {
             token_requested: self.token_requested,
             peer_waiting: self.peer_waiting,
             confirmed: self.confirmed,
+            touched: super::Touched::all(),
         }
     }
 }
@@ -321,7 +322,42 @@ impl Channel {
 
     /// Bring `stored` (what the store holds for this channel) up to date, and say which rows
     /// changed: `true` when `stored[id]` is to be written, `false` when it is to be deleted.
+    ///
+    /// With `since_stored`, `stored` is what this channel's rows were when this was last
+    /// called on it: only the requests its moves touched since are compared (see
+    /// [`super::Touched`]). Without, or when the channel cannot say (it was reset, adopted a
+    /// tip, or was built or decoded since), every request is compared, and so every row a
+    /// store may hold: the first look after a load or after the store was emptied.
     pub fn update_pending_rows(
+        &mut self,
+        stored: &mut BTreeMap<RequestId, StoredPending>,
+        since_stored: bool,
+    ) -> Vec<(RequestId, bool)> {
+        let touched = self.touched.take();
+        let Some(ids) = touched.filter(|_| since_stored) else {
+            return self.compare_all_pending_rows(stored);
+        };
+        let mut changed = Vec::new();
+        for id in ids {
+            match self.pending_ref(&id) {
+                None => {
+                    if stored.remove(&id).is_some() {
+                        changed.push((id, false));
+                    }
+                }
+                Some(r) => {
+                    if !stored.get(&id).is_some_and(|s| r.same_as(s)) {
+                        stored.insert(id, r.to_stored());
+                        changed.push((id, true));
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// [`Channel::update_pending_rows`] comparing every request under way and every row.
+    fn compare_all_pending_rows(
         &self,
         stored: &mut BTreeMap<RequestId, StoredPending>,
     ) -> Vec<(RequestId, bool)> {
@@ -344,6 +380,21 @@ impl Channel {
             changed.push((id, true));
         }
         changed
+    }
+
+    /// Where request `id` stands, as [`Channel::pending_refs`] gives it; `None` when neither
+    /// state holds it.
+    fn pending_ref(&self, id: &RequestId) -> Option<PendingRef<'_>> {
+        match (
+            self.state.pending.get(id),
+            self.tip.prev_state.pending.get(id),
+        ) {
+            (Some(c), Some(s)) if c == s => Some(PendingRef::Both(c)),
+            (Some(c), Some(s)) => Some(PendingRef::Differ(c, s)),
+            (Some(c), None) => Some(PendingRef::Current(c)),
+            (None, Some(s)) => Some(PendingRef::Signed(s)),
+            (None, None) => None,
+        }
     }
 
     fn has_pending(&self, id: &RequestId) -> bool {
