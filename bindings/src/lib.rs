@@ -1126,7 +1126,8 @@ impl Wallet {
         on_runtime(self.next_event_here()).await
     }
 
-    /// The event `seq` was shown: it leaves the queue (it stays in history).
+    /// The event `seq` was shown: it leaves the queue, with every event before it (they stay
+    /// in history).
     pub fn event_handled(&self, seq: u64) -> Result<(), WalletError> {
         Ok(self.lock().event_handled(seq)?)
     }

@@ -146,6 +146,99 @@ fn event_queue_gives_every_event_once_in_order_until_handled() {
     assert_eq!(ws[0].history_len().unwrap() as usize, all.len());
 }
 
+/// Handling an event handles every event before it too (apps handle them oldest first), and
+/// a `seq` past the newest event handles only the events there are: the next one still comes.
+#[test]
+fn handling_an_event_handles_those_before_it_and_never_those_to_come() {
+    let t = TempDir::new("events-cursor");
+    let mut ws = trio(&t);
+    for amount in 1..=3 {
+        pay(&mut ws, amount);
+    }
+    let n = ws[0].pending_events().unwrap();
+    assert!(n >= 6, "{n} events for three payments");
+    let all = ws[0]
+        .history(&HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    // Newest first: the third newest handled, the two after it are left.
+    ws[0].event_handled(all[2].seq).unwrap();
+    assert_eq!(ws[0].pending_events().unwrap(), 2);
+    assert_eq!(ws[0].next_event().unwrap().unwrap().seq, all[1].seq);
+    // An older one again changes nothing.
+    ws[0].event_handled(all[5].seq).unwrap();
+    assert_eq!(ws[0].next_event().unwrap().unwrap().seq, all[1].seq);
+    // Past the newest: the events there are, not the next one.
+    ws[0].event_handled(u64::MAX).unwrap();
+    assert_eq!(ws[0].pending_events().unwrap(), 0);
+    assert_eq!(ws[0].next_event().unwrap(), None);
+    pay(&mut ws, 1);
+    let next = ws[0]
+        .next_event()
+        .unwrap()
+        .expect("the next payment's events");
+    assert!(next.seq > all[0].seq);
+    let newer = ws[0]
+        .history(&HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .filter(|h| h.seq > all[0].seq)
+        .count();
+    assert!(newer >= 2, "{newer} events for a payment");
+    assert_eq!(ws[0].pending_events().unwrap() as usize, newer);
+}
+
+/// Since schema 12 the app's events are the history rows after the last one handled. A
+/// wallet whose queue still held events migrates with them, in order, and without those
+/// handled before.
+#[test]
+fn events_not_handled_survive_the_migration_to_a_cursor() {
+    let t = TempDir::new("events-migration");
+    let mut ws = trio(&t);
+    for amount in 1..=3 {
+        pay(&mut ws, amount);
+    }
+    let all = ws[0]
+        .history(&HistoryQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    let handled = 3;
+    for _ in 0..handled {
+        let e = ws[0].next_event().unwrap().unwrap();
+        ws[0].event_handled(e.seq).unwrap();
+    }
+    drop(ws);
+    downgrade(&t.path("a").join("wallet.db"), 11);
+    {
+        let c = rusqlite::Connection::open(t.path("a").join("wallet.db")).unwrap();
+        let queued: i64 = c
+            .query_row("SELECT COUNT(*) FROM event_queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(queued as usize, all.len() - handled);
+    }
+    let mut ws = reopen(&t, Vec::new());
+    let mut seen = Vec::new();
+    while let Some(e) = ws[0].next_event().unwrap() {
+        seen.push(e.seq);
+        ws[0].event_handled(e.seq).unwrap();
+    }
+    let mut expected: Vec<u64> = all.iter().map(|h| h.seq).collect();
+    expected.reverse();
+    assert_eq!(seen, expected[handled..].to_vec());
+    // A wallet that had handled everything migrates with nothing left.
+    drop(ws);
+    downgrade(&t.path("a").join("wallet.db"), 11);
+    let ws = reopen(&t, Vec::new());
+    assert_eq!(ws[0].pending_events().unwrap(), 0);
+}
+
 #[test]
 fn history_pages_do_not_overlap_or_skip() {
     let t = TempDir::new("pages");
@@ -1293,10 +1386,22 @@ fn seen_envelopes_survive_the_migration_and_leave_with_the_window() {
 fn downgrade(db: &Path, to: u32) {
     assert_eq!(
         offst_core::wallet::SCHEMA_VERSION,
-        11,
+        12,
         "undo the newer migrations here too"
     );
     let c = rusqlite::Connection::open(db).unwrap();
+    // Schema 12 replaced the queue of events by the last one handled.
+    c.execute_batch(
+        "CREATE TABLE event_queue (seq INTEGER PRIMARY KEY REFERENCES history(seq)) STRICT;
+         INSERT INTO event_queue (seq)
+             SELECT seq FROM history WHERE seq > (SELECT up_to FROM events_handled);
+         DROP TABLE events_handled;",
+    )
+    .unwrap();
+    c.pragma_update(None, "user_version", 11).unwrap();
+    if to >= 11 {
+        return;
+    }
     // Schema 11 added the archive (empty in these tests: nothing there is a week past its
     // expiry).
     c.execute_batch("DROP TABLE payments_archive; DROP TABLE invoices_archive;")

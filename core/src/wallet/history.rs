@@ -1,8 +1,9 @@
 //! History: everything the user should know, as rows with a timestamp, kept for good; and the
-//! event queue, the rows an app has not yet handled.
+//! event queue, the rows an app has not yet handled: those after the last one it handled
+//! (`events_handled`, one number).
 //!
 //! Each row is written in the same transaction as the state change it reports, so history and
-//! state never disagree, and a row enters the queue in that transaction too: an app that reads
+//! state never disagree, and the row is in the queue from that commit on: an app that reads
 //! [`super::Wallet::next_event`] and acknowledges with [`super::Wallet::event_handled`] sees
 //! every event at least once, in order, across crashes.
 
@@ -235,7 +236,8 @@ pub(crate) fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Write `entry` and queue it for the app. `invoice_expires_ms`: when the entry's invoice
+/// Write `entry` (and so queue it for the app: its events are the rows after the last one it
+/// handled). `invoice_expires_ms`: when the entry's invoice
 /// expires, 0 if unknown (the first column of the index by invoice, see [`query_sql`]).
 pub(crate) fn append(
     tx: &Connection,
@@ -262,9 +264,6 @@ pub(crate) fn append(
     })
     .map_err(WalletError::from_sqlite)?;
     let seq = tx.last_insert_rowid();
-    tx.prepare_cached("INSERT INTO event_queue (seq) VALUES (?1)")
-        .and_then(|mut s| s.execute([seq]))
-        .map_err(WalletError::from_sqlite)?;
     Ok(u64::try_from(seq).unwrap_or_default())
 }
 

@@ -1709,32 +1709,36 @@ impl Wallet {
     /// The oldest event the app has not handled yet.
     pub fn next_event(&self) -> Result<Option<HistoryEntry>, WalletError> {
         let sql = format!(
-            "SELECT {} FROM history WHERE seq = (SELECT MIN(seq) FROM event_queue)",
+            "SELECT {} FROM history WHERE seq > (SELECT up_to FROM events_handled)
+             ORDER BY seq LIMIT 1",
             history::COLUMNS
         );
         self.conn
-            .query_row(&sql, [], history::read_row)
-            .optional()
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([], history::read_row).optional())
             .map_err(WalletError::from_sqlite)?
             .transpose()
             .map_err(|detail| WalletError::Corrupt { detail })
     }
 
-    /// The app handled event `seq`: it leaves the queue (it stays in history). Idempotent.
+    /// The app handled event `seq`, and so every event before it: they leave the queue (they
+    /// stay in history). Idempotent; an older `seq` than one handled before changes nothing,
+    /// and one past the newest event handles only those there are.
     pub fn event_handled(&mut self, seq: u64) -> Result<(), WalletError> {
         self.close_deferred()?;
         self.conn
-            .execute(
-                "DELETE FROM event_queue WHERE seq = ?1",
-                [history::clamp(seq)],
+            .prepare_cached(
+                "UPDATE events_handled SET up_to = MAX(up_to,
+                     MIN(?1, (SELECT COALESCE(MAX(seq), 0) FROM history)))",
             )
+            .and_then(|mut s| s.execute([history::clamp(seq)]))
             .map(|_| ())
             .map_err(WalletError::from_sqlite)
     }
 
     /// Events not handled yet.
     pub fn pending_events(&self) -> Result<u64, WalletError> {
-        self.count("SELECT COUNT(*) FROM event_queue")
+        self.count("SELECT COUNT(*) FROM history WHERE seq > (SELECT up_to FROM events_handled)")
     }
 
     /// Rows of history, newest first (see [`HistoryQuery`]).

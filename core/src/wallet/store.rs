@@ -185,6 +185,24 @@ pub const MIGRATIONS: &[&str] = &[
         data BLOB NOT NULL
     ) STRICT, WITHOUT ROWID;
     ",
+    // 12: the app's events are the history rows after the last one it handled, instead of a
+    // queue with a row per event. Every history row was queued, apps handle them oldest first,
+    // and history is kept for good: so one number says which are left. A step that reported
+    // something wrote a row (and a page) fewer, and events no app reads take no room of their
+    // own. The number starts just before the oldest event still queued (or after the whole
+    // history when none is); an event handled out of order before the migration, after one
+    // still queued, would be given again.
+    "
+    CREATE TABLE events_handled (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        up_to INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO events_handled (id, up_to) VALUES (0, COALESCE(
+        (SELECT MIN(seq) FROM event_queue) - 1,
+        (SELECT MAX(seq) FROM history),
+        0));
+    DROP TABLE event_queue;
+    ",
 ];
 
 /// How hard each commit waits for the disk.
