@@ -14,6 +14,21 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "missing $tool: install the Rust toolchain (rustup) with rustfmt and clippy" >&2; exit 1; }
 done
 
+# The builds of a whole run take about 14 GB under target/ (measured from a clean clone), and
+# the bindings' toolchains about 3 GB more the first time: say so now rather than fail an hour
+# in with "No space left on device". OFFST_SKIP_DISK_CHECK=1 skips the check.
+if [ -z "${OFFST_SKIP_DISK_CHECK:-}" ]; then
+  need_kb=$((15 * 1024 * 1024))
+  [ -d "${OFFST_TOOLS:-/var/cache/offst-tools}/swift-trixie" ] || need_kb=$((need_kb + 3 * 1024 * 1024))
+  have_target_kb=$( (du -sk target 2>/dev/null || echo 0) | awk '{print $1}')
+  free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ $((free_kb + have_target_kb)) -lt "$need_kb" ]; then
+    printf 'not enough disk space: the tests need about %d GB free here (for target/ and the bindings'"'"' toolchains), and %d GB is.\nFree some (old clones'"'"' target/ directories: cargo clean), or set OFFST_SKIP_DISK_CHECK=1 to try anyway.\n' \
+      $((need_kb / 1024 / 1024)) $(((free_kb + have_target_kb) / 1024 / 1024)) >&2
+    exit 1
+  fi
+fi
+
 step "format (cargo fmt --check)"
 cargo fmt --all -- --check
 
