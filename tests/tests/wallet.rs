@@ -117,17 +117,21 @@ fn payments_survive_reopening_and_show_in_history() {
     );
 }
 
+/// Every history row of `w`, newest first.
+fn all_history(w: &Wallet) -> Vec<offst_core::wallet::HistoryEntry> {
+    w.history(&HistoryQuery {
+        limit: 1000,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn event_queue_gives_every_event_once_in_order_until_handled() {
     let t = TempDir::new("events");
     let mut ws = trio(&t);
     pay(&mut ws, 5);
-    let all = ws[0]
-        .history(&HistoryQuery {
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap();
+    let all = all_history(&ws[0]);
     let mut seen = Vec::new();
     // Not handling an event gives it again, even after reopening.
     let first = ws[0].next_event().unwrap().unwrap();
@@ -157,12 +161,7 @@ fn handling_an_event_handles_those_before_it_and_never_those_to_come() {
     }
     let n = ws[0].pending_events().unwrap();
     assert!(n >= 6, "{n} events for three payments");
-    let all = ws[0]
-        .history(&HistoryQuery {
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap();
+    let all = all_history(&ws[0]);
     // Newest first: the third newest handled, the two after it are left.
     ws[0].event_handled(all[2].seq).unwrap();
     assert_eq!(ws[0].pending_events().unwrap(), 2);
@@ -180,12 +179,7 @@ fn handling_an_event_handles_those_before_it_and_never_those_to_come() {
         .unwrap()
         .expect("the next payment's events");
     assert!(next.seq > all[0].seq);
-    let newer = ws[0]
-        .history(&HistoryQuery {
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap()
+    let newer = all_history(&ws[0])
         .iter()
         .filter(|h| h.seq > all[0].seq)
         .count();
@@ -203,12 +197,7 @@ fn events_not_handled_survive_the_migration_to_a_cursor() {
     for amount in 1..=3 {
         pay(&mut ws, amount);
     }
-    let all = ws[0]
-        .history(&HistoryQuery {
-            limit: 1000,
-            ..Default::default()
-        })
-        .unwrap();
+    let all = all_history(&ws[0]);
     let handled = 3;
     for _ in 0..handled {
         let e = ws[0].next_event().unwrap().unwrap();
