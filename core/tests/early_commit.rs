@@ -421,7 +421,7 @@ fn a_held_commit_is_stored_and_invoices_of_the_format_before_are_read() {
         })
         .map(|(_, row)| row)
         .unwrap();
-    assert_eq!(row.first(), Some(&4));
+    assert_eq!(row.first(), Some(&offst_core::protocol::node::PART_VERSION));
     assert_eq!(row.last(), Some(&0), "an empty list of held commits");
     let mut old = vec![3u8];
     old.extend_from_slice(&row[1..row.len() - 1]);

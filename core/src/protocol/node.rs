@@ -593,8 +593,11 @@ pub struct Parts {
 /// pending requests and its queued operations, which are parts of their own; version 2 (the
 /// queue inside the channel) and version 1 (the pending requests inside too) are still read.
 /// Version 4 adds the early commits an invoice holds; an invoice of versions 1–3 is read with
-/// none. Other parts are the same in all four.
-pub const PART_VERSION: u8 = 4;
+/// none. Version 5: a channel's pending rows hold its signed state's requests only, and its
+/// current state is the signed state with the last move applied (`channel::stored`); a
+/// channel of versions 2–4 is read with its rows as they were. Other parts are the same in all
+/// five.
+pub const PART_VERSION: u8 = 5;
 
 /// A pending request as stored: its channel's friend, its id, and where it stands.
 #[derive(Serialize, Deserialize)]
@@ -1208,7 +1211,15 @@ impl Node {
                     let core = Channel::decode_core(version, body).map_err(corrupt("channel"))?;
                     let mine = rows.remove(&core.remote()).unwrap_or_default();
                     let queue = queues.remove(&core.remote()).unwrap_or_default();
-                    let ch = core.join(mine.clone(), queue.values().cloned());
+                    let ch = if version >= 5 {
+                        core.join_signed(mine.clone(), queue.values().cloned())
+                            .map_err(|detail| PartsError::Corrupt {
+                                part: "channel",
+                                detail,
+                            })?
+                    } else {
+                        core.join(mine.clone(), queue.values().cloned())
+                    };
                     stored_pending.insert(ch.remote(), mine);
                     // A queue read from inside a format 2 channel has no rows yet: the next
                     // step that changes the channel writes them (its core as format 3).

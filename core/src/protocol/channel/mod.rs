@@ -267,10 +267,10 @@ pub struct Channel {
 /// The pending requests whose stored row (see [`StoredPending`]) may differ from what the
 /// store last wrote, so that a step compares those instead of every request under way.
 ///
-/// A row holds a request as it stands in the current state and in the last state both friends
-/// signed (the tip's). Both change only when the channel advances by a move: the current
-/// state by the new move's operations, the signed state by the previous move's (the signed
-/// state becomes the old current one). So each advance adds the request ids of both moves.
+/// The rows hold the signed state's requests (the tip's previous state). That state changes
+/// only when the channel advances by a move, and then by the previous move's operations (the
+/// signed state becomes the old current one, which is the previous signed state with the
+/// previous move applied). So each advance adds the request ids of the move it leaves behind.
 /// Anything else that replaces the states (a reset, an adopted tip, a channel built or
 /// decoded) makes it [`Touched::all`]: the next look compares everything.
 #[derive(Clone, Debug, Default)]
@@ -523,12 +523,10 @@ impl Channel {
     }
 
     fn advance(&mut self, m: Move, new_state: ChannelState) {
-        // The signed state becomes the old current one (the last move's operations applied),
-        // the current state the new one (this move's).
+        // The signed state becomes the old current one: the last move's operations applied.
         if let Some(last) = &self.tip.last {
             self.touched.add(&last.ops);
         }
-        self.touched.add(&m.ops);
         let prev_state = std::mem::replace(&mut self.state, new_state);
         let prev_header = self.tip.last.take().map(|l| l.signed_header());
         self.tip = Tip {

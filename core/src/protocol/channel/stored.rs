@@ -1,11 +1,20 @@
 //! A channel as a store keeps it: the channel without its pending requests (small, rewritten at
-//! every step that touches the channel) and each pending request as its own row, written when
-//! it is frozen or answered and deleted once it is settled.
+//! every step that touches the channel) and each pending request as its own row.
 //!
 //! Why: a channel holds every request still under way, twice (in the current state and in the
 //! last state both friends signed), each about half a kilobyte with its signatures. Written
 //! whole, a channel with a hundred payments under way costs about 100 KB at every step; split,
 //! a step writes only the requests it changed.
+//!
+//! Since part format 5 the rows hold the signed state's requests only (the tip's previous
+//! state): the current state is the signed state with the last move applied, and the last move
+//! is in the channel's own part already. A request is then written once when it enters the
+//! signed state and deleted when it leaves it, instead of also when a move froze it and when a
+//! move settled it (three writes and a delete per request on each side of each hop, before).
+//! Reading a channel replays its last move over the signed state and checks the result against
+//! the move's signed state hash. Rows of formats 2–4 (where each row says where its request
+//! stands in both states) are still read, and rewritten in the new form by the first step that
+//! touches their channel.
 //!
 //! The queue of operations waiting for the channel's turn is stored the same way, one row per
 //! operation (part format 3): a busy channel's queue holds tens of requests and changes at
@@ -22,9 +31,10 @@ use crate::protocol::amount::Currency;
 use crate::protocol::identity::{Hash, NodeId};
 use crate::protocol::payment::RequestId;
 
-/// A pending request as stored beside its channel: where it stands in the current state and in
-/// the last state both friends signed (the tip's). Encoded as the [`super::Pending`]s it holds
-/// (format 2 and 3 rows alike); held, it shares them with the channel's states, so comparing
+/// A pending request as stored beside its channel. Since part format 5 every row is
+/// [`StoredPending::Signed`], the request as the signed state holds it (see the module's
+/// documentation); rows of formats 2–4 say where it stands in both states. Encoded as the
+/// [`super::Pending`]s it holds; held, it shares them with the channel's states, so comparing
 /// it with the channel costs a pointer comparison per request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredPending {
@@ -41,40 +51,6 @@ pub enum StoredPending {
         /// In the signed state.
         signed: SharedPending,
     },
-}
-
-/// [`StoredPending`], borrowed from the channel.
-enum PendingRef<'a> {
-    Both(&'a SharedPending),
-    Current(&'a SharedPending),
-    Signed(&'a SharedPending),
-    Differ(&'a SharedPending, &'a SharedPending),
-}
-
-impl PendingRef<'_> {
-    fn same_as(&self, stored: &StoredPending) -> bool {
-        match (self, stored) {
-            (PendingRef::Both(a), StoredPending::Both(b))
-            | (PendingRef::Current(a), StoredPending::Current(b))
-            | (PendingRef::Signed(a), StoredPending::Signed(b)) => *a == b,
-            (PendingRef::Differ(a, c), StoredPending::Differ { current, signed }) => {
-                *a == current && *c == signed
-            }
-            _ => false,
-        }
-    }
-
-    fn to_stored(&self) -> StoredPending {
-        match self {
-            PendingRef::Both(p) => StoredPending::Both((*p).clone()),
-            PendingRef::Current(p) => StoredPending::Current((*p).clone()),
-            PendingRef::Signed(p) => StoredPending::Signed((*p).clone()),
-            PendingRef::Differ(current, signed) => StoredPending::Differ {
-                current: (*current).clone(),
-                signed: (*signed).clone(),
-            },
-        }
-    }
 }
 
 /// What a store writes for the channel itself (part format 3): everything but the pending
@@ -148,15 +124,56 @@ impl ChannelCore {
         &self.parties
     }
 
-    /// The channel, with its pending requests put back in both states and `queued` (the queue's
-    /// rows, in order) after whatever queue the core itself held (format 2).
+    /// The channel of a part of format 5 or later: its signed state's pending requests from
+    /// `rows` (each [`StoredPending::Signed`]), its current state's by applying the last move
+    /// to the signed state, and `queued` (the queue's rows, in order). Refuses rows of another
+    /// form, a last move that does not apply, and a result that is not the state the move
+    /// signed or whose credit lines are not the stored ones: the store is damaged.
+    pub fn join_signed(
+        self,
+        rows: impl IntoIterator<Item = (RequestId, StoredPending)>,
+        queued: impl IntoIterator<Item = Op>,
+    ) -> Result<Channel, String> {
+        let mut signed = BTreeMap::new();
+        for (id, row) in rows {
+            let StoredPending::Signed(p) = row else {
+                return Err(format!(
+                    "the row of request {id} says more than the signed state"
+                ));
+            };
+            signed.insert(id, p);
+        }
+        let lines = self.lines.clone();
+        let mut ch = self.join_states(signed.clone(), signed, queued);
+        let mut state = ch.tip.prev_state.clone();
+        if let Some(last) = &ch.tip.last {
+            let sender = ch.signer(last.header.counter);
+            for (index, op) in last.ops.iter().enumerate() {
+                state
+                    .apply(op, sender, &ch.parties, super::Signatures::Trusted)
+                    .map_err(|e| {
+                        format!("the last move's operation {index} does not apply again: {e}")
+                    })?;
+            }
+            if !state.hashes_to(&last.header.state_hash) {
+                return Err("the last move applied again is not the state it signed".into());
+            }
+        }
+        if state.lines != lines {
+            return Err("the current credit lines are not the last move's".into());
+        }
+        ch.state = state;
+        Ok(ch)
+    }
+
+    /// The channel of a part of formats 2–4, with its pending requests put back in both states
+    /// as each row says, and `queued` (the queue's rows, in order) after whatever queue the
+    /// core itself held (format 2).
     pub fn join(
         self,
         rows: impl IntoIterator<Item = (RequestId, StoredPending)>,
         queued: impl IntoIterator<Item = Op>,
     ) -> Channel {
-        let mut queue = self.queue;
-        queue.extend(queued);
         let mut current = BTreeMap::new();
         let mut signed = BTreeMap::new();
         for (id, row) in rows {
@@ -180,6 +197,18 @@ impl ChannelCore {
                 }
             }
         }
+        self.join_states(current, signed, queued)
+    }
+
+    /// The channel with `current` and `signed` as its states' pending requests.
+    fn join_states(
+        self,
+        current: BTreeMap<RequestId, SharedPending>,
+        signed: BTreeMap<RequestId, SharedPending>,
+        queued: impl IntoIterator<Item = Op>,
+    ) -> Channel {
+        let mut queue = self.queue;
+        queue.extend(queued);
         Channel {
             local: self.local,
             parties: self.parties,
@@ -273,61 +302,27 @@ impl Channel {
         })
     }
 
-    /// Every pending request with where it stands, in request order.
-    fn pending_refs(&self) -> Vec<(RequestId, PendingRef<'_>)> {
-        let (cur, signed) = (&self.state.pending, &self.tip.prev_state.pending);
-        let mut out = Vec::with_capacity(cur.len().max(signed.len()));
-        let mut a = cur.iter().peekable();
-        let mut b = signed.iter().peekable();
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some((ka, va)), Some((kb, vb))) => {
-                    if ka < kb {
-                        out.push((**ka, PendingRef::Current(va)));
-                        a.next();
-                    } else if kb < ka {
-                        out.push((**kb, PendingRef::Signed(vb)));
-                        b.next();
-                    } else {
-                        let row = if va == vb {
-                            PendingRef::Both(va)
-                        } else {
-                            PendingRef::Differ(va, vb)
-                        };
-                        out.push((**ka, row));
-                        a.next();
-                        b.next();
-                    }
-                }
-                (Some((ka, va)), None) => {
-                    out.push((**ka, PendingRef::Current(va)));
-                    a.next();
-                }
-                (None, Some((kb, vb))) => {
-                    out.push((**kb, PendingRef::Signed(vb)));
-                    b.next();
-                }
-                (None, None) => return out,
-            }
-        }
-    }
-
-    /// Every pending request as a store keeps it.
+    /// Every pending request as a store keeps it (format 5): the signed state's, in request
+    /// order.
     pub fn pending_rows(&self) -> Vec<(RequestId, StoredPending)> {
-        self.pending_refs()
-            .into_iter()
-            .map(|(id, r)| (id, r.to_stored()))
+        self.tip
+            .prev_state
+            .pending
+            .iter()
+            .map(|(id, p)| (*id, StoredPending::Signed(p.clone())))
             .collect()
     }
 
     /// Bring `stored` (what the store holds for this channel) up to date, and say which rows
     /// changed: `true` when `stored[id]` is to be written, `false` when it is to be deleted.
+    /// The rows are the signed state's requests (format 5).
     ///
     /// With `since_stored`, `stored` is what this channel's rows were when this was last
-    /// called on it: only the requests its moves touched since are compared (see
+    /// called on it: only the requests the moves since touched are compared (see
     /// [`super::Touched`]). Without, or when the channel cannot say (it was reset, adopted a
-    /// tip, or was built or decoded since), every request is compared, and so every row a
-    /// store may hold: the first look after a load or after the store was emptied.
+    /// tip, or was built or decoded since), every request and every row is compared: the first
+    /// look after a load (which also rewrites rows of an older format) or after the store was
+    /// emptied.
     pub fn update_pending_rows(
         &mut self,
         stored: &mut BTreeMap<RequestId, StoredPending>,
@@ -339,65 +334,46 @@ impl Channel {
         };
         let mut changed = Vec::new();
         for id in ids {
-            match self.pending_ref(&id) {
-                None => {
-                    if stored.remove(&id).is_some() {
-                        changed.push((id, false));
-                    }
-                }
-                Some(r) => {
-                    if !stored.get(&id).is_some_and(|s| r.same_as(s)) {
-                        stored.insert(id, r.to_stored());
-                        changed.push((id, true));
-                    }
-                }
-            }
+            self.compare_pending_row(id, stored, &mut changed);
         }
         changed
     }
 
-    /// [`Channel::update_pending_rows`] comparing every request under way and every row.
+    /// [`Channel::update_pending_rows`] comparing every request and every row.
     fn compare_all_pending_rows(
         &self,
         stored: &mut BTreeMap<RequestId, StoredPending>,
     ) -> Vec<(RequestId, bool)> {
-        let refs = self.pending_refs();
+        let mut ids: Vec<RequestId> = stored.keys().copied().collect();
+        ids.extend(self.tip.prev_state.pending.keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
         let mut changed = Vec::new();
-        let gone: Vec<RequestId> = stored
-            .keys()
-            .filter(|id| !self.has_pending(id))
-            .copied()
-            .collect();
-        for id in gone {
-            stored.remove(&id);
-            changed.push((id, false));
-        }
-        for (id, r) in refs {
-            if stored.get(&id).is_some_and(|s| r.same_as(s)) {
-                continue;
-            }
-            stored.insert(id, r.to_stored());
-            changed.push((id, true));
+        for id in ids {
+            self.compare_pending_row(id, stored, &mut changed);
         }
         changed
     }
 
-    /// Where request `id` stands, as [`Channel::pending_refs`] gives it; `None` when neither
-    /// state holds it.
-    fn pending_ref(&self, id: &RequestId) -> Option<PendingRef<'_>> {
-        match (
-            self.state.pending.get(id),
-            self.tip.prev_state.pending.get(id),
-        ) {
-            (Some(c), Some(s)) if c == s => Some(PendingRef::Both(c)),
-            (Some(c), Some(s)) => Some(PendingRef::Differ(c, s)),
-            (Some(c), None) => Some(PendingRef::Current(c)),
-            (None, Some(s)) => Some(PendingRef::Signed(s)),
-            (None, None) => None,
+    /// Bring `stored[id]` to the signed state's request `id` (or delete it), noting a change.
+    fn compare_pending_row(
+        &self,
+        id: RequestId,
+        stored: &mut BTreeMap<RequestId, StoredPending>,
+        changed: &mut Vec<(RequestId, bool)>,
+    ) {
+        match self.tip.prev_state.pending.get(&id) {
+            None => {
+                if stored.remove(&id).is_some() {
+                    changed.push((id, false));
+                }
+            }
+            Some(p) => {
+                if !matches!(stored.get(&id), Some(StoredPending::Signed(s)) if s == p) {
+                    stored.insert(id, StoredPending::Signed(p.clone()));
+                    changed.push((id, true));
+                }
+            }
         }
-    }
-
-    fn has_pending(&self, id: &RequestId) -> bool {
-        self.state.pending.contains_key(id) || self.tip.prev_state.pending.contains_key(id)
     }
 }
