@@ -467,16 +467,31 @@ struct StoredOutcome {
     outcome: Outcome,
 }
 
-/// The node's small settings, stored whole at every step.
+/// The node's small settings, stored whole when they change, which is seldom: the time in them
+/// moves only once it is [`NOW_STORED_EVERY_MS`] past the stored one, and the places in
+/// blocks of [`PLACE_BLOCK`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Settings {
     rate: Rate,
+    /// The latest time an input carried, to within [`NOW_STORED_EVERY_MS`].
     now_ms: u64,
     resets: BTreeMap<NodeId, PendingReset>,
-    /// The next place to give (`Node::take_place`). Named `next_outcome_seq` before payments
-    /// and invoices took places too; the bytes are the same.
+    /// No place at or above it has been given (`Node::take_place`): read back, the node gives
+    /// places from here on. Named `next_outcome_seq` before payments and invoices took places
+    /// too, and `next_place` when it was the very next one; the bytes are the same.
     next_place: u64,
 }
+
+/// How far the latest time seen may run ahead of the stored one before the settings are
+/// written again for it alone. The stored time only keeps the node's clock from going back
+/// across a restart; every decision takes the time of its own input.
+const NOW_STORED_EVERY_MS: u64 = 60_000;
+
+/// Places are reserved in the stored settings this many at a time, so that the settings row
+/// is not rewritten by every step that gives one (a payment, an invoice, an outcome
+/// remembered: about four steps per payment in a chain). A restart skips what was reserved
+/// and not given: places stay unique, with gaps.
+const PLACE_BLOCK: u64 = 1024;
 
 /// Where a stored pending request belongs: its channel's friend and its id.
 pub type PendingKey = (NodeId, RequestId);
@@ -488,8 +503,9 @@ pub type QueuedKey = (NodeId, u64);
 /// What one step changed, ready for a store: for each changed channel (by friend), pending
 /// request, queued operation, payment, invoice and remembered outcome (each by its key below),
 /// its current encoding,
-/// or `None` when it was deleted; and the settings, always. Write them in the same transaction
-/// as the step's outgoing messages and events.
+/// or `None` when it was deleted; and the settings as the store is to hold them, always (a
+/// store writes them when their bytes differ from those it holds, which is seldom). Write them
+/// in the same transaction as the step's outgoing messages and events.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Channels (without their pending requests), by friend.
@@ -773,6 +789,11 @@ pub struct Node {
     /// The next place to give ([`Node::take_place`]): a remembered outcome's place in the
     /// eviction order, and the row of each payment and invoice in a store.
     next_place: u64,
+    /// Places below it may have been given; what the stored settings say (see
+    /// [`PLACE_BLOCK`]).
+    reserved_place: u64,
+    /// The time the stored settings hold (see [`NOW_STORED_EVERY_MS`]).
+    stored_now_ms: u64,
     /// The places (`seq`) of the outcomes forgotten since the last [`Node::take_changes`]:
     /// a store deletes their rows by place, which the removed entries no longer tell.
     forgotten_outcomes: Vec<u64>,
@@ -945,6 +966,8 @@ impl Node {
             outcomes: Tracked::default(),
             outcome_order: VecDeque::new(),
             next_place: 0,
+            reserved_place: 0,
+            stored_now_ms: 0,
             forgotten_outcomes: Vec::new(),
             resets: BTreeMap::new(),
             now_ms: 0,
@@ -1038,12 +1061,13 @@ impl Node {
         })
     }
 
+    /// The settings as the store holds them (what the last [`Node::take_changes`] gave).
     fn settings(&self) -> Settings {
         Settings {
             rate: self.rate,
-            now_ms: self.now_ms,
+            now_ms: self.stored_now_ms,
             resets: self.resets.clone(),
-            next_place: self.next_place,
+            next_place: self.reserved_place,
         }
     }
 
@@ -1099,6 +1123,9 @@ impl Node {
                 }
             }
         });
+        if self.now_ms >= self.stored_now_ms.saturating_add(NOW_STORED_EVERY_MS) {
+            self.stored_now_ms = self.now_ms;
+        }
         let payments_reached = self.buying.take_changed();
         Changes {
             channels,
@@ -1284,6 +1311,8 @@ impl Node {
         node.outcomes = Tracked::from_map(outcomes);
         node.outcome_order = order.into_iter().map(|(_, id)| id).collect();
         node.next_place = next_place;
+        node.reserved_place = next_place;
+        node.stored_now_ms = settings.now_ms;
         node.stored_payments = stored_payments;
         node.stored_invoices = stored_invoices;
         node.resets = settings.resets;
@@ -2877,6 +2906,9 @@ impl Node {
     fn take_place(&mut self) -> u64 {
         let place = self.next_place;
         self.next_place += 1;
+        if self.next_place > self.reserved_place {
+            self.reserved_place = self.next_place.saturating_add(PLACE_BLOCK);
+        }
         place
     }
 
@@ -3432,6 +3464,53 @@ mod tests {
         assert!(
             held == stored,
             "the store holds other outcomes than the node"
+        );
+    }
+
+    /// The settings are written seldom: places are reserved a block at a time and the clock
+    /// stored once a minute, so most steps that give places or move the time leave them as
+    /// they were. Whatever step the store stops at (a crash), a node rebuilt from it gives no
+    /// place the live node gave before, and its clock is at most a minute behind.
+    #[test]
+    fn settings_change_seldom_and_a_rebuilt_node_never_gives_a_place_again() {
+        use super::{NOW_STORED_EVERY_MS, Node, Outcome, PLACE_BLOCK};
+        use crate::protocol::amount::Rate;
+        use crate::protocol::identity::Identity;
+        let identity = Identity::from_seed([7; 32]);
+        let mut node = Node::new(identity.clone(), Rate { base: 0, ppm: 0 });
+        let mut settings = node.take_changes().settings;
+        let mut written = 0u64;
+        let steps = 3 * PLACE_BLOCK;
+        for n in 0..steps {
+            // A step every 100 ms that remembers an outcome (one place).
+            node.now_ms = n * 100;
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&n.to_le_bytes());
+            node.remember(RequestId(b), Outcome::Cancelled);
+            let changes = node.take_changes();
+            if changes.settings != settings {
+                written += 1;
+                settings = changes.settings;
+            }
+            // The store holds `settings` now: a node rebuilt from them alone (without the
+            // outcomes' rows, whose places would also lift it) goes on above every place
+            // given, and its clock is recent.
+            let parts = super::Parts {
+                settings: settings.clone(),
+                ..Default::default()
+            };
+            let back = Node::from_parts(identity.clone(), &parts).unwrap();
+            assert!(
+                back.next_place >= node.next_place,
+                "step {n}: a place given again"
+            );
+            assert!(back.now_ms + NOW_STORED_EVERY_MS > node.now_ms, "step {n}");
+        }
+        // 3 blocks of places and about 5 minutes: a handful of writes, not one a step.
+        assert!(written <= 10, "{written} settings written in {steps} steps");
+        assert!(
+            written >= 6,
+            "{written}: the blocks or the clock were never stored"
         );
     }
 }

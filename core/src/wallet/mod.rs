@@ -799,7 +799,7 @@ impl Wallet {
         let changes = node.take_changes();
         let tx = conn.transaction().map_err(WalletError::from_sqlite)?;
         store_identity(&tx, &identity, keys)?;
-        store::apply_changes(&tx, &changes)?;
+        store::apply_changes(&tx, &changes, true)?;
         store::put_meta(&tx, "created_ms", &options.clock.now_ms().to_le_bytes())?;
         tx.commit().map_err(WalletError::from_sqlite)?;
         set_size_cap(&conn, options.max_size_bytes)?;
@@ -1003,6 +1003,9 @@ impl Wallet {
         } else {
             changes.payments_reached.clone()
         };
+        // The settings change seldom (the node stores its clock once a minute and reserves
+        // places in blocks): most steps leave their row, and its page, alone.
+        let settings_changed = changes.settings != self.last_settings;
         let unchanged = changes.channels.is_empty()
             && changes.pending.is_empty()
             && changes.queued.is_empty()
@@ -1010,7 +1013,7 @@ impl Wallet {
             && changes.invoices.is_empty()
             && changes.outcomes.is_empty()
             && changes.archived.is_empty()
-            && changes.settings == self.last_settings;
+            && !settings_changed;
         // Messages for someone who is not a friend carry our mail key and relay.
         let stranger = |to: &NodeId| self.node.channel(to).is_none();
         let me = if sends.iter().any(|(to, _)| stranger(to)) {
@@ -1021,7 +1024,7 @@ impl Wallet {
         let first_sent = std::cell::Cell::new(None::<i64>);
         let write = |conn: &Connection| -> Result<(), WalletError> {
             if !unchanged {
-                store::apply_changes(conn, &changes)?;
+                store::apply_changes(conn, &changes, settings_changed)?;
             }
             if !sends.is_empty() {
                 let mut put = conn

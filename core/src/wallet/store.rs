@@ -307,8 +307,8 @@ pub(crate) fn count_commits(conn: &mut Connection) -> Result<Arc<AtomicU64>, Wal
 /// load generator's CPU, `docs/benchmarks.md`).
 ///
 /// SQLite itself says when an answer may be stale, so no writer has to remember the cache:
-/// its update hook on every write to `contacts` or `meta` (but the settings row, which every
-/// step rewrites), its rollback hook on every rollback (an answer read inside a transaction
+/// its update hook on every write to `contacts` or `meta` (but the settings row, which steps
+/// rewrite now and then), its rollback hook on every rollback (an answer read inside a transaction
 /// that is then undone), and [`ReadCache::forget`] on a rollback to a savepoint, which no hook
 /// reports. Any of them starts a new generation, and answers from an older one are read again.
 /// A wallet has one connection, so no other writer can change these rows behind its back.
@@ -661,8 +661,13 @@ fn write_rows<'a, const N: usize>(
     Ok(())
 }
 
-/// Write one step's changes.
-pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), WalletError> {
+/// Write one step's changes; the settings row only with `settings_changed` (the node's
+/// settings bytes differ from those last written).
+pub(crate) fn apply_changes(
+    tx: &Connection,
+    changes: &Changes,
+    settings_changed: bool,
+) -> Result<(), WalletError> {
     fn blob(b: &[u8]) -> ToSqlOutput<'_> {
         ToSqlOutput::from(b)
     }
@@ -732,12 +737,14 @@ pub(crate) fn apply_changes(tx: &Connection, changes: &Changes) -> Result<(), Wa
             })
             .map_err(WalletError::from_sqlite)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES ('settings', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )
-    .and_then(|mut s| s.execute([&changes.settings]))
-    .map_err(WalletError::from_sqlite)?;
+    if settings_changed {
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('settings', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )
+        .and_then(|mut s| s.execute([&changes.settings]))
+        .map_err(WalletError::from_sqlite)?;
+    }
     Ok(())
 }
 
