@@ -658,14 +658,29 @@ impl Channel {
         if ops_hash(&m.ops) != m.header.ops_hash {
             return Err(ChannelError::OpsHashMismatch(counter));
         }
+        let signatures = match batch {
+            Some(b) => Signatures::Batch(b),
+            None => Signatures::Check,
+        };
+        self.apply_move(from, m, signatures)
+    }
+
+    /// `from` with `m`'s operations applied by its signer, their signatures handled as
+    /// `signatures` says, and checked against the state hash `m` signed. The one place a
+    /// move's operations are applied to a state: to check a move, and to read a stored channel
+    /// again (`ChannelCore::join_signed`, its signatures trusted).
+    fn apply_move(
+        &self,
+        from: &ChannelState,
+        m: &Move,
+        mut signatures: Signatures<'_>,
+    ) -> Result<ChannelState, ChannelError> {
+        let counter = m.header.counter;
+        let sender = self.signer(counter);
         let mut state = from.clone();
         for (index, op) in m.ops.iter().enumerate() {
-            let signatures = match batch.as_deref_mut() {
-                Some(b) => Signatures::Batch(b),
-                None => Signatures::Check,
-            };
             state
-                .apply(op, sender, &self.parties, signatures)
+                .apply(op, sender, &self.parties, signatures.reborrow())
                 .map_err(|error| ChannelError::Op {
                     counter,
                     index,

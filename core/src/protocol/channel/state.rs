@@ -392,6 +392,17 @@ pub enum Signatures<'a> {
     Batch(&'a mut SignatureBatch),
 }
 
+impl Signatures<'_> {
+    /// The same, lent for one operation (a move applies several with one batch).
+    pub fn reborrow(&mut self) -> Signatures<'_> {
+        match self {
+            Signatures::Trusted => Signatures::Trusted,
+            Signatures::Check => Signatures::Check,
+            Signatures::Batch(b) => Signatures::Batch(b),
+        }
+    }
+}
+
 impl ChannelState {
     /// Apply one operation done by `sender`. On error `self` may be partly changed: callers
     /// apply moves to a copy and keep it only if every operation succeeds.
