@@ -69,31 +69,13 @@ fn damaged_part_is_refused() {
     let ch = &mut parts.channels[0];
     ch.truncate(ch.len() / 2);
     let err = Node::from_parts(identity(seed), &parts).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PartsError::Corrupt {
-                part: "channel",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_corrupt(&err, "channel");
     assert!(err.to_string().contains("restore from a backup"));
 
     let mut parts = node.parts();
     parts.settings = vec![0, 1, 2];
     let err = Node::from_parts(identity(seed), &parts).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PartsError::Corrupt {
-                part: "settings",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_corrupt(&err, "settings");
 }
 
 #[test]
@@ -117,6 +99,43 @@ fn parts_of_another_identity_are_refused() {
     let (node, _) = busy_mediator();
     let err = Node::from_parts(identity(9), &node.parts()).unwrap_err();
     assert_eq!(err, PartsError::WrongIdentity);
+}
+
+/// Step `net` until node `id` is as `wanted` says; that node, or `None` if the net went quiet
+/// first.
+fn step_until(
+    net: &mut offst_core::sim::local::LocalNet,
+    id: &offst_core::protocol::identity::NodeId,
+    wanted: impl Fn(&Node) -> bool,
+) -> Option<Node> {
+    while net.step().unwrap() {
+        let n = net.node(id).unwrap();
+        if wanted(n) {
+            return Some(n.clone());
+        }
+    }
+    None
+}
+
+/// `err` says that the stored `part` is damaged.
+fn assert_corrupt(err: &PartsError, part: &str) {
+    assert!(
+        matches!(err, PartsError::Corrupt { part: p, .. } if *p == part),
+        "{err}"
+    );
+}
+
+/// A step's rows into a store's table: each `Some` written, each `None` deleted.
+fn put<K: Ord>(
+    table: &mut std::collections::BTreeMap<K, Vec<u8>>,
+    rows: impl IntoIterator<Item = (K, Option<Vec<u8>>)>,
+) {
+    for (k, v) in rows {
+        match v {
+            Some(v) => table.insert(k, v),
+            None => table.remove(&k),
+        };
+    }
 }
 
 /// Payments under way at once, all started before any message is delivered: the mediator's
@@ -192,24 +211,9 @@ fn a_step_writes_only_the_pending_requests_it_changed() {
         written += changes.pending.iter().filter(|(_, v)| v.is_some()).count();
         queued_written += changes.queued.iter().filter(|(_, v)| v.is_some()).count();
         channels_written += changes.channels.iter().filter(|(_, v)| v.is_some()).count();
-        for (k, v) in changes.queued {
-            match v {
-                Some(v) => queued.insert(k, v),
-                None => queued.remove(&k),
-            };
-        }
-        for (k, v) in changes.pending {
-            match v {
-                Some(v) => rows.insert(k, v),
-                None => rows.remove(&k),
-            };
-        }
-        for (k, v) in changes.channels {
-            match v {
-                Some(v) => channels.insert(k, v),
-                None => channels.remove(&k),
-            };
-        }
+        put(&mut queued, changes.queued);
+        put(&mut rows, changes.pending);
+        put(&mut channels, changes.channels);
         let mut stored = node.parts();
         stored.channels = channels.values().cloned().collect();
         stored.pending = rows.values().cloned().collect();
@@ -330,15 +334,8 @@ fn a_step_that_only_queues_writes_no_channel_row() {
 #[test]
 fn a_channel_of_format_2_is_still_read() {
     let (mut net, ids) = many_under_way(8);
-    let mut node = None;
-    while net.step().unwrap() {
-        let n = net.node(&ids[1]).unwrap();
-        if n.queued_ops() >= 2 {
-            node = Some(n.clone());
-            break;
-        }
-    }
-    let node = node.expect("the mediator never queued two operations");
+    let node = step_until(&mut net, &ids[1], |n| n.queued_ops() >= 2)
+        .expect("the mediator never queued two operations");
     let mut parts = node.parts();
     assert!(!parts.queued.is_empty());
     // Format 2: the core as format 3 writes it with the queue between the lines and the flags.
@@ -429,16 +426,7 @@ fn a_pending_request_without_its_channel_is_refused() {
     assert!(!parts.pending.is_empty());
     parts.channels.clear();
     let err = Node::from_parts(identity(2), &parts).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PartsError::Corrupt {
-                part: "pending request",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_corrupt(&err, "pending request");
 }
 
 /// The invoice a stored payment's or invoice's bytes are about: the part's version, then the
@@ -696,9 +684,7 @@ fn a_channel_of_format_4_is_read_and_its_rows_rewritten_when_touched() {
     let (mut net, ids) = many_under_way(30);
     let b = ids[1];
     // Mid-run: requests frozen by the last moves and not yet signed, and some settled.
-    let mut node = None;
-    while net.step().unwrap() {
-        let n = net.node(&b).unwrap();
+    let node = step_until(&mut net, &b, |n| {
         let only_current = n.friends().any(|f| {
             let ch = n.channel(f).unwrap();
             ch.state()
@@ -706,12 +692,9 @@ fn a_channel_of_format_4_is_read_and_its_rows_rewritten_when_touched() {
                 .keys()
                 .any(|id| !ch.tip().prev_state.pending.contains_key(id))
         });
-        if only_current && n.parts().pending.len() >= 10 {
-            node = Some(n.clone());
-            break;
-        }
-    }
-    let node = node.expect("no request only in a current state");
+        only_current && n.parts().pending.len() >= 10
+    })
+    .expect("no request only in a current state");
     let mut parts = node.parts();
     let (cores, rows) = format_4(&node);
     assert!(rows.len() > parts.pending.len(), "the old form holds more");
@@ -752,24 +735,21 @@ fn a_channel_of_format_4_is_read_and_its_rows_rewritten_when_touched() {
     while net.step().unwrap() {
         let node = net.node_mut(&b).unwrap();
         let changes = node.take_changes();
-        for (k, v) in changes.queued {
-            match v {
-                Some(v) => queued.insert(k, v),
-                None => queued.remove(&k),
-            };
-        }
-        for (f, v) in changes.channels {
-            match v {
-                Some(v) => channels.insert(*f.as_bytes(), v),
-                None => channels.remove(f.as_bytes()),
-            };
-        }
-        for ((f, id), v) in changes.pending {
-            match v {
-                Some(v) => pending.insert((*f.as_bytes(), id.0), v),
-                None => pending.remove(&(*f.as_bytes(), id.0)),
-            };
-        }
+        put(&mut queued, changes.queued);
+        put(
+            &mut channels,
+            changes
+                .channels
+                .into_iter()
+                .map(|(f, v)| (*f.as_bytes(), v)),
+        );
+        put(
+            &mut pending,
+            changes
+                .pending
+                .into_iter()
+                .map(|((f, id), v)| ((*f.as_bytes(), id.0), v)),
+        );
         let mut stored = node.parts();
         stored.channels = channels.values().cloned().collect();
         stored.pending = pending.values().cloned().collect();
@@ -798,26 +778,11 @@ fn a_channel_of_format_4_is_read_and_its_rows_rewritten_when_touched() {
 fn a_signed_state_that_does_not_give_the_last_moves_state_is_refused() {
     let (mut net, ids) = many_under_way(10);
     let b = ids[1];
-    let mut parts = None;
-    while net.step().unwrap() {
-        let p = net.node(&b).unwrap().parts();
-        if p.pending.len() >= 4 {
-            parts = Some(p);
-            break;
-        }
-    }
-    let mut parts = parts.expect("nothing signed under way");
+    let mut parts = step_until(&mut net, &b, |n| n.parts().pending.len() >= 4)
+        .expect("nothing signed under way")
+        .parts();
     assert!(Node::from_parts(identity(2), &parts).is_ok());
     parts.pending.remove(1);
     let err = Node::from_parts(identity(2), &parts).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PartsError::Corrupt {
-                part: "channel",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_corrupt(&err, "channel");
 }

@@ -117,6 +117,15 @@ fn payments_survive_reopening_and_show_in_history() {
     );
 }
 
+/// A trio in which a paid c three times (1, 2 and 3 hours): events and history to read.
+fn trio_after_three_payments(t: &TempDir) -> Vec<Wallet> {
+    let mut ws = trio(t);
+    for amount in 1..=3 {
+        pay(&mut ws, amount);
+    }
+    ws
+}
+
 /// Every history row of `w`, newest first.
 fn all_history(w: &Wallet) -> Vec<offst_core::wallet::HistoryEntry> {
     w.history(&HistoryQuery {
@@ -155,10 +164,7 @@ fn event_queue_gives_every_event_once_in_order_until_handled() {
 #[test]
 fn handling_an_event_handles_those_before_it_and_never_those_to_come() {
     let t = TempDir::new("events-cursor");
-    let mut ws = trio(&t);
-    for amount in 1..=3 {
-        pay(&mut ws, amount);
-    }
+    let mut ws = trio_after_three_payments(&t);
     let n = ws[0].pending_events().unwrap();
     assert!(n >= 6, "{n} events for three payments");
     let all = all_history(&ws[0]);
@@ -193,10 +199,7 @@ fn handling_an_event_handles_those_before_it_and_never_those_to_come() {
 #[test]
 fn events_not_handled_survive_the_migration_to_a_cursor() {
     let t = TempDir::new("events-migration");
-    let mut ws = trio(&t);
-    for amount in 1..=3 {
-        pay(&mut ws, amount);
-    }
+    let mut ws = trio_after_three_payments(&t);
     let all = all_history(&ws[0]);
     let handled = 3;
     for _ in 0..handled {
