@@ -9,9 +9,10 @@
 )]
 
 use offst_core::net::envelope::{
-    EnvelopeError, MailKey, REPLAY_WINDOW_MS, ReplayGuard, bucket, open, open_all, seal,
-    seal_forged,
+    EnvelopeError, MAX_BODY, MAX_PADDED, MailKey, REPLAY_WINDOW_MS, ReplayGuard, bucket, open,
+    open_all, seal, seal_forged,
 };
+use offst_core::net::wire::MAX_ENVELOPE_SIZE;
 use offst_core::protocol::identity::Identity;
 
 fn who(seed: u8) -> Identity {
@@ -48,9 +49,33 @@ fn sizes_reveal_only_their_bucket() {
     };
     assert_eq!(size(1), size(300));
     assert_ne!(size(300), size(3000));
-    assert_eq!(size(3000), size(5000));
+    assert_eq!(size(3000), size(3500));
+    assert_ne!(size(3500), size(5000));
     assert_eq!(bucket(1), 512);
-    assert_eq!(bucket(513), 2048);
+    assert_eq!(bucket(512), 512);
+    assert_eq!(bucket(513), 1024);
+    // Each bucket twice the one before, so padding never doubles a plaintext's size...
+    let mut k = 512;
+    while k < MAX_BODY {
+        assert_eq!(bucket(k), k);
+        assert_eq!(bucket(k + 1), 2 * k);
+        k *= 2;
+    }
+    // ...up to the last, which is what the wire carries: a body of the largest size makes an
+    // envelope a relay takes (it made one of 2 MiB until 2026-12-07).
+    assert_eq!(bucket(MAX_BODY + 1), MAX_PADDED);
+    assert_eq!(size(MAX_BODY), MAX_ENVELOPE_SIZE);
+    assert!(matches!(
+        seal(
+            &a,
+            &MailKey::of(&b),
+            &vec![1; MAX_BODY + 1],
+            NOW,
+            [0; 16],
+            entropy(1)
+        ),
+        Err(EnvelopeError::TooLarge(_))
+    ));
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //!   body, and the sender's Ed25519 signature over all of them and the ephemeral key. Both
 //!   sides remember the symmetric key of an ephemeral key in use, so a busy pair of friends
 //!   does one key agreement a minute instead of two per envelope (`docs/protocol.md`, 9).
-//! - **Padding**: the plaintext is padded to the next size bucket (each bucket 4 times the
-//!   previous, from 512 bytes), so a size reveals only its bucket.
+//! - **Padding**: the plaintext is padded to the next size bucket (each bucket twice the
+//!   previous, from 512 bytes), so a size reveals only its bucket (`docs/protocol.md`, 9, says
+//!   why twice and not four times).
 //! - **Replays**: [`ReplayGuard`] remembers the ids of envelopes seen within a window and
 //!   refuses copies and envelopes older than the window.
 //!
@@ -35,6 +36,9 @@ const TAG: usize = 16;
 pub const MIN_BUCKET: usize = 512;
 /// Largest body a sealed envelope can carry (the wire bound less overhead).
 pub const MAX_BODY: usize = 512 * 1024;
+/// The largest padded plaintext: an envelope of the wire's largest size
+/// ([`MAX_ENVELOPE_SIZE`](crate::net::wire::MAX_ENVELOPE_SIZE)).
+pub const MAX_PADDED: usize = crate::net::wire::MAX_ENVELOPE_SIZE - HEADER - TAG;
 
 /// How long a sender seals to the same recipient under one ephemeral key (milliseconds of the
 /// process's monotonic clock). After it, or after [`EPHEMERAL_USES`] envelopes, a new one.
@@ -265,13 +269,23 @@ fn symmetric_key(shared: &[u8; 32], eph: &[u8; 32], recipient_key: &[u8; 32]) ->
     blake3::derive_key(SEAL_DOMAIN, &material)
 }
 
-/// The padded size for a plaintext of `n` bytes.
+/// The padded size for a plaintext of `n` bytes: the smallest of 512 bytes × 2ⁿ that holds
+/// it. Recipients read the length inside and accept any padding, so the bucket rule can change
+/// without a new envelope version (until 2026-12-07 each bucket was 4 times the previous).
+///
+/// The last bucket is what the wire carries ([`MAX_PADDED`]), not the next power of two: a
+/// body of nearly [`MAX_BODY`] bytes made an envelope of twice the wire's bound before, which
+/// every relay refused.
 pub fn bucket(n: usize) -> usize {
     let mut b = MIN_BUCKET;
     while b < n {
-        b = b.saturating_mul(4);
+        b = b.saturating_mul(2);
     }
-    b
+    if b > MAX_PADDED && n <= MAX_PADDED {
+        MAX_PADDED
+    } else {
+        b
+    }
 }
 
 /// Seal `body` from `sender` to the owner of `to`. `entropy` (56 bytes: ephemeral key, nonce)
@@ -359,6 +373,9 @@ fn seal_raw(
     let malformed = |e: postcard::Error| EnvelopeError::Malformed(e.to_string());
     let size = postcard::experimental::serialized_size(&inner).map_err(malformed)?;
     let padded = bucket(size + 4);
+    if padded > MAX_PADDED {
+        return Err(EnvelopeError::TooLarge(body.len()));
+    }
     let mut out = Vec::with_capacity(HEADER + padded + TAG);
     out.push(ENVELOPE_VERSION);
     out.extend_from_slice(&eph_pub);
