@@ -71,8 +71,11 @@ impl From<rusqlite::Error> for StoreError {
 /// Per-mailbox totals, kept by the writer for the quotas.
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
+    /// Held and written.
     messages: u64,
     bytes: u64,
+    /// Of them, rows on disk: an acknowledgement with none to delete reads nothing.
+    disk: u64,
 }
 
 /// Mailbox bounds.
@@ -892,14 +895,77 @@ fn writer_loop(conn: &mut Connection, rx: mpsc::Receiver<Op>, mut w: Writer) {
     }
 }
 
+/// A batch's write transaction, begun by the first statement that needs one: a batch that
+/// only held mail, or took acknowledgements of mail that was never written, does not touch
+/// the database at all (no `BEGIN`, no `COMMIT`). Rolled back when dropped uncommitted, as a
+/// `rusqlite::Transaction` is.
+struct Lazy<'c> {
+    conn: &'c Connection,
+    begun: std::cell::Cell<bool>,
+}
+
+impl<'c> Lazy<'c> {
+    fn new(conn: &'c Connection) -> Lazy<'c> {
+        Lazy {
+            conn,
+            begun: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The connection, inside the batch's transaction.
+    fn begun(&self) -> Result<&'c Connection, StoreError> {
+        if !self.begun.get() {
+            self.conn.execute_batch("BEGIN")?;
+            self.begun.set(true);
+        }
+        Ok(self.conn)
+    }
+
+    /// Commit what the batch wrote, if it wrote anything.
+    fn commit(&self) -> Result<(), StoreError> {
+        if self.begun.get() {
+            self.conn.execute_batch("COMMIT")?;
+            self.begun.set(false);
+        }
+        Ok(())
+    }
+
+    /// Undo what the batch wrote, if it wrote anything.
+    fn rollback(&self) {
+        if self.begun.replace(false) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl Drop for Lazy<'_> {
+    fn drop(&mut self) {
+        self.rollback();
+    }
+}
+
+/// The statement that writes one envelope into a mailbox.
+fn insert_mail(tx: &Connection) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
+    Ok(tx.prepare_cached(
+        "INSERT INTO mail (seq, recipient, received_ms, envelope) VALUES (?1, ?2, ?3, ?4)",
+    )?)
+}
+
+/// Note what `recipient`'s mailbox counted before this batch first touched it.
+fn remember(undo: &mut HashMap<NodeId, Usage>, usage: &HashMap<NodeId, Usage>, recipient: NodeId) {
+    undo.entry(recipient)
+        .or_insert_with(|| usage.get(&recipient).copied().unwrap_or_default());
+}
+
 /// Mail written to disk in a batch: (recipient, seq, handed out before its commit, held).
 type Written = Vec<(NodeId, u64, bool, bool)>;
 
 /// Write `recipient`'s held mail up to `up_to` (all of it that is neither acknowledged nor
 /// already written), in order, so that the disk holds each mailbox in order.
 fn write_held(
-    ins: &mut rusqlite::CachedStatement<'_>,
+    db: &Lazy<'_>,
     w: &mut Writer,
+    undo: &mut HashMap<NodeId, Usage>,
     recipient: &NodeId,
     up_to: u64,
     written: &mut Written,
@@ -919,12 +985,14 @@ fn write_held(
         let Some(h) = w.waiting.remove(&mail.seq) else {
             continue;
         };
-        ins.execute(params![
+        insert_mail(db.begun()?)?.execute(params![
             i64_of(mail.seq),
             recipient.as_bytes(),
             i64_of(mail.received_ms),
             mail.envelope
         ])?;
+        remember(undo, &w.usage, *recipient);
+        w.usage.entry(*recipient).or_default().disk += 1;
         written.push((*recipient, mail.seq, true, true));
         replies.push(Reply::Insert(h.reply, Ok(Ok(mail.seq))));
     }
@@ -961,7 +1029,7 @@ fn insert_forward(
 /// `force`, every one for that relay are written, each with every older one for the same
 /// relay before it, so that the queue on disk keeps the order of arrival.
 fn settle_forwards(
-    tx: &Connection,
+    db: &Lazy<'_>,
     w: &mut Writer,
     now: Option<Instant>,
     force: Option<NodeId>,
@@ -1001,7 +1069,7 @@ fn settle_forwards(
             acknowledged.push(Reply::Insert(h.reply, Ok(Ok(0))));
             unhold_forward(&w.tails, &key);
         } else {
-            match insert_forward(tx, &h.relay, &h.recipient, h.now_ms, &h.envelope) {
+            match insert_forward(db.begun()?, &h.relay, &h.recipient, h.now_ms, &h.envelope) {
                 Ok(seq) => {
                     replies.push(Reply::Insert(h.reply, Ok(Ok(seq))));
                     // No longer counted as held once its batch is over (committed: on disk for
@@ -1035,7 +1103,11 @@ fn unhold_forward(tails: &Mutex<Tails>, relay: &NodeId) {
 /// (`None`: all of it).
 fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<Instant>) {
     use std::sync::atomic::Ordering;
-    let mut before = w.usage.clone();
+    // What each mailbox this batch touches counted before it, with the held mail it took
+    // (counted whatever the commit does): restored if the commit fails. Only those mailboxes,
+    // not a copy of every mailbox's count (a relay with many users copied them all for each
+    // batch, which at a moderate load is each envelope).
+    let mut undo: HashMap<NodeId, Usage> = HashMap::new();
     let mut replies = Vec::with_capacity(batch.len());
     // Answers for held mail its recipient acknowledged: sent whatever the commit does.
     let mut acknowledged = Vec::new();
@@ -1043,19 +1115,9 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
     // Held envelopes for other relays written in this batch, by next relay.
     let mut forwards_written: Vec<NodeId> = Vec::new();
     let changes_before = conn.total_changes();
+    let db = Lazy::new(conn);
     let result = (|| -> Result<(), StoreError> {
-        let tx = conn.transaction()?;
         {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO mail (seq, recipient, received_ms, envelope)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut del_sum = tx.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
-                 WHERE recipient = ?1 AND seq <= ?2",
-            )?;
-            let mut del =
-                tx.prepare_cached("DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2")?;
             for op in batch {
                 match op {
                     Op::Insert {
@@ -1064,6 +1126,7 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                         now_ms,
                         reply,
                     } => {
+                        remember(&mut undo, &w.usage, recipient);
                         let u = w.usage.entry(recipient).or_default();
                         let size = envelope.len() as u64;
                         if u.messages + 1 > w.bounds.max_messages
@@ -1114,7 +1177,7 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                         let seq = mail.seq;
                         if let Some(due) = hold_until {
                             // Held whatever this batch's commit does: counted either way.
-                            let u = before.entry(recipient).or_default();
+                            let u = undo.entry(recipient).or_default();
                             u.messages += 1;
                             u.bytes += size;
                             w.waiting.insert(
@@ -1129,17 +1192,27 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                             continue;
                         }
                         // Written now: the recipient's held mail before it first.
-                        write_held(&mut ins, w, &recipient, seq, &mut written, &mut replies)?;
-                        ins.execute(params![
+                        write_held(
+                            &db,
+                            w,
+                            &mut undo,
+                            &recipient,
+                            seq,
+                            &mut written,
+                            &mut replies,
+                        )?;
+                        insert_mail(db.begun()?)?.execute(params![
                             i64_of(seq),
                             recipient.as_bytes(),
                             i64_of(now_ms),
                             mail.envelope
                         ])?;
+                        w.usage.entry(recipient).or_default().disk += 1;
                         written.push((recipient, seq, subscribed, false));
                         replies.push(Reply::Insert(reply, Ok(Ok(seq))));
                     }
                     Op::Delete { recipient, up_to } => {
+                        remember(&mut undo, &w.usage, recipient);
                         // Held mail the recipient acknowledged is never written.
                         let seqs: Vec<u64> = lock_tails(&w.tails)
                             .held
@@ -1152,7 +1225,7 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                                 continue;
                             };
                             lock_tails(&w.tails).unhold(&recipient, seq);
-                            for usage in [&mut w.usage, &mut before] {
+                            for usage in [&mut w.usage, &mut undo] {
                                 let u = usage.entry(recipient).or_default();
                                 u.messages = u.messages.saturating_sub(1);
                                 u.bytes = u.bytes.saturating_sub(h.size);
@@ -1160,15 +1233,28 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                             w.never_written.fetch_add(1, Ordering::Relaxed);
                             acknowledged.push(Reply::Insert(h.reply, Ok(Ok(seq))));
                         }
-                        let (n, b): (i64, i64) = del_sum
+                        if w.usage.get(&recipient).is_none_or(|u| u.disk == 0) {
+                            // Everything it acknowledged was held, never written.
+                            continue;
+                        }
+                        let tx = db.begun()?;
+                        let (n, b): (i64, i64) = tx
+                            .prepare_cached(
+                                "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
+                                 WHERE recipient = ?1 AND seq <= ?2",
+                            )?
                             .query_row(params![recipient.as_bytes(), i64_of(up_to)], |r| {
                                 Ok((r.get(0)?, r.get(1)?))
                             })?;
                         if n > 0 {
-                            del.execute(params![recipient.as_bytes(), i64_of(up_to)])?;
+                            tx.prepare_cached(
+                                "DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2",
+                            )?
+                            .execute(params![recipient.as_bytes(), i64_of(up_to)])?;
                             let u = w.usage.entry(recipient).or_default();
                             u.messages = u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
                             u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
+                            u.disk = u.disk.saturating_sub(u64::try_from(n).unwrap_or(0));
                         }
                     }
                     Op::InsertForward {
@@ -1201,7 +1287,7 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                         }
                         // Written now: this relay's held envelopes before it, in order.
                         settle_forwards(
-                            &tx,
+                            &db,
                             w,
                             now,
                             Some(relay.key),
@@ -1209,18 +1295,20 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                             &mut acknowledged,
                             &mut forwards_written,
                         )?;
-                        let seq = insert_forward(&tx, &relay, &recipient, now_ms, &envelope)?;
+                        let seq =
+                            insert_forward(db.begun()?, &relay, &recipient, now_ms, &envelope)?;
                         replies.push(Reply::Insert(reply, Ok(Ok(seq))));
                     }
                     Op::DeleteForward { seq } => {
-                        tx.prepare_cached("DELETE FROM forward WHERE seq = ?1")?
+                        db.begun()?
+                            .prepare_cached("DELETE FROM forward WHERE seq = ?1")?
                             .execute([i64_of(seq)])?;
                     }
                     Op::Purge {
                         older_than_ms,
                         reply,
                     } => {
-                        let n = tx.execute(
+                        let n = db.begun()?.execute(
                             "DELETE FROM mail WHERE received_ms < ?1",
                             [i64_of(older_than_ms)],
                         )?;
@@ -1236,11 +1324,19 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
                 .map(|(seq, h)| (*seq, h.recipient))
                 .collect();
             for (seq, recipient) in due {
-                write_held(&mut ins, w, &recipient, seq, &mut written, &mut replies)?;
+                write_held(
+                    &db,
+                    w,
+                    &mut undo,
+                    &recipient,
+                    seq,
+                    &mut written,
+                    &mut replies,
+                )?;
             }
         }
         settle_forwards(
-            &tx,
+            &db,
             w,
             now,
             None,
@@ -1249,7 +1345,7 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
             &mut forwards_written,
         )?;
         if w.faults.before_commit() {
-            // Dropping the transaction rolls it back, as a failed COMMIT does.
+            // Rolled back below, as a failed COMMIT is.
             return Err(StoreError::Sqlite(
                 "commit failed (on purpose, for a test)".into(),
             ));
@@ -1257,12 +1353,12 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
         if written.iter().any(|m| m.3) {
             // Committed and no longer held at once, for readers that count both.
             let mut tails = lock_tails(&w.tails);
-            tx.commit()?;
+            db.commit()?;
             for (recipient, seq, _, _) in written.iter().filter(|m| m.3) {
                 tails.unhold(recipient, *seq);
             }
         } else {
-            tx.commit()?;
+            db.commit()?;
         }
         // Counted when it wrote something (a batch that only held mail or read wrote nothing).
         if conn.total_changes() != changes_before {
@@ -1270,6 +1366,10 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
         }
         Ok(())
     })();
+    if result.is_err() {
+        // As a failed COMMIT leaves it: nothing of the batch on disk.
+        db.rollback();
+    }
     for r in acknowledged {
         r.send();
     }
@@ -1317,7 +1417,9 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
             // every sender. The numbers it used are never used again. Held mail written in
             // the batch is lost with it (its sender is told and sends it again); held mail
             // not written stays held.
-            w.usage = before;
+            for (recipient, u) in undo {
+                w.usage.insert(recipient, u);
+            }
             {
                 let mut tails = lock_tails(&w.tails);
                 for (recipient, seq, handed_out, held) in &written {
@@ -1358,6 +1460,7 @@ fn recount(conn: &Connection) -> Result<HashMap<NodeId, Usage>, StoreError> {
                 Usage {
                     messages: u64::try_from(n).unwrap_or(0),
                     bytes: u64::try_from(b).unwrap_or(0),
+                    disk: u64::try_from(n).unwrap_or(0),
                 },
             );
         }

@@ -465,3 +465,87 @@ async fn a_held_envelope_without_an_answer_is_written_when_due() {
     assert_eq!(store.held_forward(&relay.key), 0);
     store.close();
 }
+
+/// An acknowledgement deletes what was written and touches no row for what never was: each
+/// mailbox counts its rows on disk, and one with none skips the statements (and, with nothing
+/// else to write, the batch's transaction). The counts survive a reopen.
+#[tokio::test]
+async fn an_acknowledgement_deletes_the_written_mail_and_skips_only_mail_never_written() {
+    let dir = scratch("store-ack-disk");
+    let store = Store::open(&dir, bounds()).unwrap();
+    store.set_hold(Duration::from_secs(3600));
+    let (b, c) = (who(2), who(3));
+    // Nobody collects b's mail: written at once.
+    let one = store.insert(b, b"one".to_vec(), 1).await.unwrap().unwrap();
+    let two = store.insert(b, b"two".to_vec(), 1).await.unwrap().unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![one, two]);
+    // Acknowledged up to the first: deleted from disk (an insert for c after it makes sure
+    // the writer took the acknowledgement).
+    store.delete(b, one).unwrap();
+    store.insert(c, b"sync".to_vec(), 1).await.unwrap().unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![two]);
+    // b connects: the next is held, and acknowledging everything deletes the written one and
+    // never writes the held one.
+    let _sub = store.subscribe(b);
+    let three = store.enqueue(None, b, b"three".to_vec(), 1).unwrap();
+    until_held(&store, 1).await;
+    let seq = seqs_now(&store, b, two).await;
+    assert_eq!(seq.len(), 1);
+    store.delete(b, seq[0]).unwrap();
+    assert_eq!(
+        timeout(T, three).await.unwrap().unwrap().unwrap(),
+        Ok(seq[0])
+    );
+    store.insert(c, b"sync".to_vec(), 1).await.unwrap().unwrap();
+    assert!(rows_on_disk(&dir, b).is_empty(), "the written one deleted");
+    assert_eq!(store.never_written(), 1);
+    // Written again while nobody holds it, and acknowledged after a reopen (counted from
+    // the disk then).
+    drop(_sub);
+    store.unsubscribe(&b);
+    let four = store.insert(b, b"four".to_vec(), 2).await.unwrap().unwrap();
+    store.close();
+    let store = Store::open(&dir, bounds()).unwrap();
+    assert_eq!(rows_on_disk(&dir, b), vec![four]);
+    store.delete(b, four).unwrap();
+    store.insert(c, b"sync".to_vec(), 3).await.unwrap().unwrap();
+    assert!(rows_on_disk(&dir, b).is_empty());
+    assert_eq!(store.count().await.unwrap(), 3, "c's three only");
+    store.close();
+}
+
+/// A batch whose commit fails gives back what it counted in the mailboxes it touched, and
+/// leaves every other mailbox's count as it was: the quotas hold after it as before it.
+#[tokio::test]
+async fn a_failed_commit_gives_back_its_mailboxes_counts_and_leaves_the_others() {
+    let dir = scratch("store-fail-counts");
+    let store = Store::open(
+        &dir,
+        Bounds {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let (a, b) = (who(2), who(3));
+    for _ in 0..2 {
+        store.insert(a, b"a".to_vec(), 1).await.unwrap().unwrap();
+    }
+    store.fail_next_commits(1);
+    let lost = store.insert(b, b"lost".to_vec(), 1).await;
+    assert!(matches!(lost, Err(StoreError::Sqlite(_))), "{lost:?}");
+    // a is still full; b has room for two, as if the failed insert never happened.
+    assert!(matches!(
+        store.insert(a, b"a".to_vec(), 1).await.unwrap(),
+        Err(offst_core::net::wire::Refusal::MailboxFull { messages: 2, .. })
+    ));
+    for _ in 0..2 {
+        store.insert(b, b"b".to_vec(), 1).await.unwrap().unwrap();
+    }
+    assert!(matches!(
+        store.insert(b, b"b".to_vec(), 1).await.unwrap(),
+        Err(offst_core::net::wire::Refusal::MailboxFull { messages: 2, .. })
+    ));
+    assert_eq!(store.count().await.unwrap(), 4);
+    store.close();
+}

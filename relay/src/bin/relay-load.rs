@@ -4,7 +4,9 @@
 //! - `--envelopes N`: envelopes per second stored durably and delivered: S senders, each with K
 //!   envelopes in flight, to S receivers that acknowledge what they get;
 //! - `--connections C`: C wallets connected at once (each its own key and TLS handshake), and
-//!   the relay's memory (resident set) with them all open.
+//!   the relay's memory (resident set) with them all open;
+//! - `--mailboxes M`: before the throughput run, one envelope left waiting in each of M other
+//!   mailboxes (nobody collects them), as on a relay that many users use.
 //!
 //! Prints one JSON object. Figures go in `docs/benchmarks.md`.
 
@@ -40,6 +42,9 @@ struct Args {
     /// Handshakes in flight while opening connections.
     #[arg(long, default_value_t = 32)]
     parallel_handshakes: usize,
+    /// Mailboxes given one waiting envelope each before the throughput run (0: none).
+    #[arg(long, default_value_t = 0)]
+    mailboxes: u64,
 }
 
 struct Relay {
@@ -119,11 +124,63 @@ fn identity(n: u64) -> Identity {
     Identity::from_seed(seed)
 }
 
+/// One envelope into each of `n` mailboxes nobody collects, 256 at a time.
+async fn fill_mailboxes(
+    n: u64,
+    relay: &Relay,
+    report: &mut Map<String, Value>,
+) -> Result<(), String> {
+    let ep = client_endpoint().map_err(|e| e.to_string())?;
+    let conn = Arc::new(
+        RelayConnection::connect(&ep, relay.addr, relay.key, &identity(500_000))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let start = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = conn.clone();
+        // Any 32 bytes name a mailbox: the relay does not check recipients' keys.
+        let mut id = [0x77u8; 32];
+        id[..8].copy_from_slice(&i.to_le_bytes());
+        let to = NodeId::from_bytes(id);
+        handles.push(tokio::spawn(async move {
+            let r = conn.send(to, vec![1u8; 64]).await;
+            drop(permit);
+            r.is_ok()
+        }));
+        if (i + 1).is_multiple_of(20_000) {
+            eprintln!("{} mailboxes filled ({:.0?})", i + 1, start.elapsed());
+        }
+    }
+    let mut stored = 0u64;
+    for h in handles {
+        if h.await.unwrap_or(false) {
+            stored += 1;
+        }
+    }
+    report.insert("mailboxes_filled".into(), stored.into());
+    report.insert(
+        "mailboxes_fill_ms".into(),
+        (start.elapsed().as_millis() as u64).into(),
+    );
+    Ok(())
+}
+
 async fn throughput(
     args: &Args,
     relay: &Relay,
     report: &mut Map<String, Value>,
 ) -> Result<(), String> {
+    if args.mailboxes > 0 {
+        fill_mailboxes(args.mailboxes, relay, report).await?;
+    }
     let ep = client_endpoint().map_err(|e| e.to_string())?;
     let per = args.envelopes / args.senders.max(1);
     let total = per * args.senders;
