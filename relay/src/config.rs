@@ -125,10 +125,21 @@ impl Config {
 
     /// Check the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Wallets seal envelopes up to the wire's bound (the protocol's largest message,
+        // padded), and refuse nothing smaller to a relay: a relay that refused one, or a
+        // mailbox that could never hold one, would stall the channel or the payment it
+        // carries for good, so neither bound can be set below it.
         let max = offst_core::net::wire::MAX_ENVELOPE_SIZE as u64;
-        if self.max_envelope_bytes == 0 || self.max_envelope_bytes > max {
+        if self.max_envelope_bytes != max {
             return Err(ConfigError::Invalid(format!(
-                "max_envelope_bytes must be 1 to {max}"
+                "max_envelope_bytes must be {max} (the protocol's largest envelope: a relay \
+                 that refuses a wallet's envelope stalls the channel it carries); leave it out"
+            )));
+        }
+        if self.max_mailbox_bytes < max {
+            return Err(ConfigError::Invalid(format!(
+                "max_mailbox_bytes must be at least {max}, so that a mailbox can hold the \
+                 protocol's largest envelope"
             )));
         }
         if self.max_connections == 0 || self.delivery_window == 0 || self.sender_burst == 0 {

@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use offst_core::net::client::{ClientError, RelayConnection, client_endpoint};
@@ -116,6 +116,40 @@ fn a_config_file_is_read_and_a_bad_one_is_named() {
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("hold_ms must be 0 to 1000"), "{err}");
+    }
+    // Bounds below the protocol's largest envelope would stall the channels a relay carries.
+    for (args, named) in [
+        (
+            &["--max-envelope-bytes", "65536"][..],
+            "max_envelope_bytes must be 532480",
+        ),
+        (
+            &["--max-mailbox-bytes", "100000"][..],
+            "max_mailbox_bytes must be at least 532480",
+        ),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_offst-relay"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--data-dir", "bounds"])
+            .current_dir(&cwd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A relay that starts anyway is stopped, and the test fails instead of waiting.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the relay started with {args:?}");
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{err}");
     }
     let (mut child, _, _) = spawn(&cwd, &["--listen", "127.0.0.1:0", "--hold-ms", "0"]);
     signal(&child, "-TERM");
