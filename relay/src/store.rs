@@ -1117,223 +1117,217 @@ fn run_batch(conn: &mut Connection, w: &mut Writer, batch: Vec<Op>, now: Option<
     let changes_before = conn.total_changes();
     let db = Lazy::new(conn);
     let result = (|| -> Result<(), StoreError> {
-        {
-            for op in batch {
-                match op {
-                    Op::Insert {
-                        recipient,
-                        envelope,
-                        now_ms,
-                        reply,
-                    } => {
-                        remember(&mut undo, &w.usage, recipient);
-                        let u = w.usage.entry(recipient).or_default();
-                        let size = envelope.len() as u64;
-                        if u.messages + 1 > w.bounds.max_messages
-                            || u.bytes + size > w.bounds.max_bytes
-                        {
-                            replies.push(Reply::Insert(
-                                reply,
-                                Ok(Err(Refusal::MailboxFull {
-                                    messages: u.messages,
-                                    bytes: u.bytes,
-                                })),
-                            ));
-                            continue;
+        for op in batch {
+            match op {
+                Op::Insert {
+                    recipient,
+                    envelope,
+                    now_ms,
+                    reply,
+                } => {
+                    remember(&mut undo, &w.usage, recipient);
+                    let u = w.usage.entry(recipient).or_default();
+                    let size = envelope.len() as u64;
+                    if u.messages + 1 > w.bounds.max_messages || u.bytes + size > w.bounds.max_bytes
+                    {
+                        replies.push(Reply::Insert(
+                            reply,
+                            Ok(Err(Refusal::MailboxFull {
+                                messages: u.messages,
+                                bytes: u.bytes,
+                            })),
+                        ));
+                        continue;
+                    }
+                    u.messages += 1;
+                    u.bytes += size;
+                    // Numbered and handed out to a connected recipient; held if there is
+                    // room and time to.
+                    let (mail, subscribed, hold_until) = {
+                        let mut tails = lock_tails(&w.tails);
+                        let mail = Mail {
+                            seq: tails.next_seq,
+                            received_ms: now_ms,
+                            envelope,
+                        };
+                        tails.next_seq += 1;
+                        let subscribed = tails.boxes.contains_key(&recipient);
+                        let hold_until = now
+                            .filter(|_| {
+                                subscribed
+                                    && !tails.hold_for.is_zero()
+                                    && tails.held_bytes + mail.envelope.len() <= MAX_HELD_BYTES
+                            })
+                            .map(|now| now + tails.hold_for);
+                        if hold_until.is_some() {
+                            tails.held_bytes += mail.envelope.len();
+                            tails
+                                .held
+                                .entry(recipient)
+                                .or_default()
+                                .insert(mail.seq, mail.clone());
                         }
+                        if subscribed {
+                            tails.push(&recipient, mail.clone());
+                        }
+                        (mail, subscribed, hold_until)
+                    };
+                    let seq = mail.seq;
+                    if let Some(due) = hold_until {
+                        // Held whatever this batch's commit does: counted either way.
+                        let u = undo.entry(recipient).or_default();
                         u.messages += 1;
                         u.bytes += size;
-                        // Numbered and handed out to a connected recipient; held if there is
-                        // room and time to.
-                        let (mail, subscribed, hold_until) = {
-                            let mut tails = lock_tails(&w.tails);
-                            let mail = Mail {
-                                seq: tails.next_seq,
-                                received_ms: now_ms,
-                                envelope,
-                            };
-                            tails.next_seq += 1;
-                            let subscribed = tails.boxes.contains_key(&recipient);
-                            let hold_until = now
-                                .filter(|_| {
-                                    subscribed
-                                        && !tails.hold_for.is_zero()
-                                        && tails.held_bytes + mail.envelope.len() <= MAX_HELD_BYTES
-                                })
-                                .map(|now| now + tails.hold_for);
-                            if hold_until.is_some() {
-                                tails.held_bytes += mail.envelope.len();
-                                tails
-                                    .held
-                                    .entry(recipient)
-                                    .or_default()
-                                    .insert(mail.seq, mail.clone());
-                            }
-                            if subscribed {
-                                tails.push(&recipient, mail.clone());
-                            }
-                            (mail, subscribed, hold_until)
-                        };
-                        let seq = mail.seq;
-                        if let Some(due) = hold_until {
-                            // Held whatever this batch's commit does: counted either way.
-                            let u = undo.entry(recipient).or_default();
-                            u.messages += 1;
-                            u.bytes += size;
-                            w.waiting.insert(
-                                seq,
-                                Waiting {
-                                    recipient,
-                                    size,
-                                    due,
-                                    reply,
-                                },
-                            );
-                            continue;
-                        }
-                        // Written now: the recipient's held mail before it first.
-                        write_held(
-                            &db,
-                            w,
-                            &mut undo,
-                            &recipient,
+                        w.waiting.insert(
                             seq,
-                            &mut written,
-                            &mut replies,
-                        )?;
-                        insert_mail(db.begun()?)?.execute(params![
-                            i64_of(seq),
-                            recipient.as_bytes(),
-                            i64_of(now_ms),
-                            mail.envelope
-                        ])?;
-                        w.usage.entry(recipient).or_default().disk += 1;
-                        written.push((recipient, seq, subscribed, false));
-                        replies.push(Reply::Insert(reply, Ok(Ok(seq))));
-                    }
-                    Op::Delete { recipient, up_to } => {
-                        remember(&mut undo, &w.usage, recipient);
-                        // Held mail the recipient acknowledged is never written.
-                        let seqs: Vec<u64> = lock_tails(&w.tails)
-                            .held
-                            .get(&recipient)
-                            .map(|h| h.range(..=up_to).map(|(s, _)| *s).collect())
-                            .unwrap_or_default();
-                        for seq in seqs {
-                            // Not waiting: written in this batch, so deleted below.
-                            let Some(h) = w.waiting.remove(&seq) else {
-                                continue;
-                            };
-                            lock_tails(&w.tails).unhold(&recipient, seq);
-                            for usage in [&mut w.usage, &mut undo] {
-                                let u = usage.entry(recipient).or_default();
-                                u.messages = u.messages.saturating_sub(1);
-                                u.bytes = u.bytes.saturating_sub(h.size);
-                            }
-                            w.never_written.fetch_add(1, Ordering::Relaxed);
-                            acknowledged.push(Reply::Insert(h.reply, Ok(Ok(seq))));
-                        }
-                        if w.usage.get(&recipient).is_none_or(|u| u.disk == 0) {
-                            // Everything it acknowledged was held, never written.
-                            continue;
-                        }
-                        let tx = db.begun()?;
-                        let (n, b): (i64, i64) = tx
-                            .prepare_cached(
-                                "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
-                                 WHERE recipient = ?1 AND seq <= ?2",
-                            )?
-                            .query_row(params![recipient.as_bytes(), i64_of(up_to)], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })?;
-                        if n > 0 {
-                            tx.prepare_cached(
-                                "DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2",
-                            )?
-                            .execute(params![recipient.as_bytes(), i64_of(up_to)])?;
-                            let u = w.usage.entry(recipient).or_default();
-                            u.messages = u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
-                            u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
-                            u.disk = u.disk.saturating_sub(u64::try_from(n).unwrap_or(0));
-                        }
-                    }
-                    Op::InsertForward {
-                        relay,
-                        recipient,
-                        envelope,
-                        now_ms,
-                        reply,
-                        sent_on,
-                    } => {
-                        let hold_for = lock_tails(&w.tails).hold_for;
-                        let due = now
-                            .filter(|_| !hold_for.is_zero() && w.forwards.len() < MAX_HELD_FORWARDS)
-                            .map(|now| now + hold_for);
-                        if let (Some(sent_on), Some(due)) = (sent_on, due) {
-                            *lock_tails(&w.tails)
-                                .held_forward
-                                .entry(relay.key)
-                                .or_default() += 1;
-                            w.forwards.push_back(HeldForward {
-                                relay,
+                            Waiting {
                                 recipient,
-                                envelope,
-                                now_ms,
+                                size,
                                 due,
-                                sent_on,
                                 reply,
-                            });
+                            },
+                        );
+                        continue;
+                    }
+                    // Written now: the recipient's held mail before it first.
+                    write_held(
+                        &db,
+                        w,
+                        &mut undo,
+                        &recipient,
+                        seq,
+                        &mut written,
+                        &mut replies,
+                    )?;
+                    insert_mail(db.begun()?)?.execute(params![
+                        i64_of(seq),
+                        recipient.as_bytes(),
+                        i64_of(now_ms),
+                        mail.envelope
+                    ])?;
+                    w.usage.entry(recipient).or_default().disk += 1;
+                    written.push((recipient, seq, subscribed, false));
+                    replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                }
+                Op::Delete { recipient, up_to } => {
+                    remember(&mut undo, &w.usage, recipient);
+                    // Held mail the recipient acknowledged is never written.
+                    let seqs: Vec<u64> = lock_tails(&w.tails)
+                        .held
+                        .get(&recipient)
+                        .map(|h| h.range(..=up_to).map(|(s, _)| *s).collect())
+                        .unwrap_or_default();
+                    for seq in seqs {
+                        // Not waiting: written in this batch, so deleted below.
+                        let Some(h) = w.waiting.remove(&seq) else {
                             continue;
+                        };
+                        lock_tails(&w.tails).unhold(&recipient, seq);
+                        for usage in [&mut w.usage, &mut undo] {
+                            let u = usage.entry(recipient).or_default();
+                            u.messages = u.messages.saturating_sub(1);
+                            u.bytes = u.bytes.saturating_sub(h.size);
                         }
-                        // Written now: this relay's held envelopes before it, in order.
-                        settle_forwards(
-                            &db,
-                            w,
-                            now,
-                            Some(relay.key),
-                            &mut replies,
-                            &mut acknowledged,
-                            &mut forwards_written,
-                        )?;
-                        let seq =
-                            insert_forward(db.begun()?, &relay, &recipient, now_ms, &envelope)?;
-                        replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                        w.never_written.fetch_add(1, Ordering::Relaxed);
+                        acknowledged.push(Reply::Insert(h.reply, Ok(Ok(seq))));
                     }
-                    Op::DeleteForward { seq } => {
-                        db.begun()?
-                            .prepare_cached("DELETE FROM forward WHERE seq = ?1")?
-                            .execute([i64_of(seq)])?;
+                    if w.usage.get(&recipient).is_none_or(|u| u.disk == 0) {
+                        // Everything it acknowledged was held, never written.
+                        continue;
                     }
-                    Op::Purge {
-                        older_than_ms,
-                        reply,
-                    } => {
-                        let n = db.begun()?.execute(
-                            "DELETE FROM mail WHERE received_ms < ?1",
-                            [i64_of(older_than_ms)],
-                        )?;
-                        replies.push(Reply::Purge(reply, Ok(n as u64)));
+                    let tx = db.begun()?;
+                    let (n, b): (i64, i64) = tx
+                        .prepare_cached(
+                            "SELECT COUNT(*), COALESCE(SUM(length(envelope)), 0) FROM mail
+                                 WHERE recipient = ?1 AND seq <= ?2",
+                        )?
+                        .query_row(params![recipient.as_bytes(), i64_of(up_to)], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    if n > 0 {
+                        tx.prepare_cached("DELETE FROM mail WHERE recipient = ?1 AND seq <= ?2")?
+                            .execute(params![recipient.as_bytes(), i64_of(up_to)])?;
+                        let u = w.usage.entry(recipient).or_default();
+                        u.messages = u.messages.saturating_sub(u64::try_from(n).unwrap_or(0));
+                        u.bytes = u.bytes.saturating_sub(u64::try_from(b).unwrap_or(0));
+                        u.disk = u.disk.saturating_sub(u64::try_from(n).unwrap_or(0));
                     }
                 }
+                Op::InsertForward {
+                    relay,
+                    recipient,
+                    envelope,
+                    now_ms,
+                    reply,
+                    sent_on,
+                } => {
+                    let hold_for = lock_tails(&w.tails).hold_for;
+                    let due = now
+                        .filter(|_| !hold_for.is_zero() && w.forwards.len() < MAX_HELD_FORWARDS)
+                        .map(|now| now + hold_for);
+                    if let (Some(sent_on), Some(due)) = (sent_on, due) {
+                        *lock_tails(&w.tails)
+                            .held_forward
+                            .entry(relay.key)
+                            .or_default() += 1;
+                        w.forwards.push_back(HeldForward {
+                            relay,
+                            recipient,
+                            envelope,
+                            now_ms,
+                            due,
+                            sent_on,
+                            reply,
+                        });
+                        continue;
+                    }
+                    // Written now: this relay's held envelopes before it, in order.
+                    settle_forwards(
+                        &db,
+                        w,
+                        now,
+                        Some(relay.key),
+                        &mut replies,
+                        &mut acknowledged,
+                        &mut forwards_written,
+                    )?;
+                    let seq = insert_forward(db.begun()?, &relay, &recipient, now_ms, &envelope)?;
+                    replies.push(Reply::Insert(reply, Ok(Ok(seq))));
+                }
+                Op::DeleteForward { seq } => {
+                    db.begun()?
+                        .prepare_cached("DELETE FROM forward WHERE seq = ?1")?
+                        .execute([i64_of(seq)])?;
+                }
+                Op::Purge {
+                    older_than_ms,
+                    reply,
+                } => {
+                    let n = db.begun()?.execute(
+                        "DELETE FROM mail WHERE received_ms < ?1",
+                        [i64_of(older_than_ms)],
+                    )?;
+                    replies.push(Reply::Purge(reply, Ok(n as u64)));
+                }
             }
-            // Held mail that is due (in seq order, so each mailbox stays in order on disk).
-            let due: Vec<(u64, NodeId)> = w
-                .waiting
-                .iter()
-                .take_while(|(_, h)| now.is_none_or(|now| h.due <= now))
-                .map(|(seq, h)| (*seq, h.recipient))
-                .collect();
-            for (seq, recipient) in due {
-                write_held(
-                    &db,
-                    w,
-                    &mut undo,
-                    &recipient,
-                    seq,
-                    &mut written,
-                    &mut replies,
-                )?;
-            }
+        }
+        // Held mail that is due (in seq order, so each mailbox stays in order on disk).
+        let due: Vec<(u64, NodeId)> = w
+            .waiting
+            .iter()
+            .take_while(|(_, h)| now.is_none_or(|now| h.due <= now))
+            .map(|(seq, h)| (*seq, h.recipient))
+            .collect();
+        for (seq, recipient) in due {
+            write_held(
+                &db,
+                w,
+                &mut undo,
+                &recipient,
+                seq,
+                &mut written,
+                &mut replies,
+            )?;
         }
         settle_forwards(
             &db,
