@@ -752,7 +752,7 @@ fn payment(dir: &Path, invoice: &str, json: bool) -> Result<(), String> {
         .trim()
         .parse()
         .map_err(|e| format!("not an invoice id ({e}); `offst history` shows them"))?;
-    let w = open(dir)?;
+    let mut w = open(dir)?;
     let v = w.payment_view(id).map_err(|e| match e {
         WalletError::Refused(offst_core::protocol::node::NodeError::UnknownPayment(_)) => {
             format!("this wallet made no payment and issued no invoice {id}")

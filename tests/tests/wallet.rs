@@ -93,7 +93,7 @@ fn payments_survive_reopening_and_show_in_history() {
     assert_eq!(balance(&ws[2], &ws[1]), 10);
     assert_eq!(balance(&ws[0], &ws[1]), -(10 + fee));
     let before: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
-    let ws = reopen(&t, ws);
+    let mut ws = reopen(&t, ws);
     let after: Vec<_> = ws.iter().map(|w| w.node().parts()).collect();
     assert_eq!(before, after, "state after reopening equals state before");
 
@@ -1079,6 +1079,127 @@ fn a_step_that_is_flushed_later_sends_nothing_before_its_flush() {
     assert_eq!(balance(&ws[2], &ws[1]), 10);
 }
 
+/// Mail handled without waiting for the disk, as the network driver handles it: each step is
+/// taken in memory and committed, but until its flush nothing it sends leaves and none of its
+/// events reaches the app (the event queue, its count, the history), since a power cut could
+/// still undo it. The flush shows and sends it all: the network's `sync`, or the app's look at
+/// a payment (`payment_view` shows only what is on disk). Every message of a payment's way to
+/// the seller `c` goes this way here, once flushed each way.
+#[test]
+fn mail_handled_before_its_flush_shows_and_sends_nothing_until_then() {
+    use offst_core::wallet::Contact;
+    let t = TempDir::new("mail-unsynced");
+    let mut ws = trio(&t);
+    for w in ws.iter_mut() {
+        w.set_relay(test_relay(1)).unwrap();
+    }
+    let c = Contact {
+        id: ws[2].id(),
+        name: "c".into(),
+        mail_key: ws[2].mail_key(),
+        relay: test_relay(1),
+    };
+    ws[0].set_contact(c.clone()).unwrap();
+    ws[1].set_contact(c).unwrap();
+    let mut entropy = 0u64;
+    for by_view in [false, true] {
+        while let Some(e) = ws[2].next_event().unwrap() {
+            ws[2].event_handled(e.seq).unwrap();
+        }
+        let inv = ws[2].create_invoice(hours(), 10, 60_000, "bread").unwrap();
+        let route = plan(&ws, &[0, 1, 2], 10);
+        ws[0].pay(&inv, vec![route]).unwrap();
+        let (handled, with_events, with_sends) =
+            deliver_to_c_unsynced(&mut ws, inv.terms.id, by_view, &mut entropy);
+        assert!(handled >= 2, "{handled} messages reached c");
+        assert!(with_events >= 1, "no message to c recorded an event");
+        assert!(with_sends >= 1, "no message to c made c send something");
+        let mut kinds = Vec::new();
+        while let Some(e) = ws[2].next_event().unwrap() {
+            kinds.push(e.kind);
+            ws[2].event_handled(e.seq).unwrap();
+        }
+        assert!(kinds.contains(&EventKind::InvoicePaid), "{kinds:?}");
+        assert_eq!(
+            ws[0].payment_view(inv.terms.id).unwrap().status,
+            "completed"
+        );
+    }
+    assert_eq!(balance(&ws[2], &ws[1]), 20);
+}
+
+/// Deliver every message until all outboxes are empty, those to `c` (`ws[2]`) sealed and
+/// handled without waiting for the disk, each checked before and after its flush (by `sync`,
+/// or by `payment_view` of `invoice` with `by_view`). Returns how many messages reached `c`,
+/// how many of them recorded an event, and how many made `c` send something.
+fn deliver_to_c_unsynced(
+    ws: &mut Vec<Wallet>,
+    invoice: offst_core::protocol::payment::InvoiceId,
+    by_view: bool,
+    entropy: &mut u64,
+) -> (usize, usize, usize) {
+    use offst_core::wallet::{Delivery, SharedWallet};
+    let everything = HistoryQuery {
+        limit: 10_000,
+        ..HistoryQuery::default()
+    };
+    let (mut handled, mut with_events, mut with_sends) = (0, 0, 0);
+    loop {
+        let mut moved = false;
+        for from in 0..3 {
+            for item in ws[from].outbox(100).unwrap() {
+                moved = true;
+                let sender = ws[from].id();
+                let to = (0..3).find(|&i| ws[i].id() == item.to).unwrap();
+                if to != 2 {
+                    ws[to].receive_outgoing(sender, &item).unwrap();
+                    ws[from].outbox_sent(item.seq).unwrap();
+                    continue;
+                }
+                *entropy += 1;
+                let mut e = [3u8; 72];
+                e[..8].copy_from_slice(&entropy.to_le_bytes());
+                let (envelope, _) = ws[from].seal_outgoing(&item, e).unwrap();
+                ws[from].outbox_sent(item.seq).unwrap();
+                let seller = &mut ws[2];
+                let (events, rows) = (
+                    seller.pending_events().unwrap(),
+                    seller.history(&everything).unwrap().len(),
+                );
+                let sendable = seller.outbox(100).unwrap().len();
+                let (got, ticket) = seller.receive_envelopes_unsynced(&[&envelope]).unwrap();
+                assert_eq!(got, vec![Delivery::Applied]);
+                handled += 1;
+                // Taken, but neither shown nor sent.
+                assert_eq!(seller.pending_events().unwrap(), events);
+                assert_eq!(seller.history(&everything).unwrap().len(), rows);
+                assert_eq!(seller.outbox(100).unwrap().len(), sendable);
+                let queued = seller.outbox_len().unwrap();
+                if by_view {
+                    seller.payment_view(invoice).unwrap();
+                } else {
+                    let shared = SharedWallet::new(ws.remove(2));
+                    block_on(offst_core::wallet::sync(&shared, ticket)).unwrap();
+                    ws.insert(2, shared.into_inner());
+                }
+                let seller = &mut ws[2];
+                // Flushed: shown and sent.
+                if seller.pending_events().unwrap() > events {
+                    with_events += 1;
+                    assert!(seller.history(&everything).unwrap().len() > rows);
+                }
+                if queued > sendable as u64 {
+                    with_sends += 1;
+                }
+                assert_eq!(seller.outbox(100).unwrap().len() as u64, queued);
+            }
+        }
+        if !moved {
+            return (handled, with_events, with_sends);
+        }
+    }
+}
+
 /// Steps that do not wait for the disk share one SQLite transaction: four invoices made
 /// back to back are one commit, made by the flush. Invoices made and never flushed are
 /// committed when the wallet is closed, and are there when it opens again.
@@ -1483,17 +1604,17 @@ fn payment_history_is_found_across_the_migration_of_its_index() {
     let mut ws = reopen(&t, Vec::new());
     pump(&mut ws, 10_000).unwrap();
     let after = pay(&mut ws, 4);
-    let kinds = |w: &Wallet, invoice| -> Vec<EventKind> {
+    let kinds = |w: &mut Wallet, invoice| -> Vec<EventKind> {
         let view = w.payment_view(invoice).unwrap();
         view.history.iter().map(|h| h.kind).collect()
     };
     for invoice in [before, straddling.terms.id, after] {
         assert_eq!(
-            kinds(&ws[0], invoice),
+            kinds(&mut ws[0], invoice),
             vec![EventKind::PaymentStarted, EventKind::PaymentCompleted]
         );
         assert_eq!(
-            kinds(&ws[2], invoice),
+            kinds(&mut ws[2], invoice),
             vec![EventKind::InvoiceCreated, EventKind::InvoicePaid]
         );
     }
@@ -1627,7 +1748,7 @@ fn payments_and_invoices_survive_the_migration_to_rows_by_number() {
     let before: Vec<_> = ws.iter().map(|w| unnumbered(w.node().parts())).collect();
     assert_eq!(before[0].payments.len(), 3);
     assert_eq!(before[2].invoices.len(), 3);
-    let views = |ws: &[Wallet]| -> Vec<(&'static str, Option<Vec<u8>>, &'static str)> {
+    let views = |ws: &mut [Wallet]| -> Vec<(&'static str, Option<Vec<u8>>, &'static str)> {
         [first, second, under_way.terms.id]
             .into_iter()
             .map(|inv| {
@@ -1641,17 +1762,17 @@ fn payments_and_invoices_survive_the_migration_to_rows_by_number() {
             })
             .collect()
     };
-    let views_before = views(&ws);
+    let views_before = views(&mut ws);
     assert_eq!(views_before[2].0, "in_flight");
     drop(ws);
     for w in ["a", "b", "c"] {
         downgrade(&t.path(w).join("wallet.db"), 9);
     }
     let db = |w: &str| t.path(w).join("wallet.db");
-    let ws = reopen(&t, Vec::new());
+    let mut ws = reopen(&t, Vec::new());
     let after: Vec<_> = ws.iter().map(|w| unnumbered(w.node().parts())).collect();
     assert_eq!(after, before, "the migration changed a payment or invoice");
-    assert_eq!(views(&ws), views_before);
+    assert_eq!(views(&mut ws), views_before);
     // The node holds the rows the store holds, numbered 0, 1, 2 in the order written.
     for (w, table, held) in [
         ("a", "payments", ws[0].node().parts().payments),
@@ -1680,7 +1801,7 @@ fn payments_and_invoices_survive_the_migration_to_rows_by_number() {
     // The payment under way finishes, and a new one goes above every row.
     let mut ws = ws;
     pump(&mut ws, 10_000).unwrap();
-    let views_now = views(&ws);
+    let views_now = views(&mut ws);
     assert_eq!(views_now[2].0, "completed");
     assert_eq!(views_now[..2], views_before[..2]);
     let last = pay(&mut ws, 5);
@@ -1828,7 +1949,7 @@ fn finished_payments_move_to_the_archive_and_stay_visible() {
         (0, 2)
     );
 
-    let check = |ws: &[Wallet]| {
+    let check = |ws: &mut [Wallet]| {
         let view = ws[0].payment_view(paid).unwrap();
         assert_eq!(view.status, "completed");
         let receipt = view
@@ -1855,7 +1976,7 @@ fn finished_payments_move_to_the_archive_and_stay_visible() {
         ));
         assert_eq!((balance(&ws[0], &ws[1]), balance(&ws[2], &ws[1])), balances);
     };
-    check(&ws);
+    check(&mut ws);
     // Reopened, the wallets load only what they keep, and still find the archived records.
     let mut ws = {
         drop(ws);
@@ -1863,14 +1984,14 @@ fn finished_payments_move_to_the_archive_and_stay_visible() {
     };
     assert!(ws[0].node().payment(&paid).is_none());
     assert!(ws[2].node().issued_invoice(&paid).is_none());
-    check(&ws);
+    check(&mut ws);
     // The archived invoice cannot be paid again: it expired.
     let invoice = ws[2].issued_invoice(&paid).unwrap().unwrap().0;
     let route = plan(&ws, &[0, 1, 2], 5);
     let err = ws[0].pay(&invoice, vec![route]).unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
     pump(&mut ws, 10_000).unwrap();
-    check(&ws);
+    check(&mut ws);
 }
 
 /// A wallet written under schema 10 (before the archive) migrates to the archive's schema with

@@ -605,13 +605,20 @@ async fn receive_batch(
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
         }
-        let result = wallet.lock_async().await.receive_envelopes(&envelopes);
+        let result = wallet
+            .lock_async()
+            .await
+            .receive_envelopes_unsynced(&envelopes);
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
         }
         match result {
-            Ok(deliveries) => {
+            Ok((deliveries, ticket)) => {
                 debug!(count = deliveries.len(), "mail handled");
+                // On disk before the relay may forget it; the flush does not hold the wallet.
+                crate::wallet::sync(wallet, ticket)
+                    .await
+                    .map_err(|e| format!("could not store received mail: {e}"))?;
                 let last = mail.iter().map(|d| d.seq).max().unwrap_or_default();
                 conn.ack(last).await.map_err(|e| e.to_string())?;
             }

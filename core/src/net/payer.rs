@@ -72,8 +72,13 @@ pub async fn settled(
             .payment_progress(invoice)
             .is_some_and(|p| p.settled);
         let left = limit.saturating_sub(start.elapsed());
-        if done || left.is_zero() {
-            return done;
+        if done {
+            // Settled only once the step that settled it is on disk.
+            let ticket = wallet.lock_async().await.ticket_now();
+            return crate::wallet::sync(wallet, ticket).await.is_ok();
+        }
+        if left.is_zero() {
+            return false;
         }
         let _ = tokio::time::timeout(left, changes.changed()).await;
     }
@@ -130,6 +135,9 @@ pub async fn pay(
                     .payment(&invoice)
                     .and_then(|(_, r)| r.cloned());
                 if let Some(r) = receipt {
+                    // The receipt's step on disk before the app hears of it.
+                    let ticket = wallet.lock_async().await.ticket_now();
+                    crate::wallet::sync(wallet, ticket).await?;
                     return Ok(r);
                 }
             }

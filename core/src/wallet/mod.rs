@@ -398,6 +398,10 @@ struct Unsynced {
     /// Steps lost before they reached the disk (their shared transaction was rolled back):
     /// the last one of each such run, the one before it, and why.
     lost: Vec<(u64, u64, String)>,
+    /// While some step is not on disk: the history rows up to this seq are, and no row after
+    /// it is shown to the app ([`Wallet::next_event`], [`Wallet::history`]), so the app never
+    /// acts on an event a power cut could still undo. `None`: every row is on disk.
+    shown_up_to: Option<u64>,
 }
 
 impl Unsynced {
@@ -406,6 +410,18 @@ impl Unsynced {
     fn all_synced(&mut self) {
         self.synced = self.written;
         self.held.clear();
+        self.shown_up_to = None;
+    }
+
+    /// The steps up to `n` are on disk, and with them the history rows up to `rows` (the last
+    /// row when the flush began).
+    fn synced_through(&mut self, n: u64, rows: u64) {
+        self.synced_to(n);
+        self.shown_up_to = if self.synced >= self.written {
+            None
+        } else {
+            Some(self.shown_up_to.map_or(rows, |s| s.max(rows)))
+        };
     }
 
     /// The steps up to `n` are on disk.
@@ -482,7 +498,7 @@ pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), Walle
                 "the step was undone before it reached the disk ({why}); nothing of it was sent"
             )));
         }
-        w.unsynced.written
+        (w.unsynced.written, w.last_history_seq()?)
     };
     let flushed = tokio::task::spawn_blocking(move || flush_file(&wal))
         .await
@@ -494,8 +510,10 @@ pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), Walle
         w.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
         return Err(e);
     }
-    w.unsynced.synced_to(target);
+    w.unsynced.synced_through(target.0, target.1);
     w.outbox_signal.notify_one();
+    // Events of the flushed steps are shown now: whoever waits for one looks again.
+    w.changes.send_modify(|_| {});
     Ok(())
 }
 
@@ -637,6 +655,8 @@ fn flush_file(path: &Path) -> Result<(), WalletError> {
 struct Group {
     /// Steps written into the group's transaction.
     steps: u64,
+    /// The first outbox seq they queued, if they queued any.
+    first_sent: Option<i64>,
     /// Payments of ours those steps changed.
     payments: Vec<InvoiceId>,
 }
@@ -984,6 +1004,9 @@ impl Wallet {
     ) -> Result<T, WalletError> {
         self.usable()?;
         let relax = later && self.durability == Durability::Full;
+        if relax {
+            self.hide_events_from_here()?;
+        }
         if !relax && self.group.is_none() {
             // A step that waits for the disk commits the shared transaction first.
             self.close_deferred()?;
@@ -1067,6 +1090,9 @@ impl Wallet {
             // On an error the group's transaction is rolled back by whoever opened it.
             write(&self.conn)?;
             group.steps += 1;
+            if group.first_sent.is_none() {
+                group.first_sent = first_sent.get();
+            }
             group.payments.extend(touched);
             self.last_settings = changes.settings;
             return Ok(value);
@@ -1195,11 +1221,43 @@ impl Wallet {
         if let [one] = envelopes {
             return Ok(vec![self.receive_envelope(one.as_ref())?]);
         }
+        self.receive_group(envelopes, false).map(|(d, _)| d)
+    }
+
+    /// [`Wallet::receive_envelopes`] (also for a single envelope), but the group's commit does
+    /// not wait for the disk: [`sync`] with the returned ticket flushes it without holding the
+    /// wallet, so the wallet's other work goes on meanwhile and no thread waits for the disk
+    /// while it holds the wallet. Until that flush nothing the group sends leaves (the outbox
+    /// holds it back) and its events are not shown to the app ([`Wallet::next_event`]); the
+    /// caller must not acknowledge the envelopes before it either. A power cut before the flush
+    /// undoes the group, and the relay, which still holds the envelopes, delivers them again.
+    pub fn receive_envelopes_unsynced<E: AsRef<[u8]>>(
+        &mut self,
+        envelopes: &[E],
+    ) -> Result<(Vec<Delivery>, SyncTicket), WalletError> {
+        self.receive_group(envelopes, true)
+    }
+
+    fn receive_group<E: AsRef<[u8]>>(
+        &mut self,
+        envelopes: &[E],
+        later: bool,
+    ) -> Result<(Vec<Delivery>, SyncTicket), WalletError> {
         self.usable()?;
         self.close_deferred()?;
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(WalletError::from_sqlite)?;
+        let relax = later && self.durability == Durability::Full;
+        if relax {
+            self.hide_events_from_here()?;
+            self.conn
+                .execute_batch("PRAGMA synchronous = NORMAL")
+                .map_err(WalletError::from_sqlite)?;
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            if relax {
+                restore_full(&self.conn, &mut self.broken);
+            }
+            return Err(WalletError::from_sqlite(e));
+        }
         self.group = Some(Group::default());
         let mut out = Vec::with_capacity(envelopes.len());
         // Forgetting the ids out of the replay window, when due, is part of the group.
@@ -1225,18 +1283,78 @@ impl Wallet {
                 .execute_batch("COMMIT")
                 .map_err(WalletError::from_sqlite),
         };
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if relax {
+            // Later commits wait for the disk again (else the wallet takes no further step).
+            restore_full(&self.conn, &mut self.broken);
+        }
         match result {
             Ok(()) => {
-                self.unsynced.all_synced();
+                if relax {
+                    self.unsynced.written += 1;
+                    if let Some(seq) = group.first_sent {
+                        // Its messages wait for the flush.
+                        let seq = u64::try_from(seq).unwrap_or_default();
+                        self.unsynced.held.push_back((self.unsynced.written, seq));
+                    }
+                } else {
+                    self.unsynced.all_synced();
+                }
                 self.committed(group.steps, &group.payments);
-                Ok(out)
+                Ok((out, self.unsynced_ticket()))
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
                 self.seen_pruned_ms = pruned_before;
                 self.recover();
                 Err(e)
             }
+        }
+    }
+
+    /// Before a step that does not wait for the disk: if every step so far is on disk, so is
+    /// every history row so far, and the rows from here on stay hidden until their flush.
+    fn hide_events_from_here(&mut self) -> Result<(), WalletError> {
+        let u = &self.unsynced;
+        if u.synced >= u.written || u.shown_up_to.is_none() {
+            let last = self.last_history_seq()?;
+            self.unsynced.shown_up_to = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Every step committed so far on disk now, waiting for the disk here, with the wallet held
+    /// (for the app's views; the network's steps use [`sync`], which does not hold it). At once
+    /// if nothing waits for a flush.
+    pub fn flush_now(&mut self) -> Result<(), WalletError> {
+        if self.unsynced.synced >= self.unsynced.written {
+            return Ok(());
+        }
+        self.close_deferred()?;
+        if let Err(e) = flush_file(&self.wal_path()) {
+            self.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
+            return Err(e);
+        }
+        // Nobody else wrote meanwhile: everything committed is on disk.
+        self.unsynced.all_synced();
+        self.outbox_signal.notify_one();
+        self.changes.send_modify(|_| {});
+        Ok(())
+    }
+
+    /// The last history row's seq (0 for none).
+    fn last_history_seq(&self) -> Result<u64, WalletError> {
+        self.count("SELECT COALESCE(MAX(seq), 0) FROM history")
+    }
+
+    /// The last history row the app may see: every row after it belongs to a step not on disk
+    /// yet ([`Unsynced::shown_up_to`]).
+    fn shown_up_to(&self) -> i64 {
+        let u = &self.unsynced;
+        match u.shown_up_to {
+            Some(last) if u.synced < u.written => history::clamp(last),
+            _ => i64::MAX,
         }
     }
 
@@ -1440,6 +1558,13 @@ impl Wallet {
     }
 
     /// The ticket of the last step committed without waiting for the disk.
+    /// A ticket for every step committed so far: [`sync`] with it returns once they are all on
+    /// disk (at once if they are). Whoever tells the app of something a received message did
+    /// (a payment's receipt, say) waits for this first, since a power cut could still undo it.
+    pub fn ticket_now(&self) -> SyncTicket {
+        self.unsynced_ticket()
+    }
+
     fn unsynced_ticket(&self) -> SyncTicket {
         SyncTicket(self.unsynced.written)
     }
@@ -1713,12 +1838,15 @@ impl Wallet {
     pub fn next_event(&self) -> Result<Option<HistoryEntry>, WalletError> {
         let sql = format!(
             "SELECT {} FROM history WHERE seq > (SELECT up_to FROM events_handled)
-             ORDER BY seq LIMIT 1",
+             AND seq <= ?1 ORDER BY seq LIMIT 1",
             history::COLUMNS
         );
         self.conn
             .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row([], history::read_row).optional())
+            .and_then(|mut s| {
+                s.query_row([self.shown_up_to()], history::read_row)
+                    .optional()
+            })
             .map_err(WalletError::from_sqlite)?
             .transpose()
             .map_err(|detail| WalletError::Corrupt { detail })
@@ -1732,16 +1860,23 @@ impl Wallet {
         self.conn
             .prepare_cached(
                 "UPDATE events_handled SET up_to = MAX(up_to,
-                     MIN(?1, (SELECT COALESCE(MAX(seq), 0) FROM history)))",
+                     MIN(?1, ?2, (SELECT COALESCE(MAX(seq), 0) FROM history)))",
             )
-            .and_then(|mut s| s.execute([history::clamp(seq)]))
+            .and_then(|mut s| s.execute([history::clamp(seq), self.shown_up_to()]))
             .map(|_| ())
             .map_err(WalletError::from_sqlite)
     }
 
     /// Events not handled yet.
     pub fn pending_events(&self) -> Result<u64, WalletError> {
-        self.count("SELECT COUNT(*) FROM history WHERE seq > (SELECT up_to FROM events_handled)")
+        self.conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM history WHERE seq > (SELECT up_to FROM events_handled)
+                 AND seq <= ?1",
+            )
+            .and_then(|mut s| s.query_row([self.shown_up_to()], |r| r.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or_default())
+            .map_err(WalletError::from_sqlite)
     }
 
     /// Rows of history, newest first (see [`HistoryQuery`]).
@@ -1756,7 +1891,11 @@ impl Wallet {
             .conn
             .prepare_cached(&sql)
             .map_err(WalletError::from_sqlite)?;
-        let before = q.before.map_or(i64::MAX, history::clamp);
+        // Rows of steps not on disk yet are not shown.
+        let before = q
+            .before
+            .map_or(i64::MAX, history::clamp)
+            .min(self.shown_up_to().saturating_add(1));
         let friend = q.friend.map(|f| f.as_bytes().to_vec());
         let invoice = match q.invoice {
             Some(i) => {
@@ -1852,8 +1991,11 @@ impl Wallet {
     }
 
     /// One payment (ours) or invoice (ours), with its whole history; also one the node no longer
-    /// keeps in memory, from the archive.
-    pub fn payment_view(&self, invoice: InvoiceId) -> Result<PaymentView, WalletError> {
+    /// keeps in memory, from the archive. What it shows is on disk: an app acts on it (a shop
+    /// hands over the goods once an invoice reads paid), so steps not flushed yet are flushed
+    /// first ([`Wallet::flush_now`]).
+    pub fn payment_view(&mut self, invoice: InvoiceId) -> Result<PaymentView, WalletError> {
+        self.flush_now()?;
         let (role, status, receipt) = if let Some((status, receipt)) = self.node.payment(&invoice) {
             (PaymentRole::Buyer, payment_state(status), receipt.cloned())
         } else if let Some(status) = self.node.invoice_status(&invoice) {

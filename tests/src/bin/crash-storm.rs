@@ -157,12 +157,12 @@ fn child(args: &Args, dir: &Path) -> Result<(), String> {
     let mut open: BTreeSet<InvoiceId> = known
         .iter()
         .map(|(id, _)| *id)
-        .filter(|id| !settled(&ws, id))
+        .filter(|id| !settled(&mut ws, id))
         .collect();
     let mut idle_rounds = 0u32;
     loop {
         consume_events(dir, &mut ws)?;
-        open.retain(|id| !settled(&ws, id));
+        open.retain(|id| !settled(&mut ws, id));
         let may_start = !args.finish && started < args.payments && open.len() < MAX_IN_FLIGHT;
         if may_start && rng.chance(0.3) {
             let amount = rng.range(1, 20);
@@ -218,7 +218,7 @@ fn child(args: &Args, dir: &Path) -> Result<(), String> {
 }
 
 /// Whether a payment is over on both ends (the seller closed it and the buyer knows).
-fn settled(ws: &[Wallet], id: &InvoiceId) -> bool {
+fn settled(ws: &mut [Wallet], id: &InvoiceId) -> bool {
     let seller = ws[2].payment_view(*id).map(|v| v.status).unwrap_or("open");
     let buyer = ws[0].payment_view(*id).map(|v| v.status).ok();
     !matches!((seller, buyer), ("open", _) | (_, Some("in_flight")))
@@ -330,8 +330,10 @@ fn report_clean(r: &Report) -> bool {
 }
 
 fn check(dir: &Path, r: &mut Report) -> Result<(), WalletError> {
-    let ws = open_all(dir)?;
-    let (a, b, c) = (&ws[0], &ws[1], &ws[2]);
+    let mut ws = open_all(dir)?;
+    let [a, b, c] = &mut ws[..] else {
+        unreachable!("open_all opens three wallets")
+    };
     // Payments: each invoice c issued ended the same way at both ends.
     let invs = invoices(c)?;
     r.payments = invs.len();
