@@ -314,7 +314,8 @@ fn byte_strings_on_the_wire_encode_as_the_sequences_they_replaced() {
 /// stored state hash of an older wallet would stop matching: this compares them for values
 /// around and well past the buffer's size, and for a whole protocol message.
 mod encodings_built_in_place {
-    use offst_core::protocol::identity::{Hash, canonical_bytes, encode_after};
+    use offst_core::protocol::identity::{Hash, NodeId, Signature, canonical_bytes, encode_after};
+    use offst_core::protocol::payment::{InvoiceId, RequestId};
     use proptest::prelude::*;
 
     fn plain_hash(domain: &'static str, bytes: &[u8]) -> [u8; 32] {
@@ -330,8 +331,19 @@ mod encodings_built_in_place {
             words in proptest::collection::vec(any::<u64>(), 0..90),
             text in ".{0,300}",
             prefix in proptest::collection::vec(any::<u8>(), 0..5),
+            ids in proptest::collection::vec(any::<[u8; 32]>(), 0..40),
+            halves in any::<([u8; 32], [u8; 32])>(),
         ) {
-            let value = (bytes, words, text, [7u8; 32]);
+            // Ids, hashes and signatures go eight bytes at a time inside our encodings
+            // (`serialize_fixed`); postcard called directly writes them a byte at a time.
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&halves.0);
+            signature[32..].copy_from_slice(&halves.1);
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(|b| (Hash(b), NodeId::from_bytes(b), InvoiceId(b), RequestId(b)))
+                .collect();
+            let value = (bytes, words, text, [7u8; 32], ids, Signature(signature));
             let plain = postcard::to_allocvec(&value).unwrap();
             let built = encode_after(&[&prefix], &value).unwrap();
             prop_assert_eq!(&built[..prefix.len()], &prefix[..]);
@@ -342,6 +354,41 @@ mod encodings_built_in_place {
             prop_assert_eq!(&canonical[..7], b"domain\0");
             prop_assert_eq!(&canonical[7..], &plain[..]);
         }
+    }
+
+    /// Outside our own encodings an id is the tuple of its bytes, as `#[derive]` made it, also
+    /// after an encoding of ours panicked half-way.
+    #[test]
+    fn other_serializers_see_ids_as_before() {
+        struct Boom;
+        impl serde::Serialize for Boom {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                panic!("boom")
+            }
+        }
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 3);
+        let as_derived = serde_json::to_string(&bytes).unwrap();
+        let check = || {
+            assert_eq!(serde_json::to_string(&Hash(bytes)).unwrap(), as_derived);
+            assert_eq!(
+                serde_json::to_string(&InvoiceId(bytes)).unwrap(),
+                as_derived
+            );
+            assert_eq!(
+                serde_json::to_string(&NodeId::from_bytes(bytes)).unwrap(),
+                as_derived
+            );
+            assert_eq!(
+                postcard::to_allocvec(&Hash(bytes)).unwrap(),
+                postcard::to_allocvec(&bytes).unwrap()
+            );
+        };
+        check();
+        let _ = encode_after(&[], &(Hash(bytes), 5u8)).unwrap();
+        check();
+        let panicked = std::panic::catch_unwind(|| encode_after(&[], &(Hash(bytes), Boom)));
+        assert!(panicked.is_err());
+        check();
     }
 
     #[test]

@@ -371,7 +371,9 @@ fn seal_raw(
     // The header, then the plaintext (the length, the encoding, the padding) encrypted where
     // it was built, then the tag: one buffer of the envelope's final size.
     let malformed = |e: postcard::Error| EnvelopeError::Malformed(e.to_string());
-    let size = postcard::experimental::serialized_size(&inner).map_err(malformed)?;
+    // Fixed-size arrays (the ids, the signature) eight bytes at a time: `serialize_fixed`.
+    use crate::protocol::identity::in_words;
+    let size = in_words(|| postcard::experimental::serialized_size(&inner)).map_err(malformed)?;
     let padded = bucket(size + 4);
     if padded > MAX_PADDED {
         return Err(EnvelopeError::TooLarge(body.len()));
@@ -381,7 +383,12 @@ fn seal_raw(
     out.extend_from_slice(&eph_pub);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&(size as u32).to_be_bytes());
-    let mut out = postcard::to_extend(&inner, out).map_err(malformed)?;
+    let mut out = in_words(|| postcard::to_extend(&inner, out)).map_err(malformed)?;
+    #[cfg(debug_assertions)]
+    {
+        let slow = postcard::to_allocvec(&inner).unwrap_or_default();
+        debug_assert_eq!(out.get(HEADER..), Some(slow.as_slice()));
+    }
     out.resize(HEADER + padded, 0);
     crate::metrics::sealed(padded);
     let aad = aad(&eph_pub, &recipient_key);

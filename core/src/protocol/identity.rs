@@ -26,12 +26,91 @@ pub fn encode_after<T: Serialize + ?Sized>(
     value: &T,
 ) -> Result<Vec<u8>, postcard::Error> {
     let head: usize = prefix.iter().map(|p| p.len()).sum();
-    let size = postcard::experimental::serialized_size(value)?;
-    let mut out = Vec::with_capacity(head + size);
-    for p in prefix {
-        out.extend_from_slice(p);
+    let encoded = in_words(|| {
+        let size = postcard::experimental::serialized_size(value)?;
+        let mut out = Vec::with_capacity(head + size);
+        for p in prefix {
+            out.extend_from_slice(p);
+        }
+        postcard::to_extend(value, out)
+    });
+    #[cfg(debug_assertions)]
+    if let Ok(fast) = &encoded {
+        // The same bytes as postcard writes the arrays one byte at a time.
+        let slow = postcard::to_allocvec(value).unwrap_or_default();
+        debug_assert_eq!(fast.get(head..), Some(slow.as_slice()));
     }
-    postcard::to_extend(value, out)
+    encoded
+}
+
+thread_local! {
+    /// Set while one of our postcard encodings runs (`encode_after`, `hash_encoded`): fixed-size
+    /// byte arrays are then written eight bytes at a time ([`serialize_fixed`]).
+    static IN_WORDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `encode` (a postcard encoding of ours) with fixed-size arrays written in words.
+pub(crate) fn in_words<R>(encode: impl FnOnce() -> R) -> R {
+    /// Puts the flag back as it was, also if `encode` panics: no other serializer on this
+    /// thread may ever see it set.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_WORDS.with(|f| f.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_WORDS.with(|f| f.replace(true)));
+    encode()
+}
+
+/// Serialize a fixed-size byte array exactly as serde serializes `[u8; N]`: a tuple of its
+/// bytes, which postcard writes as the bytes themselves, with no length. Postcard does that
+/// one call per byte (about 2 ns a byte here, the protocol benchmark `crypto/blake3` of ids),
+/// and ids, keys, hashes and signatures are most of what the protocol encodes. So inside our
+/// own postcard encodings ([`in_words`]) the array goes as a tuple of `N / 8` `f64`s made from
+/// its bytes: postcard writes an `f64` as its 8 bytes, little-endian (its wire format), and
+/// `f64::from_bits` keeps every bit, so the output is the same bytes, eight at a time. Any
+/// other serializer (JSON, or postcard called directly) gets the tuple of bytes. Debug builds
+/// check every encoding of ours against postcard's own (`encode_after`, `hash_encoded`).
+pub(crate) fn serialize_fixed<S: serde::Serializer, const N: usize>(
+    bytes: &[u8; N],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeTuple;
+    if N.is_multiple_of(8) && IN_WORDS.with(std::cell::Cell::get) {
+        let mut t = s.serialize_tuple(N / 8)?;
+        for word in bytes.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(word);
+            t.serialize_element(&f64::from_bits(u64::from_le_bytes(b)))?;
+        }
+        t.end()
+    } else {
+        let mut t = s.serialize_tuple(N)?;
+        for b in bytes {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+/// A fixed-size array serialized by [`serialize_fixed`].
+struct Fixed<'a, const N: usize>(&'a [u8; N]);
+
+impl<const N: usize> Serialize for Fixed<'_, N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_fixed(self.0, s)
+    }
+}
+
+/// Serialize `bytes` as `#[derive(Serialize)]` on `struct name([u8; N])` does (a newtype
+/// struct around the array), through [`serialize_fixed`].
+pub(crate) fn serialize_newtype_fixed<S: serde::Serializer, const N: usize>(
+    name: &'static str,
+    bytes: &[u8; N],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_newtype_struct(name, &Fixed(bytes))
 }
 
 /// A postcard output that feeds a BLAKE3 hasher through a small buffer, so that hashing a
@@ -92,19 +171,38 @@ impl postcard::ser_flavors::Flavor for HashFlavor<'_> {
 
 /// Feed the postcard encoding of `value` to `hasher`; returns how many bytes that was.
 pub fn hash_encoded<T: Serialize + ?Sized>(hasher: &mut blake3::Hasher, value: &T) -> usize {
+    #[cfg(debug_assertions)]
+    let mut check = hasher.clone();
     let flavor = HashFlavor {
-        hasher,
+        hasher: &mut *hasher,
         buf: [0; 256],
         len: 0,
         fed: 0,
     };
     // Our own values always encode (see `canonical_bytes`); the flavor itself never fails.
-    postcard::serialize_with_flavor::<T, HashFlavor, usize>(value, flavor).unwrap_or(0)
+    let fed = in_words(|| {
+        postcard::serialize_with_flavor::<T, HashFlavor, usize>(value, flavor).unwrap_or(0)
+    });
+    #[cfg(debug_assertions)]
+    {
+        // The same bytes as postcard writes the arrays one byte at a time.
+        let slow = postcard::to_allocvec(value).unwrap_or_default();
+        check.update(&slow);
+        debug_assert_eq!(fed, slow.len());
+        debug_assert_eq!(check.finalize(), hasher.finalize());
+    }
+    fed
 }
 
 /// A 32-byte BLAKE3 hash.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
 pub struct Hash(pub [u8; 32]);
+
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_newtype_fixed("Hash", &self.0, s)
+    }
+}
 
 impl Hash {
     /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
@@ -151,7 +249,7 @@ impl Serialize for Signature {
         let mut b = [0u8; 32];
         a.copy_from_slice(&self.0[..32]);
         b.copy_from_slice(&self.0[32..]);
-        (a, b).serialize(s)
+        (Fixed(&a), Fixed(&b)).serialize(s)
     }
 }
 
@@ -174,8 +272,14 @@ pub struct BadSignature(pub NodeId);
 ///
 /// The text form is the 32 bytes in lowercase RFC 4648 base32 without padding (52 characters),
 /// the same alphabet as the other Offst text forms.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 pub struct NodeId([u8; 32]);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_newtype_fixed("NodeId", &self.0, s)
+    }
+}
 
 impl NodeId {
     /// The id for raw public-key bytes. Does not check the bytes are a curve point; use
