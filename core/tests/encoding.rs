@@ -314,9 +314,20 @@ fn byte_strings_on_the_wire_encode_as_the_sequences_they_replaced() {
 /// stored state hash of an older wallet would stop matching: this compares them for values
 /// around and well past the buffer's size, and for a whole protocol message.
 mod encodings_built_in_place {
-    use offst_core::protocol::identity::{Hash, NodeId, Signature, canonical_bytes, encode_after};
+    use offst_core::protocol::identity::{
+        Hash, NodeId, Signature, canonical_bytes, decode, encode_after,
+    };
     use offst_core::protocol::payment::{InvoiceId, RequestId};
     use proptest::prelude::*;
+
+    type Value = (
+        Vec<u8>,
+        Vec<u64>,
+        String,
+        [u8; 32],
+        Vec<(Hash, NodeId, InvoiceId, RequestId)>,
+        Signature,
+    );
 
     fn plain_hash(domain: &'static str, bytes: &[u8]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_derive_key(domain);
@@ -345,6 +356,15 @@ mod encodings_built_in_place {
                 .collect();
             let value = (bytes, words, text, [7u8; 32], ids, Signature(signature));
             let plain = postcard::to_allocvec(&value).unwrap();
+            // Read back eight bytes at a time too (`decode`), and as postcard reads them.
+            prop_assert_eq!(&decode::<Value>(&plain).unwrap(), &value);
+            prop_assert_eq!(&postcard::from_bytes::<Value>(&plain).unwrap(), &value);
+            // A truncated encoding is an error, never a value.
+            for cut in [1, 8, 31, 33] {
+                if let Some(short) = plain.len().checked_sub(cut) {
+                    prop_assert!(decode::<Value>(&plain[..short]).is_err());
+                }
+            }
             let built = encode_after(&[&prefix], &value).unwrap();
             prop_assert_eq!(&built[..prefix.len()], &prefix[..]);
             prop_assert_eq!(&built[prefix.len()..], &plain[..]);

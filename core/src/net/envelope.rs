@@ -387,7 +387,8 @@ fn seal_raw(
     #[cfg(debug_assertions)]
     {
         let slow = postcard::to_allocvec(&inner).unwrap_or_default();
-        debug_assert_eq!(out.get(HEADER..), Some(slow.as_slice()));
+        // After the header and the 4 bytes of the length.
+        debug_assert_eq!(out.get(HEADER + 4..), Some(slow.as_slice()));
     }
     out.resize(HEADER + padded, 0);
     crate::metrics::sealed(padded);
@@ -520,8 +521,8 @@ fn decrypt(me: &Identity, bytes: &[u8]) -> Result<(Inner, [u8; 32]), EnvelopeErr
     let encoded = plain
         .get(4..4 + len)
         .ok_or_else(|| EnvelopeError::Malformed("length past the end".into()))?;
-    let inner: Inner =
-        postcard::from_bytes(encoded).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let inner: Inner = crate::protocol::identity::decode(encoded)
+        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     if inner.recipient != me.id() {
         return Err(EnvelopeError::NotForUs(inner.recipient));
     }

@@ -218,5 +218,5 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decode a frame body.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("malformed frame: {e}"))
+    crate::protocol::identity::decode(bytes).map_err(|e| format!("malformed frame: {e}"))
 }

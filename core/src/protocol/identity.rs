@@ -77,7 +77,7 @@ pub(crate) fn serialize_fixed<S: serde::Serializer, const N: usize>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeTuple;
-    if N.is_multiple_of(8) && IN_WORDS.with(std::cell::Cell::get) {
+    if words() && N.is_multiple_of(8) {
         let mut t = s.serialize_tuple(N / 8)?;
         for word in bytes.chunks_exact(8) {
             let mut b = [0u8; 8];
@@ -92,6 +92,96 @@ pub(crate) fn serialize_fixed<S: serde::Serializer, const N: usize>(
         }
         t.end()
     }
+}
+
+/// Deserialize what [`serialize_fixed`] wrote: inside our own decodings ([`in_words`]) the
+/// array is read as `N / 8` `f64`s (postcard reads an `f64` as 8 bytes, little-endian, and
+/// `f64::to_bits` gives them back exactly), elsewhere as serde reads `[u8; N]`: a tuple of
+/// bytes. Any bytes are a valid array either way; too few are an error either way.
+pub(crate) fn deserialize_fixed<'de, D: serde::Deserializer<'de>, const N: usize>(
+    d: D,
+) -> Result<[u8; N], D::Error> {
+    use serde::de::{Error, SeqAccess, Visitor};
+    struct Bytes<const N: usize>;
+    impl<'de, const N: usize> Visitor<'de> for Bytes<N> {
+        type Value = [u8; N];
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
+            for (i, slot) in out.iter_mut().enumerate() {
+                *slot = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+            }
+            Ok(out)
+        }
+    }
+    struct Words<const N: usize>;
+    impl<'de, const N: usize> Visitor<'de> for Words<N> {
+        type Value = [u8; N];
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{N} bytes")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            let mut out = [0u8; N];
+            for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                let w: f64 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i * 8, &self))?;
+                word.copy_from_slice(&w.to_bits().to_le_bytes());
+            }
+            Ok(out)
+        }
+    }
+    if words() && N.is_multiple_of(8) {
+        d.deserialize_tuple(N / 8, Words::<N>)
+    } else {
+        d.deserialize_tuple(N, Bytes::<N>)
+    }
+}
+
+/// Deserialize `struct name([u8; N])` as `#[derive(Deserialize)]` does, through
+/// [`deserialize_fixed`].
+pub(crate) fn deserialize_newtype_fixed<'de, D: serde::Deserializer<'de>, const N: usize>(
+    name: &'static str,
+    d: D,
+) -> Result<[u8; N], D::Error> {
+    use serde::de::{Error, SeqAccess, Visitor};
+    struct Newtype<const N: usize>;
+    impl<'de, const N: usize> Visitor<'de> for Newtype<N> {
+        type Value = [u8; N];
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a newtype of {N} bytes")
+        }
+        fn visit_newtype_struct<E: serde::Deserializer<'de>>(
+            self,
+            d: E,
+        ) -> Result<[u8; N], E::Error> {
+            deserialize_fixed(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+            seq.next_element::<FixedArray<N>>()?
+                .map(|a| a.0)
+                .ok_or_else(|| A::Error::invalid_length(0, &self))
+        }
+    }
+    d.deserialize_newtype_struct(name, Newtype::<N>)
+}
+
+/// An array read by [`deserialize_fixed`].
+struct FixedArray<const N: usize>([u8; N]);
+
+impl<'de, const N: usize> Deserialize<'de> for FixedArray<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_fixed(d).map(FixedArray)
+    }
+}
+
+/// Whether fixed-size arrays go in words on this thread now (see [`serialize_fixed`]).
+fn words() -> bool {
+    IN_WORDS.with(std::cell::Cell::get)
 }
 
 /// A fixed-size array serialized by [`serialize_fixed`].
@@ -111,6 +201,19 @@ pub(crate) fn serialize_newtype_fixed<S: serde::Serializer, const N: usize>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.serialize_newtype_struct(name, &Fixed(bytes))
+}
+
+/// Decode a postcard encoding of ours, fixed-size arrays eight bytes at a time
+/// ([`deserialize_fixed`]); the same values as `postcard::from_bytes`.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    in_words(|| postcard::from_bytes(bytes))
+}
+
+/// [`decode`] a value at the start of `bytes`; returns it and the bytes after it.
+pub fn decode_prefix<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, &'a [u8]), postcard::Error> {
+    in_words(|| postcard::take_from_bytes(bytes))
 }
 
 /// A postcard output that feeds a BLAKE3 hasher through a small buffer, so that hashing a
@@ -195,8 +298,14 @@ pub fn hash_encoded<T: Serialize + ?Sized>(hasher: &mut blake3::Hasher, value: &
 }
 
 /// A 32-byte BLAKE3 hash.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Hash(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_newtype_fixed("Hash", d).map(Hash)
+    }
+}
 
 impl Serialize for Hash {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -255,10 +364,10 @@ impl Serialize for Signature {
 
 impl<'de> Deserialize<'de> for Signature {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (a, b): ([u8; 32], [u8; 32]) = Deserialize::deserialize(d)?;
+        let (a, b): (FixedArray<32>, FixedArray<32>) = Deserialize::deserialize(d)?;
         let mut out = [0u8; 64];
-        out[..32].copy_from_slice(&a);
-        out[32..].copy_from_slice(&b);
+        out[..32].copy_from_slice(&a.0);
+        out[32..].copy_from_slice(&b.0);
         Ok(Signature(out))
     }
 }
@@ -272,8 +381,14 @@ pub struct BadSignature(pub NodeId);
 ///
 /// The text form is the 32 bytes in lowercase RFC 4648 base32 without padding (52 characters),
 /// the same alphabet as the other Offst text forms.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId([u8; 32]);
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_newtype_fixed("NodeId", d).map(NodeId)
+    }
+}
 
 impl Serialize for NodeId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

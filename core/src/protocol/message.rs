@@ -142,7 +142,7 @@ impl Message {
         if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion { got: version });
         }
-        let (message, rest) = postcard::take_from_bytes::<Message>(body)
+        let (message, rest) = super::identity::decode_prefix::<Message>(body)
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(DecodeError::Malformed(format!(

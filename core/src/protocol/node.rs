@@ -23,7 +23,7 @@ use super::channel::{
     Channel, ChannelError, ChannelState, CoreKey, CreditLine, OfferOutcome, Op, OpError, Received,
     ResetCertificate, ResetError, ResetProposal, SharedPending, Signatures, StoredPending,
 };
-use super::identity::{Hash, Identity, NodeId};
+use super::identity::{Hash, Identity, NodeId, decode};
 use super::message::{Message, Offer, Outcome, Resolution};
 use super::payment::{
     Abandon, AbandonTerms, Accepted, Commit, HashedLock, Invoice, InvoiceId, InvoiceTerms, Paid,
@@ -753,8 +753,8 @@ fn corrupt(part: &'static str) -> impl Fn(postcard::Error) -> PartsError {
 /// field: the same bytes with an empty list (its length, 0) appended.
 fn decode_invoice(bytes: &[u8]) -> Result<Selling, PartsError> {
     match part_body("invoice", bytes)? {
-        (1..=3, body) => postcard::from_bytes(&[body, &[0]].concat()).map_err(corrupt("invoice")),
-        (_, body) => postcard::from_bytes(body).map_err(corrupt("invoice")),
+        (1..=3, body) => decode(&[body, &[0]].concat()).map_err(corrupt("invoice")),
+        (_, body) => decode(body).map_err(corrupt("invoice")),
     }
 }
 
@@ -772,7 +772,7 @@ fn decode_part<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, PartsError> {
     let (_, body) = part_body(part, bytes)?;
-    postcard::from_bytes(body).map_err(corrupt(part))
+    decode(body).map_err(corrupt(part))
 }
 
 /// One person's protocol state.
@@ -1233,7 +1233,7 @@ impl Node {
         for bytes in &parts.channels {
             let ch = match part_body("channel", bytes)? {
                 // Version 1: the whole channel, its pending requests inside.
-                (1, body) => postcard::from_bytes::<Channel>(body).map_err(corrupt("channel"))?,
+                (1, body) => decode::<Channel>(body).map_err(corrupt("channel"))?,
                 (version, body) => {
                     let core = Channel::decode_core(version, body).map_err(corrupt("channel"))?;
                     let mine = rows.remove(&core.remote()).unwrap_or_default();

@@ -132,7 +132,8 @@ pub(crate) fn introduce(me: &Introduction, message: Vec<u8>) -> Result<Vec<u8>, 
 /// The sender's contact and the message of an introduced envelope's payload from `sender`; a
 /// mail key that is not the sender's, or does not verify, is refused.
 fn read_introduced(sender: NodeId, payload: &[u8]) -> Result<(Contact, Message), String> {
-    let Introduced { from, message } = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
+    let Introduced { from, message } =
+        crate::protocol::identity::decode(payload).map_err(|e| e.to_string())?;
     if from.mail_key.owner != sender || from.mail_key.verify().is_err() {
         return Err("bad mail key".into());
     }

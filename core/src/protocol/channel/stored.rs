@@ -276,9 +276,9 @@ impl Channel {
     /// queue inside.
     pub fn decode_core(version: u8, bytes: &[u8]) -> Result<ChannelCore, postcard::Error> {
         if version >= 3 {
-            return postcard::from_bytes(bytes);
+            return crate::protocol::identity::decode(bytes);
         }
-        let v2: CoreV2 = postcard::from_bytes(bytes)?;
+        let v2: CoreV2 = crate::protocol::identity::decode(bytes)?;
         Ok(ChannelCore {
             local: v2.local,
             parties: v2.parties,
