@@ -179,9 +179,11 @@ impl<'de, const N: usize> Deserialize<'de> for FixedArray<N> {
     }
 }
 
-/// Whether fixed-size arrays go in words on this thread now (see [`serialize_fixed`]).
+/// Whether fixed-size arrays go in words on this thread now (see [`serialize_fixed`]). Never
+/// on 32-bit x86: there a float passed by value may go through the x87 unit, which can change
+/// a signalling NaN's bits (Rust's float semantics keep every bit of a moved float elsewhere).
 fn words() -> bool {
-    IN_WORDS.with(std::cell::Cell::get)
+    !cfg!(target_arch = "x86") && IN_WORDS.with(std::cell::Cell::get)
 }
 
 /// A fixed-size array serialized by [`serialize_fixed`].
