@@ -3,10 +3,13 @@
 //! operation and per byte prices what was done. The counts are for the whole process, so this
 //! file holds one test: no other test of this binary runs beside it.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
 
 use offst_core::metrics::{CryptoCounts, crypto_counts};
 use offst_core::net::envelope::{self, MIN_BUCKET, MailKey};
+use offst_core::protocol::amount::Rate;
 use offst_core::protocol::identity::{Hash, Identity, SignatureBatch, canonical_bytes};
 use serde_bytes::Bytes;
 
@@ -85,4 +88,27 @@ fn each_operation_counts_once_with_its_bytes() {
     assert_eq!(c.opens, 1);
     assert_eq!(c.opened_bytes, sealed.len() as u64 - 57);
     assert_eq!((c.verifies, c.hashes, c.hashed_bytes), (1, 1, 5000));
+
+    // A step's changed rows (payments, invoices, remembered outcomes) are told from the
+    // stored ones by a BLAKE3 digest of their bytes: one hash each, over those bytes.
+    let (mut net, ids) = common::chain(3, 100, Rate::default());
+    net.buy_along(&ids, &common::hours(), 5, 1).unwrap();
+    for id in [ids[0], ids[2]] {
+        let node = net.node_mut(&id).unwrap();
+        let mut changes = None;
+        let c = counted(|| changes = Some(node.take_changes()));
+        let changes = changes.unwrap();
+        let rows: Vec<u64> = [&changes.payments, &changes.invoices, &changes.outcomes]
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, bytes)| bytes.as_ref().map(|b| b.len() as u64))
+            .collect();
+        assert!(!rows.is_empty(), "the payment changed no row");
+        assert!(c.hashes >= rows.len() as u64, "{} hashes", c.hashes);
+        assert!(
+            c.hashed_bytes >= rows.iter().sum(),
+            "{} bytes",
+            c.hashed_bytes
+        );
+    }
 }
