@@ -186,6 +186,27 @@ fn words() -> bool {
     !cfg!(target_arch = "x86") && IN_WORDS.with(std::cell::Cell::get)
 }
 
+/// `Serialize` and `Deserialize` for `struct $name([u8; N])` as `#[derive]` would write them
+/// (a newtype struct around the array), through [`serialize_newtype_fixed`] and
+/// [`deserialize_newtype_fixed`].
+macro_rules! fixed_newtype_serde {
+    ($name:ident) => {
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $crate::protocol::identity::serialize_newtype_fixed(stringify!($name), &self.0, s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::protocol::identity::deserialize_newtype_fixed(stringify!($name), d)
+                    .map($name)
+            }
+        }
+    };
+}
+pub(crate) use fixed_newtype_serde;
+
 /// A fixed-size array serialized by [`serialize_fixed`].
 struct Fixed<'a, const N: usize>(&'a [u8; N]);
 
@@ -303,17 +324,7 @@ pub fn hash_encoded<T: Serialize + ?Sized>(hasher: &mut blake3::Hasher, value: &
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Hash(pub [u8; 32]);
 
-impl<'de> Deserialize<'de> for Hash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_newtype_fixed("Hash", d).map(Hash)
-    }
-}
-
-impl Serialize for Hash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_newtype_fixed("Hash", &self.0, s)
-    }
-}
+fixed_newtype_serde!(Hash);
 
 impl Hash {
     /// Hash of a typed value under a domain (BLAKE3 in key-derivation mode).
@@ -386,17 +397,7 @@ pub struct BadSignature(pub NodeId);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId([u8; 32]);
 
-impl<'de> Deserialize<'de> for NodeId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_newtype_fixed("NodeId", d).map(NodeId)
-    }
-}
-
-impl Serialize for NodeId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_newtype_fixed("NodeId", &self.0, s)
-    }
-}
+fixed_newtype_serde!(NodeId);
 
 impl NodeId {
     /// The id for raw public-key bytes. Does not check the bytes are a curve point; use
