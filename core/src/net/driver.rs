@@ -579,6 +579,11 @@ impl Reporting {
 /// Most envelopes handled in one group commit, and most outbox messages sent at once.
 const BATCH: usize = 64;
 
+/// Received mail in groups of at least this many envelopes is committed without waiting for
+/// the disk and flushed apart, without the wallet (`Wallet::receive_envelopes_unsynced`);
+/// smaller groups wait for the disk in their commit (measured: `docs/benchmarks.md`).
+const FLUSH_APART_FROM: usize = 8;
+
 /// Handle `first` and whatever else has already arrived (up to [`BATCH`] envelopes) as one
 /// group commit, then acknowledge them: the relay's acknowledgement is cumulative, so the last
 /// seq covers the batch. Nothing is acknowledged unless its step committed.
@@ -605,20 +610,36 @@ async fn receive_batch(
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Received, e);
         }
-        let result = wallet
-            .lock_async()
-            .await
-            .receive_envelopes_unsynced(&envelopes);
+        // A large group means mail is queuing: its commit leaves the wallet and the core to
+        // other work while the disk flushes. A small one means the wallet has little else to
+        // do: it commits and waits for the disk in place, which is sooner and cheaper than
+        // handing the flush to another thread and back.
+        let result = if envelopes.len() >= FLUSH_APART_FROM {
+            wallet
+                .lock_async()
+                .await
+                .receive_envelopes_unsynced(&envelopes)
+                .map(|(d, ticket)| (d, Some(ticket)))
+        } else {
+            wallet
+                .lock_async()
+                .await
+                .receive_envelopes(&envelopes)
+                .map(|d| (d, None))
+        };
         for e in &envelopes {
             crate::metrics::timeline_mark(crate::metrics::Stage::Handled, e);
         }
         match result {
             Ok((deliveries, ticket)) => {
                 debug!(count = deliveries.len(), "mail handled");
-                // On disk before the relay may forget it; the flush does not hold the wallet.
-                crate::wallet::sync(wallet, ticket)
-                    .await
-                    .map_err(|e| format!("could not store received mail: {e}"))?;
+                if let Some(ticket) = ticket {
+                    // On disk before the relay may forget it; the flush does not hold the
+                    // wallet.
+                    crate::wallet::sync(wallet, ticket)
+                        .await
+                        .map_err(|e| format!("could not store received mail: {e}"))?;
+                }
                 let last = mail.iter().map(|d| d.seq).max().unwrap_or_default();
                 conn.ack(last).await.map_err(|e| e.to_string())?;
             }

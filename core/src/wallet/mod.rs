@@ -500,9 +500,15 @@ pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), Walle
         }
         (w.unsynced.written, w.last_history_seq()?)
     };
-    let flushed = tokio::task::spawn_blocking(move || flush_file(&wal))
-        .await
-        .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?;
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let flushed = if multi {
+        tokio::task::block_in_place(|| flush_file(&wal))
+    } else {
+        tokio::task::spawn_blocking(move || flush_file(&wal))
+            .await
+            .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?
+    };
     let mut w = wallet.lock_async().await;
     if let Err(e) = flushed {
         // The disk refused: what was committed may not survive a power cut, so take no further
@@ -1343,9 +1349,14 @@ impl Wallet {
         Ok(())
     }
 
-    /// The last history row's seq (0 for none).
+    /// The last history row's seq (0 for none). Read at every step that does not wait for the
+    /// disk and at every flush, so through a cached statement.
     fn last_history_seq(&self) -> Result<u64, WalletError> {
-        self.count("SELECT COALESCE(MAX(seq), 0) FROM history")
+        self.conn
+            .prepare_cached("SELECT MAX(seq) FROM history")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, Option<i64>>(0)))
+            .map(|n| n.and_then(|n| u64::try_from(n).ok()).unwrap_or_default())
+            .map_err(WalletError::from_sqlite)
     }
 
     /// The last history row the app may see: every row after it belongs to a step not on disk
