@@ -510,12 +510,7 @@ pub async fn sync(wallet: &SharedWallet, ticket: SyncTicket) -> Result<(), Walle
             .map_err(|e| WalletError::Storage(format!("the flush to disk did not finish: {e}")))?
     };
     let mut w = wallet.lock_async().await;
-    if let Err(e) = flushed {
-        // The disk refused: what was committed may not survive a power cut, so take no further
-        // step (and send none of it) until the wallet is opened again, which flushes first.
-        w.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
-        return Err(e);
-    }
+    w.check_flushed(flushed)?;
     w.unsynced.synced_through(target.0, target.1);
     w.outbox_signal.notify_one();
     // Events of the flushed steps are shown now: whoever waits for one looks again.
@@ -1338,15 +1333,21 @@ impl Wallet {
             return Ok(());
         }
         self.close_deferred()?;
-        if let Err(e) = flush_file(&self.wal_path()) {
-            self.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
-            return Err(e);
-        }
+        self.check_flushed(flush_file(&self.wal_path()))?;
         // Nobody else wrote meanwhile: everything committed is on disk.
         self.unsynced.all_synced();
         self.outbox_signal.notify_one();
         self.changes.send_modify(|_| {});
         Ok(())
+    }
+
+    /// After a flush of the log: if the disk refused, what was committed may not survive a
+    /// power cut, so the wallet takes no further step (and sends none of it) until it is opened
+    /// again, which flushes first.
+    fn check_flushed(&mut self, flushed: Result<(), WalletError>) -> Result<(), WalletError> {
+        flushed.inspect_err(|e| {
+            self.broken = Some(format!("the disk refused to flush the wallet's log ({e})"));
+        })
     }
 
     /// The last history row's seq (0 for none). Read at every step that does not wait for the
@@ -1568,7 +1569,6 @@ impl Wallet {
         Ok(self.unsynced_ticket())
     }
 
-    /// The ticket of the last step committed without waiting for the disk.
     /// A ticket for every step committed so far: [`sync`] with it returns once they are all on
     /// disk (at once if they are). Whoever tells the app of something a received message did
     /// (a payment's receipt, say) waits for this first, since a power cut could still undo it.
@@ -1576,6 +1576,7 @@ impl Wallet {
         self.unsynced_ticket()
     }
 
+    /// The ticket of the last step committed without waiting for the disk.
     fn unsynced_ticket(&self) -> SyncTicket {
         SyncTicket(self.unsynced.written)
     }
